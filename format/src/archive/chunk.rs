@@ -1,0 +1,378 @@
+//! Chunks: compression methods, the chunk index, and compressing / verifying / decompressing
+//! one chunk.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io::Write;
+use std::str::FromStr;
+
+use super::le::*;
+use super::ChunkId;
+use crate::error::{Error, Result};
+
+/// Length of one chunk index entry.
+pub const INDEX_ENTRY_LEN: usize = 56;
+
+/// How one chunk's bytes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Method {
+    /// Stored as is.
+    None = 0,
+    /// A zstd frame.
+    Zstd = 1,
+    /// A zlib stream (RFC 1950).
+    Zlib = 2,
+}
+
+impl Method {
+    pub(crate) fn from_u8(v: u8) -> Option<Method> {
+        match v {
+            0 => Some(Method::None),
+            1 => Some(Method::Zstd),
+            2 => Some(Method::Zlib),
+            _ => None,
+        }
+    }
+
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::None => "none",
+            Method::Zstd => "zstd",
+            Method::Zlib => "zlib",
+        }
+    }
+}
+
+/// Compression chosen at build time: a method and its level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Store every chunk raw.
+    None,
+    /// zstd at a level from 1 to 22.
+    Zstd(i32),
+    /// zlib at a level from 0 to 9.
+    Zlib(u32),
+}
+
+/// The default zstd level (see `FORMAT.md` and `docs/benchmarks.md` for the measurement
+/// behind it: decompression speed does not depend on the level, so the level only trades
+/// build time against size).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 12;
+/// The default zlib level.
+pub const DEFAULT_ZLIB_LEVEL: u32 = 6;
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::Zstd(DEFAULT_ZSTD_LEVEL)
+    }
+}
+
+impl Compression {
+    /// The method.
+    pub fn method(&self) -> Method {
+        match self {
+            Compression::None => Method::None,
+            Compression::Zstd(_) => Method::Zstd,
+            Compression::Zlib(_) => Method::Zlib,
+        }
+    }
+
+    /// The level (0 for none).
+    pub fn level(&self) -> i32 {
+        match *self {
+            Compression::None => 0,
+            Compression::Zstd(l) => l,
+            Compression::Zlib(l) => l as i32,
+        }
+    }
+
+    pub(crate) fn from_parts(method: Method, level: i32) -> Option<Compression> {
+        match method {
+            Method::None if level == 0 => Some(Compression::None),
+            Method::Zstd if (1..=22).contains(&level) => Some(Compression::Zstd(level)),
+            Method::Zlib if (0..=9).contains(&level) => Some(Compression::Zlib(level as u32)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Compression::None => f.write_str("none"),
+            Compression::Zstd(l) => write!(f, "zstd:{l}"),
+            Compression::Zlib(l) => write!(f, "zlib:{l}"),
+        }
+    }
+}
+
+impl FromStr for Compression {
+    type Err = String;
+
+    /// Parses `zstd`, `zstd:LEVEL`, `zlib`, `zlib:LEVEL` or `none`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, level) = match s.split_once(':') {
+            Some((n, l)) => (n, Some(l)),
+            None => (s, None),
+        };
+        let parse = |l: &str, lo: i32, hi: i32| -> Result<i32, String> {
+            match l.parse::<i32>() {
+                Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+                _ => Err(format!(
+                    "{name} level must be a number from {lo} to {hi}, not `{l}`"
+                )),
+            }
+        };
+        match name {
+            "zstd" => Ok(Compression::Zstd(match level {
+                Some(l) => parse(l, 1, 22)?,
+                None => DEFAULT_ZSTD_LEVEL,
+            })),
+            "zlib" => Ok(Compression::Zlib(match level {
+                Some(l) => parse(l, 0, 9)? as u32,
+                None => DEFAULT_ZLIB_LEVEL,
+            })),
+            "none" if level.is_none() => Ok(Compression::None),
+            _ => Err(format!(
+                "unknown compression `{s}` (expected zstd[:LEVEL], zlib[:LEVEL] or none)"
+            )),
+        }
+    }
+}
+
+/// One chunk index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// Offset of the stored bytes from the start of the heap.
+    pub offset: u64,
+    /// Length of the stored bytes.
+    pub stored_len: u32,
+    /// Length after decompression.
+    pub raw_len: u32,
+    /// How the bytes are stored.
+    pub method: Method,
+    /// BLAKE3 hash of the stored bytes.
+    pub hash: [u8; 32],
+}
+
+impl ChunkInfo {
+    pub(crate) fn to_bytes(self) -> [u8; INDEX_ENTRY_LEN] {
+        let mut b = [0u8; INDEX_ENTRY_LEN];
+        put_u64(&mut b, 0, self.offset);
+        put_u32(&mut b, 8, self.stored_len);
+        put_u32(&mut b, 12, self.raw_len);
+        b[16] = self.method as u8;
+        b[24..56].copy_from_slice(&self.hash);
+        b
+    }
+
+    /// Parses and checks one entry against the heap length and chunk size.
+    pub(crate) fn parse(b: &[u8], chunk: ChunkId, heap_len: u64, chunk_size: u32) -> Result<Self> {
+        let bad = |reason: String| Error::corrupt(format!("chunk index entry {chunk}"), reason);
+        let offset = u64_at(b, 0);
+        let stored_len = u32_at(b, 8);
+        let raw_len = u32_at(b, 12);
+        let method =
+            Method::from_u8(b[16]).ok_or_else(|| bad(format!("unknown method {}", b[16])))?;
+        if b[17..24].iter().any(|&x| x != 0) {
+            return Err(bad("reserved bytes are not zero".into()));
+        }
+        if raw_len == 0 || raw_len > chunk_size {
+            return Err(bad(format!(
+                "uncompressed length {raw_len} not in 1..={chunk_size}"
+            )));
+        }
+        if stored_len == 0 || (method == Method::None && stored_len != raw_len) {
+            return Err(bad(format!("stored length {stored_len} is impossible")));
+        }
+        if offset
+            .checked_add(stored_len as u64)
+            .is_none_or(|end| end > heap_len)
+        {
+            return Err(bad(format!(
+                "bytes {offset}+{stored_len} lie outside the heap of {heap_len} bytes"
+            )));
+        }
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&b[24..56]);
+        Ok(ChunkInfo {
+            offset,
+            stored_len,
+            raw_len,
+            method,
+            hash,
+        })
+    }
+}
+
+thread_local! {
+    static ZSTD_C: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static ZSTD_D: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Compresses one chunk; returns the method actually used (raw when compression does not
+/// shrink the chunk) and the stored bytes.
+pub(crate) fn compress(raw: &[u8], c: Compression) -> std::io::Result<(Method, Vec<u8>)> {
+    let out = match c {
+        Compression::None => None,
+        Compression::Zstd(level) => ZSTD_C.with(|cell| -> std::io::Result<_> {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+            }
+            let comp = &mut slot.as_mut().expect("just set").1;
+            let mut dst = Vec::with_capacity(raw.len());
+            // A result that does not fit in raw.len() bytes does not shrink: store raw.
+            match comp.compress_to_buffer(raw, &mut dst) {
+                Ok(_) => Ok(Some((Method::Zstd, dst))),
+                Err(_) => Ok(None),
+            }
+        })?,
+        Compression::Zlib(level) => {
+            let mut enc = flate2::write::ZlibEncoder::new(
+                Vec::with_capacity(raw.len() / 2),
+                flate2::Compression::new(level),
+            );
+            enc.write_all(raw)?;
+            Some((Method::Zlib, enc.finish()?))
+        }
+    };
+    Ok(match out {
+        Some((m, v)) if v.len() < raw.len() => (m, v),
+        _ => (Method::None, raw.to_vec()),
+    })
+}
+
+/// Checks the stored bytes of a chunk against its hash, then decompresses them into `out`
+/// (cleared first). A chunk that fails the hash is never decompressed.
+pub(crate) fn verify_and_decompress(
+    chunk: ChunkId,
+    info: &ChunkInfo,
+    stored: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    if blake3::hash(stored).as_bytes() != &info.hash {
+        return Err(Error::ChunkHash { chunk });
+    }
+    decompress(chunk, info, stored, out)
+}
+
+fn decompress(chunk: ChunkId, info: &ChunkInfo, stored: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    let raw_len = info.raw_len as usize;
+    let fail = |reason: String| Error::Decompress { chunk, reason };
+    match info.method {
+        Method::None => out.extend_from_slice(stored),
+        Method::Zstd => {
+            out.reserve_exact(raw_len);
+            ZSTD_D.with(|cell| -> Result<()> {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| fail(e.to_string()))?);
+                }
+                let d = slot.as_mut().expect("just set");
+                d.decompress_to_buffer(stored, out)
+                    .map_err(|e| fail(e.to_string()))?;
+                Ok(())
+            })?;
+        }
+        Method::Zlib => {
+            out.reserve_exact(raw_len);
+            let mut d = flate2::Decompress::new(true);
+            // Decompress into at most raw_len + 1 bytes so a stream that is too long is caught
+            // without ever allocating more than that.
+            out.resize(raw_len + 1, 0);
+            let status = d
+                .decompress(stored, out, flate2::FlushDecompress::Finish)
+                .map_err(|e| fail(e.to_string()))?;
+            out.truncate(d.total_out() as usize);
+            if status != flate2::Status::StreamEnd {
+                return Err(fail("zlib stream does not end where the chunk does".into()));
+            }
+        }
+    }
+    if out.len() != raw_len {
+        return Err(fail(format!(
+            "decompressed to {} bytes, expected {raw_len}",
+            out.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_parses() {
+        assert_eq!(
+            "zstd".parse::<Compression>().unwrap(),
+            Compression::default()
+        );
+        assert_eq!(
+            "zstd:19".parse::<Compression>().unwrap(),
+            Compression::Zstd(19)
+        );
+        assert_eq!(
+            "zlib:9".parse::<Compression>().unwrap(),
+            Compression::Zlib(9)
+        );
+        assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
+        assert!("zstd:0".parse::<Compression>().is_err());
+        assert!("zstd:23".parse::<Compression>().is_err());
+        assert!("lz4".parse::<Compression>().is_err());
+        assert!("none:3".parse::<Compression>().is_err());
+    }
+
+    #[test]
+    fn round_trips_each_method() {
+        let raw: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for c in [
+            Compression::None,
+            Compression::Zstd(3),
+            Compression::Zlib(6),
+        ] {
+            let (m, stored) = compress(&raw, c).unwrap();
+            assert_eq!(m, c.method());
+            let info = ChunkInfo {
+                offset: 0,
+                stored_len: stored.len() as u32,
+                raw_len: raw.len() as u32,
+                method: m,
+                hash: *blake3::hash(&stored).as_bytes(),
+            };
+            let mut out = Vec::new();
+            verify_and_decompress(0, &info, &stored, &mut out).unwrap();
+            assert_eq!(out, raw);
+            let mut bad = stored.clone();
+            bad[stored.len() / 2] ^= 1;
+            assert!(matches!(
+                verify_and_decompress(0, &info, &bad, &mut out),
+                Err(Error::ChunkHash { chunk: 0 })
+            ));
+        }
+    }
+
+    #[test]
+    fn incompressible_is_stored_raw() {
+        let mut raw = vec![0u8; 65536];
+        let mut x = 0x1234_5678u32;
+        for b in raw.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+        assert_eq!(
+            compress(&raw, Compression::Zstd(19)).unwrap().0,
+            Method::None
+        );
+        assert_eq!(
+            compress(&raw, Compression::Zlib(9)).unwrap().0,
+            Method::None
+        );
+    }
+}

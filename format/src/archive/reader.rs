@@ -1,0 +1,661 @@
+//! Reading an archive: open (validate everything before use), look up, list, stat, read.
+//!
+//! Opening maps the metadata (header, manifest, TOC, chunk index) and checks it once: its
+//! hash against the trailer's package id, the signature against the embedded key, and every
+//! record of the TOC and chunk index. Time and memory are proportional to the metadata, not
+//! the data. File bytes are read with positioned reads, chunk by chunk; a chunk's hash is
+//! checked before it is decompressed.
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapOptions};
+
+use super::chunk::{self, ChunkInfo, INDEX_ENTRY_LEN};
+use super::header::{Header, HEADER_LEN};
+use super::sign::{Trailer, TRAILER_LEN};
+use super::toc::{RawInode, Toc, TocLayout, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use super::{ChunkId, EntryId, PackageId};
+use crate::error::{Error, Result};
+use crate::keys::{KeyId, PublicKey, TrustedKeys};
+use crate::manifest::Manifest;
+
+/// The kind of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+}
+
+impl Kind {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "directory",
+            Kind::Symlink => "symlink",
+        }
+    }
+
+    fn of(mode: u32) -> Kind {
+        match mode & S_IFMT {
+            S_IFDIR => Kind::Dir,
+            S_IFLNK => Kind::Symlink,
+            _ => Kind::File,
+        }
+    }
+}
+
+/// The attributes of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// File type.
+    pub kind: Kind,
+    /// Permission bits, including setuid, setgid and sticky (`mode & 0o7777`).
+    pub perm: u32,
+    /// Number of names (directories: 2 + subdirectories).
+    pub nlink: u32,
+    /// Size in bytes (symlinks: target length; directories: 0).
+    pub size: u64,
+    /// Modification time (seconds since the epoch).
+    pub mtime: i64,
+    /// Nanoseconds of the modification time.
+    pub mtime_nsec: u32,
+}
+
+impl Attr {
+    /// The full `st_mode` (type and permission bits).
+    pub fn mode(&self) -> u32 {
+        self.perm
+            | match self.kind {
+                Kind::File => S_IFREG,
+                Kind::Dir => S_IFDIR,
+                Kind::Symlink => S_IFLNK,
+            }
+    }
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirEntry<'a> {
+    /// The name (never empty, never `.` or `..`, no `/` or NUL).
+    pub name: &'a [u8],
+    /// The entry it names.
+    pub entry: EntryId,
+}
+
+/// Iterator over a directory's entries, in name order. `nth` is O(1), so a readdir that
+/// resumes at an offset does not rescan.
+#[derive(Debug, Clone)]
+pub struct DirIter<'a> {
+    toc: Toc<'a>,
+    range: Range<u32>,
+}
+
+impl<'a> Iterator for DirIter<'a> {
+    type Item = DirEntry<'a>;
+
+    fn next(&mut self) -> Option<DirEntry<'a>> {
+        let j = self.range.next()?;
+        let (_, _, entry) = self.toc.dirent(j);
+        Some(DirEntry {
+            name: self.toc.dirent_name(j),
+            entry,
+        })
+    }
+
+    fn nth(&mut self, n: usize) -> Option<DirEntry<'a>> {
+        let skip = n.min(self.range.len()) as u32;
+        self.range.start += skip;
+        self.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.range.len(), Some(self.range.len()))
+    }
+}
+
+impl ExactSizeIterator for DirIter<'_> {}
+
+/// A part of a file that lies in one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSpan {
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// Offset of the part inside the chunk's uncompressed bytes.
+    pub start: u32,
+    /// Length of the part.
+    pub len: u32,
+}
+
+/// An open package archive. `Send + Sync`: one archive serves any number of threads.
+#[derive(Debug)]
+pub struct Archive {
+    path: PathBuf,
+    file: File,
+    meta: Mmap,
+    header: Header,
+    toc: TocLayout,
+    trailer: Trailer,
+    manifest: Manifest,
+}
+
+impl Archive {
+    /// Opens and validates an archive.
+    pub fn open(path: &Path) -> Result<Archive> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        Archive::from_file(file, path)
+    }
+
+    /// Validates an archive from an open file; `path` is used in messages.
+    pub fn from_file(file: File, path: &Path) -> Result<Archive> {
+        let ioerr = |e| Error::io(path, e);
+        let md = file.metadata().map_err(ioerr)?;
+        if !md.is_file() {
+            return Err(Error::io(
+                path,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+            ));
+        }
+        let file_len = md.len();
+        let mut hb = [0u8; HEADER_LEN];
+        let n = read_full_at(&file, &mut hb, 0).map_err(ioerr)?;
+        let header = Header::parse(&hb[..n], file_len)?;
+        // SAFETY: the map is read-only and private; packages are immutable files. The only
+        // hazard, another process truncating the file while it is mapped, would fault; the
+        // heap is therefore read with pread, and only the (small) metadata is mapped.
+        let meta = unsafe {
+            MmapOptions::new()
+                .len(header.heap.offset as usize)
+                .map(&file)
+                .map_err(ioerr)?
+        };
+        if meta.len() as u64 != header.heap.offset {
+            return Err(Error::Truncated {
+                section: "metadata",
+                offset: 0,
+                need: header.heap.offset,
+                len: meta.len() as u64,
+            });
+        }
+        let mut tb = [0u8; TRAILER_LEN];
+        file.read_exact_at(&mut tb, header.trailer.offset)
+            .map_err(ioerr)?;
+        let actual = blake3::hash(&meta);
+        if actual.as_bytes()[..] != tb[40..72] {
+            return Err(Error::MetadataHash {
+                expected: crate::keys::hex(&tb[40..72]),
+                actual: actual.to_hex().to_string(),
+            });
+        }
+        let trailer = Trailer::parse(&tb, header.is_signed())?;
+        let m = &meta[header.manifest.offset as usize..header.manifest.end() as usize];
+        let manifest = Manifest::from_json(m)?;
+        let toc_bytes = &meta[header.toc.offset as usize..header.toc.end() as usize];
+        let toc = TocLayout::parse(toc_bytes)?;
+        let archive = Archive {
+            path: path.to_owned(),
+            file,
+            meta,
+            header,
+            toc,
+            trailer,
+            manifest,
+        };
+        let n_chunks = archive.header.chunk_count();
+        let mut raw_total = 0u64;
+        for c in 0..n_chunks {
+            raw_total += archive.parse_chunk(c)?.raw_len as u64;
+        }
+        if raw_total != archive.header.content_size {
+            return Err(Error::corrupt(
+                "chunk index",
+                format!(
+                    "chunks hold {raw_total} bytes, the header says {}",
+                    archive.header.content_size
+                ),
+            ));
+        }
+        archive
+            .toc_view()
+            .validate(n_chunks, archive.header.chunk_size)?;
+        Ok(archive)
+    }
+
+    fn toc_view(&self) -> Toc<'_> {
+        Toc {
+            bytes: &self.meta[self.header.toc.offset as usize..self.header.toc.end() as usize],
+            l: self.toc,
+        }
+    }
+
+    fn parse_chunk(&self, c: ChunkId) -> Result<ChunkInfo> {
+        if c >= self.header.chunk_count() {
+            return Err(Error::corrupt("chunk index", format!("no chunk {c}")));
+        }
+        let off = self.header.chunk_index.offset as usize + c as usize * INDEX_ENTRY_LEN;
+        ChunkInfo::parse(
+            &self.meta[off..off + INDEX_ENTRY_LEN],
+            c,
+            self.header.heap.len,
+            self.header.chunk_size,
+        )
+    }
+
+    /// The path the archive was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The package id (BLAKE3 of the metadata).
+    pub fn id(&self) -> PackageId {
+        self.trailer.id
+    }
+
+    /// The signer's public key (the signature over the id has been verified against it),
+    /// or `None` for an unsigned archive. Whether the key is trusted is [`Archive::check_trust`].
+    pub fn signer(&self) -> Option<&PublicKey> {
+        self.trailer.signature.as_ref().map(|(k, _)| k)
+    }
+
+    /// Checks that the archive is signed by one of `keys`; returns the key id.
+    pub fn check_trust(&self, keys: &TrustedKeys) -> Result<KeyId> {
+        self.trailer.check_trust(keys)
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The manifest's bytes as stored.
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.meta[self.header.manifest.offset as usize..self.header.manifest.end() as usize]
+    }
+
+    /// Number of entries (inodes), including the root.
+    pub fn entry_count(&self) -> u32 {
+        self.toc.n_inodes
+    }
+
+    /// Number of directory entries (names).
+    pub fn name_count(&self) -> u32 {
+        self.toc.n_dirents
+    }
+
+    /// Number of chunks.
+    pub fn chunk_count(&self) -> u32 {
+        self.header.chunk_count()
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> EntryId {
+        0
+    }
+
+    fn raw(&self, e: EntryId) -> Result<RawInode> {
+        if e >= self.toc.n_inodes {
+            return Err(Error::NoEntry(e));
+        }
+        Ok(self.toc_view().inode(e))
+    }
+
+    fn raw_kind(&self, e: EntryId, wanted: Kind) -> Result<RawInode> {
+        let r = self.raw(e)?;
+        let k = Kind::of(r.mode);
+        if k != wanted {
+            return Err(Error::WrongKind {
+                entry: e,
+                wanted: wanted.name(),
+                actual: k.name(),
+            });
+        }
+        Ok(r)
+    }
+
+    /// The attributes of an entry.
+    pub fn attr(&self, e: EntryId) -> Result<Attr> {
+        let r = self.raw(e)?;
+        let kind = Kind::of(r.mode);
+        Ok(Attr {
+            kind,
+            perm: r.mode & 0o7777,
+            nlink: r.nlink,
+            size: match kind {
+                Kind::File => r.d,
+                Kind::Symlink => r.b as u64,
+                Kind::Dir => 0,
+            },
+            mtime: r.mtime,
+            mtime_nsec: r.mtime_nsec,
+        })
+    }
+
+    /// The parent of a directory (the root is its own parent).
+    pub fn parent(&self, dir: EntryId) -> Result<EntryId> {
+        Ok(self.raw_kind(dir, Kind::Dir)?.c)
+    }
+
+    /// Finds `name` in directory `dir` by binary search.
+    pub fn lookup(&self, dir: EntryId, name: &[u8]) -> Result<Option<EntryId>> {
+        let r = self.raw_kind(dir, Kind::Dir)?;
+        let toc = self.toc_view();
+        let (mut lo, mut hi) = (r.a, r.a + r.b);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match toc.dirent_name(mid).cmp(name) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(Some(toc.dirent(mid).2)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Resolves a relative path (`usr/bin/x`; empty is the root) without following symlinks.
+    pub fn lookup_path(&self, path: &[u8]) -> Result<Option<EntryId>> {
+        let mut cur = self.root();
+        for comp in path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+        {
+            if Kind::of(self.raw(cur)?.mode) != Kind::Dir {
+                return Ok(None);
+            }
+            match self.lookup(cur, comp)? {
+                Some(n) => cur = n,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    /// The entries of a directory, in name order (without `.` and `..`).
+    pub fn read_dir(&self, dir: EntryId) -> Result<DirIter<'_>> {
+        let r = self.raw_kind(dir, Kind::Dir)?;
+        Ok(DirIter {
+            toc: self.toc_view(),
+            range: r.a..r.a + r.b,
+        })
+    }
+
+    /// The target of a symbolic link.
+    pub fn read_link(&self, e: EntryId) -> Result<&[u8]> {
+        let r = self.raw_kind(e, Kind::Symlink)?;
+        self.toc_view()
+            .string(r.a, r.b)
+            .ok_or_else(|| Error::corrupt(format!("toc entry {e}"), "symlink target"))
+    }
+
+    /// The extended attributes of an entry, sorted by name.
+    pub fn xattrs(&self, e: EntryId) -> Result<impl ExactSizeIterator<Item = (&[u8], &[u8])> + '_> {
+        let r = self.raw(e)?;
+        let toc = self.toc_view();
+        Ok((r.xattr_first..r.xattr_first + r.xattr_count).map(move |k| toc.xattr(k)))
+    }
+
+    /// One extended attribute by name.
+    pub fn xattr(&self, e: EntryId, name: &[u8]) -> Result<Option<&[u8]>> {
+        Ok(self.xattrs(e)?.find(|(n, _)| *n == name).map(|(_, v)| v))
+    }
+
+    /// The chunk index entry of chunk `c`.
+    pub fn chunk_info(&self, c: ChunkId) -> Result<ChunkInfo> {
+        self.parse_chunk(c)
+    }
+
+    /// Reads the stored (compressed) bytes of chunk `c` into `buf`.
+    pub fn read_stored(&self, c: ChunkId, buf: &mut Vec<u8>) -> Result<ChunkInfo> {
+        let info = self.parse_chunk(c)?;
+        buf.clear();
+        buf.resize(info.stored_len as usize, 0);
+        self.file
+            .read_exact_at(buf, self.header.heap.offset + info.offset)
+            .map_err(|e| Error::io(&self.path, e))?;
+        Ok(info)
+    }
+
+    /// Reads chunk `c`, checks its hash, and decompresses it into `out`.
+    pub fn read_chunk(&self, c: ChunkId, out: &mut Vec<u8>) -> Result<()> {
+        let mut stored = Vec::new();
+        let info = self.read_stored(c, &mut stored)?;
+        chunk::verify_and_decompress(c, &info, &stored, out)
+    }
+
+    /// Checks chunk `c`'s stored bytes against their hash and that they decompress.
+    pub fn verify_chunk(&self, c: ChunkId) -> Result<()> {
+        let mut out = Vec::new();
+        self.read_chunk(c, &mut out)
+    }
+
+    /// The chunks holding bytes `offset .. offset + len` of file `e` (clipped to its size).
+    pub fn file_spans(&self, e: EntryId, offset: u64, len: u64) -> Result<Vec<ChunkSpan>> {
+        let r = self.raw_kind(e, Kind::File)?;
+        let cs = self.header.chunk_size as u64;
+        let end = offset.saturating_add(len).min(r.d);
+        let mut spans = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let abs = r.b as u64 + pos;
+            let chunk = r.a as u64 + abs / cs;
+            let start = abs % cs;
+            let n = (cs - start).min(end - pos);
+            spans.push(ChunkSpan {
+                chunk: chunk as ChunkId,
+                start: start as u32,
+                len: n as u32,
+            });
+            pos += n;
+        }
+        Ok(spans)
+    }
+
+    /// Every chunk file `e` uses.
+    pub fn file_chunks(&self, e: EntryId) -> Result<Range<ChunkId>> {
+        let r = self.raw_kind(e, Kind::File)?;
+        if r.d == 0 {
+            return Ok(0..0);
+        }
+        let last = r.a as u64 + (r.b as u64 + r.d - 1) / self.header.chunk_size as u64;
+        Ok(r.a..last as ChunkId + 1)
+    }
+
+    /// Reads bytes of file `e` at `offset` into `buf`, getting each chunk's decompressed bytes
+    /// from `load` (which is how a cache sits above the archive). Returns the number of bytes
+    /// read: less than `buf.len()` only at the end of the file.
+    pub fn read_at_with<D, F>(
+        &self,
+        e: EntryId,
+        offset: u64,
+        buf: &mut [u8],
+        mut load: F,
+    ) -> Result<usize>
+    where
+        D: AsRef<[u8]>,
+        F: FnMut(ChunkId) -> Result<D>,
+    {
+        let mut done = 0usize;
+        for span in self.file_spans(e, offset, buf.len() as u64)? {
+            let data = load(span.chunk)?;
+            let data = data.as_ref();
+            let (s, n) = (span.start as usize, span.len as usize);
+            let src = data.get(s..s + n).ok_or_else(|| {
+                Error::corrupt(
+                    format!("toc entry {e}"),
+                    format!(
+                        "file needs bytes {s}..{} of chunk {}, which has {}",
+                        s + n,
+                        span.chunk,
+                        data.len()
+                    ),
+                )
+            })?;
+            buf[done..done + n].copy_from_slice(src);
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// Reads bytes of file `e` at `offset` into `buf`, decompressing the chunks it needs
+    /// (no caching: use [`Archive::read_at_with`] or [`Archive::open_file`] for repeated reads).
+    pub fn read_at(&self, e: EntryId, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut scratch = Vec::new();
+        self.read_at_with(e, offset, buf, |c| {
+            let mut out = Vec::new();
+            let info = self.read_stored(c, &mut scratch)?;
+            chunk::verify_and_decompress(c, &info, &scratch, &mut out)?;
+            Ok(out)
+        })
+    }
+
+    /// A sequential reader over file `e` that decompresses each chunk once.
+    pub fn open_file(&self, e: EntryId) -> Result<FileReader<'_>> {
+        let size = self.attr(e)?.size;
+        self.raw_kind(e, Kind::File)?;
+        Ok(FileReader {
+            archive: self,
+            entry: e,
+            pos: 0,
+            size,
+            chunk: None,
+            data: Vec::new(),
+            stored: Vec::new(),
+        })
+    }
+
+    /// Every entry but the root, depth first in name order, with its path relative to the
+    /// root (`usr/bin/x`). A hard-linked file appears once per name.
+    pub fn walk(&self) -> Walk<'_> {
+        let root = self
+            .read_dir(self.root())
+            .expect("root is a directory (checked at open)");
+        Walk {
+            archive: self,
+            stack: vec![(root, 0)],
+            path: Vec::new(),
+        }
+    }
+}
+
+/// See [`Archive::walk`].
+pub struct Walk<'a> {
+    archive: &'a Archive,
+    stack: Vec<(DirIter<'a>, usize)>,
+    path: Vec<u8>,
+}
+
+/// One item of a [`Walk`].
+#[derive(Debug, Clone)]
+pub struct WalkEntry {
+    /// Path relative to the root, `/`-separated.
+    pub path: Vec<u8>,
+    /// The entry.
+    pub entry: EntryId,
+    /// Its attributes.
+    pub attr: Attr,
+}
+
+impl Iterator for Walk<'_> {
+    type Item = WalkEntry;
+
+    fn next(&mut self) -> Option<WalkEntry> {
+        loop {
+            let (iter, base) = self.stack.last_mut()?;
+            let base = *base;
+            match iter.next() {
+                None => {
+                    self.stack.pop();
+                }
+                Some(de) => {
+                    self.path.truncate(base);
+                    if base > 0 {
+                        self.path.push(b'/');
+                    }
+                    self.path.extend_from_slice(de.name);
+                    let attr = self.archive.attr(de.entry).ok()?;
+                    let item = WalkEntry {
+                        path: self.path.clone(),
+                        entry: de.entry,
+                        attr,
+                    };
+                    if attr.kind == Kind::Dir {
+                        if let Ok(it) = self.archive.read_dir(de.entry) {
+                            self.stack.push((it, self.path.len()));
+                        }
+                    }
+                    return Some(item);
+                }
+            }
+        }
+    }
+}
+
+/// A sequential reader over one file: see [`Archive::open_file`].
+pub struct FileReader<'a> {
+    archive: &'a Archive,
+    entry: EntryId,
+    pos: u64,
+    size: u64,
+    chunk: Option<ChunkId>,
+    data: Vec<u8>,
+    stored: Vec<u8>,
+}
+
+impl FileReader<'_> {
+    /// Reads the next bytes; `Ok(0)` at the end of the file.
+    pub fn read_next(&mut self, buf: &mut [u8]) -> Result<usize> {
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let span = self
+            .archive
+            .file_spans(self.entry, self.pos, buf.len() as u64)?[0];
+        if self.chunk != Some(span.chunk) {
+            self.chunk = None;
+            let info = self.archive.read_stored(span.chunk, &mut self.stored)?;
+            chunk::verify_and_decompress(span.chunk, &info, &self.stored, &mut self.data)?;
+            self.chunk = Some(span.chunk);
+        }
+        let (s, n) = (span.start as usize, span.len as usize);
+        let src = self.data.get(s..s + n).ok_or_else(|| {
+            Error::corrupt(
+                format!("toc entry {}", self.entry),
+                format!("chunk {} too short", span.chunk),
+            )
+        })?;
+        buf[..n].copy_from_slice(src);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl io::Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_next(buf).map_err(io::Error::other)
+    }
+}
+
+fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], off + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

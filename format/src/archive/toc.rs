@@ -1,0 +1,382 @@
+//! The table of contents: flat arrays of inodes, directory entries and extended attributes,
+//! plus a string table, read in place from the mapped metadata.
+//!
+//! ```text
+//! toc header   32 bytes: n_inodes u32, n_dirents u32, n_xattrs u32, 0 u32, strings_len u64, 0 u64
+//! inodes       n_inodes  x 48 bytes
+//! dirents      n_dirents x 12 bytes, then zero padding to a multiple of 8
+//! xattrs       n_xattrs  x 16 bytes
+//! strings      strings_len bytes (names, symlink targets, xattr names and values)
+//! ```
+
+use super::le::*;
+use super::{align8, check_name, EntryId, TARGET_MAX};
+use crate::error::{Error, Result};
+
+pub(crate) const TOC_HEADER_LEN: usize = 32;
+pub(crate) const INODE_LEN: usize = 48;
+pub(crate) const DIRENT_LEN: usize = 12;
+pub(crate) const XATTR_LEN: usize = 16;
+
+pub(crate) const S_IFMT: u32 = 0o170000;
+pub(crate) const S_IFREG: u32 = 0o100000;
+pub(crate) const S_IFDIR: u32 = 0o040000;
+pub(crate) const S_IFLNK: u32 = 0o120000;
+
+/// Longest xattr value (Linux's limit).
+pub const XATTR_VALUE_MAX: usize = 65536;
+
+/// One inode record, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct RawInode {
+    pub mode: u32,
+    pub nlink: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub xattr_first: u32,
+    pub xattr_count: u32,
+    /// file: first chunk; dir: first dirent; symlink: target string offset
+    pub a: u32,
+    /// file: offset in first chunk; dir: dirent count; symlink: target length
+    pub b: u32,
+    /// dir: parent inode; otherwise 0
+    pub c: u32,
+    /// file: size; otherwise 0
+    pub d: u64,
+}
+
+impl RawInode {
+    pub(crate) fn to_bytes(self) -> [u8; INODE_LEN] {
+        let mut r = [0u8; INODE_LEN];
+        put_u32(&mut r, 0, self.mode);
+        put_u32(&mut r, 4, self.nlink);
+        put_u64(&mut r, 8, self.mtime as u64);
+        put_u32(&mut r, 16, self.mtime_nsec);
+        put_u32(&mut r, 20, self.xattr_first);
+        put_u32(&mut r, 24, self.xattr_count);
+        put_u32(&mut r, 28, self.a);
+        put_u32(&mut r, 32, self.b);
+        put_u32(&mut r, 36, self.c);
+        put_u64(&mut r, 40, self.d);
+        r
+    }
+
+    fn parse(r: &[u8]) -> RawInode {
+        RawInode {
+            mode: u32_at(r, 0),
+            nlink: u32_at(r, 4),
+            mtime: i64_at(r, 8),
+            mtime_nsec: u32_at(r, 16),
+            xattr_first: u32_at(r, 20),
+            xattr_count: u32_at(r, 24),
+            a: u32_at(r, 28),
+            b: u32_at(r, 32),
+            c: u32_at(r, 36),
+            d: u64_at(r, 40),
+        }
+    }
+
+    pub(crate) fn kind_bits(&self) -> u32 {
+        self.mode & S_IFMT
+    }
+}
+
+/// Where the tables lie inside the TOC section.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TocLayout {
+    pub n_inodes: u32,
+    pub n_dirents: u32,
+    pub n_xattrs: u32,
+    pub inodes: usize,
+    pub dirents: usize,
+    pub xattrs: usize,
+    pub strings: usize,
+    pub strings_len: usize,
+}
+
+impl TocLayout {
+    pub(crate) fn compute(
+        n_inodes: u32,
+        n_dirents: u32,
+        n_xattrs: u32,
+        strings_len: u64,
+    ) -> (TocLayout, u64) {
+        let inodes = TOC_HEADER_LEN as u64;
+        let dirents = inodes + n_inodes as u64 * INODE_LEN as u64;
+        let xattrs = align8(dirents + n_dirents as u64 * DIRENT_LEN as u64);
+        let strings = xattrs + n_xattrs as u64 * XATTR_LEN as u64;
+        let total = strings + strings_len;
+        (
+            TocLayout {
+                n_inodes,
+                n_dirents,
+                n_xattrs,
+                inodes: inodes as usize,
+                dirents: dirents as usize,
+                xattrs: xattrs as usize,
+                strings: strings as usize,
+                strings_len: strings_len as usize,
+            },
+            total,
+        )
+    }
+
+    pub(crate) fn parse(toc: &[u8]) -> Result<TocLayout> {
+        if toc.len() < TOC_HEADER_LEN {
+            return Err(Error::Truncated {
+                section: "toc",
+                offset: 0,
+                need: TOC_HEADER_LEN as u64,
+                len: toc.len() as u64,
+            });
+        }
+        let (n_inodes, n_dirents, n_xattrs) = (u32_at(toc, 0), u32_at(toc, 4), u32_at(toc, 8));
+        let strings_len = u64_at(toc, 16);
+        if u32_at(toc, 12) != 0 || u64_at(toc, 24) != 0 {
+            return Err(Error::corrupt("toc header", "reserved fields are not zero"));
+        }
+        if strings_len > u32::MAX as u64 {
+            return Err(Error::corrupt(
+                "toc header",
+                "string table larger than 4 GiB",
+            ));
+        }
+        if n_inodes == 0 {
+            return Err(Error::corrupt("toc header", "no root directory"));
+        }
+        let (layout, total) = TocLayout::compute(n_inodes, n_dirents, n_xattrs, strings_len);
+        if total != toc.len() as u64 {
+            return Err(Error::corrupt(
+                "toc header",
+                format!(
+                    "{n_inodes} inodes, {n_dirents} entries, {n_xattrs} xattrs and {strings_len} string bytes need {total} bytes, the section has {}",
+                    toc.len()
+                ),
+            ));
+        }
+        Ok(layout)
+    }
+}
+
+/// A validated view of the TOC bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Toc<'a> {
+    pub bytes: &'a [u8],
+    pub l: TocLayout,
+}
+
+impl<'a> Toc<'a> {
+    #[inline]
+    pub(crate) fn inode(&self, i: EntryId) -> RawInode {
+        let off = self.l.inodes + i as usize * INODE_LEN;
+        RawInode::parse(&self.bytes[off..off + INODE_LEN])
+    }
+
+    /// (name offset, name length, target inode) of dirent `j`.
+    #[inline]
+    pub(crate) fn dirent(&self, j: u32) -> (u32, u16, EntryId) {
+        let off = self.l.dirents + j as usize * DIRENT_LEN;
+        let r = &self.bytes[off..off + DIRENT_LEN];
+        (u32_at(r, 0), u16_at(r, 8), u32_at(r, 4))
+    }
+
+    #[inline]
+    pub(crate) fn dirent_name(&self, j: u32) -> &'a [u8] {
+        let (off, len, _) = self.dirent(j);
+        self.string(off, len as u32).unwrap_or(b"")
+    }
+
+    /// (name, value) of xattr record `k`.
+    pub(crate) fn xattr(&self, k: u32) -> (&'a [u8], &'a [u8]) {
+        let off = self.l.xattrs + k as usize * XATTR_LEN;
+        let r = &self.bytes[off..off + XATTR_LEN];
+        let name = self
+            .string(u32_at(r, 0), u16_at(r, 8) as u32)
+            .unwrap_or(b"");
+        let value = self.string(u32_at(r, 4), u32_at(r, 12)).unwrap_or(b"");
+        (name, value)
+    }
+
+    #[inline]
+    pub(crate) fn string(&self, off: u32, len: u32) -> Option<&'a [u8]> {
+        let start = off as usize;
+        let end = start.checked_add(len as usize)?;
+        if end > self.l.strings_len {
+            return None;
+        }
+        Some(&self.bytes[self.l.strings + start..self.l.strings + end])
+    }
+
+    /// Checks every record once, so that lookups, walks and reads can trust the TOC:
+    /// every index in range, names legal and sorted, the directory graph a tree rooted at
+    /// entry 0 (each directory linked exactly once, from a lower-numbered directory, so no
+    /// cycle is possible), and each file's bytes within the chunk index.
+    pub(crate) fn validate(&self, n_chunks: u32, chunk_size: u32) -> Result<()> {
+        let n = self.l.n_inodes;
+        let root = self.inode(0);
+        if root.kind_bits() != S_IFDIR {
+            return Err(Error::corrupt("toc entry 0", "the root is not a directory"));
+        }
+        let mut linked = vec![0u64; (n as usize).div_ceil(64)];
+        for i in 0..n {
+            let ino = self.inode(i);
+            let bad = |reason: String| Error::corrupt(format!("toc entry {i}"), reason);
+            if ino.mode & !0o177777 != 0 {
+                return Err(bad(format!("mode {:#o} has unknown bits", ino.mode)));
+            }
+            if ino.mtime_nsec >= 1_000_000_000 {
+                return Err(bad(format!(
+                    "mtime nanoseconds {} out of range",
+                    ino.mtime_nsec
+                )));
+            }
+            self.validate_xattrs(i, &ino)?;
+            match ino.kind_bits() {
+                S_IFDIR => {
+                    if ino.d != 0 {
+                        return Err(bad("directory has a size field".into()));
+                    }
+                    if i == 0 && ino.c != 0 {
+                        return Err(bad("root's parent is not itself".into()));
+                    }
+                    let end = ino.a as u64 + ino.b as u64;
+                    if end > self.l.n_dirents as u64 {
+                        return Err(bad(format!(
+                            "entries {}..{end} beyond the {} directory entries",
+                            ino.a, self.l.n_dirents
+                        )));
+                    }
+                    let mut prev: Option<&[u8]> = None;
+                    for j in ino.a..ino.a + ino.b {
+                        let (noff, nlen, t) = self.dirent(j);
+                        let off = self.l.dirents + j as usize * DIRENT_LEN;
+                        if u16_at(self.bytes, off + 10) != 0 {
+                            return Err(bad(format!(
+                                "directory entry {j}: reserved bytes not zero"
+                            )));
+                        }
+                        let name = self.string(noff, nlen as u32).ok_or_else(|| {
+                            bad(format!(
+                                "directory entry {j}: name outside the string table"
+                            ))
+                        })?;
+                        check_name(name).map_err(|r| {
+                            bad(format!(
+                                "directory entry {j} {:?}: {r}",
+                                String::from_utf8_lossy(name)
+                            ))
+                        })?;
+                        if prev.is_some_and(|p| p >= name) {
+                            return Err(bad(format!(
+                                "directory entries not sorted or duplicated at {:?}",
+                                String::from_utf8_lossy(name)
+                            )));
+                        }
+                        prev = Some(name);
+                        if t >= n {
+                            return Err(bad(format!(
+                                "directory entry {j} points to entry {t} of {n}"
+                            )));
+                        }
+                        let child = self.inode(t);
+                        if child.kind_bits() == S_IFDIR {
+                            if t <= i || child.c != i {
+                                return Err(bad(format!(
+                                    "directory entry {j} links directory {t} whose parent is {}",
+                                    child.c
+                                )));
+                            }
+                            let (w, bit) = ((t / 64) as usize, 1u64 << (t % 64));
+                            if linked[w] & bit != 0 {
+                                return Err(bad(format!("directory {t} is linked twice")));
+                            }
+                            linked[w] |= bit;
+                        }
+                    }
+                }
+                S_IFREG => {
+                    if ino.c != 0 {
+                        return Err(bad("file has a parent field".into()));
+                    }
+                    if ino.d == 0 {
+                        if ino.a != 0 || ino.b != 0 {
+                            return Err(bad("empty file points into the heap".into()));
+                        }
+                    } else {
+                        if ino.b >= chunk_size {
+                            return Err(bad(format!(
+                                "offset {} in chunk beyond the chunk size",
+                                ino.b
+                            )));
+                        }
+                        let last = ino.a as u64 + (ino.b as u64 + ino.d - 1) / chunk_size as u64;
+                        if last >= n_chunks as u64 {
+                            return Err(bad(format!(
+                                "file bytes reach chunk {last} of {n_chunks}"
+                            )));
+                        }
+                    }
+                }
+                S_IFLNK => {
+                    if ino.c != 0 || ino.d != 0 {
+                        return Err(bad("symlink has parent or size fields".into()));
+                    }
+                    let t = self
+                        .string(ino.a, ino.b)
+                        .ok_or_else(|| bad("symlink target outside the string table".into()))?;
+                    if t.is_empty() || t.len() > TARGET_MAX || t.contains(&0) {
+                        return Err(bad("symlink target empty, too long or contains NUL".into()));
+                    }
+                }
+                other => return Err(bad(format!("unsupported file type {other:#o}"))),
+            }
+        }
+        for i in 1..n {
+            if self.inode(i).kind_bits() == S_IFDIR
+                && linked[(i / 64) as usize] & (1 << (i % 64)) == 0
+            {
+                return Err(Error::corrupt(
+                    format!("toc entry {i}"),
+                    "directory is not linked from its parent",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_xattrs(&self, i: EntryId, ino: &RawInode) -> Result<()> {
+        let bad = |reason: String| Error::corrupt(format!("toc entry {i}"), reason);
+        let end = ino.xattr_first as u64 + ino.xattr_count as u64;
+        if end > self.l.n_xattrs as u64 {
+            return Err(bad(format!(
+                "xattrs {}..{end} beyond the {} records",
+                ino.xattr_first, self.l.n_xattrs
+            )));
+        }
+        let mut prev: Option<&[u8]> = None;
+        for k in ino.xattr_first..ino.xattr_first + ino.xattr_count {
+            let off = self.l.xattrs + k as usize * XATTR_LEN;
+            let r = &self.bytes[off..off + XATTR_LEN];
+            if u16_at(r, 10) != 0 {
+                return Err(bad(format!("xattr {k}: reserved bytes not zero")));
+            }
+            let name = self
+                .string(u32_at(r, 0), u16_at(r, 8) as u32)
+                .ok_or_else(|| bad(format!("xattr {k}: name outside the string table")))?;
+            let vlen = u32_at(r, 12);
+            if vlen as usize > XATTR_VALUE_MAX || self.string(u32_at(r, 4), vlen).is_none() {
+                return Err(bad(format!(
+                    "xattr {k}: value outside the string table or too long"
+                )));
+            }
+            if name.is_empty() || name.len() > 255 || name.contains(&0) || !name.contains(&b'.') {
+                return Err(bad(format!("xattr {k}: invalid name")));
+            }
+            if prev.is_some_and(|p| p >= name) {
+                return Err(bad(format!("xattr {k}: names not sorted or duplicated")));
+            }
+            prev = Some(name);
+        }
+        Ok(())
+    }
+}

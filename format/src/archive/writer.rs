@@ -1,0 +1,623 @@
+//! Writing an archive from a [`Tree`]: number the entries, dedup contents, lay contents out
+//! in chunks, compress chunks in parallel, write to a temp file, sign, rename into place.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::chunk::{self, ChunkInfo, Compression, INDEX_ENTRY_LEN};
+use super::header::{Header, Section, FLAG_SIGNED, HEADER_LEN, VERSION_MAJOR, VERSION_MINOR};
+use super::sign::{Trailer, TRAILER_LEN};
+use super::toc::{
+    RawInode, TocLayout, DIRENT_LEN, S_IFDIR, S_IFLNK, S_IFREG, TOC_HEADER_LEN, XATTR_LEN,
+};
+use super::tree::{Content, NodeId, NodeKind, Tree};
+use super::{align8, PackageId, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::error::{Error, Result};
+use crate::keys::{KeyId, SecretKey};
+use crate::manifest::Manifest;
+
+/// Options for building an archive.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Compression method and level.
+    pub compression: Compression,
+    /// Uncompressed chunk size: a power of two from 64 KiB to 1 MiB.
+    pub chunk_size: u32,
+    /// Worker threads for compression (0: one per core).
+    pub threads: usize,
+    /// Clamp every mtime to at most this (from `SOURCE_DATE_EPOCH`).
+    pub source_date_epoch: Option<i64>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            compression: Compression::default(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            threads: 0,
+            source_date_epoch: None,
+        }
+    }
+}
+
+impl BuildOptions {
+    /// Options with `SOURCE_DATE_EPOCH` taken from the environment (if set and valid).
+    pub fn from_env() -> Result<BuildOptions> {
+        let mut o = BuildOptions::default();
+        if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+            let t = v.trim().parse::<i64>().map_err(|_| {
+                Error::Options(format!(
+                    "SOURCE_DATE_EPOCH `{v}` is not a number of seconds"
+                ))
+            })?;
+            o.source_date_epoch = Some(t);
+        }
+        Ok(o)
+    }
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    /// The package id.
+    pub id: PackageId,
+    /// The signer's key id, if signed.
+    pub signer: Option<KeyId>,
+    /// Regular files (each hard-linked file once).
+    pub files: u64,
+    /// Directories, including the root.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Extra names of hard-linked entries.
+    pub hardlinks: u64,
+    /// Files whose contents were identical to an earlier file's and stored once.
+    pub deduplicated_files: u64,
+    /// Sum of all file sizes.
+    pub content_bytes: u64,
+    /// Bytes of unique content, i.e. uncompressed heap size.
+    pub unique_bytes: u64,
+    /// Compressed heap size.
+    pub heap_bytes: u64,
+    /// Chunks in the chunk index.
+    pub chunks: u32,
+    /// Chunks whose stored bytes were identical to an earlier chunk's and stored once.
+    pub deduplicated_chunks: u32,
+    /// Size of the archive file.
+    pub file_size: u64,
+}
+
+/// One piece of a blob inside a chunk.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    blob: u32,
+    blob_off: u64,
+    len: u32,
+}
+
+#[derive(Debug, Default)]
+struct ChunkPlan {
+    raw_len: u32,
+    pieces: Vec<Piece>,
+}
+
+/// Writes `tree` as a package archive to `out` (atomically: a temp file in the same
+/// directory renamed into place; on error nothing is left behind). `progress` is called with
+/// (bytes done, bytes total) of content as chunks are written.
+pub fn write_archive(
+    tree: &Tree,
+    manifest: &Manifest,
+    key: Option<&SecretKey>,
+    opts: &BuildOptions,
+    out: &Path,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<BuildReport> {
+    let cs = opts.chunk_size;
+    if !cs.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
+        return Err(Error::Options(format!(
+            "chunk size {cs} must be a power of two from 64 KiB to 1 MiB"
+        )));
+    }
+    manifest.validate()?;
+    let manifest_bytes = manifest.to_json();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .map_err(|e| Error::Options(format!("cannot start worker threads: {e}")))?;
+
+    // 1. Number the entries in depth-first preorder, children sorted by name: a directory's
+    //    children always get higher numbers than the directory (the reader relies on that).
+    let mut entry_of: Vec<u32> = vec![u32::MAX; tree.nodes.len()];
+    let mut order: Vec<NodeId> = Vec::new();
+    let mut stack: Vec<NodeId> = vec![0];
+    let mut report = BuildReport {
+        id: PackageId([0; 32]),
+        signer: key.map(|k| k.public().id()),
+        files: 0,
+        dirs: 0,
+        symlinks: 0,
+        hardlinks: 0,
+        deduplicated_files: 0,
+        content_bytes: 0,
+        unique_bytes: 0,
+        heap_bytes: 0,
+        chunks: 0,
+        deduplicated_chunks: 0,
+        file_size: 0,
+    };
+    while let Some(n) = stack.pop() {
+        if entry_of[n as usize] != u32::MAX {
+            report.hardlinks += 1;
+            continue;
+        }
+        entry_of[n as usize] = order.len() as u32;
+        order.push(n);
+        if let NodeKind::Dir(ch) = &tree.nodes[n as usize].kind {
+            stack.extend(ch.values().rev());
+        }
+    }
+    if order.len() > u32::MAX as usize - 1 {
+        return Err(Error::Options("too many entries".into()));
+    }
+
+    // 2. Deduplicate file contents. Only files whose size occurs more than once can be
+    //    duplicates, so only those are hashed (a file is otherwise read exactly once).
+    let files: Vec<NodeId> = order
+        .iter()
+        .copied()
+        .filter(|&n| matches!(tree.nodes[n as usize].kind, NodeKind::File { .. }))
+        .collect();
+    let size_of = |n: NodeId| match &tree.nodes[n as usize].kind {
+        NodeKind::File { size, .. } => *size,
+        _ => 0,
+    };
+    let mut by_size: HashMap<u64, u32> = HashMap::new();
+    for &f in &files {
+        *by_size.entry(size_of(f)).or_default() += 1;
+    }
+    let to_hash: Vec<NodeId> = files
+        .iter()
+        .copied()
+        .filter(|&f| size_of(f) > 0 && by_size[&size_of(f)] > 1)
+        .collect();
+    let hashes: Vec<(NodeId, [u8; 32])> = pool.install(|| {
+        to_hash
+            .par_iter()
+            .map(|&f| Ok((f, hash_content(tree, f)?)))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let hash_of: HashMap<NodeId, [u8; 32]> = hashes.into_iter().collect();
+    // blobs: (node that supplies the bytes, size)
+    let mut blobs: Vec<(NodeId, u64)> = Vec::new();
+    let mut blob_of_file: HashMap<NodeId, u32> = HashMap::new();
+    let mut blob_by_hash: HashMap<(u64, [u8; 32]), u32> = HashMap::new();
+    for &f in &files {
+        let size = size_of(f);
+        report.files += 1;
+        report.content_bytes += size;
+        if size == 0 {
+            continue;
+        }
+        if let Some(h) = hash_of.get(&f) {
+            if let Some(&b) = blob_by_hash.get(&(size, *h)) {
+                blob_of_file.insert(f, b);
+                report.deduplicated_files += 1;
+                continue;
+            }
+            blob_by_hash.insert((size, *h), blobs.len() as u32);
+        }
+        blob_of_file.insert(f, blobs.len() as u32);
+        blobs.push((f, size));
+    }
+
+    // 3. Lay blobs out in chunks. A blob smaller than a chunk lies inside one chunk, packed
+    //    with its neighbours; a larger one starts its own chunk and fills whole chunks, so
+    //    identical large files in different packages give identical chunks.
+    let mut chunks: Vec<ChunkPlan> = Vec::new();
+    let mut open = false;
+    let mut blob_loc: Vec<(u32, u32)> = Vec::with_capacity(blobs.len());
+    for (b, &(_, size)) in blobs.iter().enumerate() {
+        let b = b as u32;
+        if size >= cs as u64 {
+            open = false;
+            blob_loc.push((chunks.len() as u32, 0));
+            let mut off = 0u64;
+            while off < size {
+                let len = (size - off).min(cs as u64) as u32;
+                chunks.push(ChunkPlan {
+                    raw_len: len,
+                    pieces: vec![Piece {
+                        blob: b,
+                        blob_off: off,
+                        len,
+                    }],
+                });
+                off += len as u64;
+            }
+        } else {
+            let size = size as u32;
+            if !open || chunks.last().is_some_and(|c| c.raw_len + size > cs) {
+                chunks.push(ChunkPlan::default());
+                open = true;
+            }
+            let idx = chunks.len() as u32 - 1;
+            let c = chunks.last_mut().expect("pushed above");
+            blob_loc.push((idx, c.raw_len));
+            c.pieces.push(Piece {
+                blob: b,
+                blob_off: 0,
+                len: size,
+            });
+            c.raw_len += size;
+        }
+        if chunks.len() > u32::MAX as usize {
+            return Err(Error::Options("more than 2^32 chunks".into()));
+        }
+    }
+    let n_chunks = chunks.len() as u32;
+    report.chunks = n_chunks;
+    report.unique_bytes = chunks.iter().map(|c| c.raw_len as u64).sum();
+
+    // 4. The table of contents.
+    let toc = build_toc(
+        tree,
+        &order,
+        &entry_of,
+        &blob_of_file,
+        &blob_loc,
+        opts,
+        &mut report,
+    )?;
+
+    // 5. Section layout; everything but the heap and the trailer is known now.
+    let manifest_sec = Section {
+        offset: HEADER_LEN as u64,
+        len: manifest_bytes.len() as u64,
+    };
+    let toc_sec = Section {
+        offset: align8(manifest_sec.end()),
+        len: toc.len() as u64,
+    };
+    let index_sec = Section {
+        offset: align8(toc_sec.end()),
+        len: n_chunks as u64 * INDEX_ENTRY_LEN as u64,
+    };
+    let heap_off = align8(index_sec.end());
+
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".hpkg-")
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    let tmp_path = tmp.path().to_owned();
+    let ioerr = |e| Error::io(&tmp_path, e);
+
+    // 6. Compress and write the heap, a batch of chunks at a time (bounded memory), chunks
+    //    of a batch in parallel. Identical stored chunks are written once.
+    let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+    w.seek(SeekFrom::Start(heap_off)).map_err(ioerr)?;
+    let mut index: Vec<ChunkInfo> = Vec::with_capacity(n_chunks as usize);
+    let mut seen: HashMap<([u8; 32], u32), u64> = HashMap::new();
+    let mut heap_len = 0u64;
+    let mut done = 0u64;
+    let total = report.unique_bytes;
+    progress(0, total);
+    let batch = (pool.current_num_threads() * 8).max(8);
+    for group in chunks.chunks(batch) {
+        let results: Vec<(chunk::Method, Vec<u8>, u32)> = pool.install(|| {
+            group
+                .par_iter()
+                .map(|plan| {
+                    let raw = assemble(tree, &blobs, plan)?;
+                    let (m, stored) = chunk::compress(&raw, opts.compression)
+                        .map_err(|e| Error::io("<compressor>", e))?;
+                    Ok((m, stored, plan.raw_len))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        for (method, stored, raw_len) in results {
+            let hash = *blake3::hash(&stored).as_bytes();
+            let offset = match seen.get(&(hash, stored.len() as u32)) {
+                Some(&off) => {
+                    report.deduplicated_chunks += 1;
+                    off
+                }
+                None => {
+                    w.write_all(&stored).map_err(ioerr)?;
+                    let off = heap_len;
+                    heap_len += stored.len() as u64;
+                    seen.insert((hash, stored.len() as u32), off);
+                    off
+                }
+            };
+            index.push(ChunkInfo {
+                offset,
+                stored_len: stored.len() as u32,
+                raw_len,
+                method,
+                hash,
+            });
+            done += raw_len as u64;
+        }
+        progress(done, total);
+    }
+    w.flush().map_err(ioerr)?;
+    drop(w);
+    report.heap_bytes = heap_len;
+
+    // 7. Metadata: header, manifest, TOC and chunk index; its hash is the package id.
+    let heap = Section {
+        offset: heap_off,
+        len: heap_len,
+    };
+    let trailer_sec = Section {
+        offset: heap.end(),
+        len: TRAILER_LEN as u64,
+    };
+    let header = Header {
+        version_major: VERSION_MAJOR,
+        version_minor: VERSION_MINOR,
+        flags: if key.is_some() { FLAG_SIGNED } else { 0 },
+        chunk_size: cs,
+        compression: opts.compression,
+        manifest: manifest_sec,
+        toc: toc_sec,
+        chunk_index: index_sec,
+        heap,
+        trailer: trailer_sec,
+        content_size: report.unique_bytes,
+        file_size: trailer_sec.end(),
+    };
+    let mut meta = vec![0u8; heap_off as usize];
+    meta[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+    meta[manifest_sec.offset as usize..manifest_sec.end() as usize]
+        .copy_from_slice(&manifest_bytes);
+    meta[toc_sec.offset as usize..toc_sec.end() as usize].copy_from_slice(&toc);
+    for (i, c) in index.iter().enumerate() {
+        let off = index_sec.offset as usize + i * INDEX_ENTRY_LEN;
+        meta[off..off + INDEX_ENTRY_LEN].copy_from_slice(&c.to_bytes());
+    }
+    let id = PackageId(*blake3::hash(&meta).as_bytes());
+    report.id = id;
+    let trailer = Trailer::new(id, key).to_bytes();
+    let f = tmp.as_file();
+    f.write_all_at(&meta, 0).map_err(ioerr)?;
+    f.write_all_at(&trailer, trailer_sec.offset)
+        .map_err(ioerr)?;
+    f.set_len(trailer_sec.end()).map_err(ioerr)?;
+    f.set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(ioerr)?;
+    f.sync_all().map_err(ioerr)?;
+    report.file_size = trailer_sec.end();
+    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(report)
+}
+
+fn hash_content(tree: &Tree, f: NodeId) -> Result<[u8; 32]> {
+    match &tree.nodes[f as usize].kind {
+        NodeKind::File {
+            content: Content::Bytes(b),
+            ..
+        } => Ok(*blake3::hash(b).as_bytes()),
+        NodeKind::File {
+            content: Content::Path(p),
+            size,
+        } => {
+            let file = File::open(p).map_err(|e| Error::io(p, e))?;
+            let mut h = blake3::Hasher::new();
+            let n = h
+                .update_reader(file.take(*size + 1))
+                .map_err(|e| Error::io(p, e))?
+                .count();
+            if n != *size {
+                return Err(changed(p));
+            }
+            Ok(*h.finalize().as_bytes())
+        }
+        _ => Ok([0; 32]),
+    }
+}
+
+fn changed(p: &Path) -> Error {
+    Error::Source {
+        path: p.to_owned(),
+        reason: "file changed size while being packaged".into(),
+    }
+}
+
+/// Reads the uncompressed bytes of one planned chunk.
+fn assemble(tree: &Tree, blobs: &[(NodeId, u64)], plan: &ChunkPlan) -> Result<Vec<u8>> {
+    let mut raw = vec![0u8; plan.raw_len as usize];
+    let mut pos = 0usize;
+    for p in &plan.pieces {
+        let (node, size) = blobs[p.blob as usize];
+        let dst = &mut raw[pos..pos + p.len as usize];
+        match &tree.nodes[node as usize].kind {
+            NodeKind::File {
+                content: Content::Bytes(b),
+                ..
+            } => dst.copy_from_slice(&b[p.blob_off as usize..p.blob_off as usize + p.len as usize]),
+            NodeKind::File {
+                content: Content::Path(path),
+                ..
+            } => {
+                let f = File::open(path).map_err(|e| Error::io(path, e))?;
+                f.read_exact_at(dst, p.blob_off).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        changed(path)
+                    } else {
+                        Error::io(path, e)
+                    }
+                })?;
+                if p.blob_off + p.len as u64 == size {
+                    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+                    if len != size {
+                        return Err(changed(path));
+                    }
+                }
+            }
+            _ => unreachable!("blobs are regular files"),
+        }
+        pos += p.len as usize;
+    }
+    Ok(raw)
+}
+
+struct Strings {
+    bytes: Vec<u8>,
+    index: HashMap<Vec<u8>, u32>,
+}
+
+impl Strings {
+    fn add(&mut self, s: &[u8]) -> Result<u32> {
+        if let Some(&o) = self.index.get(s) {
+            return Ok(o);
+        }
+        let off = self.bytes.len();
+        if off + s.len() > u32::MAX as usize {
+            return Err(Error::Options("string table larger than 4 GiB".into()));
+        }
+        self.bytes.extend_from_slice(s);
+        self.index.insert(s.to_vec(), off as u32);
+        Ok(off as u32)
+    }
+}
+
+fn build_toc(
+    tree: &Tree,
+    order: &[NodeId],
+    entry_of: &[u32],
+    blob_of_file: &HashMap<NodeId, u32>,
+    blob_loc: &[(u32, u32)],
+    opts: &BuildOptions,
+    report: &mut BuildReport,
+) -> Result<Vec<u8>> {
+    let mut strings = Strings {
+        bytes: Vec::new(),
+        index: HashMap::new(),
+    };
+    let mut inodes: Vec<RawInode> = Vec::with_capacity(order.len());
+    let mut dirents: Vec<(u32, u16, u32)> = Vec::new();
+    let mut xattrs: Vec<(u32, u16, u32, u32)> = Vec::new();
+    let mut nlink: Vec<u32> = vec![0; order.len()];
+    let mut parent: Vec<u32> = vec![0; order.len()];
+    for (e, &n) in order.iter().enumerate() {
+        if let NodeKind::Dir(ch) = &tree.nodes[n as usize].kind {
+            for &c in ch.values() {
+                let ce = entry_of[c as usize] as usize;
+                nlink[ce] += 1;
+                if matches!(tree.nodes[c as usize].kind, NodeKind::Dir(_)) {
+                    parent[ce] = e as u32;
+                    nlink[e] += 1;
+                }
+            }
+        }
+    }
+    for (e, &n) in order.iter().enumerate() {
+        let node = &tree.nodes[n as usize];
+        let mtime = match opts.source_date_epoch {
+            Some(t) if node.mtime > t => t,
+            _ => node.mtime,
+        };
+        let mtime_nsec = match opts.source_date_epoch {
+            Some(t) if node.mtime >= t => 0,
+            _ => node.mtime_nsec,
+        };
+        let xattr_first = xattrs.len() as u32;
+        for (k, v) in &node.xattrs {
+            let ko = strings.add(k)?;
+            let vo = strings.add(v)?;
+            xattrs.push((ko, k.len() as u16, vo, v.len() as u32));
+        }
+        let mut ino = RawInode {
+            mode: node.perm & 0o7777,
+            nlink: 0,
+            mtime,
+            mtime_nsec,
+            xattr_first,
+            xattr_count: node.xattrs.len() as u32,
+            ..RawInode::default()
+        };
+        match &node.kind {
+            NodeKind::Dir(ch) => {
+                report.dirs += 1;
+                ino.mode |= S_IFDIR;
+                ino.nlink = nlink[e] + 2 - u32::from(e != 0);
+                ino.a = dirents.len() as u32;
+                ino.b = ch.len() as u32;
+                ino.c = parent[e];
+                for (name, &c) in ch {
+                    let o = strings.add(name)?;
+                    dirents.push((o, name.len() as u16, entry_of[c as usize]));
+                }
+            }
+            NodeKind::File { size, .. } => {
+                ino.mode |= S_IFREG;
+                ino.nlink = nlink[e];
+                ino.d = *size;
+                if let Some(&b) = blob_of_file.get(&n) {
+                    let (c, off) = blob_loc[b as usize];
+                    ino.a = c;
+                    ino.b = off;
+                }
+            }
+            NodeKind::Symlink(t) => {
+                report.symlinks += 1;
+                ino.mode |= S_IFLNK;
+                ino.nlink = nlink[e];
+                ino.a = strings.add(t)?;
+                ino.b = t.len() as u32;
+            }
+        }
+        inodes.push(ino);
+    }
+    if dirents.len() > u32::MAX as usize || xattrs.len() > u32::MAX as usize {
+        return Err(Error::Options(
+            "too many directory entries or xattrs".into(),
+        ));
+    }
+    let (l, total) = TocLayout::compute(
+        inodes.len() as u32,
+        dirents.len() as u32,
+        xattrs.len() as u32,
+        strings.bytes.len() as u64,
+    );
+    let mut toc = vec![0u8; total as usize];
+    use super::le::{put_u16, put_u32, put_u64};
+    put_u32(&mut toc, 0, l.n_inodes);
+    put_u32(&mut toc, 4, l.n_dirents);
+    put_u32(&mut toc, 8, l.n_xattrs);
+    put_u64(&mut toc, 16, l.strings_len as u64);
+    debug_assert_eq!(l.inodes, TOC_HEADER_LEN);
+    for (i, ino) in inodes.iter().enumerate() {
+        let off = l.inodes + i * super::toc::INODE_LEN;
+        toc[off..off + super::toc::INODE_LEN].copy_from_slice(&ino.to_bytes());
+    }
+    for (j, &(o, len, t)) in dirents.iter().enumerate() {
+        let off = l.dirents + j * DIRENT_LEN;
+        put_u32(&mut toc, off, o);
+        put_u32(&mut toc, off + 4, t);
+        put_u16(&mut toc, off + 8, len);
+    }
+    for (k, &(no, nl, vo, vl)) in xattrs.iter().enumerate() {
+        let off = l.xattrs + k * XATTR_LEN;
+        put_u32(&mut toc, off, no);
+        put_u32(&mut toc, off + 4, vo);
+        put_u16(&mut toc, off + 8, nl);
+        put_u32(&mut toc, off + 12, vl);
+    }
+    toc[l.strings..].copy_from_slice(&strings.bytes);
+    Ok(toc)
+}

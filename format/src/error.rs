@@ -1,0 +1,163 @@
+//! The one error type of the `format` crate.
+//!
+//! Every variant records what failed and where, as data, so callers (pkgtool, the daemon)
+//! can print a one-line message or pick an errno without parsing strings. Messages are
+//! lowercase without a final period; a cause is either in the text or in `source`, never both.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::manifest::ManifestError;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong reading, writing or checking a package.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error on a named file.
+    #[error("{}", path.display())]
+    Io {
+        /// The file that failed.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The file does not start with the package magic.
+    #[error("not a package archive (bad magic)")]
+    BadMagic,
+    /// The format version is one this reader does not know.
+    #[error("unsupported archive format version {major}.{minor} (this reader knows {known}.x)")]
+    UnsupportedVersion {
+        /// Major version found.
+        major: u16,
+        /// Minor version found.
+        minor: u16,
+        /// Major version this reader implements.
+        known: u16,
+    },
+    /// A section or record lies (partly) beyond the end of the file or its section.
+    #[error("archive truncated: {section} needs bytes {offset}..{end} but only {len} are there", end = offset.saturating_add(*need))]
+    Truncated {
+        /// The section being read.
+        section: &'static str,
+        /// Where the read starts.
+        offset: u64,
+        /// How many bytes it needs.
+        need: u64,
+        /// How many bytes are available.
+        len: u64,
+    },
+    /// A structural rule of the format is broken.
+    #[error("corrupt archive: {section}: {reason}")]
+    Corrupt {
+        /// The section (or record) that is wrong, e.g. `header`, `toc entry 17`.
+        section: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The metadata (header, manifest, TOC, chunk index) does not hash to the id in the trailer.
+    #[error("corrupt archive: metadata hash {actual} does not match the package id {expected} in the trailer")]
+    MetadataHash {
+        /// The id recorded in the trailer.
+        expected: String,
+        /// The hash of the metadata as found.
+        actual: String,
+    },
+    /// A chunk's stored bytes do not match the hash in the chunk index.
+    #[error("chunk {chunk} does not match its hash")]
+    ChunkHash {
+        /// Chunk number.
+        chunk: u32,
+    },
+    /// A chunk's stored bytes match their hash but do not decompress to the recorded length.
+    #[error("chunk {chunk} does not decompress: {reason}")]
+    Decompress {
+        /// Chunk number.
+        chunk: u32,
+        /// What the decompressor said.
+        reason: String,
+    },
+    /// The package carries no signature.
+    #[error("package is not signed")]
+    Unsigned,
+    /// The signature does not verify against the embedded public key.
+    #[error("signature by key {key} is not valid")]
+    BadSignature {
+        /// Key id of the embedded public key.
+        key: String,
+    },
+    /// The package is signed by a key that is not trusted.
+    #[error("package is signed by key {key}, which is not a trusted key")]
+    UnknownKey {
+        /// Key id of the signer.
+        key: String,
+    },
+    /// A key file is malformed.
+    #[error("bad key file {}: {reason}", path.display())]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The manifest does not validate.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A source tree cannot be packaged as it is.
+    #[error("{}: {reason}", path.display())]
+    Source {
+        /// The offending source path.
+        path: PathBuf,
+        /// Why it cannot be packaged.
+        reason: String,
+    },
+    /// Bad build options.
+    #[error("invalid option: {0}")]
+    Options(String),
+    /// An entry number that does not exist in this archive.
+    #[error("no entry {0} in this archive")]
+    NoEntry(u32),
+    /// The entry is not of the kind the operation needs.
+    #[error("entry {entry} is a {actual}, not a {wanted}")]
+    WrongKind {
+        /// Entry number.
+        entry: u32,
+        /// What the operation needs.
+        wanted: &'static str,
+        /// What the entry is.
+        actual: &'static str,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(section: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Corrupt {
+            section: section.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// True if the error means the archive's bytes are damaged or malformed (as opposed to
+    /// an I/O failure, an untrusted key or a caller mistake).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::BadMagic
+                | Error::Truncated { .. }
+                | Error::Corrupt { .. }
+                | Error::MetadataHash { .. }
+                | Error::ChunkHash { .. }
+                | Error::Decompress { .. }
+                | Error::BadSignature { .. }
+        )
+    }
+}
