@@ -1,1 +1,38 @@
-fn main() {}
+//! `pkgtool`: build, sign, inspect, verify and extract packagefs packages.
+//!
+//! A thin binary: `cli.rs` parses, each `cmd/<name>.rs` calls the `format` library and hands
+//! its result to `output.rs`. Errors are printed as one line; exit codes are 0 (ok),
+//! 1 (failure) and 2 (usage).
+
+mod cli;
+mod cmd;
+mod output;
+mod progress;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let stdout = io::stdout();
+    let mut out = output::Out::new(stdout.lock());
+    let result = cmd::run(cli.command, &mut out);
+    let flushed = out.flush();
+    match result.and_then(|code| flushed.map(|_| code).map_err(Into::into)) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "pkgtool: {}", output::one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}

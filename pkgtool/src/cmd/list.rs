@@ -1,0 +1,60 @@
+//! `pkgtool list PKG [-l] [--json]`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use format::archive::Kind;
+use serde::Serialize;
+
+use crate::cli::ListArgs;
+use crate::output::{escape, mode_string, utc_time, Out};
+
+#[derive(Serialize)]
+struct Line {
+    path: String,
+    kind: &'static str,
+    mode: String,
+    size: u64,
+    mtime: i64,
+    nlink: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+}
+
+pub fn run(a: ListArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let ar = super::open(&a.package)?;
+    for w in ar.walk() {
+        let path = escape(&w.path);
+        let target = match w.attr.kind {
+            Kind::Symlink => Some(escape(ar.read_link(w.entry)?)),
+            _ => None,
+        };
+        if a.json {
+            out.json_line(&Line {
+                path,
+                kind: w.attr.kind.name(),
+                mode: format!("{:04o}", w.attr.perm),
+                size: w.attr.size,
+                mtime: w.attr.mtime,
+                nlink: w.attr.nlink,
+                target,
+            })?;
+        } else if a.long {
+            let suffix = if w.attr.kind == Kind::Dir { "/" } else { "" };
+            write!(
+                out,
+                "{} {:>12} {} {path}{suffix}",
+                mode_string(w.attr.kind, w.attr.perm),
+                w.attr.size,
+                utc_time(w.attr.mtime)
+            )?;
+            match target {
+                Some(t) => writeln!(out, " -> {t}")?,
+                None => writeln!(out)?,
+            }
+        } else {
+            writeln!(out, "{path}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,36 @@
+//! One module per subcommand; each `run` calls the libraries and writes to `Out`.
+
+mod build;
+mod cat;
+mod extract;
+mod info;
+mod keygen;
+mod list;
+mod verify;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use format::archive::Archive;
+
+use crate::cli::Command;
+use crate::output::Out;
+
+/// Runs one command.
+pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Keygen(a) => keygen::run(a, out),
+        Command::Build(a) => build::run(a, out),
+        Command::Info(a) => info::run(a, out),
+        Command::List(a) => list::run(a, out),
+        Command::Cat(a) => cat::run(a, out),
+        Command::Extract(a) => extract::run(a, out),
+        Command::Verify(a) => verify::run(a, out),
+    }
+}
+
+/// Opens a package with a message that names it.
+pub fn open(path: &Path) -> anyhow::Result<Archive> {
+    Archive::open(path).with_context(|| format!("cannot open {}", path.display()))
+}

@@ -1,0 +1,208 @@
+//! `pkgtool verify PKG [--key FILE.pub | --trusted-keys DIR | --integrity-only]`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use format::archive::{Archive, ChunkId, Kind};
+use format::keys::TrustedKeys;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::cli::VerifyArgs;
+use crate::output::{escape, Out};
+
+/// Where keys are trusted from when no option names them.
+pub const DEFAULT_KEYS_DIR: &str = "/etc/packagefs/keys";
+
+#[derive(Serialize)]
+struct BadChunk {
+    chunk: ChunkId,
+    error: String,
+    files: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Verified {
+    package: String,
+    ok: bool,
+    id: String,
+    name: String,
+    version: String,
+    signer: Option<String>,
+    trusted: Option<bool>,
+    trust_error: Option<String>,
+    chunks: u32,
+    bad_chunks: Vec<BadChunk>,
+    heap_error: Option<String>,
+}
+
+pub fn run(a: VerifyArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let keys: Option<(TrustedKeys, PathBuf)> = if a.integrity_only {
+        None
+    } else if let Some(k) = &a.key {
+        Some((
+            TrustedKeys::load_file(k).context("cannot load key")?,
+            k.clone(),
+        ))
+    } else {
+        let dir = a
+            .trusted_keys
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS_DIR));
+        if a.trusted_keys.is_none() && !dir.exists() {
+            bail!(
+                "no trusted keys: pass --key FILE.pub or --trusted-keys DIR (or install keys in {DEFAULT_KEYS_DIR}), or --integrity-only"
+            );
+        }
+        Some((
+            TrustedKeys::load_dir(&dir).context("cannot load trusted keys")?,
+            dir,
+        ))
+    };
+    let ar = super::open(&a.package)
+        .with_context(|| format!("cannot verify {}", a.package.display()))?;
+    let (trusted, trust_error) = match &keys {
+        None => (None, None),
+        Some((k, _)) => match ar.check_trust(k) {
+            Ok(_) => (Some(true), None),
+            Err(e) => (Some(false), Some(e.to_string())),
+        },
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.jobs)
+        .build()?;
+    let mut bad: Vec<(ChunkId, String)> = pool.install(|| {
+        (0..ar.chunk_count())
+            .into_par_iter()
+            .filter_map(|c| ar.verify_chunk(c).err().map(|e| (c, e.to_string())))
+            .collect()
+    });
+    bad.sort_by_key(|(c, _)| *c);
+    let users = files_using(&ar, &bad.iter().map(|(c, _)| *c).collect());
+    let bad_chunks: Vec<BadChunk> = bad
+        .into_iter()
+        .map(|(chunk, error)| BadChunk {
+            chunk,
+            error,
+            files: users.get(&chunk).cloned().unwrap_or_default(),
+        })
+        .collect();
+    let heap_error = heap_coverage(&ar).err().map(|e| e.to_string());
+    let m = ar.manifest();
+    let v = Verified {
+        package: a.package.display().to_string(),
+        ok: bad_chunks.is_empty() && heap_error.is_none() && trusted != Some(false),
+        id: ar.id().to_string(),
+        name: m.name.clone(),
+        version: m.version.to_string(),
+        signer: ar.signer().map(|k| k.id().to_string()),
+        trusted,
+        trust_error,
+        chunks: ar.chunk_count(),
+        bad_chunks,
+        heap_error,
+    };
+    if a.json {
+        out.json(&v)?;
+    }
+    let name = a.package.display();
+    for b in &v.bad_chunks {
+        let files = if b.files.is_empty() {
+            "no file".to_string()
+        } else {
+            b.files.join(", ")
+        };
+        eprintln!("pkgtool: {name}: {} (used by {files})", b.error);
+    }
+    if let Some(e) = &v.heap_error {
+        eprintln!("pkgtool: {name}: {e}");
+    }
+    if !v.bad_chunks.is_empty() {
+        let first = &v.bad_chunks[0];
+        let files = if first.files.is_empty() {
+            "no file".to_string()
+        } else {
+            first.files.join(", ")
+        };
+        bail!(
+            "cannot verify {name}: {} of {} chunks are corrupt, first chunk {} ({files})",
+            v.bad_chunks.len(),
+            v.chunks,
+            first.chunk
+        );
+    }
+    if let Some(e) = &v.heap_error {
+        bail!("cannot verify {name}: {e}");
+    }
+    if let Some(e) = &v.trust_error {
+        bail!("cannot verify {name}: {e}");
+    }
+    if !a.json {
+        let signer = match (&v.signer, &keys) {
+            (Some(k), Some((tk, src))) => format!(
+                "signed by trusted key {k}{} from {}",
+                key_name(tk, &ar)
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
+                src.display()
+            ),
+            (Some(k), None) => format!("signed by key {k} (trust not checked)"),
+            (None, _) => "unsigned".to_string(),
+        };
+        writeln!(
+            out,
+            "{name}: OK: {} {}, id {}, {signer}, {} chunks intact",
+            v.name, v.version, v.id, v.chunks
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn key_name(keys: &TrustedKeys, ar: &Archive) -> Option<String> {
+    let id = ar.signer()?.id();
+    keys.name(&id).filter(|n| !n.is_empty()).map(str::to_owned)
+}
+
+/// Paths of the files that use each of `chunks`.
+fn files_using(ar: &Archive, chunks: &BTreeSet<ChunkId>) -> BTreeMap<ChunkId, Vec<String>> {
+    let mut map: BTreeMap<ChunkId, Vec<String>> = BTreeMap::new();
+    if chunks.is_empty() {
+        return map;
+    }
+    for w in ar.walk() {
+        if w.attr.kind != Kind::File {
+            continue;
+        }
+        let Ok(range) = ar.file_chunks(w.entry) else {
+            continue;
+        };
+        for &c in chunks.range(range.start..range.end) {
+            map.entry(c).or_default().push(escape(&w.path));
+        }
+    }
+    map
+}
+
+/// Checks that the chunks' stored bytes cover the heap exactly (no hidden bytes).
+fn heap_coverage(ar: &Archive) -> anyhow::Result<()> {
+    let mut ranges: Vec<(u64, u64)> = (0..ar.chunk_count())
+        .map(|c| ar.chunk_info(c).map(|i| (i.offset, i.stored_len as u64)))
+        .collect::<Result<_, _>>()?;
+    ranges.sort_unstable();
+    ranges.dedup();
+    let mut pos = 0u64;
+    for (off, len) in ranges {
+        if off != pos {
+            bail!("heap bytes {pos}..{off} are not covered by exactly one chunk");
+        }
+        pos = off + len;
+    }
+    let heap = ar.header().heap.len;
+    if pos != heap {
+        bail!("heap bytes {pos}..{heap} belong to no chunk");
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Output: a buffered stdout writer, JSON documents, human formatting helpers.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+/// Where commands write their data (stdout); messages go to stderr.
+pub struct Out<'a> {
+    w: io::BufWriter<io::StdoutLock<'a>>,
+}
+
+impl<'a> Out<'a> {
+    /// Wraps stdout.
+    pub fn new(lock: io::StdoutLock<'a>) -> Self {
+        Out {
+            w: io::BufWriter::with_capacity(1 << 16, lock),
+        }
+    }
+
+    /// Flushes buffered output.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+
+    /// Writes one JSON document (pretty) followed by a newline.
+    pub fn json<T: Serialize>(&mut self, v: &T) -> anyhow::Result<()> {
+        serde_json::to_writer_pretty(&mut self.w, v)?;
+        self.w.write_all(b"\n")?;
+        Ok(())
+    }
+
+    /// Writes one JSON Lines record.
+    pub fn json_line<T: Serialize>(&mut self, v: &T) -> anyhow::Result<()> {
+        serde_json::to_writer(&mut self.w, v)?;
+        self.w.write_all(b"\n")?;
+        Ok(())
+    }
+}
+
+impl Write for Out<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.w.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}
+
+/// An error and its causes on one line, each cause once, separated by `: `.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for (i, c) in e.chain().enumerate() {
+        let t = c.to_string();
+        if t.is_empty() || s.ends_with(&t) {
+            continue;
+        }
+        if i > 0 {
+            s.push_str(": ");
+        }
+        s.push_str(&t);
+    }
+    s.replace('\n', " ")
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `drwxr-xr-x`-style mode string.
+pub fn mode_string(kind: format::archive::Kind, perm: u32) -> String {
+    use format::archive::Kind;
+    let mut s = String::with_capacity(10);
+    s.push(match kind {
+        Kind::Dir => 'd',
+        Kind::Symlink => 'l',
+        Kind::File => '-',
+    });
+    let bit = |m: u32, c: char| if perm & m != 0 { c } else { '-' };
+    let special = |x: u32, s_bit: u32, on: char, off: char| match (perm & x != 0, perm & s_bit != 0)
+    {
+        (true, true) => on,
+        (false, true) => off,
+        (true, false) => 'x',
+        (false, false) => '-',
+    };
+    s.push(bit(0o400, 'r'));
+    s.push(bit(0o200, 'w'));
+    s.push(special(0o100, 0o4000, 's', 'S'));
+    s.push(bit(0o040, 'r'));
+    s.push(bit(0o020, 'w'));
+    s.push(special(0o010, 0o2000, 's', 'S'));
+    s.push(bit(0o004, 'r'));
+    s.push(bit(0o002, 'w'));
+    s.push(special(0o001, 0o1000, 't', 'T'));
+    s
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC.
+pub fn utc_time(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A path or name for display: control characters and backslash escaped (`\n`, `\t`, `\\`,
+/// `\ooo`); invalid UTF-8 bytes as `\ooo`.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => s.push_str("\\\\"),
+                '\n' => s.push_str("\\n"),
+                '\t' => s.push_str("\\t"),
+                c if c.is_control() => {
+                    let mut b = [0; 4];
+                    for x in c.encode_utf8(&mut b).bytes() {
+                        s.push_str(&format!("\\{x:03o}"));
+                    }
+                }
+                c => s.push(c),
+            }
+        }
+        for x in chunk.invalid() {
+            s.push_str(&format!("\\{x:03o}"));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        use format::archive::Kind;
+        assert_eq!(mode_string(Kind::Dir, 0o755), "drwxr-xr-x");
+        assert_eq!(mode_string(Kind::File, 0o4755), "-rwsr-xr-x");
+        assert_eq!(mode_string(Kind::File, 0o1644), "-rw-r--r-T");
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_time(1_700_000_000), "2023-11-14 22:13:20");
+        assert_eq!(escape(b"a\nb\\c\xff"), "a\\nb\\\\c\\377");
+        assert_eq!(human_size(1536), "1.5 KiB");
+    }
+}
