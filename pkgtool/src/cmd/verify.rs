@@ -110,11 +110,7 @@ pub fn run(a: VerifyArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     }
     let name = a.package.display();
     for b in &v.bad_chunks {
-        let files = if b.files.is_empty() {
-            "no file".to_string()
-        } else {
-            b.files.join(", ")
-        };
+        let files = file_list(&b.files, 10);
         eprintln!("pkgtool: {name}: {} (used by {files})", b.error);
     }
     if let Some(e) = &v.heap_error {
@@ -122,11 +118,7 @@ pub fn run(a: VerifyArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     }
     if !v.bad_chunks.is_empty() {
         let first = &v.bad_chunks[0];
-        let files = if first.files.is_empty() {
-            "no file".to_string()
-        } else {
-            first.files.join(", ")
-        };
+        let files = file_list(&first.files, 3);
         bail!(
             "cannot verify {name}: {} of {} chunks are corrupt, first chunk {} ({files})",
             v.bad_chunks.len(),
@@ -159,6 +151,15 @@ pub fn run(a: VerifyArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// At most `max` names, then "and N more".
+fn file_list(files: &[String], max: usize) -> String {
+    match files.len() {
+        0 => "no file".to_string(),
+        n if n <= max => files.join(", "),
+        n => format!("{} and {} more", files[..max].join(", "), n - max),
+    }
 }
 
 fn key_name(keys: &TrustedKeys, ar: &Archive) -> Option<String> {
