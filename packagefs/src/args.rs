@@ -1,0 +1,243 @@
+//! The command line, including the `mount.fuse3` form
+//! (`packagefs SOURCE MOUNTPOINT -o OPTIONS`).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use fuser::{Config, MountOption, SessionACL};
+
+use packagefs::layers::LayerDir;
+
+/// Mount layers of signed .hpkg packages as one read-only union view.
+#[derive(Debug, Parser)]
+#[command(
+    name = "packagefs",
+    version,
+    about,
+    after_help = "Examples:
+  packagefs --layer system=/pkg/system --layer user=/home/u/pkg /mnt/pkg
+  packagefs --layer system=/pkg/system -o allow_other /system
+  mount -t fuse.packagefs system=/pkg/system:common=/pkg/common /mnt/pkg -o allow_other
+  fstab:  system=/pkg/system  /mnt/pkg  fuse.packagefs  trusted_keys=/etc/packagefs/keys,allow_other  0 0
+
+Layers are given lowest first. Each layer directory holds packages/ with .hpkg files.
+Only packages signed by a key in --trusted-keys are mounted; others are refused with a log line.
+Files of layers other than `system` never carry setuid/setgid bits.
+Runs in the foreground (logs to stderr; RUST_LOG=debug for more) unless started in the
+mount.fuse3 form (SOURCE MOUNTPOINT), where it returns once the mount is ready. SIGINT or
+SIGTERM unmount cleanly, and `umount`/`fusermount3 -u` end the daemon.
+-o takes FUSE options (allow_other, allow_root, default_permissions, nosuid, nodev, noexec,
+auto_unmount, fsname=...) and packagefs options (layer=NAME=DIR, trusted_keys=DIR,
+cache_size=SIZE, threads=N)."
+)]
+pub struct Args {
+    /// Layer NAME=DIR, lowest first (repeatable).
+    #[arg(long = "layer", value_name = "NAME=DIR")]
+    pub layers: Vec<String>,
+    /// Directory of trusted public keys (*.pub).
+    #[arg(long, value_name = "DIR", default_value = "/etc/packagefs/keys")]
+    pub trusted_keys: PathBuf,
+    /// Size of the decompressed chunk cache (K, M, G suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    pub cache_size: String,
+    /// FUSE worker threads (default: number of CPUs, at least 2).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Mount options, comma separated (repeatable).
+    #[arg(short = 'o', value_name = "OPTION[,OPTION]...")]
+    pub options: Vec<String>,
+    /// Stay in the foreground even in the mount.fuse3 form.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Mount point, or SOURCE MOUNTPOINT in the mount.fuse3 form (SOURCE is
+    /// NAME=DIR[:NAME=DIR...] or any word such as `packagefs` when layers come from -o).
+    #[arg(value_name = "MOUNTPOINT", num_args = 1..=2, required = true)]
+    pub positional: Vec<PathBuf>,
+}
+
+/// Everything the daemon needs, parsed and checked.
+#[derive(Debug)]
+pub struct Settings {
+    /// The layers, lowest first.
+    pub layers: Vec<LayerDir>,
+    /// Trusted keys directory.
+    pub trusted_keys: PathBuf,
+    /// Cache size in bytes.
+    pub cache_size: usize,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// FUSE mount options.
+    pub mount_options: Vec<MountOption>,
+    /// Who may access the mount.
+    pub acl: SessionACL,
+    /// Started in the mount.fuse3 form: detach once ready.
+    pub daemonize: bool,
+}
+
+impl Args {
+    /// Turns the arguments into settings; the error is a one-line usage message.
+    pub fn settings(self) -> Result<Settings, String> {
+        let mut layer_specs = self.layers.clone();
+        let mut trusted_keys = self.trusted_keys.clone();
+        let mut cache_size = parse_size(&self.cache_size)?;
+        let mut threads = self.threads;
+        let (mountpoint, source) = match self.positional.as_slice() {
+            [m] => (m.clone(), None),
+            [s, m] => (m.clone(), Some(s.clone())),
+            _ => return Err("expected MOUNTPOINT or SOURCE MOUNTPOINT".into()),
+        };
+        if let Some(src) = &source {
+            let s = src.to_string_lossy();
+            if s.contains('=') {
+                layer_specs.extend(s.split(':').filter(|x| !x.is_empty()).map(str::to_owned));
+            }
+        }
+        let mut mount_options = vec![
+            MountOption::RO,
+            MountOption::FSName("packagefs".into()),
+            MountOption::Subtype("packagefs".into()),
+            MountOption::NoDev,
+        ];
+        let mut acl = SessionACL::Owner;
+        let mut nosuid = false;
+        for opt in self
+            .options
+            .iter()
+            .flat_map(|o| o.split(','))
+            .filter(|o| !o.is_empty())
+        {
+            let (k, v) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            match (k, v) {
+                ("layer", Some(v)) => layer_specs.push(v.to_owned()),
+                ("trusted_keys", Some(v)) => trusted_keys = PathBuf::from(v),
+                ("cache_size", Some(v)) => cache_size = parse_size(v)?,
+                ("threads", Some(v)) => {
+                    threads = Some(
+                        v.parse()
+                            .map_err(|_| format!("threads={v}: not a number"))?,
+                    )
+                }
+                ("allow_other", None) => acl = SessionACL::All,
+                ("allow_root", None) => acl = SessionACL::RootAndOwner,
+                ("default_permissions", None) => {
+                    mount_options.push(MountOption::DefaultPermissions)
+                }
+                ("auto_unmount", None) => mount_options.push(MountOption::AutoUnmount),
+                ("nosuid", None) => nosuid = true,
+                ("suid", None) => nosuid = false,
+                ("noexec", None) => mount_options.push(MountOption::NoExec),
+                ("exec", None) => mount_options.push(MountOption::Exec),
+                ("noatime", None) => mount_options.push(MountOption::NoAtime),
+                (
+                    "nodev" | "dev" | "ro" | "rw" | "async" | "sync" | "atime" | "relatime"
+                    | "nofail" | "_netdev",
+                    None,
+                ) => {
+                    // ro is forced; rw is refused below; the rest are mount(8) noise
+                    if k == "rw" {
+                        return Err("packagefs is read-only: the rw option is not supported".into());
+                    }
+                }
+                ("fsname", Some(v)) => {
+                    mount_options.retain(|o| !matches!(o, MountOption::FSName(_)));
+                    mount_options.push(MountOption::FSName(v.to_owned()));
+                }
+                ("subtype", Some(_)) => {}
+                _ => mount_options.push(MountOption::CUSTOM(opt.to_owned())),
+            }
+        }
+        // Root mounts honour setuid (only files of the `system` layer keep the bits anyway).
+        let root = unsafe { libc::geteuid() } == 0;
+        mount_options.push(if root && !nosuid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        });
+        if layer_specs.is_empty() {
+            return Err("no layers: give at least one --layer NAME=DIR".into());
+        }
+        let mut layers = Vec::new();
+        for spec in &layer_specs {
+            let (name, dir) = spec
+                .split_once('=')
+                .ok_or_else(|| format!("layer `{spec}`: expected NAME=DIR"))?;
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
+                return Err(format!(
+                    "layer `{spec}`: the name must be letters, digits, '.', '-' or '_'"
+                ));
+            }
+            if layers.iter().any(|l: &LayerDir| l.name == name) {
+                return Err(format!("layer {name} given twice"));
+            }
+            layers.push(LayerDir {
+                name: name.to_owned(),
+                dir: PathBuf::from(dir),
+            });
+        }
+        let threads = threads
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .max(2)
+            })
+            .clamp(1, 64);
+        Ok(Settings {
+            layers,
+            trusted_keys,
+            cache_size,
+            threads,
+            mountpoint,
+            mount_options,
+            acl,
+            daemonize: source.is_some() && !self.foreground,
+        })
+    }
+}
+
+impl Settings {
+    /// The fuser configuration.
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.mount_options = self.mount_options.clone();
+        c.acl = self.acl;
+        c.n_threads = Some(self.threads);
+        c.clone_fd = true;
+        c
+    }
+}
+
+/// Parses `64M`, `512K`, `1G`, `1048576`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, mult) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => {
+            let m: usize = match t[i..].to_ascii_lowercase().as_str() {
+                "k" | "kb" | "kib" => 1 << 10,
+                "m" | "mb" | "mib" => 1 << 20,
+                "g" | "gb" | "gib" => 1 << 30,
+                other => return Err(format!("size `{s}`: unknown suffix `{other}`")),
+            };
+            (&t[..i], m)
+        }
+        None => (t, 1),
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("size `{s}` is not a number"))?;
+    let v = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size `{s}` is too large"))?;
+    if v < 4 << 20 {
+        return Err(format!("cache size `{s}` is below the minimum of 4M"));
+    }
+    Ok(v)
+}

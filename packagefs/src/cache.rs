@@ -1,0 +1,228 @@
+//! One bounded cache of decompressed chunks, shared by all packages and keyed by the hash of
+//! the chunk's stored bytes, so identical chunks of different packages are decompressed and
+//! held once.
+//!
+//! The cache is split into shards, each behind its own mutex that is held only to look up or
+//! insert, never while reading or decompressing. Concurrent misses on the same chunk
+//! decompress it once: the first thread loads it, the others wait for that one result.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use lru::LruCache;
+
+/// The hash that identifies a chunk's stored bytes.
+pub type ChunkHash = [u8; 32];
+
+/// A load failure, shared with every thread that waited for it.
+pub type LoadError = Arc<format::Error>;
+
+type Slot = Arc<OnceLock<Result<Arc<[u8]>, LoadError>>>;
+
+struct Shard {
+    lru: LruCache<ChunkHash, Arc<[u8]>>,
+    bytes: usize,
+    loading: HashMap<ChunkHash, Slot>,
+}
+
+/// Counters, for logs and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that loaded (or waited for another thread's load).
+    pub misses: u64,
+    /// Chunks evicted.
+    pub evictions: u64,
+    /// Bytes held now.
+    pub bytes: u64,
+}
+
+/// The chunk cache.
+pub struct ChunkCache {
+    shards: Box<[Mutex<Shard>]>,
+    shard_capacity: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl std::fmt::Debug for ChunkCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkCache")
+            .field("capacity", &(self.shard_capacity * self.shards.len()))
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl ChunkCache {
+    /// A cache holding at most about `capacity` bytes of decompressed chunks.
+    pub fn new(capacity: usize) -> ChunkCache {
+        // Shards of at least 4 MiB each (a chunk is at most 1 MiB), at most 16.
+        let n = (capacity / (4 << 20)).clamp(1, 16);
+        let shards = (0..n)
+            .map(|_| {
+                Mutex::new(Shard {
+                    lru: LruCache::unbounded(),
+                    bytes: 0,
+                    loading: HashMap::new(),
+                })
+            })
+            .collect();
+        ChunkCache {
+            shards,
+            shard_capacity: capacity / n,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, hash: &ChunkHash) -> &Mutex<Shard> {
+        &self.shards[hash[0] as usize % self.shards.len()]
+    }
+
+    /// True if the chunk is cached (does not count as a hit and does not touch the LRU order).
+    pub fn contains(&self, hash: &ChunkHash) -> bool {
+        let s = self.shard(hash).lock().unwrap_or_else(|p| p.into_inner());
+        s.lru.contains(hash) || s.loading.contains_key(hash)
+    }
+
+    /// The decompressed bytes of the chunk with `hash`, calling `load` on a miss. `load` runs
+    /// without any lock held; if another thread is loading the same chunk, this waits for it.
+    pub fn get<F>(&self, hash: &ChunkHash, load: F) -> Result<Arc<[u8]>, LoadError>
+    where
+        F: FnOnce() -> format::Result<Vec<u8>>,
+    {
+        let shard = self.shard(hash);
+        let slot = {
+            let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = s.lru.get(hash) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(v.clone());
+            }
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            if let Some(slot) = s.loading.get(hash) {
+                let slot = slot.clone();
+                drop(s);
+                return slot.wait().clone();
+            }
+            let slot: Slot = Arc::new(OnceLock::new());
+            s.loading.insert(*hash, slot.clone());
+            slot
+        };
+        let result: Result<Arc<[u8]>, LoadError> = match load() {
+            Ok(v) => Ok(Arc::from(v)),
+            Err(e) => Err(Arc::new(e)),
+        };
+        let _ = slot.set(result.clone());
+        let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
+        s.loading.remove(hash);
+        if let Ok(v) = &result {
+            if s.lru.put(*hash, v.clone()).is_none() {
+                s.bytes += v.len();
+            }
+            while s.bytes > self.shard_capacity {
+                match s.lru.pop_lru() {
+                    Some((_, old)) => {
+                        s.bytes -= old.len();
+                        self.evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => break,
+                }
+            }
+        }
+        result
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        let bytes = self
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).bytes as u64)
+            .sum();
+        Stats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            bytes,
+        }
+    }
+
+    /// The capacity in bytes.
+    pub fn capacity(&self) -> usize {
+        self.shard_capacity * self.shards.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn h(i: u8) -> ChunkHash {
+        let mut x = [0u8; 32];
+        x[0] = i;
+        x[1] = i;
+        x
+    }
+
+    #[test]
+    fn caches_and_evicts_by_bytes() {
+        let c = ChunkCache::new(4 << 20);
+        let loads = AtomicUsize::new(0);
+        for round in 0..2 {
+            for i in 0..4u8 {
+                let v = c
+                    .get(&h(i), || {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        Ok(vec![i; 1 << 20])
+                    })
+                    .unwrap();
+                assert_eq!(v[0], i);
+            }
+            assert_eq!(loads.load(Ordering::SeqCst), 4, "round {round}");
+        }
+        // A fifth MiB evicts the least recently used.
+        c.get(&h(9), || Ok(vec![9; 1 << 20])).unwrap();
+        assert!(c.stats().bytes <= 4 << 20);
+        assert_eq!(c.stats().evictions, 1);
+        assert!(!c.contains(&h(0)));
+        assert!(c.contains(&h(9)));
+    }
+
+    #[test]
+    fn concurrent_misses_load_once() {
+        let c = Arc::new(ChunkCache::new(64 << 20));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, loads) = (c.clone(), loads.clone());
+                std::thread::spawn(move || {
+                    c.get(&h(1), || {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        Ok(vec![7; 1000])
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap()[999], 7);
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn errors_are_not_cached() {
+        let c = ChunkCache::new(8 << 20);
+        assert!(c
+            .get(&h(3), || Err(format::Error::ChunkHash { chunk: 3 }))
+            .is_err());
+        assert!(c.get(&h(3), || Ok(vec![1])).is_ok());
+    }
+}

@@ -1,0 +1,785 @@
+//! The FUSE adapter: each request loads the current `Arc<View>` once, calls one view method,
+//! converts with `From`-style helpers, and replies. Every write-type request gets `EROFS`.
+//!
+//! Reads go file -> chunk spans -> shared chunk cache (hash checked before decompression) ->
+//! bytes. A sequential reader gets the next chunks decompressed ahead of it on the prefetch
+//! threads, so decompression overlaps the kernel copying the previous chunk out.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use format::archive::{EntryId, Kind};
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tracing::{debug, error, info, warn};
+
+use crate::cache::ChunkCache;
+use crate::view::{self, Node, NodeAttr, Package, View};
+
+/// Tunables of the adapter.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Entry and attribute timeout handed to the kernel (content never changes under a
+    /// path within a generation; switches invalidate explicitly).
+    pub ttl: Duration,
+    /// How far ahead of a sequential reader to decompress, in bytes.
+    pub readahead: u64,
+    /// Largest read request to negotiate with the kernel.
+    pub max_read: u32,
+    /// Prefetch worker threads (0: no prefetching).
+    pub prefetch_threads: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            ttl: Duration::from_secs(24 * 3600),
+            readahead: 2 << 20,
+            max_read: 1 << 20,
+            prefetch_threads: 2,
+        }
+    }
+}
+
+struct OpenFile {
+    pkg: Arc<Package>,
+    entry: EntryId,
+    /// Where the next sequential read would start.
+    next: AtomicU64,
+    /// One past the highest chunk already handed to the prefetcher.
+    prefetched: AtomicU32,
+}
+
+enum Handle {
+    File(OpenFile),
+    Dir { view: Arc<View>, node: Node },
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The mounted file system.
+pub struct PackageFs {
+    view: RwLock<Arc<View>>,
+    cache: Arc<ChunkCache>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    prefetch: Option<SyncSender<Job>>,
+    /// (slot, chunk) pairs already logged as bad, so each is logged once.
+    logged: Arc<Mutex<HashSet<(u32, u32)>>>,
+    opts: Options,
+}
+
+impl PackageFs {
+    /// A file system serving `view`, with a chunk cache of `cache_size` bytes.
+    pub fn new(view: View, cache_size: usize, opts: Options) -> PackageFs {
+        let prefetch = (opts.prefetch_threads > 0).then(|| {
+            let (tx, rx) = sync_channel::<Job>(256);
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..opts.prefetch_threads {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("prefetch-{i}"))
+                    .spawn(move || loop {
+                        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                            Ok(j) => j,
+                            Err(_) => return,
+                        };
+                        job();
+                    })
+                    .expect("spawn prefetch thread");
+            }
+            tx
+        });
+        PackageFs {
+            view: RwLock::new(Arc::new(view)),
+            cache: Arc::new(ChunkCache::new(cache_size)),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            prefetch,
+            logged: Arc::new(Mutex::new(HashSet::new())),
+            opts,
+        }
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The chunk cache.
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+
+    fn add_handle(&self, h: Handle) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(h));
+        FileHandle(fh)
+    }
+
+    fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned()
+    }
+
+    fn drop_handle(&self, fh: FileHandle) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+    }
+
+    fn file_attr(&self, a: &NodeAttr) -> FileAttr {
+        let mtime = to_system_time(a.mtime, a.mtime_nsec);
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind: file_type(a.kind),
+            perm: a.perm as u16,
+            nlink: a.nlink,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// Reads `size` bytes at `offset` of a file through the chunk cache.
+    fn read_file(&self, f: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let ar = &f.pkg.archive;
+        let spans = ar
+            .file_spans(f.entry, offset, size as u64)
+            .map_err(|_| Errno::EIO)?;
+        let total: usize = spans.iter().map(|s| s.len as usize).sum();
+        let mut out = Vec::with_capacity(total);
+        for s in &spans {
+            let data = load_chunk(&self.cache, &f.pkg, s.chunk, &self.logged)?;
+            let (a, b) = (s.start as usize, s.start as usize + s.len as usize);
+            match data.get(a..b) {
+                Some(bytes) => out.extend_from_slice(bytes),
+                None => {
+                    log_bad_chunk(
+                        &self.logged,
+                        &f.pkg,
+                        s.chunk,
+                        "chunk is shorter than the file needs",
+                    );
+                    return Err(Errno::EIO);
+                }
+            }
+        }
+        // Read-ahead for sequential readers: decompress the next chunks on the prefetch
+        // threads. A read that does not continue the previous one prefetches nothing.
+        let sequential = f.next.swap(offset + total as u64, Ordering::Relaxed) == offset;
+        if let (true, Some(tx), Some(last)) = (sequential, &self.prefetch, spans.last()) {
+            let cs = ar.header().chunk_size as u64;
+            let ahead = self.opts.readahead.div_ceil(cs).max(1) as u32;
+            let range = ar.file_chunks(f.entry).map_err(|_| Errno::EIO)?;
+            let from = (last.chunk + 1).max(f.prefetched.load(Ordering::Relaxed));
+            let to = (last.chunk + 1 + ahead).min(range.end);
+            if from < to {
+                f.prefetched.store(to, Ordering::Relaxed);
+                for c in from..to {
+                    let Ok(info) = ar.chunk_info(c) else { break };
+                    if self.cache.contains(&info.hash) {
+                        continue;
+                    }
+                    let (cache, pkg, logged) =
+                        (self.cache.clone(), f.pkg.clone(), self.logged.clone());
+                    // A full queue means the prefetchers are behind: skip, never block.
+                    let _ = tx.try_send(Box::new(move || {
+                        let _ = load_chunk(&cache, &pkg, c, &logged);
+                    }));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn load_chunk(
+    cache: &ChunkCache,
+    pkg: &Arc<Package>,
+    chunk: u32,
+    logged: &Mutex<HashSet<(u32, u32)>>,
+) -> Result<Arc<[u8]>, Errno> {
+    let info = pkg.archive.chunk_info(chunk).map_err(|_| Errno::EIO)?;
+    cache
+        .get(&info.hash, || {
+            let mut out = Vec::with_capacity(info.raw_len as usize);
+            pkg.archive.read_chunk(chunk, &mut out)?;
+            Ok(out)
+        })
+        .map_err(|e| {
+            log_bad_chunk(logged, pkg, chunk, &e.to_string());
+            Errno::EIO
+        })
+}
+
+fn log_bad_chunk(logged: &Mutex<HashSet<(u32, u32)>>, pkg: &Package, chunk: u32, why: &str) {
+    if logged
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((pkg.slot, chunk))
+    {
+        error!(
+            package = %pkg.label(),
+            file = %pkg.path.display(),
+            chunk,
+            "cannot read chunk: {why}; reads of the files that use it fail with EIO"
+        );
+    }
+}
+
+fn to_system_time(secs: i64, nsec: u32) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+/// The one place that picks an errno for a view error.
+fn errno(e: &view::Error) -> Errno {
+    match e {
+        view::Error::NotFound => Errno::ENOENT,
+        view::Error::Stale(_) => Errno::ESTALE,
+        view::Error::NotDir => Errno::ENOTDIR,
+        view::Error::IsDir => Errno::EISDIR,
+        view::Error::NotSymlink => Errno::EINVAL,
+        view::Error::Archive { .. } => {
+            warn!("{e}");
+            Errno::EIO
+        }
+    }
+}
+
+fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() <= size as usize {
+        reply.data(data);
+    } else {
+        reply.error(Errno::ERANGE);
+    }
+}
+
+impl Filesystem for PackageFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_SPLICE_WRITE
+            | InitFlags::FUSE_SPLICE_MOVE;
+        let granted = wanted & config.capabilities();
+        if let Err(missing) = config.add_capabilities(granted) {
+            debug!("kernel refused capabilities {missing:?}");
+        }
+        let _ = config.set_max_readahead(self.opts.max_read);
+        let _ = config.set_max_write(self.opts.max_read);
+        info!(
+            capabilities = ?granted,
+            missing = ?(wanted - granted),
+            "FUSE session initialised"
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let v = self.view();
+        let r = v
+            .node(parent.0)
+            .and_then(|p| v.lookup(p, name.as_bytes()))
+            .and_then(|n| v.attr(n));
+        match r {
+            Ok(a) => reply.entry(&self.opts.ttl, &self.file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let v = self.view();
+        match v.node(ino.0).and_then(|n| v.attr(n)) {
+            Ok(a) => reply.attr(&self.opts.ttl, &self.file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let v = self.view();
+        match v.node(ino.0).and_then(|n| v.read_link(n)) {
+            Ok(t) => reply.data(t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        let v = self.view();
+        match v.node(ino.0).and_then(|n| v.file(n)) {
+            Ok((pkg, entry)) => {
+                let fh = self.add_handle(Handle::File(OpenFile {
+                    pkg,
+                    entry,
+                    next: AtomicU64::new(0),
+                    prefetched: AtomicU32::new(0),
+                }));
+                reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(h) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let Handle::File(f) = &*h else {
+            return reply.error(Errno::EISDIR);
+        };
+        match self.read_file(f, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.drop_handle(fh);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let v = self.view();
+        match v.node(ino.0).and_then(|n| v.attr(n).map(|a| (n, a))) {
+            Ok((node, a)) if a.kind == Kind::Dir => {
+                let fh = self.add_handle(Handle::Dir { view: v, node });
+                reply.opened(
+                    fh,
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                );
+            }
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(h) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let Handle::Dir { view: v, node } = &*h else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let mut off = offset;
+        if off == 0 {
+            if reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            off = 1;
+        }
+        if off == 1 {
+            let parent = v.parent(*node).map(|p| v.ino(p)).unwrap_or(ino.0);
+            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            off = 2;
+        }
+        let entries = match v.read_dir(*node, (off - 2) as usize) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        for (i, (name, child)) in entries.into_iter().enumerate() {
+            let kind = match v.attr(child) {
+                Ok(a) => file_type(a.kind),
+                Err(_) => FileType::RegularFile,
+            };
+            if reply.add(
+                INodeNo(v.ino(child)),
+                off + i as u64 + 1,
+                kind,
+                OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(h) = self.handle(fh) else {
+            return reply.error(Errno::EBADF);
+        };
+        let Handle::Dir { view: v, node } = &*h else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let ttl = self.opts.ttl;
+        let mut off = offset;
+        if off < 2 {
+            // "." and ".." carry attributes too; the kernel does not add lookups for them.
+            let nodes = [(*node, "."), (v.parent(*node).unwrap_or(*node), "..")];
+            for (k, (n, name)) in nodes.iter().enumerate().skip(off as usize) {
+                let Ok(a) = v.attr(*n) else { continue };
+                if reply.add(
+                    INodeNo(a.ino),
+                    k as u64 + 1,
+                    name,
+                    &ttl,
+                    &self.file_attr(&a),
+                    Generation(0),
+                ) {
+                    return reply.ok();
+                }
+            }
+            off = 2;
+        }
+        let entries = match v.read_dir(*node, (off - 2) as usize) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let _ = ino;
+        for (i, (name, child)) in entries.into_iter().enumerate() {
+            let a = match v.attr(child) {
+                Ok(a) => a,
+                Err(e) => {
+                    errno(&e);
+                    continue;
+                }
+            };
+            if reply.add(
+                INodeNo(a.ino),
+                off + i as u64 + 1,
+                OsStr::from_bytes(name),
+                &ttl,
+                &self.file_attr(&a),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.drop_handle(fh);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let (bytes, files) = self.view().totals();
+        reply.statfs(bytes.div_ceil(4096), 0, 0, files, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let v = self.view();
+        match v.node(ino.0).and_then(|n| v.xattrs(n)) {
+            Ok(xs) => match xs.iter().find(|(k, _)| *k == name.as_bytes()) {
+                Some((_, val)) => xattr_reply(val, size, reply),
+                None => reply.error(Errno::NO_XATTR),
+            },
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let v = self.view();
+        match v.node(ino.0).and_then(|n| v.xattrs(n)) {
+            Ok(xs) => {
+                let mut list = Vec::new();
+                for (k, _) in xs {
+                    list.extend_from_slice(k);
+                    list.push(0);
+                }
+                xattr_reply(&list, size, reply);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let v = self.view();
+        let a = match v.node(ino.0).and_then(|n| v.attr(n)) {
+            Ok(a) => a,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        if mask.contains(AccessFlags::W_OK) {
+            return reply.error(Errno::EROFS);
+        }
+        // Everything is owned by root:root.
+        let granted = if req.uid() == 0 {
+            // root may read anything, and execute if any execute bit is set (or a directory)
+            let x = a.kind == Kind::Dir || a.perm & 0o111 != 0;
+            libc::R_OK | if x { libc::X_OK } else { 0 }
+        } else {
+            let bits = if req.gid() == 0 {
+                (a.perm >> 3) & 7
+            } else {
+                a.perm & 7
+            };
+            let mut g = 0;
+            if bits & 4 != 0 {
+                g |= libc::R_OK;
+            }
+            if bits & 1 != 0 {
+                g |= libc::X_OK;
+            }
+            g
+        };
+        let want = mask.bits() & (libc::R_OK | libc::X_OK);
+        if want & !granted == 0 {
+            reply.ok()
+        } else {
+            reply.error(Errno::EACCES)
+        }
+    }
+
+    // Everything below would change the tree: a package view is read-only.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _r: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _t: &Path, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _np: INodeNo,
+        _nn: &OsStr,
+        _f: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _f: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _n: &OsStr,
+        _v: &[u8],
+        _f: i32,
+        _p: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _o: u64,
+        _l: u64,
+        _m: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ii: INodeNo,
+        _fi: FileHandle,
+        _oi: u64,
+        _io: INodeNo,
+        _fo: FileHandle,
+        _oo: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}

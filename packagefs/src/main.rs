@@ -1,0 +1,359 @@
+//! `packagefs`: the daemon. Parses arguments, loads the layers, builds the view, mounts it,
+//! reports readiness, and unmounts on SIGINT/SIGTERM.
+
+mod args;
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use format::keys::TrustedKeys;
+use packagefs::fuse::{Options, PackageFs};
+use packagefs::layers::{self, Slots};
+use packagefs::view::{Layer, View};
+use tracing::{error, info, warn};
+
+/// Environment variable through which a daemonizing parent passes its readiness pipe.
+const READY_FD_ENV: &str = "PACKAGEFS_READY_FD";
+
+fn main() -> ExitCode {
+    // Before any thread exists, so that every thread inherits the mask and the termination
+    // signals reach only the thread that waits for them.
+    let sigset = block_signals();
+    let args = args::Args::parse();
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("packagefs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if settings.daemonize && std::env::var_os(READY_FD_ENV).is_none() {
+        return daemonize();
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(settings, sigset) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("packagefs: {}", one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for c in e.chain() {
+        let t = c.to_string();
+        if !s.is_empty() {
+            if s.ends_with(&t) {
+                continue;
+            }
+            s.push_str(": ");
+        }
+        s.push_str(&t);
+    }
+    s
+}
+
+enum Event {
+    Signal(i32),
+    Ended(std::io::Result<()>),
+}
+
+fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    check_mountpoint(&s.mountpoint)?;
+    for l in &s.layers {
+        let md = std::fs::metadata(&l.dir)
+            .map_err(|e| anyhow::anyhow!("layer {}: {}: {e}", l.name, l.dir.display()))?;
+        if !md.is_dir() {
+            anyhow::bail!("layer {}: {} is not a directory", l.name, l.dir.display());
+        }
+    }
+    let keys = TrustedKeys::load_dir(&s.trusted_keys).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot load trusted keys from {}: {e}",
+            s.trusted_keys.display()
+        )
+    })?;
+    if keys.is_empty() {
+        warn!(dir = %s.trusted_keys.display(), "no trusted keys: every package will be refused");
+    }
+    let mut slots = Slots::default();
+    let (packages, refused) = layers::load(&s.layers, &keys, &mut slots);
+    for r in &refused {
+        warn!(package = %r.path.display(), "refused: {}", r.reason);
+    }
+    for p in &packages {
+        info!(
+            layer = %s.layers[p.layer].name,
+            package = %p.label(),
+            id = %p.archive.id().short(),
+            "activated {}",
+            p.path.display()
+        );
+    }
+    let layer_list: Vec<Layer> = s.layers.iter().map(|l| Layer::new(&l.name)).collect();
+    let view = View::build(layer_list, packages);
+    for c in view.conflicts() {
+        warn!(
+            layer = %c.layer,
+            path = %c.path,
+            "conflict: {} and {} both provide it with different contents; showing {}",
+            c.winner, c.loser, c.winner
+        );
+    }
+    let npkg = view.packages().len();
+    let fs = PackageFs::new(view, s.cache_size, Options::default());
+    let mut session = fuser::Session::new(fs, &s.mountpoint, &s.config())
+        .map_err(|e| anyhow::anyhow!("cannot mount on {}: {e}", s.mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+
+    let (tx, rx) = mpsc::channel::<Event>();
+    let tx2 = tx.clone();
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = tx2.send(Event::Ended(r));
+        })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: valid sigset and out-pointer.
+            if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+                let _ = tx.send(Event::Signal(sig));
+            }
+        })?;
+
+    raise_readahead(&s.mountpoint);
+    info!(
+        mountpoint = %s.mountpoint.display(),
+        packages = npkg,
+        refused = refused.len(),
+        layers = s.layers.len(),
+        threads = s.threads,
+        cache = s.cache_size,
+        "mounted in {} ms",
+        t0.elapsed().as_millis()
+    );
+    notify_ready(npkg);
+
+    match rx.recv() {
+        Ok(Event::Signal(sig)) => {
+            info!(signal = sig, "unmounting");
+            if let Err(e) = unmounter.unmount() {
+                warn!("unmount failed: {e}; trying a lazy unmount");
+                lazy_unmount(&s.mountpoint);
+            }
+            // Wait (boundedly) for the session threads to see the unmount.
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+            info!("unmounted");
+            Ok(())
+        }
+        Ok(Event::Ended(r)) => {
+            info!("file system was unmounted");
+            r.map_err(|e| anyhow::anyhow!("FUSE session failed: {e}"))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-mask calls on a local sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// The mount point must exist, be a directory, and not have a file system mounted on it.
+fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
+    let md =
+        std::fs::metadata(mp).map_err(|e| anyhow::anyhow!("mount point {}: {e}", mp.display()))?;
+    if !md.is_dir() {
+        anyhow::bail!("mount point {} is not a directory", mp.display());
+    }
+    let canon = std::fs::canonicalize(mp)?;
+    if let Some(fs) = mounted_at(&canon) {
+        anyhow::bail!(
+            "mount point {} is busy: {fs} is mounted there",
+            mp.display()
+        );
+    }
+    Ok(())
+}
+
+/// Parses /proc/self/mountinfo: (mount point, major:minor, fs type, source) per mount.
+fn mounts() -> Vec<(PathBuf, String, String, String)> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let dash = f.iter().position(|x| *x == "-")?;
+            Some((
+                PathBuf::from(unescape(f.get(4)?)),
+                f.get(2)?.to_string(),
+                f.get(dash + 1)?.to_string(),
+                f.get(dash + 2).unwrap_or(&"").to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn mounted_at(p: &Path) -> Option<String> {
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|(m, ..)| m == p)
+        .map(|(_, _, t, src)| format!("{src} ({t})"))
+}
+
+/// FUSE read-ahead is capped by the mount's backing device (bdi) setting, 128 KiB by
+/// default; raise it so sequential readers get big requests.
+fn raise_readahead(mp: &Path) {
+    let Ok(canon) = std::fs::canonicalize(mp) else {
+        return;
+    };
+    let Some((_, dev, ..)) = mounts()
+        .into_iter()
+        .rev()
+        .find(|(m, _, t, _)| m == &canon && t.starts_with("fuse"))
+    else {
+        return;
+    };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&path, b"1024") {
+        Ok(()) => info!("read-ahead raised to 1024 KiB ({path})"),
+        Err(e) => warn!("cannot raise read-ahead via {path}: {e}"),
+    }
+}
+
+fn lazy_unmount(mp: &Path) {
+    if let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_bytes()) {
+        // SAFETY: valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Tells systemd (NOTIFY_SOCKET) and a daemonizing parent (READY_FD_ENV) that the mount is live.
+fn notify_ready(packages: usize) {
+    if let Some(sock) = std::env::var_os("NOTIFY_SOCKET") {
+        let msg = format!(
+            "READY=1\nSTATUS=serving {packages} packages\nMAINPID={}\n",
+            std::process::id()
+        );
+        let b = sock.as_bytes();
+        let res = if b.first() == Some(&b'@') {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(&b[1..]).and_then(|addr| {
+                let s = std::os::unix::net::UnixDatagram::unbound()?;
+                s.send_to_addr(msg.as_bytes(), &addr)
+            })
+        } else {
+            std::os::unix::net::UnixDatagram::unbound()
+                .and_then(|s| s.send_to(msg.as_bytes(), Path::new(&sock)))
+        };
+        if let Err(e) = res {
+            warn!("cannot notify systemd: {e}");
+        }
+    }
+    if let Some(fd) = std::env::var_os(READY_FD_ENV).and_then(|v| v.to_str()?.parse::<i32>().ok()) {
+        // SAFETY: the parent passed us this pipe's write end.
+        let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let _ = f.write_all(b"ready\n");
+    }
+}
+
+/// The mount.fuse3 form: run the daemon as a detached child and return once it reports
+/// that the mount is live (exit 0) or it exits (its status).
+fn daemonize() -> ExitCode {
+    let mut fds = [0i32; 2];
+    // SAFETY: valid array for pipe2.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        eprintln!(
+            "packagefs: cannot create a pipe: {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::from(1);
+    }
+    let (r, w) = (fds[0], fds[1]);
+    // The child must inherit the write end.
+    // SAFETY: clearing FD_CLOEXEC on our own fd.
+    unsafe { libc::fcntl(w, libc::F_SETFD, 0) };
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("packagefs"));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(READY_FD_ENV, w.to_string())
+        .stdin(std::process::Stdio::null());
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            })
+        };
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("packagefs: cannot start the daemon: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // SAFETY: closing our copy of the write end so EOF means the child is gone.
+    unsafe { libc::close(w) };
+    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(r) };
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut f, &mut buf).unwrap_or(0);
+    if n > 0 {
+        return ExitCode::SUCCESS;
+    }
+    match child.wait() {
+        Ok(st) => ExitCode::from(st.code().unwrap_or(1).clamp(1, 255) as u8),
+        Err(_) => ExitCode::from(1),
+    }
+}
