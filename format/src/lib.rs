@@ -27,6 +27,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod active_list;
 pub mod archive;
 pub mod error;
 pub mod keys;
