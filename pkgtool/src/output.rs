@@ -24,14 +24,15 @@ impl<'a> Out<'a> {
 
     /// Writes one JSON document (pretty) followed by a newline.
     pub fn json<T: Serialize>(&mut self, v: &T) -> anyhow::Result<()> {
-        serde_json::to_writer_pretty(&mut self.w, v)?;
+        // `io::Error::from` unwraps a write error, so `main` sees a broken pipe as one.
+        serde_json::to_writer_pretty(&mut self.w, v).map_err(io::Error::from)?;
         self.w.write_all(b"\n")?;
         Ok(())
     }
 
     /// Writes one JSON Lines record.
     pub fn json_line<T: Serialize>(&mut self, v: &T) -> anyhow::Result<()> {
-        serde_json::to_writer(&mut self.w, v)?;
+        serde_json::to_writer(&mut self.w, v).map_err(io::Error::from)?;
         self.w.write_all(b"\n")?;
         Ok(())
     }

@@ -66,10 +66,17 @@ pub fn resolve(ar: &Archive, path: &[u8]) -> anyhow::Result<EntryId> {
     }
     let e = *stack.last().expect("root stays");
     match ar.attr(e)?.kind {
+        // `file/`, `file/.` and `file/..` name a directory, as they do for the kernel.
+        Kind::File if names_a_dir(path) => bail!("not a directory"),
         Kind::File => Ok(e),
         Kind::Dir => bail!("is a directory"),
         Kind::Symlink => unreachable!("symlinks are followed"),
     }
+}
+
+/// True if `p` ends in `/`, `/.` or `/..` (or is `.` or `..`).
+fn names_a_dir(p: &[u8]) -> bool {
+    p.ends_with(b"/") || matches!(p.rsplit(|&b| b == b'/').next(), Some(b".") | Some(b".."))
 }
 
 fn components(p: &[u8]) -> Vec<Vec<u8>> {

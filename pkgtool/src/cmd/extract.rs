@@ -27,6 +27,15 @@ pub fn run(a: ExtractArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let ar = super::open(&a.package)?;
     let dest = &a.dir;
     let ctx = || format!("cannot extract into {}", dest.display());
+    // The target is replaced by a renamed sibling, so it needs a name of its own: `.`,
+    // `..` or `/` would put the sibling inside the target and the rename would fail.
+    let last = dest.as_os_str().as_bytes().rsplit(|&b| b == b'/').next();
+    if matches!(last, Some(b".") | Some(b"..")) || dest.file_name().is_none() {
+        bail!(
+            "cannot extract into {}: name the target directory itself (not `.`, `..` or `/`)",
+            dest.display()
+        );
+    }
     if let Ok(md) = std::fs::symlink_metadata(dest) {
         if !md.is_dir() {
             bail!(

@@ -1,0 +1,18 @@
+//! End-to-end tests of the `pkgtool` binary: every module runs the real executable
+//! (`CARGO_BIN_EXE_pkgtool`) on real trees. One test binary, so it links once; the big
+//! archives (/usr/share/doc, /usr/include, the odd tree) are built once per run and shared
+//! (`util::{doc, include, odd}`).
+
+mod bigfile;
+mod build;
+mod corrupt;
+mod errors;
+mod extract;
+mod info;
+mod keygen;
+mod pipe;
+mod repro;
+mod roundtrip;
+mod usage;
+mod util;
+mod verify;
