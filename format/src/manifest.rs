@@ -127,7 +127,7 @@ pub struct Service {
 /// `services[0].exec`, or `manifest` for the document as a whole (too large,
 /// invalid JSON); `reason` says what is wrong, on one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("manifest: {field}: {reason}")]
+#[error("manifest: {}{reason}", if field == WHOLE { String::new() } else { format!("{field}: ") })]
 pub struct ManifestError {
     /// The offending field, as a path into the document.
     pub field: String,
@@ -1177,7 +1177,7 @@ mod tests {
         let e = error_text(b"{\n  \"name\": \"a\",\n  \"version\" \"1.0.0\"\n}");
         assert_eq!(
             e,
-            "manifest: manifest: invalid JSON at line 3 column 13: expected `:`"
+            "manifest: invalid JSON at line 3 column 13: expected `:`"
         );
         let e = error_text(&set("/name", json!(5)));
         assert_eq!(

@@ -297,7 +297,14 @@ pub fn write_archive(
         .prefix(".hpkg-")
         .suffix(".partial")
         .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+        // tempfile's message names the temp file that could not be made; name the directory.
+        .map_err(|e| {
+            Error::io(
+                dir,
+                e.raw_os_error()
+                    .map_or(e, std::io::Error::from_raw_os_error),
+            )
+        })?;
     let tmp_path = tmp.path().to_owned();
     let ioerr = |e| Error::io(&tmp_path, e);
 
@@ -313,14 +320,24 @@ pub fn write_archive(
     progress(0, total);
     // Big enough that the threads rarely idle at the end of a batch, bounded to ~64 MiB.
     let batch = (pool.current_num_threads() * 32).clamp(16, (64 << 20) / cs as usize);
+    // All-zero full chunks (sparse files, zero-filled images) are compressed once.
+    let zero_chunk: std::sync::OnceLock<(chunk::Method, Vec<u8>)> = std::sync::OnceLock::new();
     for group in chunks.chunks(batch) {
         let results: Vec<(chunk::Method, Vec<u8>, u32)> = pool.install(|| {
             group
                 .par_iter()
                 .map(|plan| {
                     let raw = assemble(tree, &blobs, plan)?;
+                    if plan.raw_len == cs && raw.iter().all(|&b| b == 0) {
+                        if let Some((m, stored)) = zero_chunk.get() {
+                            return Ok((*m, stored.clone(), plan.raw_len));
+                        }
+                    }
                     let (m, stored) = chunk::compress(&raw, opts.compression)
                         .map_err(|e| Error::io("<compressor>", e))?;
+                    if plan.raw_len == cs && raw.iter().all(|&b| b == 0) {
+                        let _ = zero_chunk.set((m, stored.clone()));
+                    }
                     Ok((m, stored, plan.raw_len))
                 })
                 .collect::<Result<Vec<_>>>()
@@ -455,6 +472,18 @@ fn assemble(tree: &Tree, blobs: &[(NodeId, u64)], plan: &ChunkPlan) -> Result<Ve
                 ..
             } => {
                 let f = File::open(path).map_err(|e| Error::io(path, e))?;
+                if p.len >= 64 * 1024 && is_hole(&f, p.blob_off, p.len as u64) {
+                    // A hole of a sparse file reads as zeros, which `raw` already holds:
+                    // skip the read (a 4 GiB sparse file then costs what its data costs).
+                    pos += p.len as usize;
+                    if p.blob_off + p.len as u64 == size {
+                        let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+                        if len != size {
+                            return Err(changed(path));
+                        }
+                    }
+                    continue;
+                }
                 f.read_exact_at(dst, p.blob_off).map_err(|e| {
                     if e.kind() == std::io::ErrorKind::UnexpectedEof {
                         changed(path)
@@ -474,6 +503,19 @@ fn assemble(tree: &Tree, blobs: &[(NodeId, u64)], plan: &ChunkPlan) -> Result<Ve
         pos += p.len as usize;
     }
     Ok(raw)
+}
+
+/// True if bytes `off .. off + len` of `f` are a hole (no data: they read as zeros).
+fn is_hole(f: &File, off: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on a valid fd; it only moves this descriptor's offset, which positioned
+    // reads do not use.
+    let next_data = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, libc::SEEK_DATA) };
+    if next_data < 0 {
+        // ENXIO: no data at or after `off`; anything else (e.g. EINVAL): cannot tell.
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+    }
+    next_data as u64 >= off + len
 }
 
 struct Strings {
