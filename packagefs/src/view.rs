@@ -302,7 +302,7 @@ impl View {
                             &pkgs[top.pkg as usize].archive,
                             &pkgs[c.pkg as usize].archive,
                         );
-                        if !same_content(a, top.entry, b, c.entry) {
+                        if !format::archive::reader::same_entry(a, top.entry, b, c.entry) {
                             v.conflict(&child_path, top_layer, top.pkg, c.pkg);
                         }
                     }
@@ -639,55 +639,6 @@ impl View {
             + self.dirs.len() as u64;
         (bytes, files)
     }
-}
-
-/// True if two entries have the same type, permissions and contents.
-pub fn same_content(a: &Archive, ea: EntryId, b: &Archive, eb: EntryId) -> bool {
-    let (Ok(x), Ok(y)) = (a.attr(ea), b.attr(eb)) else {
-        return false;
-    };
-    if x.kind != y.kind || x.perm != y.perm || x.size != y.size {
-        return false;
-    }
-    match x.kind {
-        Kind::Dir => true,
-        Kind::Symlink => a.read_link(ea).ok() == b.read_link(eb).ok(),
-        Kind::File => {
-            let (Ok(mut ra), Ok(mut rb)) = (a.open_file(ea), b.open_file(eb)) else {
-                return false;
-            };
-            let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
-            loop {
-                let Ok(n) = read_full(&mut ra, &mut ba) else {
-                    return false;
-                };
-                let Ok(m) = read_full(&mut rb, &mut bb) else {
-                    return false;
-                };
-                if n != m || ba[..n] != bb[..m] {
-                    return false;
-                }
-                if n == 0 {
-                    return true;
-                }
-            }
-        }
-    }
-}
-
-fn read_full(
-    r: &mut format::archive::reader::FileReader<'_>,
-    buf: &mut [u8],
-) -> format::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let k = r.read_next(&mut buf[n..])?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -659,3 +659,50 @@ fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
     }
     Ok(n)
 }
+
+/// True if two entries (of the same or different archives) have the same type, permission
+/// bits and contents (bytes, or symlink target); directories compare equal by kind alone.
+pub fn same_entry(a: &Archive, ea: EntryId, b: &Archive, eb: EntryId) -> bool {
+    let (Ok(x), Ok(y)) = (a.attr(ea), b.attr(eb)) else {
+        return false;
+    };
+    if x.kind != y.kind || x.perm != y.perm || x.size != y.size {
+        return false;
+    }
+    match x.kind {
+        Kind::Dir => true,
+        Kind::Symlink => a.read_link(ea).ok() == b.read_link(eb).ok(),
+        Kind::File => {
+            let (Ok(mut ra), Ok(mut rb)) = (a.open_file(ea), b.open_file(eb)) else {
+                return false;
+            };
+            let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+            loop {
+                let Ok(n) = read_full(&mut ra, &mut ba) else {
+                    return false;
+                };
+                let Ok(m) = read_full(&mut rb, &mut bb) else {
+                    return false;
+                };
+                if n != m || ba[..n] != bb[..m] {
+                    return false;
+                }
+                if n == 0 {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+fn read_full(r: &mut FileReader<'_>, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = r.read_next(&mut buf[n..])?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}

@@ -1,0 +1,21 @@
+//! packagefs package sets: the one library that `pkgtool` and the `packagefs` daemon both
+//! use to decide what may be active, so they can never disagree.
+//!
+//! ```text
+//! available packages ──resolve(wants)──► chosen set ──check()──► Graph | Refused{problems}
+//! ```
+//!
+//! - [`set::check`]: the invariant of a fixed set (requirements by API contract from the
+//!   same or a lower layer, `uses` from the system layer, acyclic, one version per name per
+//!   layer, no path conflicts within a layer);
+//! - [`resolve::resolve`]: choosing versions with PubGrub, newest first, explaining failures.
+#![deny(missing_docs)]
+
+pub mod resolve;
+pub mod set;
+
+pub use resolve::{resolve, Want};
+pub use set::{check, Candidate, Graph, Problem, Refused};
+
+#[cfg(test)]
+mod tests;

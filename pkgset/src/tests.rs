@@ -1,0 +1,366 @@
+//! Resolution and invariant tests on real (small) archives written to a temp dir.
+
+use std::sync::Arc;
+
+use format::archive::tree::Meta;
+use format::archive::writer::write_archive;
+use format::archive::{Archive, BuildOptions, Content, Tree};
+use format::manifest::Manifest;
+
+use crate::{check, resolve, Candidate, Problem, Want};
+
+struct Lab {
+    dir: tempfile::TempDir,
+    n: usize,
+}
+
+fn layers() -> Vec<String> {
+    vec!["system".into(), "common".into(), "user".into()]
+}
+
+impl Lab {
+    fn new() -> Lab {
+        Lab {
+            dir: tempfile::tempdir().unwrap(),
+            n: 0,
+        }
+    }
+
+    /// A package from a manifest (JSON) and files `(path, content)`.
+    fn pkg(&mut self, layer: usize, manifest: &str, files: &[(&str, &str)]) -> Candidate {
+        let mut t = Tree::new();
+        for (path, content) in files {
+            let (parent, name) = match path.rsplit_once('/') {
+                Some((p, n)) => (t.ensure_dir(p.as_bytes(), Meta::new(0o755, 1)).unwrap(), n),
+                None => (t.root(), *path),
+            };
+            let b: Arc<[u8]> = Arc::from(content.as_bytes());
+            t.add_file(
+                parent,
+                name.as_bytes(),
+                Content::Bytes(b),
+                content.len() as u64,
+                Meta::new(0o644, 1),
+            )
+            .unwrap();
+        }
+        let m = Manifest::from_json(manifest.as_bytes()).unwrap();
+        self.n += 1;
+        let out = self.dir.path().join(format!("{}.hpkg", self.n));
+        write_archive(&t, &m, None, &BuildOptions::default(), &out, &|_, _| {}).unwrap();
+        Candidate {
+            layer,
+            path: out.clone(),
+            archive: Arc::new(Archive::open(&out).unwrap()),
+        }
+    }
+}
+
+fn m(name: &str, version: &str, extra: &str) -> String {
+    let sep = if extra.is_empty() { "" } else { "," };
+    format!(r#"{{"name":"{name}","version":"{version}"{sep}{extra}}}"#)
+}
+
+fn req(api: &str, range: &str) -> String {
+    format!(r#"{{"api":"{api}","version":"{range}"}}"#)
+}
+
+fn want(layer: usize, name: &str) -> Want {
+    Want {
+        layer,
+        name: name.into(),
+        pin: None,
+    }
+}
+
+fn texts(problems: &[Problem]) -> Vec<String> {
+    problems.iter().map(|p| p.to_string()).collect()
+}
+
+#[test]
+fn requirement_met_by_api_contract_from_another_package() {
+    let mut lab = Lab::new();
+    let io = lab.pkg(
+        0,
+        &m(
+            "core.io",
+            "2.1.3",
+            r#""provides":[{"api":"api.io","version":"2.1.3"}]"#,
+        ),
+        &[],
+    );
+    let gfx = lab.pkg(
+        1,
+        &m(
+            "core.graphics",
+            "2.4.1",
+            &format!(
+                r#""requires":[{},{}]"#,
+                req("core.io", "~2.1"),
+                req("api.io", ">=2")
+            ),
+        ),
+        &[],
+    );
+    let g = check(&layers(), &[io.clone(), gfx.clone()]).unwrap();
+    assert_eq!(g.edges.len(), 2);
+    assert!(g.edges.iter().all(|e| e.from == 1 && e.to == 0));
+}
+
+#[test]
+fn unmet_requirement_names_package_range_and_what_is_available() {
+    let mut lab = Lab::new();
+    let io = lab.pkg(0, &m("core.io", "3.0.0", ""), &[]);
+    let io_user = lab.pkg(2, &m("core.io", "2.1.0", ""), &[]);
+    let gfx = lab.pkg(
+        1,
+        &m(
+            "core.graphics",
+            "2.4.1",
+            &format!(r#""requires":[{}]"#, req("core.io", "~2.1")),
+        ),
+        &[],
+    );
+    let err = check(&layers(), &[io, io_user, gfx]).unwrap_err();
+    assert_eq!(
+        texts(&err.problems),
+        ["core.graphics 2.4.1 requires core.io ~2.1, but only core.io 2.1.0 in user (a higher layer, which core.graphics cannot use), core.io 3.0.0 in system is available in layers system, common"]
+    );
+}
+
+#[test]
+fn nothing_provides_it() {
+    let mut lab = Lab::new();
+    let a = lab.pkg(
+        0,
+        &m(
+            "a",
+            "1.0.0",
+            &format!(r#""requires":[{}]"#, req("ghost", "*")),
+        ),
+        &[],
+    );
+    let err = check(&layers(), &[a]).unwrap_err();
+    assert_eq!(
+        texts(&err.problems),
+        ["a 1.0.0 requires ghost *, but nothing provides it in layer system"]
+    );
+}
+
+#[test]
+fn cycle_is_named_package_by_package() {
+    let mut lab = Lab::new();
+    let a = lab.pkg(
+        0,
+        &m("a", "1.0.0", &format!(r#""requires":[{}]"#, req("b", "1"))),
+        &[],
+    );
+    let b = lab.pkg(
+        0,
+        &m("b", "1.0.0", &format!(r#""requires":[{}]"#, req("c", "1"))),
+        &[],
+    );
+    let c = lab.pkg(
+        0,
+        &m("c", "1.0.0", &format!(r#""requires":[{}]"#, req("a", "1"))),
+        &[],
+    );
+    let d = lab.pkg(
+        0,
+        &m("d", "1.0.0", &format!(r#""requires":[{}]"#, req("a", "1"))),
+        &[],
+    );
+    let err = check(&layers(), &[d, a, b, c]).unwrap_err();
+    assert_eq!(
+        texts(&err.problems),
+        ["dependency cycle: a 1.0.0 -> b 1.0.0 -> c 1.0.0 -> a 1.0.0"]
+    );
+}
+
+#[test]
+fn path_conflict_names_both_packages_and_the_path() {
+    let mut lab = Lab::new();
+    let a = lab.pkg(
+        0,
+        &m("a", "1.0.0", ""),
+        &[("bin/tool", "A"), ("bin/x", "1"), ("share/same", "S")],
+    );
+    let b = lab.pkg(
+        0,
+        &m("b", "1.0.0", ""),
+        &[("bin/tool", "B"), ("bin/x", "2"), ("share/same", "S")],
+    );
+    let c = lab.pkg(1, &m("c", "1.0.0", ""), &[("bin/tool", "C")]);
+    let err = check(&layers(), &[a, b, c]).unwrap_err();
+    assert_eq!(
+        texts(&err.problems),
+        ["a 1.0.0 and b 1.0.0 in layer system both provide /bin/tool (and 1 more path) with different contents"]
+    );
+}
+
+#[test]
+fn uses_must_come_from_the_system_layer() {
+    let mut lab = Lab::new();
+    let gl_common = lab.pkg(1, &m("system.opengl", "4.6.0", ""), &[]);
+    let app = lab.pkg(2, &m("app", "1.0.0", r#""uses":["system.opengl"]"#), &[]);
+    let err = check(&layers(), &[gl_common.clone(), app.clone()]).unwrap_err();
+    assert_eq!(
+        texts(&err.problems),
+        ["app 1.0.0 uses system.opengl, but no package of layer system provides it"]
+    );
+    let gl = lab.pkg(0, &m("system.opengl", "4.6.0", ""), &[]);
+    check(&layers(), &[gl, app]).unwrap();
+}
+
+#[test]
+fn two_versions_in_one_layer_are_refused() {
+    let mut lab = Lab::new();
+    let a1 = lab.pkg(0, &m("a", "1.0.0", ""), &[]);
+    let a2 = lab.pkg(0, &m("a", "2.0.0", ""), &[]);
+    let a_user = lab.pkg(2, &m("a", "3.0.0", ""), &[]);
+    let err = check(&layers(), &[a1.clone(), a2, a_user.clone()]).unwrap_err();
+    assert_eq!(
+        texts(&err.problems),
+        ["a 1.0.0 and a 2.0.0 are both in layer system: only one version of a package can be active"]
+    );
+    check(&layers(), &[a1, a_user]).unwrap();
+}
+
+#[test]
+fn resolve_prefers_newest_and_falls_back_when_newest_is_unmet() {
+    let mut lab = Lab::new();
+    let avail = vec![
+        lab.pkg(0, &m("lib", "1.0.0", ""), &[]),
+        lab.pkg(0, &m("lib", "2.0.0", ""), &[]),
+        lab.pkg(
+            0,
+            &m(
+                "app",
+                "1.0.0",
+                &format!(r#""requires":[{}]"#, req("lib", "^1")),
+            ),
+            &[],
+        ),
+        lab.pkg(
+            0,
+            &m(
+                "app",
+                "2.0.0",
+                &format!(r#""requires":[{}]"#, req("lib", "^3")),
+            ),
+            &[],
+        ),
+    ];
+    // app 2 needs lib 3 which does not exist: app 1 with lib 1 is chosen.
+    let chosen = resolve(&layers(), &avail, &[want(0, "app"), want(0, "lib")]).unwrap();
+    let labels: Vec<String> = chosen.iter().map(|&i| avail[i].label()).collect();
+    assert_eq!(labels, ["lib-1.0.0", "app-1.0.0"]);
+    // lib alone: newest
+    let chosen = resolve(&layers(), &avail, &[want(0, "lib")]).unwrap();
+    assert_eq!(avail[chosen[0]].label(), "lib-2.0.0");
+    // pinning app 2 fails with a plain explanation
+    let pin = Want {
+        pin: Some(avail[3].id()),
+        ..want(0, "app")
+    };
+    let err = resolve(&layers(), &avail, &[pin]).unwrap_err();
+    assert_eq!(
+        texts(&err.problems),
+        ["app 2.0.0 requires lib ^3, but only lib 1.0.0 in system, lib 2.0.0 in system is available in layer system"]
+    );
+}
+
+#[test]
+fn resolve_lets_two_packages_use_different_providers_of_one_api() {
+    let mut lab = Lab::new();
+    let avail = vec![
+        lab.pkg(
+            0,
+            &m(
+                "io2",
+                "2.1.0",
+                r#""provides":[{"api":"core.io","version":"2.1.0"}]"#,
+            ),
+            &[],
+        ),
+        lab.pkg(
+            0,
+            &m(
+                "io3",
+                "3.0.0",
+                r#""provides":[{"api":"core.io","version":"3.0.0"}]"#,
+            ),
+            &[],
+        ),
+        lab.pkg(
+            0,
+            &m(
+                "old",
+                "1.0.0",
+                &format!(r#""requires":[{}]"#, req("core.io", "~2.1")),
+            ),
+            &[],
+        ),
+        lab.pkg(
+            0,
+            &m(
+                "new",
+                "1.0.0",
+                &format!(r#""requires":[{}]"#, req("core.io", "^3")),
+            ),
+            &[],
+        ),
+    ];
+    let chosen = resolve(&layers(), &avail, &[want(0, "old"), want(0, "new")]).unwrap();
+    assert_eq!(chosen, [0, 1, 2, 3]);
+}
+
+#[test]
+fn resolve_explains_conflicting_constraints() {
+    let mut lab = Lab::new();
+    let avail = vec![
+        lab.pkg(0, &m("lib", "1.0.0", ""), &[]),
+        lab.pkg(0, &m("lib", "2.0.0", ""), &[]),
+        lab.pkg(
+            0,
+            &m(
+                "a",
+                "1.0.0",
+                &format!(r#""requires":[{}]"#, req("lib", "^1")),
+            ),
+            &[],
+        ),
+        lab.pkg(
+            0,
+            &m(
+                "b",
+                "1.0.0",
+                &format!(r#""requires":[{}]"#, req("lib", "^2")),
+            ),
+            &[],
+        ),
+    ];
+    let err = resolve(&layers(), &avail, &[want(0, "a"), want(0, "b")]).unwrap_err();
+    let t = err.to_string();
+    assert!(t.contains("lib ^1") && t.contains("lib ^2"), "{t}");
+    assert!(!t.contains('\n'), "{t}");
+}
+
+#[test]
+fn resolve_refuses_a_cycle_found_after_solving() {
+    let mut lab = Lab::new();
+    let avail = vec![
+        lab.pkg(
+            0,
+            &m("a", "1.0.0", &format!(r#""requires":[{}]"#, req("b", "*"))),
+            &[],
+        ),
+        lab.pkg(
+            0,
+            &m("b", "1.0.0", &format!(r#""requires":[{}]"#, req("a", "*"))),
+            &[],
+        ),
+    ];
+    let err = resolve(&layers(), &avail, &[want(0, "a")]).unwrap_err();
+    assert!(err.to_string().starts_with("dependency cycle: "), "{err}");
+}
