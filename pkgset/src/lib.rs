@@ -11,6 +11,7 @@
 //! - [`resolve::resolve`]: choosing versions with PubGrub, newest first, explaining failures.
 #![deny(missing_docs)]
 
+pub mod generation;
 pub mod resolve;
 pub mod set;
 

@@ -1,0 +1,379 @@
+//! A layer's state on disk: the active set, numbered generations, retained package files.
+//!
+//! ```text
+//! <layer>/packages/                    the drop zone (.hpkg files)
+//! <layer>/state/lock                   flock()ed by every writer
+//! <layer>/state/active.list            the current set (a copy of one generation's list)
+//! <layer>/state/generations/N/active.list   every set there has been, N = 1, 2, ...
+//! <layer>/state/pool/<id>.hpkg         a hard link (or copy) of every package a kept
+//!                                      generation names, so a rollback never finds it gone
+//! ```
+//!
+//! Every file is written crash-safely: to a temp file in the same directory, fsync, rename
+//! over the target, fsync the directory. A generation's directory is complete before
+//! `active.list` names it, so a crash leaves the layer at the old or the new generation.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use format::active_list::ActiveList;
+use format::archive::PackageId;
+
+/// Errors of the state files, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// An I/O error on a file.
+    #[error("{}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A state file does not parse.
+    #[error("{}: {reason}", path.display())]
+    Bad {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No such generation.
+    #[error("layer {layer}: no generation {n}", n = .0, layer = .1.display())]
+    NoGeneration(u64, PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The paths of one layer directory.
+#[derive(Debug, Clone)]
+pub struct LayerPaths {
+    /// The layer directory.
+    pub dir: PathBuf,
+}
+
+impl LayerPaths {
+    /// Paths under `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> LayerPaths {
+        LayerPaths { dir: dir.into() }
+    }
+    /// `packages/`
+    pub fn packages(&self) -> PathBuf {
+        self.dir.join("packages")
+    }
+    /// `state/`
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    /// `state/active.list`
+    pub fn active_list(&self) -> PathBuf {
+        self.state().join("active.list")
+    }
+    /// `state/generations/`
+    pub fn generations(&self) -> PathBuf {
+        self.state().join("generations")
+    }
+    /// `state/generations/N/active.list`
+    pub fn generation_list(&self, n: u64) -> PathBuf {
+        self.generations().join(n.to_string()).join("active.list")
+    }
+    /// `state/pool/`
+    pub fn pool(&self) -> PathBuf {
+        self.state().join("pool")
+    }
+    /// `state/pool/<id>.hpkg`
+    pub fn pool_file(&self, id: &PackageId) -> PathBuf {
+        self.pool().join(format!("{id}.hpkg"))
+    }
+}
+
+/// An exclusive lock on a layer's state (`flock` on `state/lock`), released on drop.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    /// Waits for and takes the layer's lock, creating `state/` if needed.
+    pub fn acquire(layer: &LayerPaths) -> Result<Lock, StateError> {
+        let state = layer.state();
+        fs::create_dir_all(&state).map_err(io_err(&state))?;
+        let path = state.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        loop {
+            // SAFETY: flock on a valid fd.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(Lock { _file: file });
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(StateError::Io { path, source: e });
+            }
+        }
+    }
+}
+
+/// Writes `bytes` to `path` crash-safely (temp file, fsync, rename, fsync directory).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    tmp.write_all(bytes).map_err(io_err(path))?;
+    tmp.as_file().sync_all().map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| StateError::Io {
+        path: path.to_owned(),
+        source: e.error,
+    })?;
+    sync_dir(dir)
+}
+
+/// fsyncs a directory (so a rename in it is durable).
+pub fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Reads an `active.list`; `Ok(None)` if it does not exist.
+pub fn read_list(path: &Path) -> Result<Option<ActiveList>, StateError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    ActiveList::parse(&text)
+        .map(Some)
+        .map_err(|e| StateError::Bad {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// The generation numbers present, ascending.
+pub fn generation_numbers(layer: &LayerPaths) -> Result<Vec<u64>, StateError> {
+    let dir = layer.generations();
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    let mut ns: Vec<u64> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|n| layer.generation_list(*n).exists())
+        .collect();
+    ns.sort_unstable();
+    Ok(ns)
+}
+
+/// Records `list` as a new generation (numbered one past the highest) and makes it the
+/// active set. `files` maps each package id of the list to a file holding it, which is
+/// retained in the pool first. The caller holds the [`Lock`]. Returns the number.
+pub fn commit(
+    layer: &LayerPaths,
+    mut list: ActiveList,
+    reason: &str,
+    time: &str,
+    files: &dyn Fn(&PackageId) -> Option<PathBuf>,
+) -> Result<u64, StateError> {
+    let n = generation_numbers(layer)?.last().copied().unwrap_or(0) + 1;
+    for e in &list.entries {
+        retain(layer, &e.id, files(&e.id).as_deref())?;
+    }
+    list.meta.insert("generation".into(), n.to_string());
+    list.meta.insert("time".into(), time.to_owned());
+    list.meta.insert("reason".into(), reason.to_owned());
+    let text = list.to_text();
+    write_atomic(&layer.generation_list(n), text.as_bytes())?;
+    sync_dir(&layer.generations())?;
+    write_atomic(&layer.active_list(), text.as_bytes())?;
+    Ok(n)
+}
+
+/// Makes generation `n` the active set again (a rollback): `active.list` becomes a copy of
+/// its list. Every package it names is in the pool.
+pub fn switch_to(layer: &LayerPaths, n: u64) -> Result<ActiveList, StateError> {
+    let path = layer.generation_list(n);
+    let list = read_list(&path)?.ok_or_else(|| StateError::NoGeneration(n, layer.dir.clone()))?;
+    for e in &list.entries {
+        let f = layer.pool_file(&e.id);
+        if !f.exists() {
+            return Err(StateError::Bad {
+                path: f,
+                reason: format!(
+                    "package {} of generation {n} is missing from the pool",
+                    e.label
+                ),
+            });
+        }
+    }
+    write_atomic(&layer.active_list(), list.to_text().as_bytes())?;
+    Ok(list)
+}
+
+/// Keeps a package file in the pool: a hard link to `src` (or a copy across file systems).
+fn retain(layer: &LayerPaths, id: &PackageId, src: Option<&Path>) -> Result<(), StateError> {
+    let dst = layer.pool_file(id);
+    if dst.exists() {
+        return Ok(());
+    }
+    let src = src.ok_or_else(|| StateError::Bad {
+        path: dst.clone(),
+        reason: format!("no file holds package {id}"),
+    })?;
+    let pool = layer.pool();
+    fs::create_dir_all(&pool).map_err(io_err(&pool))?;
+    match fs::hard_link(src, &dst) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(_) => {
+            let bytes = fs::read(src).map_err(io_err(src))?;
+            write_atomic(&dst, &bytes)?;
+        }
+    }
+    sync_dir(&pool)
+}
+
+/// Deletes all but the newest `keep` generations (never the active one) and the pool files
+/// no remaining generation names. The caller holds the [`Lock`]. Returns the removed
+/// generation numbers.
+pub fn gc(layer: &LayerPaths, keep: usize) -> Result<Vec<u64>, StateError> {
+    let ns = generation_numbers(layer)?;
+    let active = read_list(&layer.active_list())?.and_then(|l| l.generation());
+    let cut = ns.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for &n in &ns[..cut] {
+        if Some(n) == active {
+            continue;
+        }
+        let dir = layer.generations().join(n.to_string());
+        fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        removed.push(n);
+    }
+    let mut named = std::collections::HashSet::new();
+    for n in generation_numbers(layer)? {
+        if let Some(l) = read_list(&layer.generation_list(n))? {
+            named.extend(l.entries.into_iter().map(|e| e.id));
+        }
+    }
+    if let Some(l) = read_list(&layer.active_list())? {
+        named.extend(l.entries.into_iter().map(|e| e.id));
+    }
+    if let Ok(rd) = fs::read_dir(layer.pool()) {
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name();
+            let Some(stem) = name.to_str().and_then(|s| s.strip_suffix(".hpkg")) else {
+                continue;
+            };
+            if let Some(id) = format::active_list::parse_id(stem) {
+                if !named.contains(&id) {
+                    let p = e.path();
+                    fs::remove_file(&p).map_err(io_err(&p))?;
+                }
+            }
+        }
+    }
+    sync_dir(&layer.state())?;
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use format::active_list::Entry;
+
+    fn list(ids: &[u8]) -> ActiveList {
+        ActiveList {
+            meta: Default::default(),
+            entries: ids
+                .iter()
+                .map(|&i| Entry {
+                    label: format!("p{i}-1.0.0"),
+                    id: PackageId([i; 32]),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn commit_switch_and_gc() {
+        let d = tempfile::tempdir().unwrap();
+        let layer = LayerPaths::new(d.path());
+        fs::create_dir_all(layer.packages()).unwrap();
+        let file_of = |id: &PackageId| {
+            let p = layer.packages().join(format!("{}.hpkg", id.short()));
+            if !p.exists() {
+                fs::write(&p, id.0).unwrap();
+            }
+            Some(p)
+        };
+        let _lock = Lock::acquire(&layer).unwrap();
+        assert_eq!(
+            commit(&layer, list(&[1]), "first", "t1", &file_of).unwrap(),
+            1
+        );
+        assert_eq!(
+            commit(&layer, list(&[1, 2]), "install p2", "t2", &file_of).unwrap(),
+            2
+        );
+        assert_eq!(
+            commit(&layer, list(&[2, 3]), "install p3", "t3", &file_of).unwrap(),
+            3
+        );
+        let active = read_list(&layer.active_list()).unwrap().unwrap();
+        assert_eq!(active.generation(), Some(3));
+        assert_eq!(active.meta["reason"], "install p3");
+        // the package files disappear from packages/: the pool still has them
+        fs::remove_dir_all(layer.packages()).unwrap();
+        let back = switch_to(&layer, 1).unwrap();
+        assert!(back.same_packages(&list(&[1])));
+        assert_eq!(
+            read_list(&layer.active_list())
+                .unwrap()
+                .unwrap()
+                .generation(),
+            Some(1)
+        );
+        assert!(matches!(
+            switch_to(&layer, 9),
+            Err(StateError::NoGeneration(9, _))
+        ));
+        // gc keeping 1 keeps generation 3 and the active generation 1
+        let removed = gc(&layer, 1).unwrap();
+        assert_eq!(removed, [2]);
+        assert_eq!(generation_numbers(&layer).unwrap(), [1, 3]);
+        assert!(layer.pool_file(&PackageId([1; 32])).exists());
+        assert!(layer.pool_file(&PackageId([3; 32])).exists());
+        switch_to(&layer, 3).unwrap();
+        gc(&layer, 1).unwrap();
+        assert_eq!(generation_numbers(&layer).unwrap(), [3]);
+        assert!(!layer.pool_file(&PackageId([1; 32])).exists());
+        assert!(layer.pool_file(&PackageId([2; 32])).exists());
+    }
+
+    #[test]
+    fn write_atomic_leaves_no_temp_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x/active.list");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(d.path().join("x")).unwrap().count(), 1);
+    }
+}
