@@ -17,11 +17,12 @@ PACKAGEFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 #   fuse-overlayfs  union-mount baseline for the (planned) layer benchmarks
 #   attr            setfattr/getfattr, used by the xattr tests
 #   hyperfine       command benchmarking
+#   python3         the random-read driver of scripts/bench
 #   build-essential the C compiler and linker that cargo needs (zstd-sys, linking)
 #   ca-certificates TLS roots so cargo can fetch crates
 # shellcheck disable=SC2034 # used by the scripts that source this file
 PACKAGEFS_APT_DEPS=(
-	fuse3 squashfs-tools squashfuse erofs-utils fuse-overlayfs attr hyperfine
+	fuse3 squashfs-tools squashfuse erofs-utils fuse-overlayfs attr hyperfine python3
 	build-essential ca-certificates
 )
 

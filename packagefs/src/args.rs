@@ -26,9 +26,9 @@ Files of layers other than `system` never carry setuid/setgid bits.
 Runs in the foreground (logs to stderr; RUST_LOG=debug for more) unless started in the
 mount.fuse3 form (SOURCE MOUNTPOINT), where it returns once the mount is ready. SIGINT or
 SIGTERM unmount cleanly, and `umount`/`fusermount3 -u` end the daemon.
--o takes FUSE options (allow_other, allow_root, default_permissions, nosuid, nodev, noexec,
-auto_unmount, fsname=...) and packagefs options (layer=NAME=DIR, trusted_keys=DIR,
-cache_size=SIZE, threads=N)."
+-o takes FUSE options (allow_other, allow_root, nosuid, nodev, noexec, auto_unmount,
+fsname=...; default_permissions is always on) and packagefs options (layer=NAME=DIR,
+trusted_keys=DIR, cache_size=SIZE, threads=N, log=FILE: where a detached daemon logs)."
 )]
 pub struct Args {
     /// Layer NAME=DIR, lowest first (repeatable).
@@ -74,6 +74,8 @@ pub struct Settings {
     pub acl: SessionACL,
     /// Started in the mount.fuse3 form: detach once ready.
     pub daemonize: bool,
+    /// Where a detached daemon writes its log (`-o log=FILE`).
+    pub log_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -94,12 +96,22 @@ impl Args {
                 layer_specs.extend(s.split(':').filter(|x| !x.is_empty()).map(str::to_owned));
             }
         }
+        // Everything is owned by root with fixed modes, so the kernel's own permission check
+        // (default_permissions) is exact, and without it `allow_other` would let any user
+        // read any file. The fsname is the SOURCE of the mount.fuse3 form, so that
+        // `mount -a` recognises an fstab line as mounted.
+        let fsname = source
+            .as_ref()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "packagefs".into());
         let mut mount_options = vec![
             MountOption::RO,
-            MountOption::FSName("packagefs".into()),
+            MountOption::FSName(fsname),
             MountOption::Subtype("packagefs".into()),
             MountOption::NoDev,
+            MountOption::DefaultPermissions,
         ];
+        let mut log_file = None;
         let mut acl = SessionACL::Owner;
         let mut nosuid = false;
         for opt in self
@@ -124,25 +136,22 @@ impl Args {
                 }
                 ("allow_other", None) => acl = SessionACL::All,
                 ("allow_root", None) => acl = SessionACL::RootAndOwner,
-                ("default_permissions", None) => {
-                    mount_options.push(MountOption::DefaultPermissions)
-                }
+                ("default_permissions", None) => {} // always on
+                ("log", Some(v)) => log_file = Some(PathBuf::from(v)),
                 ("auto_unmount", None) => mount_options.push(MountOption::AutoUnmount),
                 ("nosuid", None) => nosuid = true,
                 ("suid", None) => nosuid = false,
                 ("noexec", None) => mount_options.push(MountOption::NoExec),
                 ("exec", None) => mount_options.push(MountOption::Exec),
                 ("noatime", None) => mount_options.push(MountOption::NoAtime),
+                // mount(8) passes `rw` unless told `ro`: the mount is read-only whatever it
+                // says; the rest is mount(8) noise.
                 (
                     "nodev" | "dev" | "ro" | "rw" | "async" | "sync" | "atime" | "relatime"
-                    | "nofail" | "_netdev",
+                    | "nofail" | "_netdev" | "user" | "users" | "nouser" | "auto" | "noauto"
+                    | "defaults",
                     None,
-                ) => {
-                    // ro is forced; rw is refused below; the rest are mount(8) noise
-                    if k == "rw" {
-                        return Err("packagefs is read-only: the rw option is not supported".into());
-                    }
-                }
+                ) => {}
                 ("fsname", Some(v)) => {
                     mount_options.retain(|o| !matches!(o, MountOption::FSName(_)));
                     mount_options.push(MountOption::FSName(v.to_owned()));
@@ -199,6 +208,7 @@ impl Args {
             mount_options,
             acl,
             daemonize: source.is_some() && !self.foreground,
+            log_file,
         })
     }
 }

@@ -15,7 +15,7 @@ use format::keys::TrustedKeys;
 use packagefs::fuse::{Options, PackageFs};
 use packagefs::layers::{self, Slots};
 use packagefs::view::{Layer, View};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// Environment variable through which a daemonizing parent passes its readiness pipe.
 const READY_FD_ENV: &str = "PACKAGEFS_READY_FD";
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         }
     };
     if settings.daemonize && std::env::var_os(READY_FD_ENV).is_none() {
-        return daemonize();
+        return daemonize(settings.log_file.as_deref());
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -46,7 +46,6 @@ fn main() -> ExitCode {
     match run(settings, sigset) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
             eprintln!("packagefs: {}", one_line(&e));
             ExitCode::from(1)
         }
@@ -156,13 +155,20 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     match rx.recv() {
         Ok(Event::Signal(sig)) => {
             info!(signal = sig, "unmounting");
-            if let Err(e) = unmounter.unmount() {
-                warn!("unmount failed: {e}; trying a lazy unmount");
-                lazy_unmount(&s.mountpoint);
+            match unmounter.unmount() {
+                Ok(()) => {
+                    // Let the session threads see the unmount (bounded).
+                    let _ = rx.recv_timeout(Duration::from_secs(10));
+                    info!("unmounted");
+                }
+                Err(e) => {
+                    // Busy (files open): detach the mount and exit now, as libfuse does;
+                    // processes still using it get ENOTCONN.
+                    warn!("unmount failed: {e}; detaching the mount lazily");
+                    lazy_unmount(&s.mountpoint);
+                    info!("detached");
+                }
             }
-            // Wait (boundedly) for the session threads to see the unmount.
-            let _ = rx.recv_timeout(Duration::from_secs(10));
-            info!("unmounted");
             Ok(())
         }
         Ok(Event::Ended(r)) => {
@@ -308,7 +314,7 @@ fn notify_ready(packages: usize) {
 
 /// The mount.fuse3 form: run the daemon as a detached child and return once it reports
 /// that the mount is live (exit 0) or it exits (its status).
-fn daemonize() -> ExitCode {
+fn daemonize(log_file: Option<&Path>) -> ExitCode {
     let mut fds = [0i32; 2];
     // SAFETY: valid array for pipe2.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -326,7 +332,30 @@ fn daemonize() -> ExitCode {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(std::env::args_os().skip(1))
         .env(READY_FD_ENV, w.to_string())
-        .stdin(std::process::Stdio::null());
+        .stdin(std::process::Stdio::null())
+        // The caller (mount(8), a shell's $(...)) must not wait for our stdout to close.
+        .stdout(std::process::Stdio::null());
+    // Logs go to -o log=FILE, or stay on stderr if that is a file; never hold a pipe open.
+    let stderr_is_file = std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.is_file());
+    match log_file {
+        Some(p) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            Ok(f) => {
+                cmd.stderr(f);
+            }
+            Err(e) => {
+                eprintln!("packagefs: cannot open log file {}: {e}", p.display());
+                return ExitCode::from(1);
+            }
+        },
+        None if stderr_is_file => {}
+        None => {
+            cmd.stderr(std::process::Stdio::null());
+        }
+    }
     {
         use std::os::unix::process::CommandExt;
         // SAFETY: setsid is async-signal-safe.

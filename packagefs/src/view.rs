@@ -593,7 +593,8 @@ impl View {
         }
     }
 
-    /// Extended attributes of a node, sorted by name.
+    /// Extended attributes of a node, sorted by name. Files of `nosuid` layers carry no
+    /// `security.capability` (file capabilities are privileges, like setuid bits).
     pub fn xattrs(&self, node: Node) -> Result<Vec<(&[u8], &[u8])>> {
         let (pkg, entry) = match node {
             Node::Union(d) => match self.dirs[d as usize].attr_src {
@@ -602,10 +603,15 @@ impl View {
             },
             Node::Pkg { pkg, entry } => (pkg, entry),
         };
+        let nosuid = self
+            .layers
+            .get(self.packages[pkg as usize].layer)
+            .is_none_or(|l| l.nosuid);
         Ok(self.packages[pkg as usize]
             .archive
             .xattrs(entry)
             .map_err(|e| self.archive_err(pkg, e))?
+            .filter(|(name, _)| !(nosuid && *name == b"security.capability"))
             .collect())
     }
 

@@ -1,0 +1,151 @@
+//! Starting and stopping: readiness is reported once the mount is live; SIGTERM and SIGINT
+//! unmount and exit 0; an unmount from outside (`umount`, `fusermount3 -u`) ends the
+//! daemon with exit 0; nothing is ever left mounted.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::{run_ok, Mount, Stack, TestTree, DEADLINE};
+
+use crate::read;
+
+fn stack() -> Stack {
+    let t = TestTree::new();
+    t.file("hello", "hello\n");
+    let s = Stack::new(&["system"]);
+    s.add("system", t.path(), "hello");
+    s
+}
+
+/// Stops the daemon with `sig` and checks it exits 0 and takes its mount with it.
+fn assert_signal_unmounts(sig: libc::c_int) {
+    let s = stack();
+    let mut m = s.mount();
+    assert_eq!(read(m.join("hello")), "hello\n");
+    m.signal(sig);
+    let st = m
+        .wait_exit(DEADLINE)
+        .unwrap_or_else(|| panic!("no exit within {DEADLINE:?} of signal {sig}:\n{}", m.log()));
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "exit status after signal {sig}:\n{}",
+        m.log()
+    );
+    assert!(!m.is_mounted(), "still mounted after the daemon exited");
+}
+
+#[test]
+fn sigterm_unmounts_and_exits_0() {
+    assert_signal_unmounts(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_unmounts_and_exits_0() {
+    assert_signal_unmounts(libc::SIGINT);
+}
+
+/// Opens a file and the root directory on the mount, sends SIGTERM, and returns how long
+/// the daemon took to exit (at most `limit`), after checking it exited 0 and unmounted.
+fn sigterm_with_open_files(limit: Duration) -> Duration {
+    let s = stack();
+    let mut m = s.mount();
+    let f = std::fs::File::open(m.join("hello")).unwrap();
+    let d = std::fs::File::open(m.path()).unwrap();
+    let t0 = std::time::Instant::now();
+    m.signal(libc::SIGTERM);
+    let st = m
+        .wait_exit(limit)
+        .unwrap_or_else(|| panic!("no exit within {limit:?} of SIGTERM:\n{}", m.log()));
+    let took = t0.elapsed();
+    assert_eq!(st.code(), Some(0), "{}", m.log());
+    assert!(!m.is_mounted(), "still in the mount table");
+    drop((f, d));
+    took
+}
+
+#[test]
+fn sigterm_with_a_file_open_on_the_mount_still_unmounts_and_exits_0() {
+    sigterm_with_open_files(2 * DEADLINE);
+}
+
+#[test]
+
+fn sigterm_with_a_file_open_on_the_mount_exits_promptly() {
+    let took = sigterm_with_open_files(2 * DEADLINE);
+    assert!(
+        took < Duration::from_secs(3),
+        "the daemon took {took:?} to exit after SIGTERM"
+    );
+}
+
+/// Unmounts from outside with `CMD... MNT` and checks the daemon exits 0 by itself.
+fn assert_outside_unmount_ends_daemon(cmd: &[&str]) {
+    let s = stack();
+    let mut m = s.mount();
+    assert_eq!(read(m.join("hello")), "hello\n");
+    run_ok(Command::new(cmd[0]).args(&cmd[1..]).arg(m.path()));
+    let st = m.wait_exit(DEADLINE).unwrap_or_else(|| {
+        panic!(
+            "the daemon is still running {DEADLINE:?} after {cmd:?}:\n{}",
+            m.log()
+        )
+    });
+    assert_eq!(st.code(), Some(0), "{}", m.log());
+    assert!(!m.is_mounted());
+}
+
+#[test]
+fn umount_from_outside_ends_the_daemon_with_exit_0() {
+    assert_outside_unmount_ends_daemon(&["umount"]);
+}
+
+#[test]
+fn fusermount3_u_from_outside_ends_the_daemon_with_exit_0() {
+    assert_outside_unmount_ends_daemon(&["fusermount3", "-u"]);
+}
+
+#[test]
+fn readiness_is_notified_to_systemd_once_the_mount_is_live() {
+    let s = stack();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let m = s.builder().env("NOTIFY_SOCKET", &sock_path).spawn();
+    let mut buf = [0u8; 4096];
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no sd_notify message: {e}\n{}", m.log()));
+    // the mount must be live at the moment READY=1 arrives, not some time later
+    let live = m.is_mounted();
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        msg.lines().any(|l| l == "READY=1"),
+        "the message is not READY=1: {msg:?}"
+    );
+    assert!(
+        live,
+        "READY=1 arrived before the mount was in the mount table"
+    );
+    assert_eq!(read(m.join("hello")), "hello\n");
+    assert!(
+        msg.lines().any(|l| l == format!("MAINPID={}", m.pid())),
+        "MAINPID: {msg:?}"
+    );
+    // nothing else is sent (e.g. a second READY)
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(sock.recv(&mut buf).is_err(), "a second notification");
+}
+
+#[test]
+fn daemon_runs_in_the_foreground_until_stopped() {
+    let s = stack();
+    let mut m: Mount = s.mount();
+    // still the process we started, still serving, after a while
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(m.try_wait().is_none(), "the daemon exited:\n{}", m.log());
+    assert_eq!(read(m.join("hello")), "hello\n");
+}
