@@ -77,7 +77,24 @@ impl Hpkg {
                 }
             })
             .collect();
-        let toc = &b[toc_off..toc_off + toc_len];
+        // The TOC section is a 16-byte frame (method, raw length) and the TOC, compressed or not.
+        let frame = &b[toc_off..toc_off + toc_len];
+        let raw_len = u64_at(frame, 8) as usize;
+        let toc_owned: Vec<u8> = match frame[0] {
+            0 => frame[16..].to_vec(),
+            1 => zstd::bulk::decompress(&frame[16..], raw_len).expect("zstd TOC"),
+            2 => {
+                use std::io::Read;
+                let mut out = Vec::new();
+                flate2::read::ZlibDecoder::new(&frame[16..])
+                    .read_to_end(&mut out)
+                    .expect("zlib TOC");
+                out
+            }
+            m => panic!("unknown TOC method {m}"),
+        };
+        assert_eq!(toc_owned.len(), raw_len);
+        let toc = &toc_owned[..];
         let n_inodes = u32_at(toc, 0) as usize;
         let n_dirents = u32_at(toc, 4) as usize;
         let n_xattrs = u32_at(toc, 8) as usize;

@@ -208,7 +208,7 @@ impl ChunkInfo {
 }
 
 thread_local! {
-    static ZSTD_C: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static ZSTD_C: RefCell<std::collections::HashMap<i32, zstd::bulk::Compressor<'static>>> = RefCell::new(std::collections::HashMap::new());
     static ZSTD_D: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
@@ -218,11 +218,19 @@ pub(crate) fn compress(raw: &[u8], c: Compression) -> std::io::Result<(Method, V
     let out = match c {
         Compression::None => None,
         Compression::Zstd(level) => ZSTD_C.with(|cell| -> std::io::Result<_> {
-            let mut slot = cell.borrow_mut();
-            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-                *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+            let mut map = cell.borrow_mut();
+            // Already-compressed data (.gz, .png, .jpg, ...) does not shrink at any level: a
+            // fast level-1 probe finds it, and the expensive levels are spent only on data
+            // that pays them back. (A probe that does not fit in 97% of the chunk means
+            // incompressible: the chunk is stored raw.)
+            if level >= PROBE_FROM_LEVEL {
+                let probe = compressor(&mut map, 1)?;
+                let mut dst = Vec::with_capacity(raw.len() * 97 / 100);
+                if probe.compress_to_buffer(raw, &mut dst).is_err() {
+                    return Ok(None);
+                }
             }
-            let comp = &mut slot.as_mut().expect("just set").1;
+            let comp = compressor(&mut map, level)?;
             let mut dst = Vec::with_capacity(raw.len());
             // A result that does not fit in raw.len() bytes does not shrink: store raw.
             match comp.compress_to_buffer(raw, &mut dst) {
@@ -245,6 +253,22 @@ pub(crate) fn compress(raw: &[u8], c: Compression) -> std::io::Result<(Method, V
     })
 }
 
+/// zstd levels from which a chunk is first probed at level 1 (below, the probe costs about
+/// as much as it saves).
+const PROBE_FROM_LEVEL: i32 = 6;
+
+fn compressor<'m>(
+    map: &'m mut std::collections::HashMap<i32, zstd::bulk::Compressor<'static>>,
+    level: i32,
+) -> std::io::Result<&'m mut zstd::bulk::Compressor<'static>> {
+    match map.entry(level) {
+        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            Ok(e.insert(zstd::bulk::Compressor::new(level)?))
+        }
+    }
+}
+
 /// Checks the stored bytes of a chunk against its hash, then decompresses them into `out`
 /// (cleared first). A chunk that fails the hash is never decompressed.
 pub(crate) fn verify_and_decompress(
@@ -257,6 +281,28 @@ pub(crate) fn verify_and_decompress(
         return Err(Error::ChunkHash { chunk });
     }
     decompress(chunk, info, stored, out)
+}
+
+/// Decompresses a framed TOC of exactly `raw_len` bytes.
+pub(crate) fn decompress_toc(method: Method, body: &[u8], raw_len: usize) -> Result<Vec<u8>> {
+    let info = ChunkInfo {
+        offset: 0,
+        stored_len: body.len() as u32,
+        raw_len: raw_len as u32,
+        method,
+        hash: [0; 32],
+    };
+    if raw_len > u32::MAX as usize || body.len() > u32::MAX as usize {
+        return Err(Error::corrupt("toc frame", "larger than 4 GiB"));
+    }
+    let mut out = Vec::new();
+    decompress(u32::MAX, &info, body, &mut out).map_err(|e| match e {
+        Error::Decompress { reason, .. } => {
+            Error::corrupt("toc frame", format!("does not decompress: {reason}"))
+        }
+        other => other,
+    })?;
+    Ok(out)
 }
 
 fn decompress(chunk: ChunkId, info: &ChunkInfo, stored: &[u8], out: &mut Vec<u8>) -> Result<()> {

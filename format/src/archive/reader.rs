@@ -143,6 +143,9 @@ pub struct Archive {
     meta: Mmap,
     header: Header,
     toc: TocLayout,
+    /// The raw TOC: in place in `meta` (this range) or decompressed (`toc_owned`).
+    toc_range: std::ops::Range<usize>,
+    toc_owned: Option<Vec<u8>>,
     trailer: Trailer,
     manifest: Manifest,
 }
@@ -198,7 +201,18 @@ impl Archive {
         let trailer = Trailer::parse(&tb, header.is_signed())?;
         let m = &meta[header.manifest.offset as usize..header.manifest.end() as usize];
         let manifest = Manifest::from_json(m)?;
-        let toc_bytes = &meta[header.toc.offset as usize..header.toc.end() as usize];
+        let section = &meta[header.toc.offset as usize..header.toc.end() as usize];
+        let (toc_range, toc_owned) = match super::toc::unpack(section)? {
+            super::toc::Unpacked::InPlace(r) => (
+                header.toc.offset as usize + r.start..header.toc.offset as usize + r.end,
+                None,
+            ),
+            super::toc::Unpacked::Owned(v) => (0..v.len(), Some(v)),
+        };
+        let toc_bytes = match &toc_owned {
+            Some(v) => &v[..],
+            None => &meta[toc_range.clone()],
+        };
         let toc = TocLayout::parse(toc_bytes)?;
         let archive = Archive {
             path: path.to_owned(),
@@ -206,6 +220,8 @@ impl Archive {
             meta,
             header,
             toc,
+            toc_range,
+            toc_owned,
             trailer,
             manifest,
         };
@@ -231,7 +247,10 @@ impl Archive {
 
     fn toc_view(&self) -> Toc<'_> {
         Toc {
-            bytes: &self.meta[self.header.toc.offset as usize..self.header.toc.end() as usize],
+            bytes: match &self.toc_owned {
+                Some(v) => &v[..],
+                None => &self.meta[self.toc_range.clone()],
+            },
             l: self.toc,
         }
     }

@@ -1,5 +1,7 @@
 //! The table of contents: flat arrays of inodes, directory entries and extended attributes,
-//! plus a string table, read in place from the mapped metadata.
+//! plus a string table. The TOC section is a 16-byte frame header (method, raw length)
+//! followed by the TOC, compressed with the archive's method (or stored raw, then read in
+//! place from the mapped metadata).
 //!
 //! ```text
 //! toc header   32 bytes: n_inodes u32, n_dirents u32, n_xattrs u32, 0 u32, strings_len u64, 0 u64
@@ -22,6 +24,91 @@ pub(crate) const S_IFMT: u32 = 0o170000;
 pub(crate) const S_IFREG: u32 = 0o100000;
 pub(crate) const S_IFDIR: u32 = 0o040000;
 pub(crate) const S_IFLNK: u32 = 0o120000;
+
+/// Length of the frame header that starts the TOC section.
+pub(crate) const FRAME_LEN: usize = 16;
+
+/// Frames a raw TOC: compresses it with `c` (stored raw if that does not shrink it).
+pub(crate) fn pack(raw: &[u8], c: super::chunk::Compression) -> std::io::Result<Vec<u8>> {
+    use super::chunk::{compress, Compression, Method};
+    // The TOC is compressed on one thread: cap the level so a big TOC stays quick.
+    let c = match c {
+        Compression::Zstd(l) => Compression::Zstd(l.min(15)),
+        other => other,
+    };
+    let (method, body) = if raw.is_empty() {
+        (Method::None, Vec::new())
+    } else {
+        compress(raw, c)?
+    };
+    let mut out = Vec::with_capacity(FRAME_LEN + body.len());
+    out.push(method as u8);
+    out.extend_from_slice(&[0u8; 7]);
+    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Where a framed TOC's raw bytes are: in place (stored raw), or decompressed.
+pub(crate) enum Unpacked {
+    /// The raw TOC is this range of the section.
+    InPlace(std::ops::Range<usize>),
+    /// The decompressed TOC.
+    Owned(Vec<u8>),
+}
+
+/// Reads the frame of a TOC section.
+pub(crate) fn unpack(section: &[u8]) -> Result<Unpacked> {
+    use super::chunk::{decompress_toc, Method};
+    if section.len() < FRAME_LEN {
+        return Err(Error::Truncated {
+            section: "toc",
+            offset: 0,
+            need: FRAME_LEN as u64,
+            len: section.len() as u64,
+        });
+    }
+    let method = Method::from_u8(section[0])
+        .ok_or_else(|| Error::corrupt("toc frame", format!("unknown method {}", section[0])))?;
+    if section[1..8].iter().any(|&b| b != 0) {
+        return Err(Error::corrupt("toc frame", "reserved bytes are not zero"));
+    }
+    let raw_len = u64_at(section, 8);
+    let body = &section[FRAME_LEN..];
+    match method {
+        Method::None => {
+            if raw_len != body.len() as u64 {
+                return Err(Error::corrupt(
+                    "toc frame",
+                    format!("raw length {raw_len} but {} bytes stored", body.len()),
+                ));
+            }
+            Ok(Unpacked::InPlace(FRAME_LEN..section.len()))
+        }
+        _ => {
+            // Bound what a hostile frame can make us allocate: a real TOC compresses far
+            // less than 256:1.
+            let limit = (body.len() as u64)
+                .saturating_mul(256)
+                .saturating_add(1 << 20)
+                .min(u32::MAX as u64 * 4);
+            if raw_len > limit {
+                return Err(Error::corrupt(
+                    "toc frame",
+                    format!(
+                        "raw length {raw_len} is implausible for {} compressed bytes",
+                        body.len()
+                    ),
+                ));
+            }
+            Ok(Unpacked::Owned(decompress_toc(
+                method,
+                body,
+                raw_len as usize,
+            )?))
+        }
+    }
+}
 
 /// Longest xattr value (Linux's limit).
 pub const XATTR_VALUE_MAX: usize = 65536;
@@ -218,6 +305,10 @@ impl<'a> Toc<'a> {
             return Err(Error::corrupt("toc entry 0", "the root is not a directory"));
         }
         let mut linked = vec![0u64; (n as usize).div_ceil(64)];
+        // Directories' entry ranges (and entries' xattr ranges), taken in entry order, must
+        // not overlap: that bounds the work below by the number of records, where shared
+        // ranges would let a small hostile TOC cost O(entries x records) to check.
+        let (mut next_dirent, mut next_xattr) = (0u32, 0u32);
         for i in 0..n {
             let ino = self.inode(i);
             let bad = |reason: String| Error::corrupt(format!("toc entry {i}"), reason);
@@ -230,7 +321,7 @@ impl<'a> Toc<'a> {
                     ino.mtime_nsec
                 )));
             }
-            self.validate_xattrs(i, &ino)?;
+            self.validate_xattrs(i, &ino, &mut next_xattr)?;
             match ino.kind_bits() {
                 S_IFDIR => {
                     if ino.d != 0 {
@@ -245,6 +336,15 @@ impl<'a> Toc<'a> {
                             "entries {}..{end} beyond the {} directory entries",
                             ino.a, self.l.n_dirents
                         )));
+                    }
+                    if ino.b > 0 {
+                        if ino.a < next_dirent {
+                            return Err(bad(format!(
+                                "entries {}..{end} overlap those of an earlier directory",
+                                ino.a
+                            )));
+                        }
+                        next_dirent = end as u32;
                     }
                     let mut prev: Option<&[u8]> = None;
                     for j in ino.a..ino.a + ino.b {
@@ -309,8 +409,10 @@ impl<'a> Toc<'a> {
                                 ino.b
                             )));
                         }
-                        let last = ino.a as u64 + (ino.b as u64 + ino.d - 1) / chunk_size as u64;
-                        if last >= n_chunks as u64 {
+                        // u128: a hostile size near 2^64 must not wrap around.
+                        let last = ino.a as u128
+                            + (ino.b as u128 + ino.d as u128 - 1) / chunk_size as u128;
+                        if last >= n_chunks as u128 {
                             return Err(bad(format!(
                                 "file bytes reach chunk {last} of {n_chunks}"
                             )));
@@ -344,7 +446,7 @@ impl<'a> Toc<'a> {
         Ok(())
     }
 
-    fn validate_xattrs(&self, i: EntryId, ino: &RawInode) -> Result<()> {
+    fn validate_xattrs(&self, i: EntryId, ino: &RawInode, next: &mut u32) -> Result<()> {
         let bad = |reason: String| Error::corrupt(format!("toc entry {i}"), reason);
         let end = ino.xattr_first as u64 + ino.xattr_count as u64;
         if end > self.l.n_xattrs as u64 {
@@ -352,6 +454,15 @@ impl<'a> Toc<'a> {
                 "xattrs {}..{end} beyond the {} records",
                 ino.xattr_first, self.l.n_xattrs
             )));
+        }
+        if ino.xattr_count > 0 {
+            if ino.xattr_first < *next {
+                return Err(bad(format!(
+                    "xattrs {}..{end} overlap those of an earlier entry",
+                    ino.xattr_first
+                )));
+            }
+            *next = end as u32;
         }
         let mut prev: Option<&[u8]> = None;
         for k in ino.xattr_first..ino.xattr_first + ino.xattr_count {

@@ -218,14 +218,27 @@ pub fn write_archive(
     // 3. Lay blobs out in chunks. A blob smaller than a chunk lies inside one chunk, packed
     //    with its neighbours; a larger one starts its own chunk and fills whole chunks, so
     //    identical large files in different packages give identical chunks.
+    //    Small files are grouped by kind: by file name extension, already-compressed kinds
+    //    (.gz, .png, ...) last. Chunks of one kind compress better, and chunks of compressed
+    //    data are recognised by the compressor's probe and stored without the expensive
+    //    levels. Inside a group the depth-first order is kept.
+    let mut layout_order: Vec<u32> = (0..blobs.len() as u32).collect();
+    layout_order.sort_by_cached_key(|&b| {
+        let (node, size) = blobs[b as usize];
+        if size >= cs as u64 {
+            return (0u8, Vec::new());
+        }
+        let ext = extension(&tree.nodes[node as usize].origin);
+        (1 + u8::from(is_compressed_kind(&ext)), ext)
+    });
     let mut chunks: Vec<ChunkPlan> = Vec::new();
     let mut open = false;
-    let mut blob_loc: Vec<(u32, u32)> = Vec::with_capacity(blobs.len());
-    for (b, &(_, size)) in blobs.iter().enumerate() {
-        let b = b as u32;
+    let mut blob_loc: Vec<(u32, u32)> = vec![(0, 0); blobs.len()];
+    for &b in &layout_order {
+        let size = blobs[b as usize].1;
         if size >= cs as u64 {
             open = false;
-            blob_loc.push((chunks.len() as u32, 0));
+            blob_loc[b as usize] = (chunks.len() as u32, 0);
             let mut off = 0u64;
             while off < size {
                 let len = (size - off).min(cs as u64) as u32;
@@ -247,7 +260,7 @@ pub fn write_archive(
             }
             let idx = chunks.len() as u32 - 1;
             let c = chunks.last_mut().expect("pushed above");
-            blob_loc.push((idx, c.raw_len));
+            blob_loc[b as usize] = (idx, c.raw_len);
             c.pieces.push(Piece {
                 blob: b,
                 blob_off: 0,
@@ -279,6 +292,7 @@ pub fn write_archive(
         offset: HEADER_LEN as u64,
         len: manifest_bytes.len() as u64,
     };
+    let toc = super::toc::pack(&toc, opts.compression).map_err(|e| Error::io("<compressor>", e))?;
     let toc_sec = Section {
         offset: align8(manifest_sec.end()),
         len: toc.len() as u64,
@@ -421,6 +435,55 @@ pub fn write_archive(
         let _ = d.sync_all();
     }
     Ok(report)
+}
+
+/// The lowercase extension of a file name (`tar.gz` -> `gz`), empty if none.
+fn extension(p: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    p.extension()
+        .map(|e| e.as_bytes().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// File kinds whose contents are already compressed.
+fn is_compressed_kind(ext: &[u8]) -> bool {
+    const KINDS: &[&[u8]] = &[
+        b"gz",
+        b"tgz",
+        b"xz",
+        b"txz",
+        b"bz2",
+        b"zst",
+        b"lz",
+        b"lzma",
+        b"lz4",
+        b"zip",
+        b"jar",
+        b"apk",
+        b"deb",
+        b"rpm",
+        b"7z",
+        b"png",
+        b"jpg",
+        b"jpeg",
+        b"gif",
+        b"webp",
+        b"avif",
+        b"woff",
+        b"woff2",
+        b"mp3",
+        b"ogg",
+        b"oga",
+        b"opus",
+        b"flac",
+        b"mp4",
+        b"mkv",
+        b"webm",
+        b"pdf",
+        b"hpkg",
+        b"squashfs",
+    ];
+    KINDS.contains(&ext)
 }
 
 fn hash_content(tree: &Tree, f: NodeId) -> Result<[u8; 32]> {
