@@ -18,10 +18,13 @@ pub type ChunkHash = [u8; 32];
 /// A load failure, shared with every thread that waited for it.
 pub type LoadError = Arc<format::Error>;
 
-type Slot = Arc<OnceLock<Result<Arc<[u8]>, LoadError>>>;
+/// Decompressed chunk bytes, shared.
+pub type Chunk = Arc<Vec<u8>>;
+
+type Slot = Arc<OnceLock<Result<Chunk, LoadError>>>;
 
 struct Shard {
-    lru: LruCache<ChunkHash, Arc<[u8]>>,
+    lru: LruCache<ChunkHash, Chunk>,
     bytes: usize,
     loading: HashMap<ChunkHash, Slot>,
 }
@@ -92,7 +95,7 @@ impl ChunkCache {
 
     /// The decompressed bytes of the chunk with `hash`, calling `load` on a miss. `load` runs
     /// without any lock held; if another thread is loading the same chunk, this waits for it.
-    pub fn get<F>(&self, hash: &ChunkHash, load: F) -> Result<Arc<[u8]>, LoadError>
+    pub fn get<F>(&self, hash: &ChunkHash, load: F) -> Result<Chunk, LoadError>
     where
         F: FnOnce() -> format::Result<Vec<u8>>,
     {
@@ -113,8 +116,9 @@ impl ChunkCache {
             s.loading.insert(*hash, slot.clone());
             slot
         };
-        let result: Result<Arc<[u8]>, LoadError> = match load() {
-            Ok(v) => Ok(Arc::from(v)),
+        // Arc<Vec> (not Arc<[u8]>): the decompressed buffer is shared as is, never copied.
+        let result: Result<Chunk, LoadError> = match load() {
+            Ok(v) => Ok(Arc::new(v)),
             Err(e) => Err(Arc::new(e)),
         };
         let _ = slot.set(result.clone());

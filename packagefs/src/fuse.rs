@@ -40,6 +40,17 @@ pub struct Options {
     pub prefetch_threads: usize,
 }
 
+/// True if any package of the view has an extended attribute. When none has, the file
+/// system answers getxattr/listxattr with ENOSYS, which the kernel remembers for the whole
+/// mount: `ls -l` (which asks for ACLs and labels of every file) then costs no round trip
+/// per file. Packages activated later (live updates) must then be remounted to show xattrs.
+fn view_has_xattrs(v: &View) -> bool {
+    v.packages().iter().any(|p| {
+        let a = &p.archive;
+        (0..a.entry_count()).any(|e| a.xattrs(e).is_ok_and(|mut x| x.next().is_some()))
+    })
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -77,6 +88,7 @@ pub struct PackageFs {
     /// (slot, chunk) pairs already logged as bad, so each is logged once.
     logged: Arc<Mutex<HashSet<(u32, u32)>>>,
     opts: Options,
+    xattrs: bool,
 }
 
 impl PackageFs {
@@ -100,7 +112,9 @@ impl PackageFs {
             }
             tx
         });
+        let xattrs = view_has_xattrs(&view);
         PackageFs {
+            xattrs,
             view: RwLock::new(Arc::new(view)),
             cache: Arc::new(ChunkCache::new(cache_size)),
             handles: Mutex::new(HashMap::new()),
@@ -224,7 +238,7 @@ fn load_chunk(
     pkg: &Arc<Package>,
     chunk: u32,
     logged: &Mutex<HashSet<(u32, u32)>>,
-) -> Result<Arc<[u8]>, Errno> {
+) -> Result<crate::cache::Chunk, Errno> {
     let info = pkg.archive.chunk_info(chunk).map_err(|_| Errno::EIO)?;
     cache
         .get(&info.hash, || {
@@ -578,6 +592,9 @@ impl Filesystem for PackageFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let v = self.view();
         match v.node(ino.0).and_then(|n| v.xattrs(n)) {
             Ok(xs) => match xs.iter().find(|(k, _)| *k == name.as_bytes()) {
@@ -589,6 +606,9 @@ impl Filesystem for PackageFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let v = self.view();
         match v.node(ino.0).and_then(|n| v.xattrs(n)) {
             Ok(xs) => {
