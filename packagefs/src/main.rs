@@ -47,25 +47,10 @@ fn main() -> ExitCode {
     match run(settings, sigset) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("packagefs: {}", one_line(&e));
+            eprintln!("packagefs: {}", layers::one_line(e.as_ref()));
             ExitCode::from(1)
         }
     }
-}
-
-fn one_line(e: &anyhow::Error) -> String {
-    let mut s = String::new();
-    for c in e.chain() {
-        let t = c.to_string();
-        if !s.is_empty() {
-            if s.ends_with(&t) {
-                continue;
-            }
-            s.push_str(": ");
-        }
-        s.push_str(&t);
-    }
-    s
 }
 
 enum Event {
