@@ -152,6 +152,15 @@ impl PackageFs {
             .cloned()
     }
 
+    /// The view snapshot and directory of an open directory handle.
+    fn dir_handle(&self, fh: FileHandle) -> Result<(Arc<View>, Node), Errno> {
+        match self.handle(fh).as_deref() {
+            Some(Handle::Dir { view, node }) => Ok((view.clone(), *node)),
+            Some(Handle::File(_)) => Err(Errno::ENOTDIR),
+            None => Err(Errno::EBADF),
+        }
+    }
+
     fn drop_handle(&self, fh: FileHandle) {
         self.handles
             .lock()
@@ -472,12 +481,11 @@ impl Filesystem for PackageFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(h) = self.handle(fh) else {
-            return reply.error(Errno::EBADF);
+        let (v, node) = match self.dir_handle(fh) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
         };
-        let Handle::Dir { view: v, node } = &*h else {
-            return reply.error(Errno::ENOTDIR);
-        };
+        let (v, node) = (&v, &node);
         let mut off = offset;
         if off == 0 {
             if reply.add(ino, 1, FileType::Directory, ".") {
@@ -516,17 +524,16 @@ impl Filesystem for PackageFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(h) = self.handle(fh) else {
-            return reply.error(Errno::EBADF);
+        let (v, node) = match self.dir_handle(fh) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
         };
-        let Handle::Dir { view: v, node } = &*h else {
-            return reply.error(Errno::ENOTDIR);
-        };
+        let (v, node) = (&v, &node);
         let ttl = self.opts.ttl;
         let mut off = offset;
         if off < 2 {
@@ -551,7 +558,6 @@ impl Filesystem for PackageFs {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
-        let _ = ino;
         for (i, (name, child)) in entries.into_iter().enumerate() {
             let a = match v.attr(child) {
                 Ok(a) => a,
