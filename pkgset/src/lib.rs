@@ -8,15 +8,20 @@
 //! - [`set::check`]: the invariant of a fixed set (requirements by API contract from the
 //!   same or a lower layer, `uses` from the system layer, acyclic, one version per name per
 //!   layer, no path conflicts within a layer);
-//! - [`resolve::resolve`]: choosing versions with PubGrub, newest first, explaining failures.
+//! - [`resolve::resolve`]: choosing versions with PubGrub, newest first, explaining failures;
+//! - [`stack::plan`]: the effect of a change (install, remove, a file gone, a list replaced,
+//!   the first generation) on a stack of layers, refused whole or applied whole;
+//! - [`generation`]: `active.list`, numbered generations and the pool, written crash-safely.
 #![deny(missing_docs)]
 
 pub mod generation;
 pub mod resolve;
 pub mod set;
+pub mod stack;
 
 pub use resolve::{resolve, Want};
 pub use set::{check, Candidate, Graph, Problem, Refused};
+pub use stack::{plan, Change, LayerSpec, Opener, Plan, Stack};
 
 #[cfg(test)]
 mod tests;

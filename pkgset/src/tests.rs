@@ -364,3 +364,226 @@ fn resolve_refuses_a_cycle_found_after_solving() {
     let err = resolve(&layers(), &avail, &[want(0, "a")]).unwrap_err();
     assert!(err.to_string().starts_with("dependency cycle: "), "{err}");
 }
+
+// ---- plans: the changes pkgtool and the daemon make ----
+
+mod plans {
+    use super::*;
+    use crate::stack::{plan, Change};
+
+    fn labels(set: &[Candidate]) -> Vec<String> {
+        set.iter().map(|c| c.label()).collect()
+    }
+
+    #[test]
+    fn install_pulls_a_requirement_from_the_drop_zone_and_pins_the_rest() {
+        let mut lab = Lab::new();
+        let libc = lab.pkg(0, &m("libc", "2.0.0", ""), &[("lib/libc", "c")]);
+        let io1 = lab.pkg(1, &m("core.io", "2.1.0", ""), &[("lib/io", "1")]);
+        let io2 = lab.pkg(1, &m("core.io", "2.1.5", ""), &[("lib/io", "2")]);
+        let app = lab.pkg(
+            1,
+            &m(
+                "app",
+                "1.0.0",
+                &format!(r#""requires":[{}]"#, req("core.io", "~2.1")),
+            ),
+            &[("bin/app", "a")],
+        );
+        let current = vec![vec![libc.clone()], vec![]];
+        let names = vec!["system".to_string(), "common".to_string()];
+        let p = plan(
+            &names,
+            &current,
+            1,
+            &[io1.clone(), io2.clone()],
+            Change::Install {
+                packages: vec![app.clone()],
+                only_newer: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.changed, [1]);
+        assert_eq!(labels(&p.sets[1]), ["app-1.0.0", "core.io-2.1.5"]);
+        assert_eq!(labels(&p.sets[0]), ["libc-2.0.0"]);
+        assert_eq!(p.summary(), "+app-1.0.0 +core.io-2.1.5");
+
+        // an older drop is skipped, an explicit install downgrades
+        let cur = p.sets.clone();
+        let p2 = plan(
+            &names,
+            &cur,
+            1,
+            &[],
+            Change::Install {
+                packages: vec![io1.clone()],
+                only_newer: true,
+            },
+        )
+        .unwrap();
+        assert!(p2.is_empty());
+        assert!(p2.skipped[0].contains("not newer than the active core.io-2.1.5"));
+        let p3 = plan(
+            &names,
+            &cur,
+            1,
+            &[],
+            Change::Install {
+                packages: vec![io1],
+                only_newer: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(p3.summary(), "+core.io-2.1.0 -core.io-2.1.5");
+    }
+
+    #[test]
+    fn install_with_an_unmet_requirement_is_refused_whole() {
+        let mut lab = Lab::new();
+        let io3 = lab.pkg(0, &m("core.io", "3.0.0", ""), &[("lib/io", "3")]);
+        let gfx = lab.pkg(
+            1,
+            &m(
+                "core.graphics",
+                "2.4.1",
+                &format!(r#""requires":[{}]"#, req("core.io", "~2.1")),
+            ),
+            &[("lib/gfx", "g")],
+        );
+        let names = vec!["system".to_string(), "common".to_string()];
+        let err = plan(
+            &names,
+            &[vec![io3], vec![]],
+            1,
+            &[],
+            Change::Install {
+                packages: vec![gfx],
+                only_newer: true,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "core.graphics 2.4.1 requires core.io ~2.1, but only core.io 3.0.0 in system is available in layers system, common"
+        );
+    }
+
+    #[test]
+    fn remove_refuses_to_break_unless_forced_and_then_names_what_broke() {
+        let mut lab = Lab::new();
+        let lib = lab.pkg(0, &m("lib", "1.0.0", ""), &[("lib/x", "x")]);
+        let app = lab.pkg(
+            0,
+            &m(
+                "app",
+                "1.0.0",
+                &format!(r#""requires":[{}]"#, req("lib", "^1")),
+            ),
+            &[("bin/app", "a")],
+        );
+        let top = lab.pkg(
+            1,
+            &m(
+                "tool",
+                "1.0.0",
+                &format!(r#""requires":[{}]"#, req("app", "^1")),
+            ),
+            &[("bin/tool", "t")],
+        );
+        let names = vec!["system".to_string(), "user".to_string()];
+        let cur = vec![vec![app.clone(), lib.clone()], vec![top.clone()]];
+        let remove = |force| Change::Remove {
+            names: vec!["lib".into()],
+            force,
+        };
+        let err = plan(&names, &cur, 0, &[], remove(false)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("app 1.0.0 requires lib ^1"),
+            "{err}"
+        );
+        let p = plan(&names, &cur, 0, &[], remove(true)).unwrap();
+        assert_eq!(p.changed, [0, 1]);
+        assert!(p.sets[0].is_empty() && p.sets[1].is_empty());
+        assert_eq!(p.broken.len(), 2, "{:?}", p.broken);
+        assert!(p.broken[0].starts_with("app 1.0.0 requires lib ^1"));
+        assert!(p.broken[1].starts_with("tool 1.0.0 requires app ^1"));
+        // a vanished file is forced by nature
+        let p = plan(&names, &cur, 0, &[], Change::Vanished(vec![lib.id()])).unwrap();
+        assert_eq!(p.summary(), "-app-1.0.0 -lib-1.0.0 -tool-1.0.0");
+        // removing what is not active is an error
+        let err = plan(
+            &names,
+            &cur,
+            1,
+            &[],
+            Change::Remove {
+                names: vec!["nope".into()],
+                force: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "nope is not active in layer user");
+    }
+
+    #[test]
+    fn initial_generation_leaves_out_what_cannot_be_met() {
+        let mut lab = Lab::new();
+        let a1 = lab.pkg(0, &m("a", "1.0.0", ""), &[("a", "1")]);
+        let a2 = lab.pkg(0, &m("a", "1.1.0", ""), &[("a", "2")]);
+        let b = lab.pkg(
+            0,
+            &m("b", "1.0.0", &format!(r#""requires":[{}]"#, req("a", "^1"))),
+            &[("b", "b")],
+        );
+        let orphan = lab.pkg(
+            0,
+            &m(
+                "c",
+                "1.0.0",
+                &format!(r#""requires":[{}]"#, req("zlib", "^1")),
+            ),
+            &[("c", "c")],
+        );
+        let names = vec!["system".to_string()];
+        let p = plan(
+            &names,
+            &[vec![]],
+            0,
+            &[],
+            Change::Initial(vec![orphan, b, a1, a2]),
+        )
+        .unwrap();
+        assert_eq!(labels(&p.sets[0]), ["a-1.1.0", "b-1.0.0"]);
+        assert_eq!(p.skipped.len(), 1);
+        assert!(
+            p.skipped[0].starts_with("c-1.0.0: c 1.0.0 requires zlib ^1"),
+            "{:?}",
+            p.skipped
+        );
+    }
+
+    #[test]
+    fn replace_is_checked_against_the_layers_above() {
+        let mut lab = Lab::new();
+        let lib1 = lab.pkg(0, &m("lib", "1.0.0", ""), &[("lib/x", "1")]);
+        let lib2 = lab.pkg(0, &m("lib", "2.0.0", ""), &[("lib/x", "2")]);
+        let app = lab.pkg(
+            1,
+            &m(
+                "app",
+                "1.0.0",
+                &format!(r#""requires":[{}]"#, req("lib", "^2")),
+            ),
+            &[("bin/app", "a")],
+        );
+        let names = vec!["system".to_string(), "user".to_string()];
+        let cur = vec![vec![lib2.clone()], vec![app]];
+        let err = plan(&names, &cur, 0, &[], Change::Replace(vec![lib1])).unwrap_err();
+        assert!(
+            err.to_string().contains("app 1.0.0 requires lib ^2"),
+            "{err}"
+        );
+        let p = plan(&names, &cur, 0, &[], Change::Replace(vec![lib2])).unwrap();
+        assert!(p.is_empty());
+    }
+}

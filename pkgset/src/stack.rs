@@ -1,0 +1,807 @@
+//! A stack of layers and the changes to its active sets: the reconcile step that both
+//! `pkgtool` (install, remove, rollback) and the `packagefs` daemon (a file dropped,
+//! deleted, an `active.list` replaced) go through, so they decide alike.
+//!
+//! ```text
+//! Stack::load_active(layer)          active.list ─► the packages (pool first, then packages/)
+//! Stack::scan(layer)                 packages/   ─► every trusted package there, or why not
+//! plan(current sets, layer, Change)  ─► Plan { new sets, what changed, what broke } | Refused
+//! Stack::commit(plan)                ─► a new generation in every layer the plan changed
+//! ```
+//!
+//! A plan is computed from the whole stack: requirements are met by the same or a lower
+//! layer, so a change to a low layer is checked against every layer above it too.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use format::active_list::{ActiveList, Entry};
+use format::archive::{Archive, PackageId};
+use format::keys::TrustedKeys;
+
+use crate::generation::{self, LayerPaths, StateError};
+use crate::resolve::{resolve, Want};
+use crate::set::{check, Candidate, Problem, Refused};
+
+/// One layer of a stack: its name (`system`, `common`, `user`, ...) and directory.
+#[derive(Debug, Clone)]
+pub struct LayerSpec {
+    /// The name.
+    pub name: String,
+    /// Its paths.
+    pub paths: LayerPaths,
+}
+
+impl LayerSpec {
+    /// A layer named `name` at `dir`.
+    pub fn new(name: &str, dir: impl Into<PathBuf>) -> LayerSpec {
+        LayerSpec {
+            name: name.to_owned(),
+            paths: LayerPaths::new(dir),
+        }
+    }
+
+    /// Parses `NAME=DIR`, or `DIR` (the name is then the directory's last component).
+    pub fn parse(s: &str) -> Result<LayerSpec, String> {
+        let (name, dir) = match s.split_once('=') {
+            Some((n, d)) => (n.to_owned(), d),
+            None => {
+                let name = Path::new(s)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| format!("{s}: cannot name the layer (use NAME=DIR)"))?;
+                (name.to_owned(), s)
+            }
+        };
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(format!(
+                "{s}: a layer name is letters, digits, `-`, `_` and `.`"
+            ));
+        }
+        if dir.is_empty() {
+            return Err(format!("{s}: no layer directory"));
+        }
+        Ok(LayerSpec::new(&name, dir))
+    }
+}
+
+/// A package file that is not usable, and why (one line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+/// Errors of loading a layer's active set.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    /// A state file.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A package the active set names is missing or not usable.
+    #[error("layer {layer}: {label} ({id}): {reason}")]
+    Package {
+        /// The layer.
+        layer: String,
+        /// `name-version` as listed.
+        label: String,
+        /// Its id.
+        id: PackageId,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The identity of a file's current contents, as far as metadata tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl FileKey {
+    fn of(md: &fs::Metadata) -> FileKey {
+        FileKey {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec(),
+            ctime: md.ctime(),
+            ctime_nsec: md.ctime_nsec(),
+        }
+    }
+}
+
+/// Opens package files and checks their signatures, remembering what it opened: a file
+/// whose metadata has not changed is not opened again, and a package id seen once is
+/// served from memory (its archive is immutable).
+#[derive(Debug)]
+pub struct Opener {
+    keys: TrustedKeys,
+    files: HashMap<FileKey, Result<Arc<Archive>, String>>,
+    ids: HashMap<PackageId, Arc<Archive>>,
+}
+
+impl Opener {
+    /// An opener trusting `keys`.
+    pub fn new(keys: TrustedKeys) -> Opener {
+        Opener {
+            keys,
+            files: HashMap::new(),
+            ids: HashMap::new(),
+        }
+    }
+
+    /// The trusted keys.
+    pub fn keys(&self) -> &TrustedKeys {
+        &self.keys
+    }
+
+    /// Opens `path`, validates it and checks it is signed by a trusted key.
+    pub fn open(&mut self, path: &Path) -> Result<Arc<Archive>, String> {
+        let file = fs::File::open(path).map_err(|e| e.to_string())?;
+        let md = file.metadata().map_err(|e| e.to_string())?;
+        if !md.is_file() {
+            return Err("not a regular file".into());
+        }
+        let key = FileKey::of(&md);
+        if let Some(r) = self.files.get(&key) {
+            return r.clone();
+        }
+        let r = Archive::from_file(file, path)
+            .map_err(|e| one_line(&e))
+            .and_then(|a| {
+                a.check_trust(&self.keys).map_err(|e| one_line(&e))?;
+                Ok(a)
+            })
+            .map(|a| {
+                self.ids
+                    .entry(a.id())
+                    .or_insert_with(|| Arc::new(a))
+                    .clone()
+            });
+        self.files.insert(key, r.clone());
+        r
+    }
+
+    /// The archive of a package id opened before, if any.
+    pub fn by_id(&self, id: &PackageId) -> Option<Arc<Archive>> {
+        self.ids.get(id).cloned()
+    }
+
+    /// Forgets archives no longer used elsewhere (keeps memory bounded over a long life).
+    pub fn prune(&mut self) {
+        self.ids.retain(|_, a| Arc::strong_count(a) > 1);
+        self.files.retain(|_, r| match r {
+            Ok(a) => Arc::strong_count(a) > 2,
+            Err(_) => false,
+        });
+    }
+}
+
+/// An error and its sources on one line.
+pub fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// The active set of one layer as loaded from disk.
+#[derive(Debug, Clone, Default)]
+pub struct LayerSet {
+    /// The list (None: the layer has no `active.list` yet).
+    pub list: Option<ActiveList>,
+    /// Its packages, in list order.
+    pub packages: Vec<Candidate>,
+}
+
+/// A stack of layers, lowest first.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// The layers.
+    pub layers: Vec<LayerSpec>,
+}
+
+impl Stack {
+    /// A stack of `layers` (lowest first).
+    pub fn new(layers: Vec<LayerSpec>) -> Stack {
+        Stack { layers }
+    }
+
+    /// The layer names, lowest first.
+    pub fn names(&self) -> Vec<String> {
+        self.layers.iter().map(|l| l.name.clone()).collect()
+    }
+
+    /// Every `.hpkg` file in `packages/` of layer `l`, sorted (hidden files, which are
+    /// copies in progress by convention, are skipped).
+    pub fn package_files(&self, l: usize) -> Result<Vec<PathBuf>, StateError> {
+        let dir = self.layers[l].paths.packages();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(StateError::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
+        };
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| is_package_name(&e.file_name().to_string_lossy()))
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// Opens every package file in `packages/` of layer `l`: the usable ones as candidates,
+    /// the others with the reason.
+    pub fn scan(
+        &self,
+        l: usize,
+        opener: &mut Opener,
+    ) -> Result<(Vec<Candidate>, Vec<Refusal>), StateError> {
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for path in self.package_files(l)? {
+            match opener.open(&path) {
+                Ok(archive) => ok.push(Candidate {
+                    layer: l,
+                    path,
+                    archive,
+                }),
+                Err(reason) => bad.push(Refusal { path, reason }),
+            }
+        }
+        Ok((ok, bad))
+    }
+
+    /// Loads the active set of layer `l` from `state/active.list`: each package from the
+    /// pool, or else from the file in `packages/` that holds it.
+    pub fn load_active(&self, l: usize, opener: &mut Opener) -> Result<LayerSet, StackError> {
+        let paths = &self.layers[l].paths;
+        let Some(list) = generation::read_list(&paths.active_list())? else {
+            return Ok(LayerSet::default());
+        };
+        let packages = self.open_list(l, &list, opener)?;
+        Ok(LayerSet {
+            list: Some(list),
+            packages,
+        })
+    }
+
+    /// Opens the packages an active list names, in layer `l`.
+    pub fn open_list(
+        &self,
+        l: usize,
+        list: &ActiveList,
+        opener: &mut Opener,
+    ) -> Result<Vec<Candidate>, StackError> {
+        let paths = &self.layers[l].paths;
+        let mut out = Vec::with_capacity(list.entries.len());
+        let mut scanned: Option<HashMap<PackageId, PathBuf>> = None;
+        for e in &list.entries {
+            let bad = |reason: String| StackError::Package {
+                layer: self.layers[l].name.clone(),
+                label: e.label.clone(),
+                id: e.id,
+                reason,
+            };
+            let pool = paths.pool_file(&e.id);
+            let (path, archive) = match opener.open(&pool) {
+                Ok(a) => (pool, a),
+                Err(pool_err) => {
+                    // Not (yet) in the pool: an admin's hand-written list naming a file
+                    // of packages/.
+                    if scanned.is_none() {
+                        let mut m = HashMap::new();
+                        for p in self.package_files(l)? {
+                            if let Ok(a) = opener.open(&p) {
+                                m.entry(a.id()).or_insert(p);
+                            }
+                        }
+                        scanned = Some(m);
+                    }
+                    match scanned.as_ref().and_then(|m| m.get(&e.id)) {
+                        Some(p) => (p.clone(), opener.open(p).map_err(bad)?),
+                        None if pool.exists() => return Err(bad(pool_err)),
+                        None => {
+                            return Err(bad(
+                                "neither the pool nor packages/ holds this package".into()
+                            ))
+                        }
+                    }
+                }
+            };
+            if archive.id() != e.id {
+                return Err(bad(format!(
+                    "{} holds package {} instead",
+                    path.display(),
+                    archive.id()
+                )));
+            }
+            let c = Candidate {
+                layer: l,
+                path,
+                archive,
+            };
+            if c.label() != e.label {
+                return Err(bad(format!("the package is {}", c.label())));
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// Records the layers a plan changed as new generations (the caller holds their locks).
+    /// Returns (layer, generation) for each.
+    pub fn commit(
+        &self,
+        plan: &Plan,
+        reason: &str,
+        time: &str,
+    ) -> Result<Vec<(usize, u64)>, StateError> {
+        let mut out = Vec::new();
+        for &l in &plan.changed {
+            let set = &plan.sets[l];
+            let list = list_of(set);
+            let files: HashMap<PackageId, PathBuf> =
+                set.iter().map(|c| (c.id(), c.path.clone())).collect();
+            let n = generation::commit(&self.layers[l].paths, list, reason, time, &|id| {
+                files.get(id).cloned()
+            })?;
+            out.push((l, n));
+        }
+        Ok(out)
+    }
+}
+
+/// True for a file name `packages/` treats as a package: `*.hpkg`, not hidden.
+pub fn is_package_name(name: &str) -> bool {
+    name.ends_with(".hpkg") && !name.starts_with('.') && name.len() > ".hpkg".len()
+}
+
+/// The active list of a set.
+pub fn list_of(set: &[Candidate]) -> ActiveList {
+    let mut entries: Vec<Entry> = set
+        .iter()
+        .map(|c| Entry {
+            label: c.label(),
+            id: c.id(),
+        })
+        .collect();
+    entries.sort();
+    ActiveList {
+        meta: Default::default(),
+        entries,
+    }
+}
+
+/// A change to the active set of one layer.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Activate these packages (of the changed layer), each replacing the active package of
+    /// its name. With `only_newer`, a package older than (or as old as) the active one of
+    /// its name is not activated (a dropped file); otherwise it replaces it (an explicit
+    /// install, which may downgrade).
+    Install {
+        /// The packages.
+        packages: Vec<Candidate>,
+        /// Skip packages not newer than the active one.
+        only_newer: bool,
+    },
+    /// Deactivate the packages of these names. Without `force`, refused if anything would
+    /// be left broken; with it, what would be left broken is deactivated too.
+    Remove {
+        /// Package names.
+        names: Vec<String>,
+        /// Deactivate what breaks, too.
+        force: bool,
+    },
+    /// These packages' files are gone: deactivate them and whatever is left broken.
+    Vanished(Vec<PackageId>),
+    /// Make exactly this the layer's set (an `active.list` replaced, a rollback).
+    Replace(Vec<Candidate>),
+    /// The first generation: from every usable package of `packages/` (newest version per
+    /// name), leaving out (and reporting) those whose requirements cannot be met.
+    Initial(Vec<Candidate>),
+}
+
+/// The outcome of a change.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// The new set of every layer.
+    pub sets: Vec<Vec<Candidate>>,
+    /// The layers whose set changed (ascending).
+    pub changed: Vec<usize>,
+    /// `name-version` of packages activated.
+    pub added: Vec<String>,
+    /// `name-version` of packages deactivated.
+    pub removed: Vec<String>,
+    /// Packages deactivated (or not activated) because they would be left broken, each with
+    /// the problem.
+    pub broken: Vec<String>,
+    /// Packages not activated and why (a dropped file older than the active version, a
+    /// package the first generation cannot include).
+    pub skipped: Vec<String>,
+}
+
+impl Plan {
+    /// True if no layer changed.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty()
+    }
+
+    /// A one-line summary: `+a-1.0.0 -b-2.0.0`.
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<String> = self.added.iter().map(|a| format!("+{a}")).collect();
+        parts.extend(self.removed.iter().map(|r| format!("-{r}")));
+        if parts.is_empty() {
+            "no change".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+fn flatten(sets: &[Vec<Candidate>]) -> Vec<Candidate> {
+    sets.iter().flatten().cloned().collect()
+}
+
+fn ids(set: &[Candidate]) -> BTreeSet<PackageId> {
+    set.iter().map(|c| c.id()).collect()
+}
+
+/// Computes the effect of `change` to layer `layer` of a stack whose current sets are
+/// `current` (one per layer, lowest first). `available` are further packages of `layer`
+/// (inactive files of its `packages/`) that may be activated to meet the requirements of
+/// what is installed. The result satisfies the invariant ([`check`]) or is refused whole.
+pub fn plan(
+    names: &[String],
+    current: &[Vec<Candidate>],
+    layer: usize,
+    available: &[Candidate],
+    change: Change,
+) -> Result<Plan, Refused> {
+    let mut sets: Vec<Vec<Candidate>> = current.to_vec();
+    let mut plan = Plan::default();
+    match change {
+        Change::Install {
+            packages,
+            only_newer,
+        } => {
+            let mut new: Vec<Candidate> = Vec::new();
+            for p in packages {
+                let active = sets[layer]
+                    .iter()
+                    .find(|c| c.manifest().name == p.manifest().name);
+                if let Some(a) = active {
+                    if a.id() == p.id() {
+                        continue;
+                    }
+                    if only_newer && a.manifest().version >= p.manifest().version {
+                        plan.skipped.push(format!(
+                            "{}: not newer than the active {}",
+                            p.label(),
+                            a.label()
+                        ));
+                        continue;
+                    }
+                }
+                if let Some(dup) = new
+                    .iter_mut()
+                    .find(|c| c.manifest().name == p.manifest().name)
+                {
+                    // Two versions of one name in one request: the newer one.
+                    if p.manifest().version > dup.manifest().version {
+                        *dup = p;
+                    }
+                    continue;
+                }
+                new.push(p);
+            }
+            if new.is_empty() {
+                return Ok(finish(plan, current, sets));
+            }
+            let replaced: HashSet<&str> = new.iter().map(|c| c.manifest().name.as_str()).collect();
+            // Candidates: every active package (pinned), the new ones (pinned), and the
+            // other available packages of the layer (free, to meet requirements).
+            let mut pool: Vec<Candidate> = Vec::new();
+            let mut wants: Vec<Want> = Vec::new();
+            for (l, set) in sets.iter().enumerate() {
+                for c in set {
+                    if l == layer && replaced.contains(c.manifest().name.as_str()) {
+                        continue;
+                    }
+                    wants.push(Want {
+                        layer: l,
+                        name: c.manifest().name.clone(),
+                        pin: Some(c.id()),
+                    });
+                    pool.push(c.clone());
+                }
+            }
+            for c in &new {
+                wants.push(Want {
+                    layer,
+                    name: c.manifest().name.clone(),
+                    pin: Some(c.id()),
+                });
+                pool.push(c.clone());
+            }
+            let have = ids(&pool);
+            let mut seen = HashSet::new();
+            for c in available {
+                if c.layer == layer && !have.contains(&c.id()) && seen.insert(c.id()) {
+                    pool.push(c.clone());
+                }
+            }
+            let chosen = resolve(names, &pool, &wants)?;
+            for s in sets.iter_mut() {
+                s.clear();
+            }
+            for i in chosen {
+                let c = &pool[i];
+                sets[c.layer].push(c.clone());
+            }
+        }
+        Change::Remove { names: gone, force } => {
+            let known: HashSet<&str> = sets[layer]
+                .iter()
+                .map(|c| c.manifest().name.as_str())
+                .collect();
+            let missing: Vec<&String> = gone
+                .iter()
+                .filter(|n| !known.contains(n.as_str()))
+                .collect();
+            if !missing.is_empty() {
+                return Err(Refused {
+                    problems: missing
+                        .iter()
+                        .map(|n| Problem::NoSolution {
+                            explanation: format!(
+                                "{n} is not active in layer {}",
+                                names.get(layer).map(String::as_str).unwrap_or("?")
+                            ),
+                        })
+                        .collect(),
+                });
+            }
+            sets[layer].retain(|c| !gone.contains(&c.manifest().name));
+            if force {
+                cascade(names, &mut sets, layer, &mut plan)?;
+            } else {
+                check(names, &flatten(&sets))?;
+            }
+        }
+        Change::Vanished(gone) => {
+            sets[layer].retain(|c| !gone.contains(&c.id()));
+            cascade(names, &mut sets, layer, &mut plan)?;
+        }
+        Change::Replace(set) => {
+            sets[layer] = set;
+            check(names, &flatten(&sets))?;
+        }
+        Change::Initial(cands) => {
+            sets[layer].clear();
+            let mut newest: Vec<Candidate> = Vec::new();
+            let mut all = cands.clone();
+            all.sort_by(|a, b| {
+                (&a.manifest().name, &b.manifest().version)
+                    .cmp(&(&b.manifest().name, &a.manifest().version))
+            });
+            for c in all {
+                if newest
+                    .last()
+                    .is_some_and(|n| n.manifest().name == c.manifest().name)
+                {
+                    continue;
+                }
+                newest.push(c);
+            }
+            let try_set = |subset: &[Candidate]| -> Result<Vec<Vec<Candidate>>, Refused> {
+                let mut s = sets.clone();
+                s[layer] = subset.to_vec();
+                check(names, &flatten(&s))?;
+                Ok(s)
+            };
+            match try_set(&newest) {
+                Ok(s) => sets = s,
+                Err(_) => {
+                    // Leave out what cannot be met, one package at a time, in an order
+                    // where providers come before their users.
+                    let mut accepted: Vec<Candidate> = Vec::new();
+                    let mut pending = newest;
+                    loop {
+                        let before = pending.len();
+                        let mut still = Vec::new();
+                        let mut last_err = HashMap::new();
+                        for c in pending {
+                            let mut t = accepted.clone();
+                            t.push(c.clone());
+                            match try_set(&t) {
+                                Ok(_) => accepted.push(c),
+                                Err(r) => {
+                                    last_err.insert(c.id(), r.to_string());
+                                    still.push(c);
+                                }
+                            }
+                        }
+                        if still.len() == before || still.is_empty() {
+                            for c in &still {
+                                plan.skipped.push(format!(
+                                    "{}: {}",
+                                    c.label(),
+                                    last_err.get(&c.id()).cloned().unwrap_or_default()
+                                ));
+                            }
+                            break;
+                        }
+                        pending = still;
+                    }
+                    sets[layer] = accepted;
+                }
+            }
+        }
+    }
+    Ok(finish(plan, current, sets))
+}
+
+/// Removes, from layers at or above `from`, the packages the set leaves broken, until it
+/// meets the invariant.
+fn cascade(
+    names: &[String],
+    sets: &mut [Vec<Candidate>],
+    from: usize,
+    plan: &mut Plan,
+) -> Result<(), Refused> {
+    loop {
+        let r = match check(names, &flatten(sets)) {
+            Ok(_) => return Ok(()),
+            Err(r) => r,
+        };
+        let mut victims: Vec<(String, String)> = Vec::new();
+        for p in &r.problems {
+            match p {
+                Problem::MissingRequirement { package, .. }
+                | Problem::MissingSystemComponent { package, .. } => {
+                    victims.push((package.clone(), p.to_string()))
+                }
+                Problem::Cycle { packages } => {
+                    for q in packages {
+                        victims.push((q.clone(), p.to_string()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut removed_any = false;
+        for (display, why) in victims {
+            for s in sets.iter_mut().skip(from) {
+                let before = s.len();
+                s.retain(|c| c.display() != display);
+                if s.len() != before {
+                    removed_any = true;
+                    plan.broken.push(why.clone());
+                }
+            }
+        }
+        if !removed_any {
+            return Err(r);
+        }
+    }
+}
+
+fn finish(mut plan: Plan, current: &[Vec<Candidate>], mut sets: Vec<Vec<Candidate>>) -> Plan {
+    for (l, s) in sets.iter_mut().enumerate() {
+        s.sort_by(|a, b| {
+            (&a.manifest().name, &a.manifest().version)
+                .cmp(&(&b.manifest().name, &b.manifest().version))
+        });
+        let (old, new) = (ids(&current[l]), ids(s));
+        if old != new {
+            plan.changed.push(l);
+            for c in s.iter().filter(|c| !old.contains(&c.id())) {
+                plan.added.push(c.label());
+            }
+            for c in current[l].iter().filter(|c| !new.contains(&c.id())) {
+                plan.removed.push(c.label());
+            }
+        }
+    }
+    plan.broken.dedup();
+    plan.sets = sets;
+    plan
+}
+
+/// The time now, as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    utc(secs)
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_430_096), "2026-11-23T10:34:56Z");
+        assert_eq!(utc(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn layer_specs_parse() {
+        let l = LayerSpec::parse("user=/home/u/pkg").unwrap();
+        assert_eq!(
+            (l.name.as_str(), l.paths.dir.as_path()),
+            ("user", Path::new("/home/u/pkg"))
+        );
+        let l = LayerSpec::parse("/pkg/system").unwrap();
+        assert_eq!(l.name, "system");
+        assert!(LayerSpec::parse("a b=/x").is_err());
+        assert!(LayerSpec::parse("x=").is_err());
+        assert!(LayerSpec::parse("/").is_err());
+    }
+
+    #[test]
+    fn package_names() {
+        assert!(is_package_name("hello-1.0.0.hpkg"));
+        assert!(!is_package_name(".hello.hpkg"));
+        assert!(!is_package_name("hello.hpkg.part"));
+        assert!(!is_package_name(".hpkg"));
+    }
+}
