@@ -21,7 +21,7 @@ pub mod stack;
 
 pub use resolve::{resolve, Want};
 pub use set::{check, Candidate, Graph, Problem, Refused};
-pub use stack::{plan, Change, LayerSpec, Opener, Plan, Stack};
+pub use stack::{plan, Change, LayerSpec, Loaded, Opener, Plan, Stack};
 
 #[cfg(test)]
 mod tests;

@@ -359,6 +359,38 @@ impl Stack {
         Ok(out)
     }
 
+    /// Loads the active sets of layers `0..=upto`, bottom up. A layer without an
+    /// `active.list` gets its first set from `packages/` ([`Change::Initial`], checked against
+    /// the layers below); that plan is returned so the caller can commit it (under the
+    /// layer's lock) or just use it.
+    pub fn load_all(&self, upto: usize, opener: &mut Opener) -> Result<Loaded, StackError> {
+        let names = self.names();
+        let mut out = Loaded::default();
+        for l in 0..=upto.min(self.layers.len().saturating_sub(1)) {
+            let ls = self.load_active(l, opener)?;
+            if ls.list.is_some() {
+                out.sets.push(ls.packages);
+                out.lists.push(ls.list);
+                out.initial.push(None);
+                continue;
+            }
+            let (cands, refused) = self.scan(l, opener)?;
+            out.refused.extend(refused);
+            let mut cur = out.sets.clone();
+            cur.push(Vec::new());
+            let p = plan(&names, &cur, l, &[], Change::Initial(cands)).map_err(|r| {
+                StackError::State(StateError::Bad {
+                    path: self.layers[l].paths.packages(),
+                    reason: r.to_string(),
+                })
+            })?;
+            out.sets.push(p.sets[l].clone());
+            out.lists.push(None);
+            out.initial.push(Some(p));
+        }
+        Ok(out)
+    }
+
     /// Records the layers a plan changed as new generations (the caller holds their locks).
     /// Returns (layer, generation) for each.
     pub fn commit(
@@ -380,6 +412,19 @@ impl Stack {
         }
         Ok(out)
     }
+}
+
+/// The active sets of a stack as loaded by [`Stack::load_all`].
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// The set of each layer.
+    pub sets: Vec<Vec<Candidate>>,
+    /// Each layer's `active.list` (None: it has none yet).
+    pub lists: Vec<Option<ActiveList>>,
+    /// For a layer without `active.list`: the plan of its first generation.
+    pub initial: Vec<Option<Plan>>,
+    /// Package files of those layers that could not be used, and why.
+    pub refused: Vec<Refusal>,
 }
 
 /// True for a file name `packages/` treats as a package: `*.hpkg`, not hidden.

@@ -50,6 +50,37 @@ pub enum Command {
         after_help = "Example:\n  pkgtool verify hello-1.0.0.hpkg --key alice.pub\n  pkgtool verify hello-1.0.0.hpkg --trusted-keys /etc/packagefs/keys\n\nWithout --key or --trusted-keys, the keys in /etc/packagefs/keys are trusted.\nExit status: 0 when the package is intact and signed by a trusted key, 1 otherwise."
     )]
     Verify(VerifyArgs),
+    /// Resolve the packages of a stack of layers into an active set, or explain why not.
+    #[command(
+        after_help = "Example:\n  pkgtool resolve system=/pkg/system user=/home/u/pkg\n  pkgtool resolve /pkg/system --json\n\nLayers are given lowest first, as NAME=DIR or DIR (named after its last component).\nEvery package of each layer's packages/ is wanted, newest version first; requirements are\nmet from the same or a lower layer. Nothing is changed."
+    )]
+    Resolve(ResolveArgs),
+    /// Install packages into a layer: check the new set, copy them into packages/, write a generation.
+    #[command(
+        after_help = "Example:\n  pkgtool install hello-1.0.0.hpkg --layer /pkg/system\n  pkgtool install app.hpkg --layer system=/pkg/system --layer user=/home/u/pkg\n\nThe last --layer is the one changed; the ones before it are the layers below it, whose\nactive packages may meet requirements. Packages in the layer's packages/ that are not\nactive may be activated to meet requirements. A package replaces the active package of\nits name (also an older version: an explicit downgrade). Refused whole, with the reason,\nif the new set would break the invariant."
+    )]
+    Install(InstallArgs),
+    /// Remove packages from a layer, refusing to leave others broken unless --force.
+    #[command(
+        after_help = "Example:\n  pkgtool remove hello --layer /pkg/system\n  pkgtool remove core.io --layer /pkg/system --force   # also removes what needs it, named\n\nThe package files leave packages/; earlier generations keep them in state/pool/."
+    )]
+    Remove(RemoveArgs),
+    /// Show a layer's active generation, its packages, and the files of packages/ that are not active.
+    #[command(
+        after_help = "Example:\n  pkgtool status --layer /pkg/system\n  pkgtool status --layer /pkg/system --json"
+    )]
+    Status(StatusArgs),
+    /// List a layer's generations: number, time, reason, packages.
+    #[command(after_help = "Example:\n  pkgtool generations --layer /pkg/system")]
+    Generations(GenerationsArgs),
+    /// Switch a layer back to an earlier generation (default: the one before the active one).
+    #[command(
+        after_help = "Example:\n  pkgtool rollback --layer /pkg/system\n  pkgtool rollback --layer /pkg/system --to 3\n\nThe switch replaces state/active.list atomically; a running packagefs switches its view\nto exactly that set. Every package a kept generation names is in state/pool/."
+    )]
+    Rollback(RollbackArgs),
+    /// Delete all but the newest N generations and the pooled package files no kept generation names.
+    #[command(after_help = "Example:\n  pkgtool gc --layer /pkg/system --keep 5")]
+    Gc(GcArgs),
 }
 
 /// `pkgtool keygen`.
@@ -157,6 +188,98 @@ pub struct VerifyArgs {
     /// Verification threads (default: one per core).
     #[arg(short = 'j', long = "jobs", default_value_t = 0)]
     pub jobs: usize,
+}
+
+/// Where packages are trusted from (shared by the package-set commands).
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// Trust the *.pub keys in this directory [default: /etc/packagefs/keys].
+    #[arg(long, value_name = "DIR")]
+    pub trusted_keys: Option<PathBuf>,
+}
+
+/// The layers a package-set command works on, lowest first; the last is the one changed.
+#[derive(Debug, Args)]
+pub struct LayerArgs {
+    /// A layer, as NAME=DIR or DIR (named after its last component). Repeat for the layers
+    /// below it, lowest first: the last one is the layer acted on.
+    #[arg(long = "layer", value_name = "[NAME=]DIR", required = true)]
+    pub layers: Vec<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pkgtool resolve`.
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    /// Layers, lowest first: NAME=DIR or DIR.
+    #[arg(required = true, value_name = "[NAME=]DIR")]
+    pub layers: Vec<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pkgtool install`.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Package files.
+    #[arg(required = true)]
+    pub packages: Vec<PathBuf>,
+    #[command(flatten)]
+    pub layer: LayerArgs,
+}
+
+/// `pkgtool remove`.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// Package names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Also remove the packages that would be left with an unmet requirement (named).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub layer: LayerArgs,
+}
+
+/// `pkgtool status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub layer: LayerArgs,
+}
+
+/// `pkgtool generations`.
+#[derive(Debug, Args)]
+pub struct GenerationsArgs {
+    #[command(flatten)]
+    pub layer: LayerArgs,
+}
+
+/// `pkgtool rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The generation to switch to (default: the newest one before the active one).
+    #[arg(long, value_name = "N")]
+    pub to: Option<u64>,
+    #[command(flatten)]
+    pub layer: LayerArgs,
+}
+
+/// `pkgtool gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// How many of the newest generations to keep (the active one is always kept).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: u64,
+    #[command(flatten)]
+    pub layer: LayerArgs,
 }
 
 fn parse_compression(s: &str) -> Result<Compression, String> {

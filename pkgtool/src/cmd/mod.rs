@@ -6,6 +6,7 @@ mod extract;
 mod info;
 mod keygen;
 mod list;
+mod set;
 mod verify;
 
 use std::path::Path;
@@ -27,6 +28,13 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
         Command::Cat(a) => cat::run(a, out),
         Command::Extract(a) => extract::run(a, out),
         Command::Verify(a) => verify::run(a, out),
+        Command::Resolve(a) => set::resolve(a, out),
+        Command::Install(a) => set::install(a, out),
+        Command::Remove(a) => set::remove(a, out),
+        Command::Status(a) => set::status(a, out),
+        Command::Generations(a) => set::generations(a, out),
+        Command::Rollback(a) => set::rollback(a, out),
+        Command::Gc(a) => set::gc(a, out),
     }
 }
 

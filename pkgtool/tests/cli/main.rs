@@ -13,6 +13,7 @@ mod keygen;
 mod pipe;
 mod repro;
 mod roundtrip;
+mod sets;
 mod usage;
 mod util;
 mod verify;

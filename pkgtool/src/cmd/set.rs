@@ -1,0 +1,724 @@
+//! The package-set commands: `resolve`, `install`, `remove`, `status`, `generations`,
+//! `rollback`, `gc`. Each is a thin layer over `pkgset` (the same library the daemon uses):
+//! load the stack, plan the change, commit it under the layer's lock, report.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use format::keys::TrustedKeys;
+use pkgset::generation::{self, Lock};
+use pkgset::stack::{now_utc, Loaded, Refusal};
+use pkgset::{plan, Candidate, Change, LayerSpec, Opener, Plan, Stack, Want};
+use serde::Serialize;
+
+use crate::cli::{
+    GcArgs, GenerationsArgs, InstallArgs, RemoveArgs, ResolveArgs, RollbackArgs, StatusArgs,
+    TrustArgs,
+};
+use crate::cmd::verify::DEFAULT_KEYS_DIR;
+use crate::output::Out;
+
+// ---------------------------------------------------------------------------------------
+// Shared set-up
+
+fn stack_of(specs: &[String]) -> anyhow::Result<Stack> {
+    let mut layers = Vec::new();
+    for s in specs {
+        let l = LayerSpec::parse(s).map_err(|e| anyhow!("bad layer {e}"))?;
+        if layers.iter().any(|o: &LayerSpec| o.name == l.name) {
+            bail!("layer {} is given twice", l.name);
+        }
+        let md = fs::metadata(&l.paths.dir)
+            .with_context(|| format!("layer {}: {}", l.name, l.paths.dir.display()))?;
+        if !md.is_dir() {
+            bail!(
+                "layer {}: {} is not a directory",
+                l.name,
+                l.paths.dir.display()
+            );
+        }
+        layers.push(l);
+    }
+    Ok(Stack::new(layers))
+}
+
+fn opener(trust: &TrustArgs) -> anyhow::Result<Opener> {
+    let dir = trust
+        .trusted_keys
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS_DIR));
+    if trust.trusted_keys.is_none() && !dir.exists() {
+        bail!("no trusted keys: pass --trusted-keys DIR (or install keys in {DEFAULT_KEYS_DIR})");
+    }
+    let keys = TrustedKeys::load_dir(&dir)
+        .with_context(|| format!("cannot load trusted keys from {}", dir.display()))?;
+    Ok(Opener::new(keys))
+}
+
+fn warn_refused(refused: &[Refusal]) {
+    for r in refused {
+        eprintln!("pkgtool: warning: {}: {}", r.path.display(), r.reason);
+    }
+}
+
+fn short(c: &Candidate) -> String {
+    c.id().to_string()[..16].to_owned()
+}
+
+#[derive(Serialize)]
+struct PkgJson {
+    name: String,
+    version: String,
+    id: String,
+    file: String,
+}
+
+fn pkg_json(c: &Candidate) -> PkgJson {
+    PkgJson {
+        name: c.manifest().name.clone(),
+        version: c.manifest().version.to_string(),
+        id: c.id().to_string(),
+        file: c.path.display().to_string(),
+    }
+}
+
+#[derive(Serialize)]
+struct ChangeJson {
+    layer: String,
+    generation: Option<u64>,
+    added: Vec<String>,
+    removed: Vec<String>,
+    broken: Vec<String>,
+    skipped: Vec<String>,
+}
+
+/// Commits the first generation of the top layer if it has none (and the plan of it found
+/// packages), so the change that follows has a generation to roll back to.
+fn commit_initial(stack: &Stack, loaded: &mut Loaded, top: usize) -> anyhow::Result<()> {
+    if let Some(p) = loaded.initial[top].take() {
+        if !p.is_empty() {
+            stack.commit(&p, "first generation from packages/", &now_utc())?;
+            for s in &p.skipped {
+                eprintln!("pkgtool: warning: not in the first generation: {s}");
+            }
+        }
+        loaded.lists[top] = generation::read_list(&stack.layers[top].paths.active_list())?;
+    }
+    Ok(())
+}
+
+fn report_change(
+    out: &mut Out,
+    json: bool,
+    stack: &Stack,
+    top: usize,
+    plan: &Plan,
+    generation: Option<u64>,
+) -> anyhow::Result<()> {
+    for b in &plan.broken {
+        eprintln!("pkgtool: warning: also deactivated: {b}");
+    }
+    for s in &plan.skipped {
+        eprintln!("pkgtool: warning: not activated: {s}");
+    }
+    let layer = &stack.layers[top].name;
+    if json {
+        out.json(&ChangeJson {
+            layer: layer.clone(),
+            generation,
+            added: plan.added.clone(),
+            removed: plan.removed.clone(),
+            broken: plan.broken.clone(),
+            skipped: plan.skipped.clone(),
+        })?;
+    } else {
+        match generation {
+            Some(n) => writeln!(out, "layer {layer}: generation {n}: {}", plan.summary())?,
+            None => writeln!(out, "layer {layer}: no change")?,
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// resolve
+
+#[derive(Serialize)]
+struct LayerJson {
+    name: String,
+    dir: String,
+    packages: Vec<PkgJson>,
+}
+
+#[derive(Serialize)]
+struct ResolveJson {
+    ok: bool,
+    layers: Vec<LayerJson>,
+    error: Option<String>,
+    refused: Vec<RefusalJson>,
+}
+
+#[derive(Serialize)]
+struct RefusalJson {
+    file: String,
+    reason: String,
+}
+
+fn refusals_json(r: &[Refusal]) -> Vec<RefusalJson> {
+    r.iter()
+        .map(|r| RefusalJson {
+            file: r.path.display().to_string(),
+            reason: r.reason.clone(),
+        })
+        .collect()
+}
+
+pub fn resolve(a: ResolveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let stack = stack_of(&a.layers)?;
+    let mut op = opener(&a.trust)?;
+    let names = stack.names();
+    let mut all: Vec<Candidate> = Vec::new();
+    let mut refused = Vec::new();
+    for l in 0..stack.layers.len() {
+        let (c, r) = stack.scan(l, &mut op)?;
+        all.extend(c);
+        refused.extend(r);
+    }
+    let mut wants: Vec<Want> = all
+        .iter()
+        .map(|c| Want {
+            layer: c.layer,
+            name: c.manifest().name.clone(),
+            pin: None,
+        })
+        .collect();
+    wants.dedup();
+    let result = pkgset::resolve(&names, &all, &wants);
+    if !a.json {
+        warn_refused(&refused);
+    }
+    match result {
+        Ok(chosen) => {
+            let chosen: Vec<&Candidate> = chosen.iter().map(|&i| &all[i]).collect();
+            if a.json {
+                out.json(&ResolveJson {
+                    ok: true,
+                    layers: stack
+                        .layers
+                        .iter()
+                        .enumerate()
+                        .map(|(l, spec)| LayerJson {
+                            name: spec.name.clone(),
+                            dir: spec.paths.dir.display().to_string(),
+                            packages: chosen
+                                .iter()
+                                .filter(|c| c.layer == l)
+                                .map(|c| pkg_json(c))
+                                .collect(),
+                        })
+                        .collect(),
+                    error: None,
+                    refused: refusals_json(&refused),
+                })?;
+            } else {
+                for (l, spec) in stack.layers.iter().enumerate() {
+                    let mine: Vec<&&Candidate> = chosen.iter().filter(|c| c.layer == l).collect();
+                    writeln!(out, "layer {} ({} packages)", spec.name, mine.len())?;
+                    for c in mine {
+                        writeln!(
+                            out,
+                            "  {:<40} {}  {}",
+                            c.label(),
+                            short(c),
+                            c.path.display()
+                        )?;
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(r) => {
+            if a.json {
+                out.json(&ResolveJson {
+                    ok: false,
+                    layers: Vec::new(),
+                    error: Some(r.to_string()),
+                    refused: refusals_json(&refused),
+                })?;
+                Ok(ExitCode::from(1))
+            } else {
+                Err(anyhow!("cannot resolve: {r}"))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// install
+
+/// Copies `src` into `dir` as `NAME-VERSION.hpkg` (crash-safely, never over another file);
+/// returns the new path, or the path of a file there that already holds the package.
+fn copy_into(dir: &Path, c: &Candidate) -> anyhow::Result<(PathBuf, bool)> {
+    let base = format!("{}-{}", c.manifest().name, c.manifest().version);
+    for name in [format!("{base}.hpkg"), format!("{base}-{}.hpkg", short(c))] {
+        let dst = dir.join(&name);
+        if let Ok(existing) = format::archive::Archive::open(&dst) {
+            if existing.id() == c.id() {
+                return Ok((dst, false));
+            }
+            continue;
+        }
+        if dst.symlink_metadata().is_ok() {
+            continue;
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".install-")
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        let mut src =
+            fs::File::open(&c.path).with_context(|| format!("cannot read {}", c.path.display()))?;
+        std::io::copy(&mut src, tmp.as_file_mut())
+            .with_context(|| format!("cannot copy {} to {}", c.path.display(), dir.display()))?;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))?;
+        tmp.as_file().sync_all()?;
+        tmp.persist_noclobber(&dst)
+            .map_err(|e| anyhow!("cannot create {}: {}", dst.display(), e.error))?;
+        generation::sync_dir(dir)?;
+        return Ok((dst, true));
+    }
+    bail!(
+        "{}: files named {base}*.hpkg there hold other packages",
+        dir.display()
+    )
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let stack = stack_of(&a.layer.layers)?;
+    let top = stack.layers.len() - 1;
+    let mut op = opener(&a.layer.trust)?;
+    let mut new = Vec::new();
+    for p in &a.packages {
+        let archive = op
+            .open(p)
+            .map_err(|r| anyhow!("refused {}: {r}", p.display()))?;
+        new.push(Candidate {
+            layer: top,
+            path: p.clone(),
+            archive,
+        });
+    }
+    let paths = &stack.layers[top].paths;
+    let pkgdir = paths.packages();
+    fs::create_dir_all(&pkgdir).with_context(|| format!("cannot create {}", pkgdir.display()))?;
+    let _lock = Lock::acquire(paths)?;
+    let mut loaded = stack.load_all(top, &mut op)?;
+    commit_initial(&stack, &mut loaded, top)?;
+    let (available, _) = stack.scan(top, &mut op)?;
+    let mut p = plan(
+        &stack.names(),
+        &loaded.sets,
+        top,
+        &available,
+        Change::Install {
+            packages: new,
+            only_newer: false,
+        },
+    )
+    .map_err(|r| anyhow!("refused: {r}"))?;
+    if p.is_empty() {
+        report_change(out, a.layer.json, &stack, top, &p, None)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Copy the new packages into packages/ (unless they are there already).
+    let before: HashSet<_> = loaded.sets[top].iter().map(|c| c.id()).collect();
+    let mut copied: Vec<PathBuf> = Vec::new();
+    let mut result = Ok(());
+    for c in p.sets[top].iter_mut() {
+        if before.contains(&c.id()) || same_file(c.path.parent().unwrap_or(Path::new("")), &pkgdir)
+        {
+            continue;
+        }
+        match copy_into(&pkgdir, c) {
+            Ok((dst, fresh)) => {
+                if fresh {
+                    copied.push(dst.clone());
+                }
+                c.path = dst;
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let reason = format!("install {}", p.summary());
+    let committed = result.and_then(|_| Ok(stack.commit(&p, &reason, &now_utc())?));
+    let n = match committed {
+        Ok(ns) => ns.iter().find(|(l, _)| *l == top).map(|(_, n)| *n),
+        Err(e) => {
+            for f in &copied {
+                let _ = fs::remove_file(f);
+            }
+            return Err(e);
+        }
+    };
+    // Files of replaced packages leave the drop zone (the pool keeps them for rollbacks).
+    let gone: HashSet<_> = loaded.sets[top]
+        .iter()
+        .map(|c| c.id())
+        .filter(|id| !p.sets[top].iter().any(|c| c.id() == *id))
+        .collect();
+    remove_files(&available, &gone);
+    report_change(out, a.layer.json, &stack, top, &p, n)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remove_files(files: &[Candidate], ids: &HashSet<format::archive::PackageId>) {
+    for c in files.iter().filter(|c| ids.contains(&c.id())) {
+        if let Err(e) = fs::remove_file(&c.path) {
+            eprintln!("pkgtool: warning: cannot remove {}: {e}", c.path.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// remove
+
+pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let stack = stack_of(&a.layer.layers)?;
+    let top = stack.layers.len() - 1;
+    let mut op = opener(&a.layer.trust)?;
+    let _lock = Lock::acquire(&stack.layers[top].paths)?;
+    let mut loaded = stack.load_all(top, &mut op)?;
+    commit_initial(&stack, &mut loaded, top)?;
+    let p = plan(
+        &stack.names(),
+        &loaded.sets,
+        top,
+        &[],
+        Change::Remove {
+            names: a.names.clone(),
+            force: a.force,
+        },
+    )
+    .map_err(|r| {
+        if a.force {
+            anyhow!("refused: {r}")
+        } else {
+            anyhow!("refused: {r} (--force removes what would be left broken, too)")
+        }
+    })?;
+    let reason = format!("remove {}", p.summary());
+    let ns = stack.commit(&p, &reason, &now_utc())?;
+    let n = ns.iter().find(|(l, _)| *l == top).map(|(_, n)| *n);
+    let gone: HashSet<_> = loaded.sets[top]
+        .iter()
+        .map(|c| c.id())
+        .filter(|id| !p.sets[top].iter().any(|c| c.id() == *id))
+        .collect();
+    let (files, _) = stack.scan(top, &mut op)?;
+    remove_files(&files, &gone);
+    report_change(out, a.layer.json, &stack, top, &p, n)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------
+// status
+
+#[derive(Serialize)]
+struct InactiveJson {
+    file: String,
+    package: Option<String>,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    layer: String,
+    dir: String,
+    generation: Option<u64>,
+    time: Option<String>,
+    reason: Option<String>,
+    active: Vec<PkgJson>,
+    inactive: Vec<InactiveJson>,
+    ok: bool,
+    problems: Vec<String>,
+}
+
+pub fn status(a: StatusArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let stack = stack_of(&a.layer.layers)?;
+    let top = stack.layers.len() - 1;
+    let mut op = opener(&a.layer.trust)?;
+    let loaded = stack.load_all(top, &mut op)?;
+    let set = &loaded.sets[top];
+    let list = loaded.lists[top].as_ref();
+    let problems: Vec<String> = match pkgset::check(
+        &stack.names()[..=top],
+        &loaded.sets.iter().flatten().cloned().collect::<Vec<_>>(),
+    ) {
+        Ok(_) => Vec::new(),
+        Err(r) => r.problems.iter().map(|p| p.to_string()).collect(),
+    };
+    let (files, refused) = stack.scan(top, &mut op)?;
+    let active_ids: HashSet<_> = set.iter().map(|c| c.id()).collect();
+    let mut inactive = Vec::new();
+    for c in files.iter().filter(|c| !active_ids.contains(&c.id())) {
+        let same = set.iter().find(|s| s.manifest().name == c.manifest().name);
+        let reason = match same {
+            Some(s) if s.manifest().version > c.manifest().version => {
+                format!("older than the active {}", s.label())
+            }
+            Some(s) => format!("not active ({} is)", s.label()),
+            None => "not active".to_string(),
+        };
+        inactive.push(InactiveJson {
+            file: c.path.display().to_string(),
+            package: Some(c.label()),
+            reason,
+        });
+    }
+    for r in &refused {
+        inactive.push(InactiveJson {
+            file: r.path.display().to_string(),
+            package: None,
+            reason: format!("refused: {}", r.reason),
+        });
+    }
+    inactive.sort_by(|a, b| a.file.cmp(&b.file));
+    let spec = &stack.layers[top];
+    let meta = |k: &str| list.and_then(|l| l.meta.get(k).cloned());
+    let st = StatusJson {
+        layer: spec.name.clone(),
+        dir: spec.paths.dir.display().to_string(),
+        generation: list.and_then(|l| l.generation()),
+        time: meta("time"),
+        reason: meta("reason"),
+        active: set.iter().map(pkg_json).collect(),
+        inactive,
+        ok: problems.is_empty(),
+        problems,
+    };
+    if a.layer.json {
+        out.json(&st)?;
+    } else {
+        match (st.generation, list) {
+            (Some(n), _) => writeln!(
+                out,
+                "layer {} ({}): generation {n}, {}, {}",
+                st.layer,
+                st.dir,
+                st.time.as_deref().unwrap_or("?"),
+                st.reason.as_deref().unwrap_or("?")
+            )?,
+            (None, Some(_)) => writeln!(
+                out,
+                "layer {} ({}): active.list written by hand (no generation)",
+                st.layer, st.dir
+            )?,
+            (None, None) => writeln!(
+                out,
+                "layer {} ({}): no generation yet; the first one would be:",
+                st.layer, st.dir
+            )?,
+        }
+        writeln!(out, "active ({}):", set.len())?;
+        for c in set {
+            writeln!(out, "  {:<40} {}", c.label(), short(c))?;
+        }
+        if !st.inactive.is_empty() {
+            writeln!(out, "inactive in packages/ ({}):", st.inactive.len())?;
+            for i in &st.inactive {
+                let name = Path::new(&i.file)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                writeln!(out, "  {name:<40} {}", i.reason)?;
+            }
+        }
+        if st.ok {
+            writeln!(out, "set: ok")?;
+        } else {
+            for p in &st.problems {
+                writeln!(out, "set: BROKEN: {p}")?;
+            }
+        }
+    }
+    Ok(if st.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// generations
+
+#[derive(Serialize)]
+struct GenJson {
+    generation: u64,
+    time: Option<String>,
+    reason: Option<String>,
+    packages: Vec<String>,
+    active: bool,
+}
+
+pub fn generations(a: GenerationsArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let specs = &a.layer.layers;
+    let spec = LayerSpec::parse(specs.last().map(String::as_str).unwrap_or(""))
+        .map_err(|e| anyhow!("bad layer {e}"))?;
+    if !spec.paths.dir.is_dir() {
+        bail!(
+            "layer {}: {} is not a directory",
+            spec.name,
+            spec.paths.dir.display()
+        );
+    }
+    let active = generation::read_list(&spec.paths.active_list())?;
+    let mut gens = Vec::new();
+    for n in generation::generation_numbers(&spec.paths)? {
+        let Some(l) = generation::read_list(&spec.paths.generation_list(n))? else {
+            continue;
+        };
+        let is_active = active
+            .as_ref()
+            .is_some_and(|a| a.generation() == Some(n) && a.same_packages(&l));
+        gens.push(GenJson {
+            generation: n,
+            time: l.meta.get("time").cloned(),
+            reason: l.meta.get("reason").cloned(),
+            packages: l.entries.iter().map(|e| e.label.clone()).collect(),
+            active: is_active,
+        });
+    }
+    if a.layer.json {
+        out.json(&gens)?;
+    } else if gens.is_empty() {
+        writeln!(out, "layer {}: no generations", spec.name)?;
+    } else {
+        for g in &gens {
+            writeln!(
+                out,
+                "{} {:>4}  {}  {:>4} packages  {}",
+                if g.active { "*" } else { " " },
+                g.generation,
+                g.time.as_deref().unwrap_or("?"),
+                g.packages.len(),
+                g.reason.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------
+// rollback
+
+pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let stack = stack_of(&a.layer.layers)?;
+    let top = stack.layers.len() - 1;
+    let mut op = opener(&a.layer.trust)?;
+    let paths = &stack.layers[top].paths;
+    let name = &stack.layers[top].name;
+    let _lock = Lock::acquire(paths)?;
+    let loaded = stack.load_all(top, &mut op)?;
+    let current = loaded.lists[top]
+        .as_ref()
+        .and_then(|l| l.generation())
+        .ok_or_else(|| anyhow!("layer {name} has no active generation to roll back from"))?;
+    let numbers = generation::generation_numbers(paths)?;
+    let target = match a.to {
+        Some(n) => n,
+        None => *numbers
+            .iter()
+            .rev()
+            .find(|&&n| n < current)
+            .ok_or_else(|| anyhow!("layer {name}: no generation before {current}"))?,
+    };
+    if target == current {
+        writeln!(out, "layer {name}: already at generation {current}")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = generation::read_list(&paths.generation_list(target))?
+        .ok_or_else(|| anyhow!("layer {name}: no generation {target}"))?;
+    let set = stack.open_list(top, &list, &mut op)?;
+    let p = plan(&stack.names(), &loaded.sets, top, &[], Change::Replace(set))
+        .map_err(|r| anyhow!("refused: generation {target}: {r}"))?;
+    generation::switch_to(paths, target)?;
+    if a.layer.json {
+        report_change(out, true, &stack, top, &p, Some(target))?;
+    } else {
+        writeln!(
+            out,
+            "layer {name}: generation {current} -> {target}: {}",
+            p.summary()
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------
+// gc
+
+pub fn gc(a: GcArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let spec = LayerSpec::parse(a.layer.layers.last().map(String::as_str).unwrap_or(""))
+        .map_err(|e| anyhow!("bad layer {e}"))?;
+    if !spec.paths.dir.is_dir() {
+        bail!(
+            "layer {}: {} is not a directory",
+            spec.name,
+            spec.paths.dir.display()
+        );
+    }
+    let _lock = Lock::acquire(&spec.paths)?;
+    let pool_before = count_dir(&spec.paths.pool());
+    let removed = generation::gc(&spec.paths, a.keep as usize)?;
+    let pool_removed = pool_before.saturating_sub(count_dir(&spec.paths.pool()));
+    if a.layer.json {
+        #[derive(Serialize)]
+        struct GcJson {
+            removed_generations: Vec<u64>,
+            removed_package_files: usize,
+        }
+        out.json(&GcJson {
+            removed_generations: removed,
+            removed_package_files: pool_removed,
+        })?;
+    } else {
+        writeln!(
+            out,
+            "layer {}: removed {} generation(s){} and {pool_removed} pooled package file(s)",
+            spec.name,
+            removed.len(),
+            if removed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    removed
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn count_dir(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|rd| rd.count()).unwrap_or(0)
+}
