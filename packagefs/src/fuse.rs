@@ -78,9 +78,32 @@ enum Handle {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// The current view, shared by the FUSE workers (which load it once per request) and the
+/// live updater (which replaces it whole: a request sees the old view or the new one).
+#[derive(Clone)]
+pub struct ViewSlot(Arc<RwLock<Arc<View>>>);
+
+impl ViewSlot {
+    /// A slot holding `view`.
+    pub fn new(view: View) -> ViewSlot {
+        ViewSlot(Arc::new(RwLock::new(Arc::new(view))))
+    }
+
+    /// The current view.
+    pub fn load(&self) -> Arc<View> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes `view` current; returns the one it replaces.
+    pub fn swap(&self, view: View) -> Arc<View> {
+        let new = Arc::new(view);
+        std::mem::replace(&mut *self.0.write().unwrap_or_else(|p| p.into_inner()), new)
+    }
+}
+
 /// The mounted file system.
 pub struct PackageFs {
-    view: RwLock<Arc<View>>,
+    view: ViewSlot,
     cache: Arc<ChunkCache>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
@@ -115,7 +138,7 @@ impl PackageFs {
         let xattrs = view_has_xattrs(&view);
         PackageFs {
             xattrs,
-            view: RwLock::new(Arc::new(view)),
+            view: ViewSlot::new(view),
             cache: Arc::new(ChunkCache::new(cache_size)),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -127,7 +150,12 @@ impl PackageFs {
 
     /// The current view.
     pub fn view(&self) -> Arc<View> {
-        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.view.load()
+    }
+
+    /// The slot through which the live updater switches views.
+    pub fn slot(&self) -> ViewSlot {
+        self.view.clone()
     }
 
     /// The chunk cache.

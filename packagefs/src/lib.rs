@@ -1,9 +1,10 @@
 //! packagefs: layers of signed package archives mounted as one read-only union view.
 //!
 //! ```text
-//! layers::load(layer dirs, trusted keys) ─► Vec<Arc<Package>>
-//! view::View::build(layers, packages)    ─► View (immutable; one per generation)
-//! fuse::PackageFs { Arc<View>, ChunkCache }: the thin FUSE adapter (main.rs mounts it)
+//! live::Live::start(stack, keys)  ─► the active sets (pkgset) ─► View (one per generation)
+//! watch::Watcher (inotify)        ─► live::Event ─► Live::apply ─► next View | refused
+//! view::diff(old, new)            ─► the kernel cache entries to invalidate
+//! fuse::PackageFs { ViewSlot, ChunkCache }: the thin FUSE adapter (main.rs mounts it)
 //! ```
 //!
 //! The view is tested without a mount (`view.rs` tests); the adapter is tested through real
@@ -13,4 +14,6 @@
 pub mod cache;
 pub mod fuse;
 pub mod layers;
+pub mod live;
 pub mod view;
+pub mod watch;

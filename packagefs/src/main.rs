@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use format::keys::TrustedKeys;
+use fuser::INodeNo;
 use packagefs::fuse::{Options, PackageFs};
-use packagefs::layers::{self, Slots};
-use packagefs::view::{Layer, View};
-use tracing::{info, warn};
+use packagefs::layers;
+use packagefs::live::Live;
+use packagefs::view::{diff, Inval, Shine, View};
+use packagefs::watch::Watcher;
+use pkgset::{LayerSpec, Stack};
+use tracing::{error, info, warn};
 
 /// Environment variable through which a daemonizing parent passes its readiness pipe.
 const READY_FD_ENV: &str = "PACKAGEFS_READY_FD";
@@ -39,7 +43,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pubgrub=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -77,12 +81,12 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     if keys.is_empty() {
         warn!(dir = %s.trusted_keys.display(), "no trusted keys: every package will be refused");
     }
-    let mut slots = Slots::default();
-    let (packages, refused) = layers::load(&s.layers, &keys, &mut slots);
-    for r in &refused {
-        warn!(package = %r.path.display(), "refused: {}", r.reason);
-    }
-    for p in &packages {
+    let (stack, shine, _layer_fds) = layer_stack(&s)?;
+    // Watch before loading, so no change between the two goes unseen.
+    let mut watcher = Watcher::new(&stack)
+        .map_err(|e| anyhow::anyhow!("cannot watch the layer directories: {e}"))?;
+    let (mut live, view) = Live::start(stack, keys, shine)?;
+    for p in view.packages() {
         info!(
             layer = %s.layers[p.layer].name,
             package = %p.label(),
@@ -91,21 +95,15 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
             p.path.display()
         );
     }
-    let layer_list: Vec<Layer> = s.layers.iter().map(|l| Layer::new(&l.name)).collect();
-    let view = View::build(layer_list, packages);
-    for c in view.conflicts() {
-        warn!(
-            layer = %c.layer,
-            path = %c.path,
-            "conflict: {} and {} both provide it with different contents; showing {}",
-            c.winner, c.loser, c.winner
-        );
-    }
+    log_conflicts(&view);
     let npkg = view.packages().len();
     let fs = PackageFs::new(view, s.cache_size, Options::default());
+    let fs_slot = fs.slot();
     let mut session = fuser::Session::new(fs, &s.mountpoint, &s.config())
         .map_err(|e| anyhow::anyhow!("cannot mount on {}: {e}", s.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    let notifier = session.notifier();
+    let slot = fs_slot;
 
     let (tx, rx) = mpsc::channel::<Event>();
     let tx2 = tx.clone();
@@ -125,11 +123,51 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
             }
         })?;
 
+    std::thread::Builder::new()
+        .name("live".into())
+        .spawn(move || loop {
+            let batch =
+                match watcher.next_batch(Duration::from_millis(20), Duration::from_millis(500)) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        error!("watching the layers failed: {e}; live updates stop");
+                        return;
+                    }
+                };
+            let t = Instant::now();
+            match live.apply(batch) {
+                Ok(Some(view)) => {
+                    let old = slot.swap(view);
+                    let new = slot.load();
+                    log_conflicts(&new);
+                    let inval = diff(&old, &new);
+                    for i in &inval {
+                        // ENOENT: the kernel had nothing cached for it.
+                        let _ = match i {
+                            Inval::Entry { parent, name } => notifier
+                                .inval_entry(INodeNo(*parent), std::ffi::OsStr::from_bytes(name)),
+                            Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                        };
+                    }
+                    info!(
+                        packages = new.packages().len(),
+                        invalidated = inval.len(),
+                        "view switched in {} ms",
+                        t.elapsed().as_millis()
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => error!(
+                    "cannot apply the layers' changes: {}",
+                    layers::one_line(e.as_ref())
+                ),
+            }
+        })?;
+
     raise_readahead(&s.mountpoint);
     info!(
         mountpoint = %s.mountpoint.display(),
         packages = npkg,
-        refused = refused.len(),
         layers = s.layers.len(),
         threads = s.threads,
         cache = s.cache_size,
@@ -163,6 +201,60 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
         }
         Err(_) => Ok(()),
     }
+}
+
+fn log_conflicts(view: &View) {
+    for c in view.conflicts() {
+        warn!(
+            layer = %c.layer,
+            path = %c.path,
+            "conflict: {} and {} both provide it; showing {}",
+            c.winner, c.loser, c.winner
+        );
+    }
+}
+
+/// The layers as the daemon reaches them, and their shine-through links. A layer directory
+/// the mount covers (the mount point itself, or inside it) is reached through a descriptor
+/// opened before mounting (`/proc/self/fd/N`), so the daemon and the shine-through links
+/// still see the real directory underneath.
+fn layer_stack(s: &args::Settings) -> anyhow::Result<(Stack, Shine, Vec<std::fs::File>)> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mp = std::fs::canonicalize(&s.mountpoint)?;
+    let mut specs = Vec::new();
+    let mut shine = Shine::default();
+    let mut fds = Vec::new();
+    for l in &s.layers {
+        let canon = std::fs::canonicalize(&l.dir)
+            .map_err(|e| anyhow::anyhow!("layer {}: {}: {e}", l.name, l.dir.display()))?;
+        let (dir, target) = if canon.starts_with(&mp) {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(&canon)
+                .map_err(|e| anyhow::anyhow!("layer {}: {}: {e}", l.name, canon.display()))?;
+            let fd = f.as_raw_fd();
+            fds.push(f);
+            (
+                PathBuf::from(format!("/proc/self/fd/{fd}")),
+                format!("/proc/{}/fd/{fd}", std::process::id()).into_bytes(),
+            )
+        } else {
+            (canon.clone(), canon.as_os_str().as_bytes().to_vec())
+        };
+        if canon == mp && shine.root.is_empty() {
+            for sub in ["packages", "state"] {
+                let mut t = target.clone();
+                t.push(b'/');
+                t.extend_from_slice(sub.as_bytes());
+                shine.root.push((sub.as_bytes().to_vec(), t));
+            }
+        }
+        shine.layers.push((l.name.clone(), target));
+        specs.push(LayerSpec::new(&l.name, dir));
+    }
+    Ok((Stack::new(specs), shine, fds))
 }
 
 /// Chunk buffers (64 KiB - 1 MiB) are allocated and freed by many threads: with glibc's

@@ -12,9 +12,15 @@
 //!   single large package therefore costs a few entries, and 1000 small ones cost the
 //!   directories they share.
 //!
-//! Inode numbers are a pure function of the node: a merged directory `d` is `d + 1` (the
-//! root is 1), a package entry is `(slot + 1) << 32 | entry`, where the slot is the package's
-//! number for the life of the mount. Hard links inside a package therefore share an inode.
+//! Inode numbers are stable for the life of the mount, across generations: a package entry
+//! is `(slot + 1) << 32 | entry`, where the slot is the package's number for the life of
+//! the mount (so hard links inside a package share an inode, and a package that stays
+//! active keeps its numbers); a merged directory gets a number from [`DirInos`], one per
+//! path for the life of the mount (the root is 1); the mount's own nodes (shine-through,
+//! [`Shine`]) are numbered from [`SPECIAL_INO_BASE`].
+//!
+//! [`diff`] compares two views and names exactly the kernel cache entries a switch from one
+//! to the other must invalidate.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -24,6 +30,71 @@ use format::archive::{Archive, Attr, EntryId, Kind};
 
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
+
+/// First inode number of the mount's own nodes (below `1 << 32`, above any merged directory).
+pub const SPECIAL_INO_BASE: u64 = 0xffff_0000;
+
+/// Inode numbers of merged directories, by path, for the life of the mount: a directory
+/// keeps its number across generations, so the kernel's caches stay valid for it.
+#[derive(Debug)]
+pub struct DirInos {
+    by_path: HashMap<Vec<u8>, u64>,
+    next: u64,
+}
+
+impl Default for DirInos {
+    fn default() -> Self {
+        DirInos {
+            by_path: HashMap::new(),
+            next: ROOT_INO + 1,
+        }
+    }
+}
+
+impl DirInos {
+    fn get(&mut self, path: &[u8]) -> u64 {
+        if path.is_empty() {
+            return ROOT_INO;
+        }
+        if let Some(&i) = self.by_path.get(path) {
+            return i;
+        }
+        let i = self.next;
+        // 4 billion distinct merged directories in one mount's life would be needed to run
+        // into the special numbers; past that, numbers are reused (still unique per view
+        // for all practical purposes).
+        self.next = if self.next + 1 >= SPECIAL_INO_BASE {
+            ROOT_INO + 1
+        } else {
+            self.next + 1
+        };
+        self.by_path.insert(path.to_vec(), i);
+        i
+    }
+}
+
+/// The mount's own entries: each layer's directory, reachable through the mount as a
+/// symlink (`/.layers/NAME`; `.layers` is found by name but not listed), and links at the root (`/packages`, `/state` of a layer
+/// whose directory is the mount point, as in Haiku). Their names hide package entries.
+#[derive(Debug, Clone, Default)]
+pub struct Shine {
+    /// `(layer name, link target)`: `/.layers/NAME -> TARGET`.
+    pub layers: Vec<(String, Vec<u8>)>,
+    /// `(name, link target)` at the root.
+    pub root: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The name of the directory holding the layers' links.
+pub const LAYERS_DIR: &[u8] = b".layers";
+
+#[derive(Debug, Clone)]
+struct SpecialNode {
+    name: Vec<u8>,
+    /// None: a directory (its children are `children`); Some: a symlink.
+    target: Option<Vec<u8>>,
+    parent: Node,
+    children: Vec<u32>,
+}
 
 /// A layer of the stack.
 #[derive(Debug, Clone)]
@@ -53,8 +124,8 @@ pub struct Package {
     pub layer: usize,
     /// The file it was opened from.
     pub path: PathBuf,
-    /// The archive.
-    pub archive: Archive,
+    /// The archive (shared with the package-set library, which opened it).
+    pub archive: Arc<Archive>,
 }
 
 impl Package {
@@ -75,6 +146,9 @@ impl Package {
 pub enum Node {
     /// A merged directory.
     Union(u32),
+    /// A node of the mount's own (a shine-through directory or link; index into the
+    /// view's specials).
+    Special(u32),
     /// An entry of a package (index into the view's packages).
     Pkg {
         /// Index of the package in [`View::packages`].
@@ -177,6 +251,10 @@ pub struct View {
     /// Package directories whose parent is a merged directory: their parent's inode.
     boundary_parent: HashMap<(u32, EntryId), u64>,
     conflicts: Vec<Conflict>,
+    /// Inode number of each merged directory, and back.
+    dir_ino: Vec<u64>,
+    union_by_ino: HashMap<u64, u32>,
+    special: Vec<SpecialNode>,
 }
 
 /// A merged directory still to fill: (its number, its sources, its path).
@@ -190,8 +268,20 @@ struct Cand<'a> {
 }
 
 impl View {
-    /// Builds the view of `packages` (in any order) stacked in `layers`.
-    pub fn build(layers: Vec<Layer>, mut packages: Vec<Arc<Package>>) -> View {
+    /// Builds the view of `packages` (in any order) stacked in `layers`, with fresh
+    /// directory numbers and no shine-through (tests, tools).
+    pub fn build(layers: Vec<Layer>, packages: Vec<Arc<Package>>) -> View {
+        View::build_with(layers, packages, &mut DirInos::default(), &Shine::default())
+    }
+
+    /// Builds the view of `packages` stacked in `layers`, numbering merged directories from
+    /// `inos` (shared by every generation of a mount) and adding the `shine` entries.
+    pub fn build_with(
+        layers: Vec<Layer>,
+        mut packages: Vec<Arc<Package>>,
+        inos: &mut DirInos,
+        shine: &Shine,
+    ) -> View {
         // Priority order: highest layer first, then (name, version, id) inside a layer.
         packages.sort_by(|a, b| {
             b.layer
@@ -212,7 +302,11 @@ impl View {
             names: Vec::new(),
             boundary_parent: HashMap::new(),
             conflicts: Vec::new(),
+            dir_ino: vec![ROOT_INO],
+            union_by_ino: HashMap::from([(ROOT_INO, 0)]),
+            special: Vec::new(),
         };
+        let reserved = v.add_specials(shine);
         let pkgs = v.packages.clone();
         let roots: Vec<(u32, EntryId)> = (0..pkgs.len() as u32)
             .map(|p| (p, pkgs[p as usize].archive.root()))
@@ -256,6 +350,19 @@ impl View {
                 let group = &cands[i..j];
                 i = j;
                 let top = &group[0];
+                if d == 0 && reserved.iter().any(|r| r.as_slice() == top.name) {
+                    v.conflicts.push(Conflict {
+                        path: String::from_utf8_lossy(top.name).into_owned(),
+                        layer: v
+                            .layers
+                            .get(pkgs[top.pkg as usize].layer)
+                            .map(|l| l.name.clone())
+                            .unwrap_or_default(),
+                        winner: "packagefs (shine-through)".into(),
+                        loser: pkgs[top.pkg as usize].label(),
+                    });
+                    continue;
+                }
                 let top_layer = pkgs[top.pkg as usize].layer;
                 let mut child_path = path.clone();
                 if !child_path.is_empty() {
@@ -276,13 +383,17 @@ impl View {
                         .map(|c| (c.pkg, c.entry))
                         .collect();
                     if dir_srcs.len() == 1 {
-                        v.boundary_parent.insert((top.pkg, top.entry), d as u64 + 1);
+                        v.boundary_parent
+                            .insert((top.pkg, top.entry), v.dir_ino[d as usize]);
                         Node::Pkg {
                             pkg: top.pkg,
                             entry: top.entry,
                         }
                     } else {
                         let nd = v.dirs.len() as u32;
+                        let ino = inos.get(&child_path);
+                        v.dir_ino.push(ino);
+                        v.union_by_ino.insert(ino, nd);
                         v.dirs.push(UDir {
                             parent: d,
                             first: 0,
@@ -319,12 +430,81 @@ impl View {
                     target,
                 });
             }
+            if d == 0 {
+                // The mount's own entries join the root, in name order.
+                for (i, sp) in v.special.iter().enumerate() {
+                    // `.layers` is found by name but not listed (like ZFS's `.zfs`), so
+                    // find, du, tar and diff -r of the mount see the packages only.
+                    if sp.parent != Node::Union(0) || sp.name == LAYERS_DIR {
+                        continue;
+                    }
+                    if sp.target.is_none() {
+                        subdirs += 1;
+                    }
+                    let name_off = v.names.len() as u32;
+                    v.names.extend_from_slice(&sp.name);
+                    v.entries.push(UEntry {
+                        name_off,
+                        name_len: sp.name.len() as u16,
+                        target: Node::Special(i as u32),
+                    });
+                }
+                let names = &v.names;
+                let name = |e: &UEntry| {
+                    &names[e.name_off as usize..e.name_off as usize + e.name_len as usize]
+                };
+                v.entries[first as usize..].sort_by(|a, b| name(a).cmp(name(b)));
+            }
             let ud = &mut v.dirs[d as usize];
             ud.first = first;
             ud.count = v.entries.len() as u32 - first;
             ud.subdirs = subdirs;
         }
         v
+    }
+
+    /// Adds the shine-through nodes; returns the root names they take.
+    fn add_specials(&mut self, shine: &Shine) -> Vec<Vec<u8>> {
+        let mut reserved = Vec::new();
+        if !shine.layers.is_empty() {
+            self.special.push(SpecialNode {
+                name: LAYERS_DIR.to_vec(),
+                target: None,
+                parent: Node::Union(0),
+                children: Vec::new(),
+            });
+            reserved.push(LAYERS_DIR.to_vec());
+            let mut kids: Vec<(Vec<u8>, Vec<u8>)> = shine
+                .layers
+                .iter()
+                .map(|(n, t)| (n.as_bytes().to_vec(), t.clone()))
+                .collect();
+            kids.sort();
+            kids.dedup_by(|a, b| a.0 == b.0);
+            for (name, target) in kids {
+                let i = self.special.len() as u32;
+                self.special.push(SpecialNode {
+                    name,
+                    target: Some(target),
+                    parent: Node::Special(0),
+                    children: Vec::new(),
+                });
+                self.special[0].children.push(i);
+            }
+        }
+        for (name, target) in &shine.root {
+            if name.is_empty() || reserved.contains(name) || name.contains(&b'/') {
+                continue;
+            }
+            reserved.push(name.clone());
+            self.special.push(SpecialNode {
+                name: name.clone(),
+                target: Some(target.clone()),
+                parent: Node::Union(0),
+                children: Vec::new(),
+            });
+        }
+        reserved
     }
 
     fn conflict(&mut self, path: &[u8], layer: usize, winner: u32, loser: u32) {
@@ -363,7 +543,8 @@ impl View {
     /// The inode number of a node.
     pub fn ino(&self, node: Node) -> u64 {
         match node {
-            Node::Union(d) => d as u64 + 1,
+            Node::Union(d) => self.dir_ino[d as usize],
+            Node::Special(i) => SPECIAL_INO_BASE + i as u64,
             Node::Pkg { pkg, entry } => {
                 ((self.packages[pkg as usize].slot as u64 + 1) << 32) | entry as u64
             }
@@ -376,12 +557,19 @@ impl View {
             return Err(Error::Stale(ino));
         }
         if ino < 1 << 32 {
-            let d = ino - 1;
-            return if (d as usize) < self.dirs.len() {
-                Ok(Node::Union(d as u32))
-            } else {
-                Err(Error::Stale(ino))
-            };
+            if ino >= SPECIAL_INO_BASE {
+                let i = ino - SPECIAL_INO_BASE;
+                return if (i as usize) < self.special.len() {
+                    Ok(Node::Special(i as u32))
+                } else {
+                    Err(Error::Stale(ino))
+                };
+            }
+            return self
+                .union_by_ino
+                .get(&ino)
+                .map(|&d| Node::Union(d))
+                .ok_or(Error::Stale(ino));
         }
         let slot = ((ino >> 32) - 1) as u32;
         let entry = (ino & 0xffff_ffff) as EntryId;
@@ -445,6 +633,22 @@ impl View {
                     mtime_nsec,
                 })
             }
+            Node::Special(i) => {
+                let sp = &self.special[i as usize];
+                let (kind, perm, nlink, size) = match &sp.target {
+                    None => (Kind::Dir, 0o755, 2, 0),
+                    Some(t) => (Kind::Symlink, 0o777, 1, t.len() as u64),
+                };
+                Ok(NodeAttr {
+                    ino,
+                    kind,
+                    perm,
+                    nlink,
+                    size,
+                    mtime: 0,
+                    mtime_nsec: 0,
+                })
+            }
             Node::Pkg { pkg, entry } => {
                 let a = self.pkg_attr(pkg, entry)?;
                 let mut perm = a.perm;
@@ -478,10 +682,24 @@ impl View {
             Node::Union(d) => {
                 let ud = &self.dirs[d as usize];
                 let slice = &self.entries[ud.first as usize..(ud.first + ud.count) as usize];
-                slice
-                    .binary_search_by(|e| self.entry_name(e).cmp(name))
-                    .map(|i| slice[i].target)
-                    .map_err(|_| Error::NotFound)
+                match slice.binary_search_by(|e| self.entry_name(e).cmp(name)) {
+                    Ok(i) => Ok(slice[i].target),
+                    Err(_) if d == 0 && name == LAYERS_DIR && !self.special.is_empty() => {
+                        Ok(Node::Special(0))
+                    }
+                    Err(_) => Err(Error::NotFound),
+                }
+            }
+            Node::Special(i) => {
+                let sp = &self.special[i as usize];
+                if sp.target.is_some() {
+                    return Err(Error::NotDir);
+                }
+                sp.children
+                    .iter()
+                    .find(|&&c| self.special[c as usize].name == name)
+                    .map(|&c| Node::Special(c))
+                    .ok_or(Error::NotFound)
             }
             Node::Pkg { pkg, entry } => {
                 match self.packages[pkg as usize].archive.lookup(entry, name) {
@@ -509,6 +727,7 @@ impl View {
     pub fn parent(&self, dir: Node) -> Result<Node> {
         match dir {
             Node::Union(d) => Ok(Node::Union(self.dirs[d as usize].parent)),
+            Node::Special(i) => Ok(self.special[i as usize].parent),
             Node::Pkg { pkg, entry } => {
                 if let Some(&ino) = self.boundary_parent.get(&(pkg, entry)) {
                     return self.node(ino);
@@ -526,6 +745,10 @@ impl View {
     pub fn dir_len(&self, dir: Node) -> Result<usize> {
         match dir {
             Node::Union(d) => Ok(self.dirs[d as usize].count as usize),
+            Node::Special(i) => match &self.special[i as usize].target {
+                None => Ok(self.special[i as usize].children.len()),
+                Some(_) => Err(Error::NotDir),
+            },
             Node::Pkg { pkg, entry } => Ok(self.packages[pkg as usize]
                 .archive
                 .read_dir(entry)
@@ -558,6 +781,19 @@ impl View {
                     .map(|x| (self.entry_name(x), x.target))
                     .collect())
             }
+            Node::Special(i) => {
+                let sp = &self.special[i as usize];
+                if sp.target.is_some() {
+                    return Err(Error::NotDir);
+                }
+                Ok(sp
+                    .children
+                    .iter()
+                    .skip(start)
+                    .take(limit)
+                    .map(|&c| (self.special[c as usize].name.as_slice(), Node::Special(c)))
+                    .collect())
+            }
             Node::Pkg { pkg, entry } => {
                 let mut it = self.packages[pkg as usize]
                     .archive
@@ -586,6 +822,10 @@ impl View {
     pub fn read_link(&self, node: Node) -> Result<&[u8]> {
         match node {
             Node::Union(_) => Err(Error::NotSymlink),
+            Node::Special(i) => self.special[i as usize]
+                .target
+                .as_deref()
+                .ok_or(Error::NotSymlink),
             Node::Pkg { pkg, entry } => self.packages[pkg as usize]
                 .archive
                 .read_link(entry)
@@ -601,6 +841,7 @@ impl View {
                 Some(src) => src,
                 None => return Ok(Vec::new()),
             },
+            Node::Special(_) => return Ok(Vec::new()),
             Node::Pkg { pkg, entry } => (pkg, entry),
         };
         let nosuid = self
@@ -619,6 +860,10 @@ impl View {
     pub fn file(&self, node: Node) -> Result<(Arc<Package>, EntryId)> {
         match node {
             Node::Union(_) => Err(Error::IsDir),
+            Node::Special(i) => match self.special[i as usize].target {
+                None => Err(Error::IsDir),
+                Some(_) => Err(Error::NotFound),
+            },
             Node::Pkg { pkg, entry } => {
                 let a = self.pkg_attr(pkg, entry)?;
                 match a.kind {
@@ -645,6 +890,90 @@ impl View {
             + self.dirs.len() as u64;
         (bytes, files)
     }
+}
+
+/// A kernel cache entry a generation switch must drop.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Inval {
+    /// The name in the directory (positive or negative dentry) now resolves differently.
+    Entry {
+        /// The directory's inode.
+        parent: u64,
+        /// The name.
+        name: Vec<u8>,
+    },
+    /// The directory's listing or attributes changed.
+    Inode(u64),
+}
+
+/// What a switch from `old` to `new` must invalidate: every name that resolves to a
+/// different inode (or appeared, or vanished) and every directory whose listing changed.
+/// Subtrees served by the same package entry in both views are identical and skipped, so
+/// the work is proportional to the merged directories, not to the packages' contents.
+pub fn diff(old: &View, new: &View) -> Vec<Inval> {
+    let mut out = Vec::new();
+    let mut stack = vec![(Node::Union(0), Node::Union(0))];
+    while let Some((a, b)) = stack.pop() {
+        let ino = old.ino(a);
+        if let (Node::Pkg { .. }, Node::Pkg { .. }) = (a, b) {
+            if ino == new.ino(b) {
+                continue;
+            }
+        }
+        let (Ok(xs), Ok(ys)) = (old.read_dir(a, 0), new.read_dir(b, 0)) else {
+            out.push(Inval::Inode(ino));
+            continue;
+        };
+        let mut changed = old.attr(a).ok() != new.attr(b).ok();
+        let (mut i, mut j) = (0, 0);
+        while i < xs.len() || j < ys.len() {
+            let ord = match (xs.get(i), ys.get(j)) {
+                (Some(x), Some(y)) => x.0.cmp(y.0),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            match ord {
+                std::cmp::Ordering::Less => {
+                    out.push(Inval::Entry {
+                        parent: ino,
+                        name: xs[i].0.to_vec(),
+                    });
+                    changed = true;
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push(Inval::Entry {
+                        parent: ino,
+                        name: ys[j].0.to_vec(),
+                    });
+                    changed = true;
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    let (x, y) = (xs[i].1, ys[j].1);
+                    if old.ino(x) != new.ino(y) {
+                        out.push(Inval::Entry {
+                            parent: ino,
+                            name: xs[i].0.to_vec(),
+                        });
+                        changed = true;
+                    } else if matches!(x, Node::Union(_) | Node::Special(_))
+                        || matches!(y, Node::Union(_) | Node::Special(_))
+                    {
+                        stack.push((x, y));
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        if changed {
+            out.push(Inval::Inode(ino));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
@@ -712,7 +1041,7 @@ mod tests {
             slot,
             layer: s.layer,
             path: out.clone(),
-            archive: Archive::open(&out).unwrap(),
+            archive: Arc::new(Archive::open(&out).unwrap()),
         })
     }
 
@@ -1008,5 +1337,161 @@ mod tests {
         let a = v.attr(Node::Union(0)).unwrap();
         assert_eq!((a.ino, a.kind, a.nlink), (ROOT_INO, Kind::Dir, 2));
         assert!(matches!(v.lookup_path(b"x"), Err(Error::NotFound)));
+    }
+
+    fn layers3() -> Vec<Layer> {
+        vec![
+            Layer::new("system"),
+            Layer::new("common"),
+            Layer::new("user"),
+        ]
+    }
+
+    fn ino_of(v: &View, path: &str) -> u64 {
+        v.ino(v.lookup_path(path.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn generations_keep_inode_numbers_and_diff_names_exactly_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = make(
+            dir.path(),
+            0,
+            &Spec {
+                name: "a",
+                version: "1.0.0",
+                layer: 0,
+                entries: &[("usr/bin/x", "f:x"), ("usr/share/a", "f:a")],
+            },
+        );
+        let b = make(
+            dir.path(),
+            1,
+            &Spec {
+                name: "b",
+                version: "1.0.0",
+                layer: 0,
+                entries: &[("usr/bin/y", "f:y")],
+            },
+        );
+        let c = make(
+            dir.path(),
+            2,
+            &Spec {
+                name: "c",
+                version: "1.0.0",
+                layer: 0,
+                entries: &[("usr/lib/z", "f:z")],
+            },
+        );
+        let mut inos = DirInos::default();
+        let sh = Shine::default();
+        let v1 = View::build_with(layers3(), vec![a.clone()], &mut inos, &sh);
+        let v2 = View::build_with(layers3(), vec![a.clone(), b.clone()], &mut inos, &sh);
+        let v3 = View::build_with(layers3(), vec![a.clone(), b.clone(), c], &mut inos, &sh);
+        let v4 = View::build_with(layers3(), vec![a.clone(), b.clone()], &mut inos, &sh);
+
+        // a's files keep their numbers in every generation
+        for v in [&v2, &v3, &v4] {
+            assert_eq!(ino_of(v, "usr/bin/x"), ino_of(&v1, "usr/bin/x"));
+            assert_eq!(ino_of(v, "usr/share/a"), ino_of(&v1, "usr/share/a"));
+        }
+        // a merged directory keeps its number by path, across generations
+        assert_eq!(ino_of(&v2, "usr"), ino_of(&v3, "usr"));
+        assert_eq!(ino_of(&v2, "usr/bin"), ino_of(&v4, "usr/bin"));
+        assert_ne!(
+            ino_of(&v1, "usr"),
+            ino_of(&v2, "usr"),
+            "package dir -> merged"
+        );
+
+        // 1 -> 2: /usr became a merged directory: its entry in / is dropped; nothing inside
+        // a's tree is touched (the kernel reaches it anew through the new /usr)
+        let d12 = diff(&v1, &v2);
+        assert_eq!(
+            d12,
+            [
+                Inval::Entry {
+                    parent: ROOT_INO,
+                    name: b"usr".to_vec()
+                },
+                Inval::Inode(ROOT_INO)
+            ]
+        );
+        // 2 -> 3: only usr/lib is new
+        let usr = ino_of(&v2, "usr");
+        assert_eq!(
+            diff(&v2, &v3),
+            [
+                Inval::Entry {
+                    parent: usr,
+                    name: b"lib".to_vec()
+                },
+                Inval::Inode(usr)
+            ]
+        );
+        // 3 -> 4: and gone again; the same generation twice differs in nothing
+        assert_eq!(diff(&v3, &v4), diff(&v2, &v3));
+        assert!(diff(&v2, &v4).is_empty());
+        // the old view still serves what it had (a reader of the old generation)
+        assert_eq!(read(&v3, "usr/lib/z"), "z");
+        assert!(matches!(v4.lookup_path(b"usr/lib"), Err(Error::NotFound)));
+    }
+
+    #[test]
+    fn shine_through_links_take_their_names_from_packages() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = make(
+            dir.path(),
+            0,
+            &Spec {
+                name: "p",
+                version: "1.0.0",
+                layer: 0,
+                entries: &[("packages/evil", "f:x"), ("usr/x", "f:x")],
+            },
+        );
+        let shine = Shine {
+            layers: vec![
+                ("user".into(), b"/home/u/pkg".to_vec()),
+                ("system".into(), b"/proc/1/fd/3".to_vec()),
+            ],
+            root: vec![
+                (b"packages".to_vec(), b"/proc/1/fd/3/packages".to_vec()),
+                (b"state".to_vec(), b"/proc/1/fd/3/state".to_vec()),
+            ],
+        };
+        let v = View::build_with(layers3(), vec![p], &mut DirInos::default(), &shine);
+        assert_eq!(
+            names(&v, ""),
+            ["packages", "state", "usr"],
+            ".layers is not listed"
+        );
+        assert_eq!(names(&v, ".layers"), ["system", "user"]);
+        let link = v.lookup_path(b".layers/system").unwrap();
+        assert_eq!(v.read_link(link).unwrap(), b"/proc/1/fd/3");
+        let a = v.attr(link).unwrap();
+        assert_eq!((a.kind, a.size), (Kind::Symlink, 12));
+        assert!(a.ino >= SPECIAL_INO_BASE);
+        assert_eq!(v.node(a.ino).unwrap(), link);
+        assert_eq!(
+            v.read_link(v.lookup_path(b"packages").unwrap()).unwrap(),
+            b"/proc/1/fd/3/packages"
+        );
+        assert!(matches!(
+            v.lookup_path(b"packages/evil"),
+            Err(Error::NotDir)
+        ));
+        let layers_dir = v.lookup_path(b".layers").unwrap();
+        assert_eq!(v.parent(layers_dir).unwrap(), Node::Union(0));
+        assert_eq!(v.attr(Node::Union(0)).unwrap().nlink, 3, "usr");
+        assert_eq!(v.conflicts().len(), 1);
+        assert_eq!(v.conflicts()[0].path, "packages");
+        // every node is reached once; inode numbers are unique
+        let all = walk(&v);
+        let mut inos: Vec<u64> = all.iter().map(|x| x.1).collect();
+        inos.sort();
+        inos.dedup();
+        assert_eq!(inos.len(), all.len());
     }
 }

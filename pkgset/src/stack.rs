@@ -134,7 +134,7 @@ impl FileKey {
 #[derive(Debug)]
 pub struct Opener {
     keys: TrustedKeys,
-    files: HashMap<FileKey, Result<Arc<Archive>, String>>,
+    files: HashMap<FileKey, (PathBuf, Result<Arc<Archive>, String>)>,
     ids: HashMap<PackageId, Arc<Archive>>,
 }
 
@@ -161,7 +161,7 @@ impl Opener {
             return Err("not a regular file".into());
         }
         let key = FileKey::of(&md);
-        if let Some(r) = self.files.get(&key) {
+        if let Some((_, r)) = self.files.get(&key) {
             return r.clone();
         }
         let r = Archive::from_file(file, path)
@@ -176,7 +176,7 @@ impl Opener {
                     .or_insert_with(|| Arc::new(a))
                     .clone()
             });
-        self.files.insert(key, r.clone());
+        self.files.insert(key, (path.to_owned(), r.clone()));
         r
     }
 
@@ -185,13 +185,12 @@ impl Opener {
         self.ids.get(id).cloned()
     }
 
-    /// Forgets archives no longer used elsewhere (keeps memory bounded over a long life).
+    /// Forgets files that are gone or changed, and archives nobody else holds, so that a
+    /// long-lived opener neither grows nor keeps deleted package files allocated.
     pub fn prune(&mut self) {
+        self.files
+            .retain(|key, (path, _)| fs::metadata(path).is_ok_and(|md| FileKey::of(&md) == *key));
         self.ids.retain(|_, a| Arc::strong_count(a) > 1);
-        self.files.retain(|_, r| match r {
-            Ok(a) => Arc::strong_count(a) > 2,
-            Err(_) => false,
-        });
     }
 }
 

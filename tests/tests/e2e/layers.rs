@@ -206,7 +206,7 @@ fn three_layers_stack_system_common_user() {
 }
 
 #[test]
-fn same_layer_conflict_shows_first_package_and_is_logged() {
+fn same_layer_conflict_activates_the_first_package_and_refuses_the_other() {
     let a = TestTree::new();
     a.file("etc/shared", "from package a\n")
         .file("etc/a-only", "a\n");
@@ -217,19 +217,21 @@ fn same_layer_conflict_shows_first_package_and_is_logged() {
     s.add("system", a.path(), "aaa");
     s.add("system", b.path(), "bbb");
     let m = s.mount();
+    // The set invariant: two packages of one layer never both claim a path. The first
+    // generation takes aaa (first by name) and leaves bbb out whole, saying why.
     assert_eq!(read(m.join("etc/shared")), "from package a\n");
     assert_eq!(read(m.join("etc/a-only")), "a\n");
-    assert_eq!(read(m.join("etc/b-only")), "b\n");
+    assert!(!m.join("etc/b-only").exists(), "no part of bbb is shown");
     let log = m.log();
-    let lines = log_lines(&log, &["conflict", "etc/shared"]);
+    let lines = log_lines(&log, &["not activated", "etc/shared"]);
     assert_eq!(
         lines.len(),
         1,
-        "expected one conflict line naming etc/shared:\n{log}"
+        "expected one line naming etc/shared:\n{log}"
     );
     assert!(
         lines[0].contains("aaa") && lines[0].contains("bbb"),
-        "the conflict line names both packages: {}",
+        "the line names both packages: {}",
         lines[0]
     );
 }
