@@ -71,6 +71,28 @@ pub struct Live {
     files: Vec<HashMap<OsString, PackageId>>,
     /// Per layer: files seen being created that did not open yet (a copy in progress).
     pending: Vec<BTreeSet<OsString>>,
+    /// Per layer: dropped packages refused because of the set (say, a requirement not yet
+    /// there); retried after every change, so an app and its library can be dropped in
+    /// either order.
+    waiting: Vec<BTreeSet<OsString>>,
+}
+
+/// Removes temp files a crash left in `state/` (`.tmp-*`, written by `write_atomic`).
+fn remove_stale_temps(paths: &pkgset::generation::LayerPaths) {
+    let mut dirs = vec![paths.state(), paths.pool()];
+    if let Ok(rd) = std::fs::read_dir(paths.generations()) {
+        dirs.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Ids of a set.
@@ -96,12 +118,14 @@ impl Live {
             lists: Vec::new(),
             files: vec![HashMap::new(); n],
             pending: vec![BTreeSet::new(); n],
+            waiting: vec![BTreeSet::new(); n],
             stack,
         };
         let _locks = live.lock_all()?;
         let names = live.stack.names();
         for l in 0..n {
             let spec = &live.stack.layers[l];
+            remove_stale_temps(&spec.paths);
             let pk = spec.paths.packages();
             if let Err(e) = std::fs::create_dir_all(&pk) {
                 warn!(layer = %spec.name, "cannot create {}: {e}", pk.display());
@@ -313,6 +337,25 @@ impl Live {
         for (l, names) in removed.iter().enumerate() {
             self.remove_files(l, names);
         }
+        let changed =
+            |sets: &[Vec<Candidate>]| sets.iter().map(|s| ids(s)).collect::<Vec<_>>() != before;
+        // Refused drops get another chance once the set changed; until nothing more moves.
+        while changed(&self.sets) && self.waiting.iter().any(|w| !w.is_empty()) {
+            let mut progress = false;
+            for l in 0..n {
+                let retry: Vec<(OsString, bool)> = std::mem::take(&mut self.waiting[l])
+                    .into_iter()
+                    .filter(|name| self.files[l].contains_key(name))
+                    .map(|name| (name, true))
+                    .collect();
+                let before_l = ids(&self.sets[l]);
+                self.add_files(l, &retry);
+                progress |= ids(&self.sets[l]) != before_l;
+            }
+            if !progress {
+                break;
+            }
+        }
         self.opener.prune();
         let after: Vec<HashSet<PackageId>> = self.sets.iter().map(|s| ids(s)).collect();
         if before == after {
@@ -500,11 +543,17 @@ impl Live {
                 for s in &p.skipped {
                     info!(layer = %spec.name, "not activated: {s}");
                 }
+                for f in &files {
+                    self.waiting[l].remove(OsStr::new(f));
+                }
                 self.commit(l, p, &format!("dropped {}", files.join(", ")));
                 true
             }
             Err(r) => {
-                warn!(layer = %spec.name, "refused {}: {r}; the view is unchanged", files.join(", "));
+                warn!(layer = %spec.name, "refused {}: {r}; the view is unchanged (retried when the set changes)", files.join(", "));
+                for f in files {
+                    self.waiting[l].insert(OsString::from(f));
+                }
                 false
             }
         }
@@ -515,6 +564,7 @@ impl Live {
         let mut gone_names = Vec::new();
         for name in names {
             self.pending[l].remove(name);
+            self.waiting[l].remove(name);
             // Still there (removed and re-added within the batch)? Then it is an add.
             if self.stack.layers[l].paths.packages().join(name).exists() {
                 continue;

@@ -75,6 +75,7 @@ pub struct Pkg {
     key: Option<PathBuf>,
     chunk_size: Option<String>,
     compression: Option<String>,
+    requires: Vec<(String, String)>,
 }
 
 impl Pkg {
@@ -87,7 +88,14 @@ impl Pkg {
             key: None,
             chunk_size: None,
             compression: None,
+            requires: Vec::new(),
         }
+    }
+
+    /// Adds a `requires` entry (`api`, semver range).
+    pub fn requires(mut self, api: &str, range: &str) -> Pkg {
+        self.requires.push((api.to_owned(), range.to_owned()));
+        self
     }
 
     /// Signs with this key pair.
@@ -119,8 +127,14 @@ impl Pkg {
         fs::write(
             &manifest,
             format!(
-                "{{\"name\": \"{}\", \"version\": \"{}\"}}\n",
-                self.name, self.version
+                "{{\"name\": \"{}\", \"version\": \"{}\", \"requires\": [{}]}}\n",
+                self.name,
+                self.version,
+                self.requires
+                    .iter()
+                    .map(|(a, r)| format!("{{\"api\": \"{a}\", \"version\": \"{r}\"}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .unwrap();
@@ -160,7 +174,7 @@ pub fn build_pkg(
     Pkg::new(src, name, version).key(keys).build(out)
 }
 
-/// A layer directory: `packages/` (and nothing else until the package-sets work).
+/// A layer directory: `packages/` (the daemon adds `state/`).
 #[derive(Debug)]
 pub struct Layer {
     dir: TempDir,

@@ -11,6 +11,7 @@ mod exec;
 mod inodes;
 mod layers;
 mod lifecycle;
+mod live;
 mod mount;
 mod mount_helper;
 mod parallel;
