@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use format::active_list::ActiveList;
 use format::archive::PackageId;
@@ -75,6 +76,10 @@ pub struct Live {
     /// there); retried after every change, so an app and its library can be dropped in
     /// either order.
     waiting: Vec<BTreeSet<OsString>>,
+    /// Per layer: when its set last changed from outside (a rollback, pkgtool, an admin;
+    /// the mount counts as one). A file in `packages/` older than that was there when the
+    /// set was chosen, so its events (late ones, say, of pkgtool's own copies) are not drops.
+    settled: Vec<Option<SystemTime>>,
 }
 
 /// Removes temp files a crash left in `state/` (`.tmp-*`, written by `write_atomic`).
@@ -92,6 +97,24 @@ fn remove_stale_temps(paths: &pkgset::generation::LayerPaths) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+}
+
+/// The modification time of layer `l`'s `active.list`.
+fn list_mtime(stack: &Stack, l: usize) -> Option<SystemTime> {
+    std::fs::metadata(stack.layers[l].paths.active_list())
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// A file's change time (updated by writes, renames and links, unlike its mtime).
+fn ctime(md: &std::fs::Metadata) -> SystemTime {
+    use std::os::unix::fs::MetadataExt;
+    let (s, ns) = (md.ctime(), md.ctime_nsec());
+    if s >= 0 {
+        SystemTime::UNIX_EPOCH + std::time::Duration::new(s as u64, ns as u32)
+    } else {
+        SystemTime::UNIX_EPOCH
     }
 }
 
@@ -119,6 +142,7 @@ impl Live {
             files: vec![HashMap::new(); n],
             pending: vec![BTreeSet::new(); n],
             waiting: vec![BTreeSet::new(); n],
+            settled: vec![None; n],
             stack,
         };
         let _locks = live.lock_all()?;
@@ -171,6 +195,7 @@ impl Live {
         }
         for l in 0..n {
             live.rescan_files(l);
+            live.settled[l] = list_mtime(&live.stack, l);
         }
         let view = live.build_view();
         Ok((live, view))
@@ -426,6 +451,7 @@ impl Live {
                     }
                 };
                 info!(layer = %spec.name, generation = ?gen, "switched: {}", p.summary());
+                self.settled[l] = list_mtime(&self.stack, l);
                 self.sets[l] = p.sets[l].clone();
                 self.lists[l] = generation::read_list(&path).ok().flatten();
             }
@@ -465,6 +491,17 @@ impl Live {
                 continue;
             };
             let path = spec.paths.packages().join(name);
+            if let (Some(settled), Ok(md)) = (self.settled[l], std::fs::symlink_metadata(&path)) {
+                let changed = ctime(&md);
+                if changed < settled {
+                    debug!(layer = %spec.name, "{s}: there before the set last changed; not a drop");
+                    if let Ok(a) = self.opener.open(&path) {
+                        self.files[l].insert(name.clone(), a.id());
+                    }
+                    self.pending[l].remove(name);
+                    continue;
+                }
+            }
             match self.opener.open(&path) {
                 Ok(a) => {
                     self.pending[l].remove(name);

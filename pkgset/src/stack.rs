@@ -502,12 +502,20 @@ impl Plan {
         self.changed.is_empty()
     }
 
-    /// A one-line summary: `+a-1.0.0 -b-2.0.0`.
+    /// A one-line summary: `+a-1.0.0 -b-2.0.0` (past 12 packages: the counts and the
+    /// first few, so a log line stays a line).
     pub fn summary(&self) -> String {
         let mut parts: Vec<String> = self.added.iter().map(|a| format!("+{a}")).collect();
         parts.extend(self.removed.iter().map(|r| format!("-{r}")));
         if parts.is_empty() {
             "no change".into()
+        } else if parts.len() > 12 {
+            format!(
+                "+{} -{} packages: {} ...",
+                self.added.len(),
+                self.removed.len(),
+                parts[..6].join(" ")
+            )
         } else {
             parts.join(" ")
         }
