@@ -59,6 +59,7 @@ impl ActiveList {
             });
         }
         let mut list = ActiveList::default();
+        let mut seen = std::collections::HashSet::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             let bad = |reason: &str| ParseError {
@@ -93,7 +94,7 @@ impl ActiveList {
             if label.is_empty() || label.contains(char::is_whitespace) {
                 return Err(bad("expected `name-version` before the id"));
             }
-            if list.entries.iter().any(|e| e.id == id) {
+            if !seen.insert(id) {
                 return Err(bad("package listed twice"));
             }
             list.entries.push(Entry {

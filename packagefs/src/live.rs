@@ -80,6 +80,8 @@ pub struct Live {
     /// the mount counts as one). A file in `packages/` older than that was there when the
     /// set was chosen, so its events (late ones, say, of pkgtool's own copies) are not drops.
     settled: Vec<Option<SystemTime>>,
+    /// When the opener last forgot deleted files (a stat per known file: not every batch).
+    pruned: std::time::Instant,
 }
 
 /// Removes temp files a crash left in `state/` (`.tmp-*`, written by `write_atomic`).
@@ -143,6 +145,7 @@ impl Live {
             pending: vec![BTreeSet::new(); n],
             waiting: vec![BTreeSet::new(); n],
             settled: vec![None; n],
+            pruned: std::time::Instant::now(),
             stack,
         };
         let _locks = live.lock_all()?;
@@ -311,11 +314,21 @@ impl Live {
 
     /// Applies a batch of events. Returns the new view if the active set changed.
     pub fn apply(&mut self, events: Vec<Event>) -> anyhow::Result<Option<View>> {
+        let t0 = std::time::Instant::now();
         let _locks = self.lock_all()?;
         let before: Vec<HashSet<PackageId>> = self.sets.iter().map(|s| ids(s)).collect();
         let n = self.stack.layers.len();
+        // 1. Lists replaced on disk (a rollback, pkgtool, an admin's edit). Always compared:
+        //    this is also how the daemon notices changes pkgtool made.
+        let outside: Vec<bool> = (0..n).map(|l| self.adopt_list(l)).collect();
+        debug!("lists compared in {:?}", t0.elapsed());
+        // File events queued before an outside change of a layer's list were seen by
+        // whoever wrote it (pkgtool's own copies and deletions; a rollback overrides them):
+        // they are dropped. inotify keeps order, so those are the events before the list's
+        // last event in this batch, or all of them if that event has not arrived yet.
         let mut added: Vec<Vec<(OsString, bool)>> = vec![Vec::new(); n];
         let mut removed: Vec<Vec<OsString>> = vec![Vec::new(); n];
+        let mut list_seen = vec![false; n];
         let mut rescan = false;
         for e in events {
             match e {
@@ -334,10 +347,26 @@ impl Live {
                     added[layer].retain(|(m, _)| *m != name);
                     removed[layer].push(name);
                 }
+                Event::ListChanged { layer } if layer < n && outside[layer] => {
+                    list_seen[layer] = true;
+                    added[layer].clear();
+                    removed[layer].clear();
+                }
                 Event::Rescan => rescan = true,
                 _ => {}
             }
         }
+        for l in 0..n {
+            if outside[l] && !list_seen[l] {
+                added[l].clear();
+                removed[l].clear();
+            }
+            if outside[l] {
+                // Learn which file holds which package now, without treating it as news.
+                self.rescan_files(l);
+            }
+        }
+        debug!("events sorted in {:?}", t0.elapsed());
         if rescan {
             for (l, (a, r)) in added.iter_mut().zip(removed.iter_mut()).enumerate() {
                 for e in self.rescan_files_diff(l) {
@@ -348,11 +377,6 @@ impl Live {
                     }
                 }
             }
-        }
-        // 1. Lists replaced on disk (a rollback, pkgtool, an admin's edit). Always compared:
-        //    this is also how the daemon notices changes pkgtool made.
-        for l in 0..n {
-            self.adopt_list(l);
         }
         // 2. Dropped files; 3. deleted ones (after, so an upgrade dropped with its old
         //    file deleted replaces instead of cascading).
@@ -381,12 +405,18 @@ impl Live {
                 break;
             }
         }
-        self.opener.prune();
+        if self.pruned.elapsed() > std::time::Duration::from_secs(5) {
+            self.opener.prune();
+            self.pruned = std::time::Instant::now();
+        }
         let after: Vec<HashSet<PackageId>> = self.sets.iter().map(|s| ids(s)).collect();
         if before == after {
             return Ok(None);
         }
-        Ok(Some(self.build_view()))
+        debug!("changes applied in {:?}", t0.elapsed());
+        let v = self.build_view();
+        debug!("view built in {:?}", t0.elapsed());
+        Ok(Some(v))
     }
 
     /// Like `rescan_files`, without updating the map (the add/remove steps do).
@@ -399,8 +429,8 @@ impl Live {
 
     /// If layer `l`'s `active.list` on disk names another set than the current one, switch
     /// to it (checked), recording it as a generation if it is not one; refuse otherwise and
-    /// put the current list back.
-    fn adopt_list(&mut self, l: usize) {
+    /// put the current list back. Returns true if the list on disk was changed from outside.
+    fn adopt_list(&mut self, l: usize) -> bool {
         let spec = self.stack.layers[l].clone();
         let path = spec.paths.active_list();
         let disk = match generation::read_list(&path) {
@@ -410,24 +440,24 @@ impl Live {
                     warn!(layer = %spec.name, "state/active.list was deleted; keeping the active set and writing it back");
                     self.restore_list(l, None);
                 }
-                return;
+                return false;
             }
             Err(e) => {
                 warn!(layer = %spec.name, "refused state/active.list: {}", one_line(&e));
                 self.restore_list(l, Some(&path));
-                return;
+                return true;
             }
         };
         if list_of(&self.sets[l]).same_packages(&disk) {
             self.lists[l] = Some(disk);
-            return;
+            return false;
         }
         let set = match self.stack.open_list(l, &disk, &mut self.opener) {
             Ok(s) => s,
             Err(e) => {
                 warn!(layer = %spec.name, "refused state/active.list: {}; the view is unchanged", one_line(&e));
                 self.restore_list(l, Some(&path));
-                return;
+                return true;
             }
         };
         let names = self.stack.names();
@@ -446,7 +476,7 @@ impl Live {
                         Ok(g) => g.first().map(|g| g.1),
                         Err(e) => {
                             error!(layer = %spec.name, "cannot record the new set: {}", one_line(&e));
-                            return;
+                            return true;
                         }
                     }
                 };
@@ -454,10 +484,12 @@ impl Live {
                 self.settled[l] = list_mtime(&self.stack, l);
                 self.sets[l] = p.sets[l].clone();
                 self.lists[l] = generation::read_list(&path).ok().flatten();
+                true
             }
             Err(r) => {
                 warn!(layer = %spec.name, "refused state/active.list: {r}; the view is unchanged");
                 self.restore_list(l, Some(&path));
+                true
             }
         }
     }

@@ -141,6 +141,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
                     let new = slot.load();
                     log_conflicts(&new);
                     let inval = diff(&old, &new);
+                    tracing::debug!("diff in {:?}", t.elapsed());
                     for i in &inval {
                         // ENOENT: the kernel had nothing cached for it.
                         let _ = match i {

@@ -67,7 +67,11 @@ impl Watcher {
     /// (at most `max` in all). Returns the batch.
     pub fn next_batch(&mut self, quiet: Duration, max: Duration) -> io::Result<Vec<Event>> {
         let mut out = Vec::new();
-        self.read(&mut out, true)?;
+        // Events that mean nothing (the lock file, temp files) do not make a batch: the
+        // daemon's own writes would otherwise wake it again and again.
+        while out.is_empty() {
+            self.read(&mut out, true)?;
+        }
         let start = Instant::now();
         loop {
             let left = max.saturating_sub(start.elapsed());

@@ -102,7 +102,8 @@ pub enum StackError {
     },
 }
 
-/// The identity of a file's current contents, as far as metadata tells.
+/// The identity of a file's current contents, as far as metadata tells. (Not its ctime:
+/// hard-linking a package into the pool changes that, and the contents stay the same.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FileKey {
     dev: u64,
@@ -110,8 +111,6 @@ struct FileKey {
     size: u64,
     mtime: i64,
     mtime_nsec: i64,
-    ctime: i64,
-    ctime_nsec: i64,
 }
 
 impl FileKey {
@@ -122,8 +121,6 @@ impl FileKey {
             size: md.size(),
             mtime: md.mtime(),
             mtime_nsec: md.mtime_nsec(),
-            ctime: md.ctime(),
-            ctime_nsec: md.ctime_nsec(),
         }
     }
 }
