@@ -50,6 +50,11 @@ pub enum Command {
         after_help = "Example:\n  pkgtool verify hello-1.0.0.hpkg --key alice.pub\n  pkgtool verify hello-1.0.0.hpkg --trusted-keys /etc/packagefs/keys\n\nWithout --key or --trusted-keys, the keys in /etc/packagefs/keys are trusted.\nExit status: 0 when the package is intact and signed by a trusted key, 1 otherwise."
     )]
     Verify(VerifyArgs),
+    /// Turn other ecosystems' packages (Debian .deb files, tarballs, directories) into signed packages.
+    #[command(
+        after_help = "Example:\n  apt-get download hello libc6 libgcc-s1 gcc-12-base\n  pkgtool graft deb *.deb -o packages/ --key alice.key\n  pkgtool graft tar app-1.2.tar.xz --name app --version 1.2 --prefix opt/app -o app.hpkg --key alice.key\n  pkgtool graft dir ./tree --name my.tools --version 1.0.0 -o my.tools.hpkg --key alice.key\n\nSee docs/grafting.md for how names, versions and dependencies are mapped."
+    )]
+    Graft(crate::graft::GraftArgs),
 }
 
 /// `pkgtool keygen`.

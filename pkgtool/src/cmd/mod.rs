@@ -27,6 +27,7 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
         Command::Cat(a) => cat::run(a, out),
         Command::Extract(a) => extract::run(a, out),
         Command::Verify(a) => verify::run(a, out),
+        Command::Graft(a) => crate::graft::run(a, out),
     }
 }
 
