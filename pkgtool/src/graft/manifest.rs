@@ -186,6 +186,8 @@ fn requires(
             if rel.len() > 1 {
                 let why = if met_in(index, chosen) && !std::ptr::eq(chosen, kept[0]) {
                     "the alternative grafted in the same run"
+                } else if !std::ptr::eq(kept[0], &rel[0]) {
+                    "the first alternative not in --ignore-depends"
                 } else {
                     "the first alternative"
                 };

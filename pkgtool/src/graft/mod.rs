@@ -433,11 +433,6 @@ fn graft_debs(a: &DebArgs) -> anyhow::Result<Vec<Grafted>> {
             );
         }
     }
-    for m in &mapped {
-        for w in &m.warnings {
-            warn(&m.manifest.name, w);
-        }
-    }
     // 3. Build each into a staging directory inside OUTDIR.
     let mut outdir = OutDir::new(&a.output)?;
     let staging = tempfile::Builder::new()
@@ -478,6 +473,12 @@ fn graft_debs(a: &DebArgs) -> anyhow::Result<Vec<Grafted>> {
         out.push(g);
     }
     outdir.done = true;
+    // Warnings once everything succeeded, so that a failure is one line.
+    for g in &out {
+        for w in &g.warnings {
+            warn(&g.name, w);
+        }
+    }
     Ok(out)
 }
 
@@ -552,11 +553,15 @@ fn read_tarball(p: &Path, b: &mut tarball::Builder) -> Result<(), String> {
             })?
         }
     };
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
     let mut counted = Counting::new(std::io::BufReader::new(f));
     let mut dec = codec.reader(&mut counted).map_err(|e| e.to_string())?;
-    tarball::read_tar(&mut dec, b).map_err(|e| {
-        if e.contains("failed to read entire block") || e.contains("unexpected end") {
-            format!("{} data: {e}", codec.name())
+    let result = tarball::read_tar(&mut dec, b);
+    drop(dec);
+    result.map_err(|e| {
+        // A decoder that failed at the very end of the file ran out of data.
+        if codec != Codec::None && counted.count >= len && !e.contains("truncated") {
+            format!("truncated: the {} data ends early ({e})", codec.name())
         } else {
             e
         }
