@@ -140,9 +140,18 @@ fn real_debs_graft_with_their_contents_metadata_and_dependencies() {
     // hello's manifest is the example in manifests/hello.json, but for the version.
     let hello = by_name("hello");
     let m = manifest_of(Path::new(hello["output"].as_str().unwrap()));
-    assert_eq!(m["name"], "hello");
-    assert_eq!(m["summary"], "example package based on GNU hello");
-    assert_eq!(m["origin"]["from"], "debian");
+    let example: serde_json::Value = serde_json::from_slice(
+        &fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/hello.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut m = m.clone();
+    m["version"] = example["version"].clone();
+    m["origin"]["version"] = example["origin"]["version"].clone();
+    assert_eq!(m, example);
 }
 
 #[test]
