@@ -111,6 +111,15 @@ fn real_debs_graft_with_their_contents_metadata_and_dependencies() {
         .as_array()
         .unwrap()
         .contains(&"postinst".into()));
+    // `pkgtool info` shows where a package came from and what was not mapped.
+    let info = pkgtool(["info"]).arg(libc["output"].as_str().unwrap()).ok();
+    let info = info.stdout_str();
+    assert!(info.contains("grafted from: debian libc6 2.36-"), "{info}");
+    assert!(
+        info.contains("  scripts not run: preinst, postinst"),
+        "{info}"
+    );
+    assert!(info.contains("  unmapped:  Breaks: "), "{info}");
     // Warnings on stderr: scripts not run, the cycle.
     let err = r.stderr_str();
     assert!(
