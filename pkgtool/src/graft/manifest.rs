@@ -363,6 +363,38 @@ pub fn map_batch(
     Ok(out)
 }
 
+/// An order of the packages of a batch in which each comes after the packages of the
+/// batch it requires (the batch is acyclic once [`map_batch`] has broken its cycles):
+/// moved into a live layer's `packages/` in this order, every intermediate set is valid.
+pub fn install_order(ms: &[Mapped]) -> Vec<usize> {
+    let es = edges(ms);
+    let mut needs = vec![0usize; ms.len()];
+    let mut seen = HashSet::new();
+    for &(i, _, j) in &es {
+        if seen.insert((i, j)) {
+            needs[i] += 1;
+        }
+    }
+    let mut order = Vec::with_capacity(ms.len());
+    let mut done = vec![false; ms.len()];
+    while order.len() < ms.len() {
+        // The first package (in input order) whose requirements are all placed; on a
+        // cycle (not expected), the first one left.
+        let next = (0..ms.len())
+            .find(|&i| !done[i] && needs[i] == 0)
+            .or_else(|| (0..ms.len()).find(|&i| !done[i]))
+            .expect("a package is left");
+        done[next] = true;
+        order.push(next);
+        for &(i, j) in &seen {
+            if j == next && !done[i] {
+                needs[i] = needs[i].saturating_sub(1);
+            }
+        }
+    }
+    order
+}
+
 /// The edges of the batch's dependency graph: (from, requirement index, to).
 fn edges(ms: &[Mapped]) -> Vec<(usize, usize, usize)> {
     let mut out = Vec::new();
@@ -601,6 +633,21 @@ mod tests {
             .iter()
             .any(|w| w.contains("dropped to break")));
         assert!(find_cycle(ms.len(), &edges(&ms)).is_none());
+        // Providers come before the packages that need them.
+        let order: Vec<&str> = install_order(&ms)
+            .into_iter()
+            .map(|i| ms[i].manifest.name.as_str())
+            .collect();
+        let pos = |n: &str| order.iter().position(|x| *x == n).unwrap();
+        assert_eq!(order.len(), 5);
+        assert!(
+            pos("libc6") < pos("hello") && pos("libc6") < pos("jq"),
+            "{order:?}"
+        );
+        assert!(
+            pos("gcc-12-base") < pos("libgcc-s1") && pos("libc6") < pos("libgcc-s1"),
+            "{order:?}"
+        );
         // jq's requirement on libjq1 stays (not in the batch: nothing to break).
         assert_eq!(req_text(&ms[1]), ["libjq1 =1.6.0", "libc6 >=2.34.0"]);
         // Without libgcc-s1 in the batch, libc6 keeps its requirement.

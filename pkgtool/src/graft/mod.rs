@@ -465,13 +465,14 @@ fn graft_debs(a: &DebArgs) -> anyhow::Result<Vec<Grafted>> {
         )?;
         results.push((tmp, fin, g));
     }
-    // 4. Everything built: move into place.
-    let mut out = Vec::new();
-    for (tmp, fin, g) in results {
-        std::fs::rename(&tmp, &fin)
+    // 4. Everything built: move into place, providers before the packages that need
+    //    them, so a daemon watching OUTDIR (a layer's packages/) sees valid sets only.
+    for i in manifest::install_order(&mapped) {
+        let (tmp, fin, _) = &results[i];
+        std::fs::rename(tmp, fin)
             .with_context(|| format!("cannot move the package to {}", fin.display()))?;
-        out.push(g);
     }
+    let out: Vec<Grafted> = results.into_iter().map(|(_, _, g)| g).collect();
     outdir.done = true;
     // Warnings once everything succeeded, so that a failure is one line.
     for g in &out {

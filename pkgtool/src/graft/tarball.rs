@@ -207,6 +207,11 @@ impl Builder {
         p
     }
 
+    /// Does `--strip-docs` leave out the input path `rel`?
+    pub fn strips(&self, rel: &[Vec<u8>]) -> bool {
+        self.is_stripped(&self.full(rel))
+    }
+
     fn is_stripped(&self, full: &[Vec<u8>]) -> bool {
         self.opts.strip_docs
             && full.len() >= 3
@@ -695,7 +700,7 @@ pub fn read_dir(dir: &Path, b: &mut Builder) -> Result<(), String> {
                 b.dir(&crel, meta_of(&md), &xattrs_of(&p)?).map_err(at)?;
                 subdirs.push((p.clone(), crel));
             } else if ft.is_file() {
-                if md.nlink() > 1 {
+                if md.nlink() > 1 && !b.strips(&crel) {
                     if let Some(first) = seen.get(&(md.dev(), md.ino())) {
                         let first = first.join(&b'/');
                         b.hardlink(&crel, &first).map_err(at)?;

@@ -934,3 +934,35 @@ fn graft_usage_errors_exit_2() {
         assert!(r.stdout_str().contains(sub));
     }
 }
+
+#[test]
+fn dir_hard_links_survive_strip_docs_of_their_first_name() {
+    let f = Fixture::new();
+    let mut t = TestTree::new(&f.dir.join("src"));
+    t.dir("usr/share/doc", 0o755)
+        .file("usr/share/doc/notes", b"shared bytes\n", 0o644)
+        .dir("zz", 0o755)
+        .hardlink("zz/notes", "usr/share/doc/notes")
+        .hardlink("zz/again", "usr/share/doc/notes");
+    let src = t.finish();
+    let out = f.dir.join("d.hpkg");
+    pkgtool(["graft", "dir"])
+        .arg(&src)
+        .args(["--name", "d", "--version", "1.0.0", "--strip-docs", "-o"])
+        .arg(&out)
+        .arg("--unsigned")
+        .ok();
+    let r = pkgtool(["cat"]).arg(&out).arg("zz/notes").ok();
+    assert_eq!(r.stdout, b"shared bytes\n");
+    let list = pkgtool(["list"]).arg(&out).ok();
+    assert!(
+        !list.stdout_str().contains("usr/share/doc/notes"),
+        "{}",
+        list.stdout_str()
+    );
+    let info = pkgtool(["info", "--json"]).arg(&out).ok().json();
+    assert_eq!(
+        info["hardlinks"], 1,
+        "zz/notes and zz/again are one file: {info}"
+    );
+}
