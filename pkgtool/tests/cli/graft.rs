@@ -966,3 +966,43 @@ fn dir_hard_links_survive_strip_docs_of_their_first_name() {
         "zz/notes and zz/again are one file: {info}"
     );
 }
+
+#[test]
+fn real_alternatives_and_virtual_packages_map_as_documented() {
+    let f = Fixture::new();
+    // ucf: Depends: debconf (>= 0.5) | debconf-2.0, sensible-utils; debconf provides
+    // the virtual debconf-2.0.
+    let debs = debs(&["ucf", "debconf", "sensible-utils"]);
+    let r = graft_deb(&f, &debs, &f.dir.join("out")).arg("--json").ok();
+    let report = r.json();
+    let pkg = |n: &str| {
+        report["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    let ucf = pkg("ucf");
+    assert_eq!(
+        ucf["requires"],
+        serde_json::json!(["debconf >=0.5.0", "sensible-utils *"])
+    );
+    let unmapped = ucf["origin"]["unmapped"].to_string();
+    assert!(
+        unmapped.contains("Depends: debconf (>= 0.5) | debconf-2.0: a requirement cannot name alternatives; requires debconf (>= 0.5)"),
+        "{unmapped}"
+    );
+    assert!(r
+        .stderr_str()
+        .contains("pkgtool: warning: ucf: Depends: debconf (>= 0.5) | debconf-2.0"));
+    let debconf = pkg("debconf");
+    assert!(
+        debconf["provides"]
+            .as_array()
+            .unwrap()
+            .contains(&"debconf-2.0 0.0.0".into()),
+        "{debconf}"
+    );
+}
