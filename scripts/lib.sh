@@ -20,6 +20,8 @@ PACKAGEFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 #   python3         the random-read driver of scripts/bench
 #   build-essential the C compiler and linker that cargo needs (zstd-sys, linking)
 #   ca-certificates TLS roots so cargo can fetch crates
+# The graft tests and the demo also fetch .deb files with `apt-get download` (apt and
+# dpkg-deb come with every Debian system; nothing to install).
 # shellcheck disable=SC2034 # used by the scripts that source this file
 PACKAGEFS_APT_DEPS=(
 	fuse3 squashfs-tools squashfuse erofs-utils fuse-overlayfs attr hyperfine python3

@@ -87,7 +87,59 @@ pub struct Manifest {
         skip_serializing_if = "Option::is_none"
     )]
     pub os: Option<VersionReq>,
+    /// Where a grafted package came from (`pkgtool graft`); `None` for a package built
+    /// from its own sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
 }
+
+/// The origin of a package grafted from another ecosystem (a Debian `.deb`, a tarball,
+/// a directory): the original name and version, and what the manifest's own fields
+/// could not carry. Informational: nothing in a package set depends on it.
+///
+/// ```
+/// use format::manifest::Manifest;
+///
+/// let m = Manifest::from_json(br#"{
+///     "name": "hello",
+///     "version": "2.10.0+debian.3",
+///     "origin": {
+///         "from": "debian", "name": "hello", "version": "2.10-3", "arch": "amd64",
+///         "unmapped": ["Breaks: hello-debhelper (<< 2.9): not enforced"],
+///         "scripts": ["postinst"]
+///     }
+/// }"#).unwrap();
+/// assert_eq!(m.origin.unwrap().version, "2.10-3");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// The ecosystem or kind of input, a name: `debian`, `tar`, `dir`.
+    pub from: String,
+    /// The original package name, if it had one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The original version string, verbatim (for example the Debian `1:9.2p1-2`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// The original architecture (`amd64`, `all`), if it had one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub arch: String,
+    /// What could not be expressed in the manifest (dropped alternatives, negative or
+    /// weak dependencies, ...), one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmapped: Vec<String>,
+    /// Install-time scripts the original carried, which were not run (`postinst`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scripts: Vec<String>,
+}
+
+/// The longest `origin.name`, `origin.version` or `origin.arch`, in characters.
+pub const MAX_ORIGIN_FIELD_CHARS: usize = 256;
+/// The longest `origin.unmapped` entry, in characters.
+pub const MAX_UNMAPPED_CHARS: usize = 4096;
+/// The most entries `origin.unmapped` may have.
+pub const MAX_UNMAPPED_ENTRIES: usize = 1024;
 
 /// An API contract a package provides, at one version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,7 +249,11 @@ impl Manifest {
         self.validate_requires()?;
         check_unique_names(&self.uses, "uses", check_name)?;
         check_unique_names(&self.capabilities, "capabilities", check_capability)?;
-        self.validate_services()
+        self.validate_services()?;
+        match &self.origin {
+            Some(o) => o.validate(),
+            None => Ok(()),
+        }
     }
 
     /// Every API this package provides: its own name at its own version first,
@@ -287,6 +343,37 @@ impl Manifest {
             check_exec(&s.exec).map_err(|r| ManifestError::new(field("exec"), r))?;
         }
         Ok(())
+    }
+}
+
+impl Origin {
+    /// `from` is a name; `name`, `version` and `arch` are single lines of at most
+    /// [`MAX_ORIGIN_FIELD_CHARS`] characters; `unmapped` has at most
+    /// [`MAX_UNMAPPED_ENTRIES`] single-line entries of at most [`MAX_UNMAPPED_CHARS`];
+    /// `scripts` are distinct names.
+    fn validate(&self) -> Result<(), ManifestError> {
+        check_name(&self.from).map_err(|r| ManifestError::new("origin.from", r))?;
+        for (field, value) in [
+            ("origin.name", &self.name),
+            ("origin.version", &self.version),
+            ("origin.arch", &self.arch),
+        ] {
+            check_line(value, MAX_ORIGIN_FIELD_CHARS).map_err(|r| ManifestError::new(field, r))?;
+        }
+        if self.unmapped.len() > MAX_UNMAPPED_ENTRIES {
+            return Err(ManifestError::new(
+                "origin.unmapped",
+                format!(
+                    "has {} entries, more than the limit of {MAX_UNMAPPED_ENTRIES}",
+                    self.unmapped.len()
+                ),
+            ));
+        }
+        for (i, u) in self.unmapped.iter().enumerate() {
+            check_line(u, MAX_UNMAPPED_CHARS)
+                .map_err(|r| ManifestError::new(format!("origin.unmapped[{i}]"), r))?;
+        }
+        check_unique_names(&self.scripts, "origin.scripts", check_name)
     }
 }
 
@@ -386,10 +473,15 @@ fn check_dots(s: &str) -> Result<(), String> {
 }
 
 fn check_summary(s: &str) -> Result<(), String> {
+    check_line(s, MAX_SUMMARY_CHARS)
+}
+
+/// One line of text: at most `max` characters, no control characters, no U+2028/U+2029.
+fn check_line(s: &str, max: usize) -> Result<(), String> {
     let chars = s.chars().count();
-    if chars > MAX_SUMMARY_CHARS {
+    if chars > max {
         return Err(format!(
-            "is {chars} characters long, more than the limit of {MAX_SUMMARY_CHARS}"
+            "is {chars} characters long, more than the limit of {max}"
         ));
     }
     if let Some(c) = s
@@ -397,7 +489,7 @@ fn check_summary(s: &str) -> Result<(), String> {
         .find(|&c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
     {
         return Err(format!(
-            "contains the control character {c:?}: a summary is a single line of text"
+            "contains the control character {c:?}: it must be a single line of text"
         ));
     }
     Ok(())
@@ -531,6 +623,11 @@ fn check_shape(bytes: &[u8]) -> Result<(), ManifestError> {
             if let Some((i, item)) = items.iter().enumerate().find(|(_, v)| !v.is_object()) {
                 return Err(not_object(format!("{list}[{i}]"), item));
             }
+        }
+    }
+    if let Some(origin) = root.get("origin") {
+        if !origin.is_object() {
+            return Err(not_object("origin".to_owned(), origin));
         }
     }
     Ok(())
@@ -1193,6 +1290,91 @@ mod tests {
         assert!(e.len() < 300, "{e}");
     }
 
+    const GRAFTED: &str = r#"{
+  "name": "libgcc-s1",
+  "version": "12.2.0+debian.14.deb.12.u.1",
+  "summary": "GCC support library",
+  "origin": {
+    "from": "debian",
+    "name": "libgcc-s1",
+    "version": "12.2.0-14+deb12u1",
+    "arch": "amd64",
+    "unmapped": [
+      "Breaks: gnat (<< 7): not enforced"
+    ],
+    "scripts": [
+      "postinst"
+    ]
+  }
+}
+"#;
+
+    #[test]
+    fn origin_round_trips_in_canonical_form() {
+        let m = Manifest::from_json(GRAFTED.as_bytes()).unwrap();
+        let o = m.origin.as_ref().unwrap();
+        assert_eq!((o.from.as_str(), o.arch.as_str()), ("debian", "amd64"));
+        assert_eq!(o.scripts, ["postinst"]);
+        assert_eq!(String::from_utf8(m.to_json()).unwrap(), GRAFTED);
+        // Only `from` is required; empty fields are left out.
+        let m = Manifest::from_json(br#"{"name":"a","version":"1.0.0","origin":{"from":"tar"}}"#)
+            .unwrap();
+        assert_eq!(m.origin.as_ref().unwrap().from, "tar");
+        assert!(String::from_utf8(m.to_json())
+            .unwrap()
+            .contains("\"origin\": {\n    \"from\": \"tar\"\n  }\n"));
+    }
+
+    #[test]
+    fn origin_rules_name_their_field() {
+        use serde_json::json;
+        let base: serde_json::Value = serde_json::from_str(GRAFTED).unwrap();
+        let with = |pointer: &str, v: serde_json::Value| {
+            let mut doc = base.clone();
+            *doc.pointer_mut(pointer).unwrap() = v;
+            serde_json::to_vec(&doc).unwrap()
+        };
+        let cases = [
+            (with("/origin", json!([])), "origin"),
+            (with("/origin", json!({"name": "x"})), "origin.from"),
+            (
+                with("/origin", json!({"from": "debian", "homepage": "x"})),
+                "origin.homepage",
+            ),
+            (with("/origin/from", json!("Debian")), "origin.from"),
+            (with("/origin/version", json!("1.0\n2")), "origin.version"),
+            (with("/origin/arch", json!("a".repeat(257))), "origin.arch"),
+            (
+                with("/origin/unmapped/0", json!("two\nlines")),
+                "origin.unmapped[0]",
+            ),
+            (
+                with("/origin/unmapped/0", json!("x".repeat(4097))),
+                "origin.unmapped[0]",
+            ),
+            (
+                with("/origin/unmapped", json!(vec!["x"; 1025])),
+                "origin.unmapped",
+            ),
+            (
+                with("/origin/scripts", json!(["postinst", "postinst"])),
+                "origin.scripts[1]",
+            ),
+            (
+                with("/origin/scripts/0", json!("post inst")),
+                "origin.scripts[0]",
+            ),
+        ];
+        for (json, field) in cases {
+            let e = Manifest::from_json(&json).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+        let mut ok = base.clone();
+        *ok.pointer_mut("/origin/unmapped").unwrap() = json!(vec!["x"; 1024]);
+        assert!(Manifest::from_json(&serde_json::to_vec(&ok).unwrap()).is_ok());
+    }
+
     #[test]
     fn size_limit_is_exact() {
         let head = br#"{"name":"a","version":"1.0.0"}"#;
@@ -1319,6 +1501,7 @@ mod tests {
                 capabilities in btree_set(capability(), 0..3),
                 services in btree_map(name(), vec("[^/\u{0}]{1,8}", 1..4), 0..3),
                 os in proptest::option::of(version_req()),
+                origin in proptest::option::of(origin()),
             ) -> Manifest {
                 Manifest {
                     provides: provides.into_iter().filter(|(api, _)| *api != own)
@@ -1337,7 +1520,21 @@ mod tests {
                     version,
                     summary,
                     os,
+                    origin,
                 }
+            }
+        }
+
+        prop_compose! {
+            fn origin()(
+                from in name(),
+                name in "[^\\p{Cc}\u{2028}\u{2029}]{0,20}",
+                version in "[0-9a-z.:~+-]{0,12}",
+                arch in "[a-z0-9]{0,6}",
+                unmapped in vec("[^\\p{Cc}\u{2028}\u{2029}]{1,40}", 0..4),
+                scripts in btree_set(name(), 0..3),
+            ) -> Origin {
+                Origin { from, name, version, arch, unmapped, scripts: scripts.into_iter().collect() }
             }
         }
 

@@ -81,6 +81,11 @@ pub enum Command {
     /// Delete all but the newest N generations and the pooled package files no kept generation names.
     #[command(after_help = "Example:\n  pkgtool gc --layer /pkg/system --keep 5")]
     Gc(GcArgs),
+    /// Turn other ecosystems' packages (Debian .deb files, tarballs, directories) into signed packages.
+    #[command(
+        after_help = "Example:\n  apt-get download hello libc6 libgcc-s1 gcc-12-base\n  pkgtool graft deb *.deb -o packages/ --key alice.key\n  pkgtool graft tar app-1.2.tar.xz --name app --version 1.2 --prefix opt/app -o app.hpkg --key alice.key\n  pkgtool graft dir ./tree --name my.tools --version 1.0.0 -o my.tools.hpkg --key alice.key\n\nSee docs/grafting.md for how names, versions and dependencies are mapped."
+    )]
+    Graft(crate::graft::GraftArgs),
 }
 
 /// `pkgtool keygen`.

@@ -6,6 +6,7 @@
 
 mod cli;
 mod cmd;
+mod graft;
 mod output;
 mod progress;
 

@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod bins;
+pub mod debian;
 pub mod fixtures;
 pub mod hpkg;
 pub mod mount;

@@ -131,6 +131,21 @@ pub fn run(a: InfoArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     if let Some(os) = &m.os {
         writeln!(out, "os:          {os}")?;
     }
+    if let Some(o) = &m.origin {
+        let what = [o.name.as_str(), o.version.as_str(), o.arch.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        writeln!(out, "grafted from: {} {what}", o.from)?;
+        if !o.scripts.is_empty() {
+            writeln!(out, "  scripts not run: {}", o.scripts.join(", "))?;
+        }
+        for u in &o.unmapped {
+            writeln!(out, "  unmapped:  {}", crate::output::escape(u.as_bytes()))?;
+        }
+    }
     writeln!(
         out,
         "contents:    {} files, {} directories, {} symlinks, {} hard links",

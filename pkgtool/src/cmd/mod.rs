@@ -35,6 +35,7 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
         Command::Generations(a) => set::generations(a, out),
         Command::Rollback(a) => set::rollback(a, out),
         Command::Gc(a) => set::gc(a, out),
+        Command::Graft(a) => crate::graft::run(a, out),
     }
 }
 

@@ -6,8 +6,10 @@
 mod bigfile;
 mod build;
 mod corrupt;
+mod debian;
 mod errors;
 mod extract;
+mod graft;
 mod info;
 mod keygen;
 mod pipe;

@@ -8,6 +8,7 @@
 mod corruption;
 mod errors;
 mod exec;
+mod graft;
 mod inodes;
 mod layers;
 mod lifecycle;
