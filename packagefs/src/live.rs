@@ -84,24 +84,6 @@ pub struct Live {
     pruned: std::time::Instant,
 }
 
-/// Removes temp files a crash left in `state/` (`.tmp-*`, written by `write_atomic`).
-fn remove_stale_temps(paths: &pkgset::generation::LayerPaths) {
-    let mut dirs = vec![paths.state(), paths.pool()];
-    if let Ok(rd) = std::fs::read_dir(paths.generations()) {
-        dirs.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
-    }
-    for d in dirs {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.filter_map(|e| e.ok()) {
-            if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-}
-
 /// The modification time of layer `l`'s `active.list`.
 fn list_mtime(stack: &Stack, l: usize) -> Option<SystemTime> {
     std::fs::metadata(stack.layers[l].paths.active_list())
@@ -152,7 +134,6 @@ impl Live {
         let names = live.stack.names();
         for l in 0..n {
             let spec = &live.stack.layers[l];
-            remove_stale_temps(&spec.paths);
             let pk = spec.paths.packages();
             if let Err(e) = std::fs::create_dir_all(&pk) {
                 warn!(layer = %spec.name, "cannot create {}: {e}", pk.display());

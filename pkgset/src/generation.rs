@@ -116,11 +116,32 @@ impl Lock {
         loop {
             // SAFETY: flock on a valid fd.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                remove_stale_temps(layer);
                 return Ok(Lock { _file: file });
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(StateError::Io { path, source: e });
+            }
+        }
+    }
+}
+
+/// Removes what a writer killed half-way left behind: `.tmp-*` files under `state/` and
+/// `.install-*` files in `packages/`. Only called with the lock held, when no other
+/// writer can be half-way.
+fn remove_stale_temps(layer: &LayerPaths) {
+    let mut dirs = vec![layer.state(), layer.pool(), layer.packages()];
+    if let Ok(rd) = fs::read_dir(layer.generations()) {
+        dirs.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    for d in dirs {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".tmp-") || name.starts_with(".install-") {
+                let _ = fs::remove_file(e.path());
             }
         }
     }

@@ -322,6 +322,15 @@ fn rollback_under_eight_readers_has_no_errors_and_no_torn_reads() {
             })
         })
         .collect();
+    let rss = |pid: u32| -> u64 {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    };
+    let mut rss_after_10 = 0;
     // 100 switches: rollback to 1, forward to 2, ...
     let mut switch_times = Vec::new();
     for k in 0..100 {
@@ -338,7 +347,15 @@ fn rollback_under_eight_readers_has_no_errors_and_no_torn_reads() {
             m.log()
         );
         switch_times.push(t.elapsed());
+        if k == 9 {
+            rss_after_10 = rss(m.pid());
+        }
     }
+    let rss_end = rss(m.pid());
+    assert!(
+        rss_end < rss_after_10 + 16 * 1024,
+        "daemon RSS grew from {rss_after_10} kB after 10 switches to {rss_end} kB after 100"
+    );
     stop.store(true, Ordering::Relaxed);
     let first_errors: Vec<String> = readers
         .into_iter()
@@ -503,4 +520,127 @@ fn the_daemon_killed_at_random_moments_leaves_a_consistent_layer() {
         assert!(left.is_empty(), "temp files left: {left:?}");
         drop(m);
     }
+}
+
+/// The package lines (not the comments) of an active.list.
+fn package_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The layer is at one whole generation: active.list names exactly the packages of the
+/// generation it says it is, all of them are in the pool, and pkgtool finds the set valid.
+fn assert_whole_generation(layer: &Path, keys: &Path, what: &str) {
+    let active = active_list(layer);
+    let g: u64 = active
+        .lines()
+        .find_map(|l| l.strip_prefix("# generation: "))
+        .unwrap_or_else(|| panic!("{what}: active.list has no generation:\n{active}"))
+        .parse()
+        .unwrap();
+    let gen_list =
+        fs::read_to_string(layer.join(format!("state/generations/{g}/active.list"))).unwrap();
+    assert_eq!(
+        package_lines(&active),
+        package_lines(&gen_list),
+        "{what}: active.list is not generation {g}"
+    );
+    for l in package_lines(&active) {
+        let id = l.rsplit_once(" (").unwrap().1.trim_end_matches(')');
+        assert!(
+            layer.join(format!("state/pool/{id}.hpkg")).is_file(),
+            "{what}: {l} is not in the pool"
+        );
+    }
+    let out = Command::new(pkgtool())
+        .args(["status", "--layer"])
+        .arg(format!("system={}", layer.display()))
+        .arg("--trusted-keys")
+        .arg(keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: pkgtool status: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pkgtool_killed_at_random_points_leaves_a_whole_generation() {
+    let s = Stack::new(&["system"]);
+    s.add("system", tree(&[("etc/base", "base\n")]).path(), "base");
+    let layer = s.layer("system").path().to_owned();
+    let keys = s.keys().trusted().to_owned();
+    let d = scratch();
+    // big enough that copying into packages/ and fsyncing take a while
+    let filler: String = (0..300_000).map(|i| format!("{i:x}\n")).collect();
+    let mut killed = 0;
+    for round in 0..16u64 {
+        let p = build(
+            &s,
+            d.path(),
+            "app",
+            &format!("1.{round}.0"),
+            &[("share/app", &format!("{round}\n{filler}"))],
+        );
+        let mut cmd = Command::new(pkgtool());
+        if round % 4 == 3 {
+            cmd.args(["rollback"]);
+        } else {
+            cmd.arg("install").arg(&p);
+        }
+        let mut child = cmd
+            .arg("--layer")
+            .arg(format!("system={}", layer.display()))
+            .arg("--trusted-keys")
+            .arg(&keys)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(round * 5 % 45));
+        if child.try_wait().unwrap().is_none() {
+            killed += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        if layer.join("state/active.list").exists() {
+            assert_whole_generation(&layer, &keys, &format!("round {round}"));
+        }
+    }
+    assert!(
+        killed >= 4,
+        "only {killed} of 16 runs were killed before they finished"
+    );
+    // the next writer clears what the killed ones left, and the daemon mounts the set
+    pkgtool_in(
+        &layer,
+        &keys,
+        &[
+            "install",
+            &build(&s, d.path(), "last", "1.0.0", &[("etc/last", "l\n")])
+                .display()
+                .to_string(),
+        ],
+    );
+    assert_whole_generation(&layer, &keys, "after the kills");
+    for dir in ["state", "packages"] {
+        let left: Vec<String> = fs::read_dir(layer.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "temp files left in {dir}: {left:?}");
+    }
+    let m = s.mount();
+    for l in package_lines(&active_list(&layer)) {
+        if l.starts_with("app-") {
+            assert!(m.join("share/app").exists());
+        }
+    }
+    assert_eq!(read(m.join("etc/last")), "l\n");
 }
