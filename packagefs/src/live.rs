@@ -673,6 +673,22 @@ impl Live {
         }
     }
 
+    /// Opens every package kept in the layers' pools (every generation's packages), so a
+    /// rollback to any kept generation needs no signature checks when it comes. Run once
+    /// the mount is live; in parallel.
+    pub fn warm(&mut self) {
+        for l in 0..self.stack.layers.len() {
+            let files: Vec<PathBuf> = std::fs::read_dir(self.stack.layers[l].paths.pool())
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "hpkg"))
+                .collect();
+            self.opener.preload(&files);
+        }
+    }
+
     /// Files seen being created that have not become readable.
     pub fn pending(&self) -> Vec<PathBuf> {
         let mut v = Vec::new();

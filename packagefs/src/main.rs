@@ -29,6 +29,7 @@ fn main() -> ExitCode {
     // signals reach only the thread that waits for them.
     let sigset = block_signals();
     tune_malloc();
+    raise_nofile();
     let args = args::Args::parse();
     let settings = match args.settings() {
         Ok(s) => s,
@@ -125,43 +126,51 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
 
     std::thread::Builder::new()
         .name("live".into())
-        .spawn(move || loop {
-            let batch =
-                match watcher.next_batch(Duration::from_millis(20), Duration::from_millis(500)) {
+        .spawn(move || {
+            let t = Instant::now();
+            live.warm();
+            tracing::debug!("kept generations' packages opened in {:?}", t.elapsed());
+            loop {
+                let batch = match watcher
+                    .next_batch(Duration::from_millis(20), Duration::from_millis(500))
+                {
                     Ok(b) => b,
                     Err(e) => {
                         error!("watching the layers failed: {e}; live updates stop");
                         return;
                     }
                 };
-            let t = Instant::now();
-            match live.apply(batch) {
-                Ok(Some(view)) => {
-                    let old = slot.swap(view);
-                    let new = slot.load();
-                    log_conflicts(&new);
-                    let inval = diff(&old, &new);
-                    tracing::debug!("diff in {:?}", t.elapsed());
-                    for i in &inval {
-                        // ENOENT: the kernel had nothing cached for it.
-                        let _ = match i {
-                            Inval::Entry { parent, name } => notifier
-                                .inval_entry(INodeNo(*parent), std::ffi::OsStr::from_bytes(name)),
-                            Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
-                        };
+                let t = Instant::now();
+                match live.apply(batch) {
+                    Ok(Some(view)) => {
+                        let old = slot.swap(view);
+                        let new = slot.load();
+                        log_conflicts(&new);
+                        let inval = diff(&old, &new);
+                        tracing::debug!("diff in {:?}", t.elapsed());
+                        for i in &inval {
+                            // ENOENT: the kernel had nothing cached for it.
+                            let _ = match i {
+                                Inval::Entry { parent, name } => notifier.inval_entry(
+                                    INodeNo(*parent),
+                                    std::ffi::OsStr::from_bytes(name),
+                                ),
+                                Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                            };
+                        }
+                        info!(
+                            packages = new.packages().len(),
+                            invalidated = inval.len(),
+                            "view switched in {} ms",
+                            t.elapsed().as_millis()
+                        );
                     }
-                    info!(
-                        packages = new.packages().len(),
-                        invalidated = inval.len(),
-                        "view switched in {} ms",
-                        t.elapsed().as_millis()
-                    );
+                    Ok(None) => {}
+                    Err(e) => error!(
+                        "cannot apply the layers' changes: {}",
+                        layers::one_line(e.as_ref())
+                    ),
                 }
-                Ok(None) => {}
-                Err(e) => error!(
-                    "cannot apply the layers' changes: {}",
-                    layers::one_line(e.as_ref())
-                ),
             }
         })?;
 
@@ -267,6 +276,19 @@ fn tune_malloc() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Every active package (and every package of a kept generation) holds a file open: raise
+/// the soft limit on open files to the hard one, as systemd-era daemons do.
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
     }
 }
 
