@@ -158,7 +158,12 @@ impl Opener {
             return Err("not a regular file".into());
         }
         let key = FileKey::of(&md);
-        if let Some((_, r)) = self.files.get(&key) {
+        if let Some((known, r)) = self.files.get_mut(&key) {
+            // The newest name of the file: `prune` forgets files whose name is gone, and
+            // a package deleted from packages/ lives on in the pool under another name.
+            if known != path {
+                *known = path.to_owned();
+            }
             return r.clone();
         }
         let r = Archive::from_file(file, path)
@@ -182,14 +187,21 @@ impl Opener {
     /// time on several cores. Errors are remembered like [`Opener::open`]'s.
     pub fn preload(&mut self, paths: &[PathBuf]) {
         use rayon::prelude::*;
-        let todo: Vec<(FileKey, &PathBuf)> = paths
-            .iter()
-            .filter_map(|p| {
-                let md = fs::metadata(p).ok().filter(|m| m.is_file())?;
-                let key = FileKey::of(&md);
-                (!self.files.contains_key(&key)).then_some((key, p))
-            })
-            .collect();
+        let mut todo: Vec<(FileKey, &PathBuf)> = Vec::new();
+        for p in paths {
+            let Some(md) = fs::metadata(p).ok().filter(|m| m.is_file()) else {
+                continue;
+            };
+            let key = FileKey::of(&md);
+            match self.files.get_mut(&key) {
+                Some((known, _)) => {
+                    if known != p {
+                        *known = p.clone();
+                    }
+                }
+                None => todo.push((key, p)),
+            }
+        }
         let keys = &self.keys;
         let opened: Vec<(FileKey, &PathBuf, Result<Archive, String>)> = todo
             .into_par_iter()
