@@ -297,6 +297,7 @@ impl Live {
     pub fn apply(&mut self, events: Vec<Event>) -> anyhow::Result<Option<View>> {
         let t0 = std::time::Instant::now();
         let _locks = self.lock_all()?;
+        debug!("locked in {:?}", t0.elapsed());
         let before: Vec<HashSet<PackageId>> = self.sets.iter().map(|s| ids(s)).collect();
         let n = self.stack.layers.len();
         // 1. Lists replaced on disk (a rollback, pkgtool, an admin's edit). Always compared:
@@ -433,6 +434,7 @@ impl Live {
             self.lists[l] = Some(disk);
             return false;
         }
+        let t0 = std::time::Instant::now();
         let set = match self.stack.open_list(l, &disk, &mut self.opener) {
             Ok(s) => s,
             Err(e) => {
@@ -441,8 +443,11 @@ impl Live {
                 return true;
             }
         };
+        debug!(layer = %spec.name, "list opened in {:?}", t0.elapsed());
         let names = self.stack.names();
-        match plan(&names, &self.sets, l, &[], Change::Replace(set)) {
+        let planned = plan(&names, &self.sets, l, &[], Change::Replace(set));
+        debug!(layer = %spec.name, "list checked in {:?}", t0.elapsed());
+        match planned {
             Ok(p) => {
                 let is_generation = disk.generation().is_some_and(|g| {
                     generation::read_list(&spec.paths.generation_list(g))

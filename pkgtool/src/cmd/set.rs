@@ -323,7 +323,7 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let paths = &stack.layers[top].paths;
     let pkgdir = paths.packages();
     fs::create_dir_all(&pkgdir).with_context(|| format!("cannot create {}", pkgdir.display()))?;
-    let _lock = Lock::acquire(paths)?;
+    let lock = Lock::acquire(paths)?;
     let mut loaded = stack.load_all(top, &mut op)?;
     commit_initial(&stack, &mut loaded, top)?;
     let (available, _) = stack.scan(top, &mut op)?;
@@ -382,6 +382,8 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         .filter(|id| !p.sets[top].iter().any(|c| c.id() == *id))
         .collect();
     remove_files(&available, &gone);
+    // Let a waiting packagefs in before tearing down a thousand open archives.
+    drop(lock);
     report_change(out, a.layer.json, &stack, top, &p, n)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -401,7 +403,7 @@ pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let stack = stack_of(&a.layer.layers)?;
     let top = stack.layers.len() - 1;
     let mut op = opener(&a.layer.trust)?;
-    let _lock = Lock::acquire(&stack.layers[top].paths)?;
+    let lock = Lock::acquire(&stack.layers[top].paths)?;
     let mut loaded = stack.load_all(top, &mut op)?;
     commit_initial(&stack, &mut loaded, top)?;
     let p = plan(
@@ -431,6 +433,7 @@ pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         .collect();
     let (files, _) = stack.scan(top, &mut op)?;
     remove_files(&files, &gone);
+    drop(lock);
     report_change(out, a.layer.json, &stack, top, &p, n)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -632,7 +635,7 @@ pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let mut op = opener(&a.layer.trust)?;
     let paths = &stack.layers[top].paths;
     let name = &stack.layers[top].name;
-    let _lock = Lock::acquire(paths)?;
+    let lock = Lock::acquire(paths)?;
     let loaded = stack.load_all(top, &mut op)?;
     let current = loaded.lists[top]
         .as_ref()
@@ -657,6 +660,7 @@ pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let p = plan(&stack.names(), &loaded.sets, top, &[], Change::Replace(set))
         .map_err(|r| anyhow!("refused: generation {target}: {r}"))?;
     generation::switch_to(paths, target)?;
+    drop(lock);
     if a.layer.json {
         report_change(out, true, &stack, top, &p, Some(target))?;
     } else {
