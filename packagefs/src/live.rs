@@ -82,6 +82,9 @@ pub struct Live {
     settled: Vec<Option<SystemTime>>,
     /// When the opener last forgot deleted files (a stat per known file: not every batch).
     pruned: std::time::Instant,
+    /// How long the last `apply` waited for the layers' locks (a writer finishing: its
+    /// fsyncs of the state directory).
+    pub lock_wait: std::time::Duration,
 }
 
 /// The modification time of layer `l`'s `active.list`.
@@ -128,6 +131,7 @@ impl Live {
             waiting: vec![BTreeSet::new(); n],
             settled: vec![None; n],
             pruned: std::time::Instant::now(),
+            lock_wait: std::time::Duration::ZERO,
             stack,
         };
         let _locks = live.lock_all()?;
@@ -297,6 +301,7 @@ impl Live {
     pub fn apply(&mut self, events: Vec<Event>) -> anyhow::Result<Option<View>> {
         let t0 = std::time::Instant::now();
         let _locks = self.lock_all()?;
+        self.lock_wait = t0.elapsed();
         debug!("locked in {:?}", t0.elapsed());
         let before: Vec<HashSet<PackageId>> = self.sets.iter().map(|s| ids(s)).collect();
         let n = self.stack.layers.len();

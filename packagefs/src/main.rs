@@ -161,8 +161,9 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
                         info!(
                             packages = new.packages().len(),
                             invalidated = inval.len(),
-                            "view switched in {} ms",
-                            t.elapsed().as_millis()
+                            "view switched in {} ms ({} ms of it waiting for the writer to release the layer lock)",
+                            t.elapsed().as_millis(),
+                            live.lock_wait.as_millis()
                         );
                     }
                     Ok(None) => {}
