@@ -12,17 +12,5 @@ pub struct LayerDir {
     pub dir: PathBuf,
 }
 
-/// An error and its sources on one line.
-pub fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.ends_with(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
-}
+/// An error and its sources on one line (the package-set library's printer).
+pub use pkgset::stack::one_line;
