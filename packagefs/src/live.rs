@@ -287,16 +287,6 @@ impl Live {
         View::build_with(self.layers.clone(), pkgs, &mut self.inos, &self.shine)
     }
 
-    /// The current sets (per layer).
-    pub fn sets(&self) -> &[Vec<Candidate>] {
-        &self.sets
-    }
-
-    /// The stack.
-    pub fn stack(&self) -> &Stack {
-        &self.stack
-    }
-
     /// Applies a batch of events. Returns the new view if the active set changed.
     pub fn apply(&mut self, events: Vec<Event>) -> anyhow::Result<Option<View>> {
         let t0 = std::time::Instant::now();
@@ -697,22 +687,6 @@ impl Live {
                 .collect();
             self.opener.preload(&files);
         }
-    }
-
-    /// Files seen being created that have not become readable.
-    pub fn pending(&self) -> Vec<PathBuf> {
-        let mut v = Vec::new();
-        for (l, p) in self.pending.iter().enumerate() {
-            for n in p {
-                v.push(self.stack.layers[l].paths.packages().join(n));
-            }
-        }
-        v
-    }
-
-    /// The name of layer `l`.
-    pub fn layer_name(&self, l: usize) -> &str {
-        &self.stack.layers[l].name
     }
 
     /// Is `name` a file the watcher should report for `packages/`?

@@ -145,11 +145,6 @@ impl Opener {
         }
     }
 
-    /// The trusted keys.
-    pub fn keys(&self) -> &TrustedKeys {
-        &self.keys
-    }
-
     /// Opens `path`, validates it and checks it is signed by a trusted key.
     pub fn open(&mut self, path: &Path) -> Result<Arc<Archive>, String> {
         let file = fs::File::open(path).map_err(|e| e.to_string())?;
@@ -222,11 +217,6 @@ impl Opener {
             });
             self.files.insert(key, (p.clone(), r));
         }
-    }
-
-    /// The archive of a package id opened before, if any.
-    pub fn by_id(&self, id: &PackageId) -> Option<Arc<Archive>> {
-        self.ids.get(id).cloned()
     }
 
     /// Forgets files that are gone or changed, and archives nobody else holds, so that a
