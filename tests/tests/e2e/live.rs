@@ -644,3 +644,55 @@ fn pkgtool_killed_at_random_points_leaves_a_whole_generation() {
     }
     assert_eq!(read(m.join("etc/last")), "l\n");
 }
+
+#[test]
+fn a_rollback_right_after_a_big_install_is_not_undone_by_late_events() {
+    // pkgtool install copies into packages/ and deletes the replaced files; their events
+    // reach the daemon late. They must not count as drops or deletions after a rollback.
+    const N: usize = 60;
+    let s = Stack::new(&["system"]);
+    let d = scratch();
+    let mut v2 = Vec::new();
+    for i in 0..N {
+        let f = format!("share/p{i}");
+        s.add_pkg(
+            "system",
+            &format!("p{i}"),
+            Pkg::new(tree(&[(&f, "v1\n")]).path(), &format!("p{i}"), "1.0.0"),
+        );
+        v2.push(
+            build(&s, d.path(), &format!("p{i}"), "2.0.0", &[(&f, "v2\n")])
+                .display()
+                .to_string(),
+        );
+    }
+    let m = s.mount();
+    let layer = s.layer("system").path().to_owned();
+    let keys = s.keys().trusted().to_owned();
+    for round in 0..3 {
+        let mut args = vec!["install"];
+        args.extend(v2.iter().map(String::as_str));
+        pkgtool_in(&layer, &keys, &args);
+        pkgtool_in(&layer, &keys, &["rollback", "--to", "1"]);
+        assert!(
+            wait_until(SOON, || read(m.join(format!("share/p{}", N - 1))) == "v1\n"),
+            "{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        let list = active_list(&layer);
+        assert!(
+            list.contains("# generation: 1\n"),
+            "round {round}: the rollback was undone:\n{list}"
+        );
+        for i in 0..N {
+            assert_eq!(
+                read(m.join(format!("share/p{i}"))),
+                "v1\n",
+                "round {round}: p{i}"
+            );
+        }
+        // put the v2 files back for the next round (install removed the v1 files)
+        pkgtool_in(&layer, &keys, &["rollback", "--to", "2"]);
+    }
+}
