@@ -80,6 +80,10 @@ pub struct Live {
     /// the mount counts as one). A file in `packages/` older than that was there when the
     /// set was chosen, so its events (late ones, say, of pkgtool's own copies) are not drops.
     settled: Vec<Option<SystemTime>>,
+    /// Per layer: the mtime of `active.list` when the daemon last read or wrote it. A
+    /// different one means someone else wrote it, even with the same packages (an install
+    /// and a rollback between two looks).
+    seen: Vec<Option<SystemTime>>,
     /// When the opener last forgot deleted files (a stat per known file: not every batch).
     pruned: std::time::Instant,
     /// How long the last `apply` waited for the layers' locks (a writer finishing: its
@@ -130,6 +134,7 @@ impl Live {
             pending: vec![BTreeSet::new(); n],
             waiting: vec![BTreeSet::new(); n],
             settled: vec![None; n],
+            seen: vec![None; n],
             pruned: std::time::Instant::now(),
             lock_wait: std::time::Duration::ZERO,
             stack,
@@ -184,6 +189,7 @@ impl Live {
         for l in 0..n {
             live.rescan_files(l);
             live.settled[l] = list_mtime(&live.stack, l);
+            live.seen[l] = live.settled[l];
         }
         let view = live.build_view();
         Ok((live, view))
@@ -410,6 +416,12 @@ impl Live {
     fn adopt_list(&mut self, l: usize) -> bool {
         let spec = self.stack.layers[l].clone();
         let path = spec.paths.active_list();
+        let stamp = list_mtime(&self.stack, l);
+        let rewritten = stamp != self.seen[l];
+        if rewritten {
+            self.seen[l] = stamp;
+            self.settled[l] = stamp;
+        }
         let disk = match generation::read_list(&path) {
             Ok(Some(d)) => d,
             Ok(None) => {
@@ -427,7 +439,7 @@ impl Live {
         };
         if list_of(&self.sets[l]).same_packages(&disk) {
             self.lists[l] = Some(disk);
-            return false;
+            return rewritten;
         }
         let t0 = std::time::Instant::now();
         let set = match self.stack.open_list(l, &disk, &mut self.opener) {
@@ -463,6 +475,7 @@ impl Live {
                 };
                 info!(layer = %spec.name, generation = ?gen, "switched: {}", p.summary());
                 self.settled[l] = list_mtime(&self.stack, l);
+                self.seen[l] = self.settled[l];
                 self.sets[l] = p.sets[l].clone();
                 self.lists[l] = generation::read_list(&path).ok().flatten();
                 true
@@ -493,6 +506,7 @@ impl Live {
         {
             error!(layer = %spec.name, "cannot restore state/active.list: {}", one_line(&e));
         }
+        self.seen[l] = list_mtime(&self.stack, l);
     }
 
     fn add_files(&mut self, l: usize, names: &[(OsString, bool)]) {
@@ -610,6 +624,27 @@ impl Live {
     }
 
     fn remove_files(&mut self, l: usize, names: &[OsString]) {
+        if names.is_empty() {
+            return;
+        }
+        // Nothing in packages/ changed since the set last changed from outside: these
+        // deletions came before it (pkgtool moving replaced files out, say) and the set
+        // chosen then already accounts for them.
+        let dir = self.stack.layers[l].paths.packages();
+        let dir_changed = std::fs::metadata(&dir).and_then(|m| m.modified()).ok();
+        if let (Some(d), Some(settled)) = (dir_changed, self.settled[l]) {
+            if d <= settled {
+                for name in names {
+                    self.pending[l].remove(name);
+                    self.waiting[l].remove(name);
+                    if !dir.join(name).exists() {
+                        self.files[l].remove(name);
+                    }
+                }
+                debug!(layer = %self.stack.layers[l].name, "{} deletions from before the set last changed: not deactivations", names.len());
+                return;
+            }
+        }
         let mut gone_ids = Vec::new();
         let mut gone_names = Vec::new();
         for name in names {
@@ -658,6 +693,7 @@ impl Live {
             Ok(gens) => {
                 for (layer, g) in gens {
                     info!(layer = %self.stack.layers[layer].name, generation = g, "{reason}: {}", p.summary());
+                    self.seen[layer] = list_mtime(&self.stack, layer);
                     self.lists[layer] =
                         generation::read_list(&self.stack.layers[layer].paths.active_list())
                             .ok()
