@@ -1,86 +1,10 @@
-//! Real Debian packages for the graft tests, fetched with `apt-get download` at test time
-//! and cached in `$CARGO_TARGET_TMPDIR/debian-debs/` (kept across runs, so only the first
-//! run downloads), and hostile `.deb` files made in the test.
+//! Real Debian packages for the graft tests (fetched with `apt-get download` at test time
+//! and cached, by the e2e harness's `debs`, shared with the e2e suite), and hostile `.deb`
+//! files made in the test.
 
-use std::fs::{self, File};
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
 
-static LOCK: Mutex<()> = Mutex::new(());
-
-/// The cache of downloaded `.deb` files.
-fn cache_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-debs");
-    fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// The cached `.deb` of package `name`, if any (`NAME_*.deb`).
-fn cached(dir: &Path, name: &str) -> Option<PathBuf> {
-    let prefix = format!("{name}_");
-    let mut hits: Vec<PathBuf> = fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with(&prefix) && n.ends_with(".deb")
-        })
-        .collect();
-    hits.sort();
-    hits.pop()
-}
-
-fn apt_download(dir: &Path, names: &[&str]) -> bool {
-    Command::new("apt-get")
-        .arg("download")
-        .args(names)
-        .current_dir(dir)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// The `.deb` files of the named packages (the architecture's candidate versions),
-/// downloaded with `apt-get download` unless cached. Runs `apt-get update` once if the
-/// download fails (a machine without package lists). Panics if apt cannot get them.
-pub fn debs(names: &[&str]) -> Vec<PathBuf> {
-    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = cache_dir();
-    // Other test processes (the e2e suite) may fill the same cache: lock it.
-    let lock = File::create(dir.join(".lock")).unwrap();
-    // SAFETY: flock on a file we own; released when `lock` is closed.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let missing: Vec<&str> = names
-        .iter()
-        .copied()
-        .filter(|n| cached(&dir, n).is_none())
-        .collect();
-    if !missing.is_empty() {
-        let tmp = tempfile::Builder::new()
-            .prefix(".download-")
-            .tempdir_in(&dir)
-            .unwrap();
-        let ok = apt_download(tmp.path(), &missing) || {
-            let _ = Command::new("apt-get").args(["update", "-qq"]).output();
-            apt_download(tmp.path(), &missing)
-        };
-        assert!(
-            ok,
-            "apt-get download {} failed: the graft tests need Debian's archive (apt)",
-            missing.join(" ")
-        );
-        for e in fs::read_dir(tmp.path()).unwrap().flatten() {
-            fs::rename(e.path(), dir.join(e.file_name())).unwrap();
-        }
-    }
-    names
-        .iter()
-        .map(|n| cached(&dir, n).unwrap_or_else(|| panic!("no .deb of {n} after download")))
-        .collect()
-}
+pub use e2e::debian::debs;
 
 // ---------------------------------------------------------------------------------------
 // Hand-made .deb files
