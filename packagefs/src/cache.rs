@@ -5,6 +5,12 @@
 //! The cache is split into shards, each behind its own mutex that is held only to look up or
 //! insert, never while reading or decompressing. Concurrent misses on the same chunk
 //! decompress it once: the first thread loads it, the others wait for that one result.
+//!
+//! Chunk buffers are recycled: a buffer the cache evicted (once no reader holds it) goes
+//! to a small pool that the next load takes from. A cold sequential reader thus reuses
+//! memory that is already mapped instead of faulting in a fresh buffer per chunk (the
+//! allocator hands buffers this large straight to mmap/munmap, so that RSS follows the
+//! cache), and RSS stays bounded by the cache plus the pool.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +25,59 @@ pub type ChunkHash = [u8; 32];
 pub type LoadError = Arc<format::Error>;
 
 /// Decompressed chunk bytes, shared.
-pub type Chunk = Arc<Vec<u8>>;
+pub type Chunk = Arc<ChunkBuf>;
+
+/// The bytes of one decompressed chunk. Dropping the last reference hands the buffer
+/// back to the pool it came from.
+pub struct ChunkBuf {
+    data: Vec<u8>,
+    pool: Arc<BufPool>,
+}
+
+impl std::ops::Deref for ChunkBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for ChunkBuf {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.data));
+    }
+}
+
+/// Spare chunk buffers, at most `max_bytes` of capacity in all.
+struct BufPool {
+    free: Mutex<(Vec<Vec<u8>>, usize)>,
+    max_bytes: usize,
+}
+
+impl BufPool {
+    fn take(&self) -> Vec<u8> {
+        let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        match f.0.pop() {
+            Some(v) => {
+                f.1 -= v.capacity();
+                v
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn put(&self, mut v: Vec<u8>) {
+        let cap = v.capacity();
+        if cap == 0 {
+            return;
+        }
+        let mut f = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if f.1 + cap <= self.max_bytes {
+            v.clear();
+            f.1 += cap;
+            f.0.push(v);
+        }
+    }
+}
 
 type Slot = Arc<OnceLock<Result<Chunk, LoadError>>>;
 
@@ -49,6 +107,7 @@ pub struct ChunkCache {
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
+    pool: Arc<BufPool>,
 }
 
 impl std::fmt::Debug for ChunkCache {
@@ -80,6 +139,12 @@ impl ChunkCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            // An eighth of the cache, 2-16 MiB: enough for the buffers in flight between
+            // an eviction and the next load, even with every worker loading.
+            pool: Arc::new(BufPool {
+                free: Mutex::new((Vec::new(), 0)),
+                max_bytes: (capacity / 8).clamp(2 << 20, 16 << 20),
+            }),
         }
     }
 
@@ -93,11 +158,12 @@ impl ChunkCache {
         s.lru.contains(hash) || s.loading.contains_key(hash)
     }
 
-    /// The decompressed bytes of the chunk with `hash`, calling `load` on a miss. `load` runs
-    /// without any lock held; if another thread is loading the same chunk, this waits for it.
+    /// The decompressed bytes of the chunk with `hash`, calling `load` on a miss to fill a
+    /// (recycled, empty) buffer. `load` runs without any lock held; if another thread is
+    /// loading the same chunk, this waits for it.
     pub fn get<F>(&self, hash: &ChunkHash, load: F) -> Result<Chunk, LoadError>
     where
-        F: FnOnce() -> format::Result<Vec<u8>>,
+        F: FnOnce(&mut Vec<u8>) -> format::Result<()>,
     {
         let shard = self.shard(hash);
         let slot = {
@@ -116,9 +182,13 @@ impl ChunkCache {
             s.loading.insert(*hash, slot.clone());
             slot
         };
-        // Arc<Vec> (not Arc<[u8]>): the decompressed buffer is shared as is, never copied.
-        let result: Result<Chunk, LoadError> = match load() {
-            Ok(v) => Ok(Arc::new(v)),
+        // The decompressed buffer is shared as is, never copied.
+        let mut buf = ChunkBuf {
+            data: self.pool.take(),
+            pool: self.pool.clone(),
+        };
+        let result: Result<Chunk, LoadError> = match load(&mut buf.data) {
+            Ok(()) => Ok(Arc::new(buf)),
             Err(e) => Err(Arc::new(e)),
         };
         let _ = slot.set(result.clone());
@@ -167,6 +237,14 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
+    fn fill(v: u8, n: usize) -> impl FnOnce(&mut Vec<u8>) -> format::Result<()> {
+        move |b| {
+            assert!(b.is_empty(), "a recycled buffer arrives empty");
+            b.resize(n, v);
+            Ok(())
+        }
+    }
+
     fn h(i: u8) -> ChunkHash {
         let mut x = [0u8; 32];
         x[0] = i;
@@ -181,9 +259,9 @@ mod tests {
         for round in 0..2 {
             for i in 0..4u8 {
                 let v = c
-                    .get(&h(i), || {
+                    .get(&h(i), |b| {
                         loads.fetch_add(1, Ordering::SeqCst);
-                        Ok(vec![i; 1 << 20])
+                        fill(i, 1 << 20)(b)
                     })
                     .unwrap();
                 assert_eq!(v[0], i);
@@ -191,7 +269,7 @@ mod tests {
             assert_eq!(loads.load(Ordering::SeqCst), 4, "round {round}");
         }
         // A fifth MiB evicts the least recently used.
-        c.get(&h(9), || Ok(vec![9; 1 << 20])).unwrap();
+        c.get(&h(9), fill(9, 1 << 20)).unwrap();
         assert!(c.stats().bytes <= 4 << 20);
         assert_eq!(c.stats().evictions, 1);
         assert!(!c.contains(&h(0)));
@@ -206,10 +284,10 @@ mod tests {
             .map(|_| {
                 let (c, loads) = (c.clone(), loads.clone());
                 std::thread::spawn(move || {
-                    c.get(&h(1), || {
+                    c.get(&h(1), |b| {
                         loads.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(std::time::Duration::from_millis(50));
-                        Ok(vec![7; 1000])
+                        fill(7, 1000)(b)
                     })
                     .unwrap()
                 })
@@ -225,8 +303,30 @@ mod tests {
     fn errors_are_not_cached() {
         let c = ChunkCache::new(8 << 20);
         assert!(c
-            .get(&h(3), || Err(format::Error::ChunkHash { chunk: 3 }))
+            .get(&h(3), |_| Err(format::Error::ChunkHash { chunk: 3 }))
             .is_err());
-        assert!(c.get(&h(3), || Ok(vec![1])).is_ok());
+        assert!(c.get(&h(3), fill(1, 1)).is_ok());
+    }
+
+    #[test]
+    fn evicted_buffers_are_recycled_once_unused() {
+        let c = ChunkCache::new(4 << 20);
+        let first = c.get(&h(0), fill(0, 1 << 20)).unwrap();
+        let first_ptr = first.as_ptr();
+        for i in 1..4u8 {
+            c.get(&h(i), fill(i, 1 << 20)).unwrap();
+        }
+        // h(0) is evicted while a reader holds it: its bytes stay intact and the load of
+        // h(4) gets a fresh buffer.
+        let fifth = c.get(&h(4), fill(4, 1 << 20)).unwrap();
+        assert!(!c.contains(&h(0)));
+        assert_eq!((first[0], first[(1 << 20) - 1]), (0, 0));
+        assert_ne!(fifth.as_ptr(), first_ptr);
+        // Once the reader lets go, the buffer goes to the pool and the next load reuses it.
+        drop(first);
+        let sixth = c.get(&h(5), fill(5, 1 << 20)).unwrap();
+        assert_eq!(sixth.as_ptr(), first_ptr);
+        assert!(sixth.iter().all(|&b| b == 5));
+        assert!(c.stats().bytes <= 4 << 20);
     }
 }

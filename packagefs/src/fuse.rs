@@ -5,8 +5,10 @@
 //! bytes. A sequential reader gets the next chunks decompressed ahead of it on the prefetch
 //! threads, so decompression overlaps the kernel copying the previous chunk out.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -14,7 +16,7 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use format::archive::{EntryId, Kind};
+use format::archive::{ChunkId, ChunkSpan, EntryId, Kind};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
@@ -23,7 +25,7 @@ use fuser::{
 };
 use tracing::{debug, error, info, warn};
 
-use crate::cache::ChunkCache;
+use crate::cache::{Chunk, ChunkCache};
 use crate::view::{self, Node, NodeAttr, Package, View};
 
 /// Tunables of the adapter.
@@ -218,55 +220,86 @@ impl PackageFs {
     }
 
     /// Reads `size` bytes at `offset` of a file through the chunk cache.
-    fn read_file(&self, f: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let ar = &f.pkg.archive;
-        let spans = ar
-            .file_spans(f.entry, offset, size as u64)
-            .map_err(|_| Errno::EIO)?;
-        let total: usize = spans.iter().map(|s| s.len as usize).sum();
-        let mut out = Vec::with_capacity(total);
+    /// Answers a read: straight from the chunk when one chunk holds the range (no copy),
+    /// else through a buffer kept per worker thread (no allocation).
+    fn read_file(&self, f: &OpenFile, offset: u64, size: u32, reply: ReplyData) {
+        thread_local! {
+            static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        let Ok(spans) = f.pkg.archive.file_spans(f.entry, offset, size as u64) else {
+            return reply.error(Errno::EIO);
+        };
+        let total: u64 = spans.iter().map(|s| s.len as u64).sum();
+        // Read-ahead first, so that the prefetch threads decompress the next chunks while
+        // this thread decompresses its own.
+        let sequential = f.next.swap(offset + total, Ordering::Relaxed) == offset;
+        if let (true, Some(last)) = (sequential, spans.last()) {
+            self.prefetch_after(f, last.chunk);
+        }
+        let mut parts = Vec::with_capacity(spans.len());
         for s in &spans {
-            let data = load_chunk(&self.cache, &f.pkg, s.chunk, &self.logged)?;
-            let (a, b) = (s.start as usize, s.start as usize + s.len as usize);
-            match data.get(a..b) {
-                Some(bytes) => out.extend_from_slice(bytes),
-                None => {
-                    log_bad_chunk(
-                        &self.logged,
-                        &f.pkg,
-                        s.chunk,
-                        "chunk is shorter than the file needs",
-                    );
-                    return Err(Errno::EIO);
-                }
+            match self.span(f, s) {
+                Ok(p) => parts.push(p),
+                Err(e) => return reply.error(e),
             }
         }
-        // Read-ahead for sequential readers: decompress the next chunks on the prefetch
-        // threads. A read that does not continue the previous one prefetches nothing.
-        let sequential = f.next.swap(offset + total as u64, Ordering::Relaxed) == offset;
-        if let (true, Some(tx), Some(last)) = (sequential, &self.prefetch, spans.last()) {
-            let cs = ar.header().chunk_size as u64;
-            let ahead = self.opts.readahead.div_ceil(cs).max(1) as u32;
-            let range = ar.file_chunks(f.entry).map_err(|_| Errno::EIO)?;
-            let from = (last.chunk + 1).max(f.prefetched.load(Ordering::Relaxed));
-            let to = (last.chunk + 1 + ahead).min(range.end);
-            if from < to {
-                f.prefetched.store(to, Ordering::Relaxed);
-                for c in from..to {
-                    let Ok(info) = ar.chunk_info(c) else { break };
-                    if self.cache.contains(&info.hash) {
-                        continue;
-                    }
-                    let (cache, pkg, logged) =
-                        (self.cache.clone(), f.pkg.clone(), self.logged.clone());
-                    // A full queue means the prefetchers are behind: skip, never block.
-                    let _ = tx.try_send(Box::new(move || {
-                        let _ = load_chunk(&cache, &pkg, c, &logged);
-                    }));
+        match &parts[..] {
+            [] => reply.data(&[]),
+            [(data, r)] => reply.data(&data[r.clone()]),
+            _ => OUT.with(|cell| {
+                let mut out = cell.borrow_mut();
+                out.clear();
+                for (data, r) in &parts {
+                    out.extend_from_slice(&data[r.clone()]);
                 }
-            }
+                reply.data(&out);
+                // A buffer grown by a rare huge request is not kept.
+                if out.capacity() > 2 * self.opts.max_read as usize {
+                    *out = Vec::new();
+                }
+            }),
         }
-        Ok(out)
+    }
+
+    /// The chunk holding span `s` of an open file, and the span's byte range in it.
+    fn span(&self, f: &OpenFile, s: &ChunkSpan) -> Result<(Chunk, Range<usize>), Errno> {
+        let data = load_chunk(&self.cache, &f.pkg, s.chunk, &self.logged)?;
+        let r = s.start as usize..s.start as usize + s.len as usize;
+        if r.end > data.len() {
+            let why = "chunk is shorter than the file needs";
+            log_bad_chunk(&self.logged, &f.pkg, s.chunk, why);
+            return Err(Errno::EIO);
+        }
+        Ok((data, r))
+    }
+
+    /// Read-ahead for a sequential reader whose last read ended in chunk `last`: hands the
+    /// chunks after it (up to `readahead` bytes) to the prefetch threads, each chunk once.
+    fn prefetch_after(&self, f: &OpenFile, last: ChunkId) {
+        let Some(tx) = &self.prefetch else { return };
+        let ar = &f.pkg.archive;
+        let cs = ar.header().chunk_size as u64;
+        let ahead = self.opts.readahead.div_ceil(cs).max(1) as u32;
+        let Ok(range) = ar.file_chunks(f.entry) else {
+            return;
+        };
+        let from = (last + 1).max(f.prefetched.load(Ordering::Relaxed));
+        let to = (last + 1 + ahead).min(range.end);
+        if from >= to {
+            return;
+        }
+        f.prefetched.store(to, Ordering::Relaxed);
+        for c in from..to {
+            let Ok(info) = ar.chunk_info(c) else { break };
+            if self.cache.contains(&info.hash) {
+                continue;
+            }
+            let (cache, pkg, logged) = (self.cache.clone(), f.pkg.clone(), self.logged.clone());
+            // A full queue means the prefetchers are behind: skip, never block.
+            let _ = tx.try_send(Box::new(move || {
+                let _ = load_chunk(&cache, &pkg, c, &logged);
+            }));
+        }
     }
 }
 
@@ -278,11 +311,7 @@ fn load_chunk(
 ) -> Result<crate::cache::Chunk, Errno> {
     let info = pkg.archive.chunk_info(chunk).map_err(|_| Errno::EIO)?;
     cache
-        .get(&info.hash, || {
-            let mut out = Vec::with_capacity(info.raw_len as usize);
-            pkg.archive.read_chunk(chunk, &mut out)?;
-            Ok(out)
-        })
+        .get(&info.hash, |out| pkg.archive.read_chunk(chunk, out))
         .map_err(|e| {
             log_bad_chunk(logged, pkg, chunk, &e.to_string());
             Errno::EIO
@@ -433,10 +462,7 @@ impl Filesystem for PackageFs {
         let Handle::File(f) = &*h else {
             return reply.error(Errno::EISDIR);
         };
-        match self.read_file(f, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
-        }
+        self.read_file(f, offset, size, reply);
     }
 
     fn release(

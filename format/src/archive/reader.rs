@@ -438,7 +438,7 @@ impl Archive {
     /// Reads the stored (compressed) bytes of chunk `c` into `buf`.
     pub fn read_stored(&self, c: ChunkId, buf: &mut Vec<u8>) -> Result<ChunkInfo> {
         let info = self.parse_chunk(c)?;
-        buf.clear();
+        // Every byte is overwritten by the read: no need to clear a recycled buffer first.
         buf.resize(info.stored_len as usize, 0);
         self.file
             .read_exact_at(buf, self.header.heap.offset + info.offset)
@@ -447,10 +447,20 @@ impl Archive {
     }
 
     /// Reads chunk `c`, checks its hash, and decompresses it into `out`.
+    ///
+    /// The stored bytes go through a buffer kept per thread, so a reader that loads chunk
+    /// after chunk allocates nothing but `out` (which it may recycle too).
     pub fn read_chunk(&self, c: ChunkId, out: &mut Vec<u8>) -> Result<()> {
-        let mut stored = Vec::new();
-        let info = self.read_stored(c, &mut stored)?;
-        chunk::verify_and_decompress(c, &info, &stored, out)
+        thread_local! {
+            static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        STORED.with(|cell| {
+            // (Never re-entered on a thread; if it were, a buffer of its own would do.)
+            let (mut guard, mut own) = (cell.try_borrow_mut().ok(), Vec::new());
+            let stored = guard.as_deref_mut().unwrap_or(&mut own);
+            let info = self.read_stored(c, stored)?;
+            chunk::verify_and_decompress(c, &info, stored, out)
+        })
     }
 
     /// Checks chunk `c`'s stored bytes against their hash and that they decompress.
