@@ -4,6 +4,10 @@
 //! Reads go file -> chunk spans -> shared chunk cache (hash checked before decompression) ->
 //! bytes. A sequential reader gets the next chunks decompressed ahead of it on the prefetch
 //! threads, so decompression overlaps the kernel copying the previous chunk out.
+//!
+//! Files are opened by the kernel alone (`open` answers ENOSYS once): a file read costs a
+//! LOOKUP and its READs, no OPEN, FLUSH or RELEASE. A file open across a generation switch
+//! stays readable through the kernel's lookup count (`lookups`).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -11,7 +15,7 @@ use std::ffi::OsStr;
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,9 +27,11 @@ use fuser::{
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use lru::LruCache;
 use tracing::{debug, error, info, warn};
 
 use crate::cache::{Chunk, ChunkCache};
+use crate::lookups::Lookups;
 use crate::view::{self, Node, NodeAttr, Package, View};
 
 /// Tunables of the adapter.
@@ -64,18 +70,25 @@ impl Default for Options {
     }
 }
 
-struct OpenFile {
+/// A file being read: its package and entry.
+struct FileRef {
     pkg: Arc<Package>,
     entry: EntryId,
-    /// Where the next sequential read would start.
-    next: AtomicU64,
-    /// One past the highest chunk already handed to the prefetcher.
-    prefetched: AtomicU32,
 }
 
-enum Handle {
-    File(OpenFile),
-    Dir { view: Arc<View>, node: Node },
+/// Read-ahead state of a file (by inode: files are opened by the kernel, see `open`).
+#[derive(Default)]
+struct Readahead {
+    /// Where the next sequential read would start.
+    next: u64,
+    /// One past the highest chunk already handed to the prefetcher.
+    prefetched: ChunkId,
+}
+
+/// An open directory: the view it was opened in, so that a listing is consistent.
+struct DirHandle {
+    view: Arc<View>,
+    node: Node,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -107,8 +120,12 @@ impl ViewSlot {
 pub struct PackageFs {
     view: ViewSlot,
     cache: Arc<ChunkCache>,
-    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
+    /// Package inodes the kernel holds (it reads files by inode, whatever the view).
+    lookups: Lookups,
+    /// Read-ahead state of the files read most recently.
+    readahead: Mutex<LruCache<u64, Readahead>>,
     prefetch: Option<SyncSender<Job>>,
     /// (slot, chunk) pairs already logged as bad, so each is logged once.
     logged: Arc<Mutex<HashSet<(u32, u32)>>>,
@@ -144,6 +161,10 @@ impl PackageFs {
             cache: Arc::new(ChunkCache::new(cache_size)),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            lookups: Lookups::default(),
+            readahead: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(256).expect("nonzero"),
+            )),
             prefetch,
             logged: Arc::new(Mutex::new(HashSet::new())),
             opts,
@@ -165,7 +186,7 @@ impl PackageFs {
         &self.cache
     }
 
-    fn add_handle(&self, h: Handle) -> FileHandle {
+    fn add_handle(&self, h: DirHandle) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
@@ -174,7 +195,7 @@ impl PackageFs {
         FileHandle(fh)
     }
 
-    fn handle(&self, fh: FileHandle) -> Option<Arc<Handle>> {
+    fn handle(&self, fh: FileHandle) -> Option<Arc<DirHandle>> {
         self.handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -184,9 +205,8 @@ impl PackageFs {
 
     /// The view snapshot and directory of an open directory handle.
     fn dir_handle(&self, fh: FileHandle) -> Result<(Arc<View>, Node), Errno> {
-        match self.handle(fh).as_deref() {
-            Some(Handle::Dir { view, node }) => Ok((view.clone(), *node)),
-            Some(Handle::File(_)) => Err(Errno::ENOTDIR),
+        match self.handle(fh) {
+            Some(h) => Ok((h.view.clone(), h.node)),
             None => Err(Errno::EBADF),
         }
     }
@@ -219,10 +239,16 @@ impl PackageFs {
         }
     }
 
-    /// Reads `size` bytes at `offset` of a file through the chunk cache.
+    /// The kernel was handed inode `ino` (of `node`) in a LOOKUP or READDIRPLUS reply.
+    fn handed_out(&self, v: &View, node: Node, ino: u64) {
+        if let Node::Pkg { pkg, .. } = node {
+            self.lookups.add(ino, v.package(pkg));
+        }
+    }
+
     /// Answers a read: straight from the chunk when one chunk holds the range (no copy),
     /// else through a buffer kept per worker thread (no allocation).
-    fn read_file(&self, f: &OpenFile, offset: u64, size: u32, reply: ReplyData) {
+    fn read_file(&self, ino: u64, f: &FileRef, offset: u64, size: u32, reply: ReplyData) {
         thread_local! {
             static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
@@ -232,9 +258,8 @@ impl PackageFs {
         let total: u64 = spans.iter().map(|s| s.len as u64).sum();
         // Read-ahead first, so that the prefetch threads decompress the next chunks while
         // this thread decompresses its own.
-        let sequential = f.next.swap(offset + total, Ordering::Relaxed) == offset;
-        if let (true, Some(last)) = (sequential, spans.last()) {
-            self.prefetch_after(f, last.chunk);
+        if let Some(last) = spans.last() {
+            self.prefetch_after(ino, f, offset, total, last.chunk);
         }
         let mut parts = Vec::with_capacity(spans.len());
         for s in &spans {
@@ -262,7 +287,7 @@ impl PackageFs {
     }
 
     /// The chunk holding span `s` of an open file, and the span's byte range in it.
-    fn span(&self, f: &OpenFile, s: &ChunkSpan) -> Result<(Chunk, Range<usize>), Errno> {
+    fn span(&self, f: &FileRef, s: &ChunkSpan) -> Result<(Chunk, Range<usize>), Errno> {
         let data = load_chunk(&self.cache, &f.pkg, s.chunk, &self.logged)?;
         let r = s.start as usize..s.start as usize + s.len as usize;
         if r.end > data.len() {
@@ -273,22 +298,33 @@ impl PackageFs {
         Ok((data, r))
     }
 
-    /// Read-ahead for a sequential reader whose last read ended in chunk `last`: hands the
-    /// chunks after it (up to `readahead` bytes) to the prefetch threads, each chunk once.
-    fn prefetch_after(&self, f: &OpenFile, last: ChunkId) {
+    /// Read-ahead for a sequential reader: if this read (of `len` bytes at `offset`,
+    /// ending in chunk `last`) continues the previous read of the file, hands the chunks
+    /// after it (up to `readahead` bytes) to the prefetch threads, each chunk once.
+    fn prefetch_after(&self, ino: u64, f: &FileRef, offset: u64, len: u64, last: ChunkId) {
         let Some(tx) = &self.prefetch else { return };
         let ar = &f.pkg.archive;
-        let cs = ar.header().chunk_size as u64;
-        let ahead = self.opts.readahead.div_ceil(cs).max(1) as u32;
         let Ok(range) = ar.file_chunks(f.entry) else {
             return;
         };
-        let from = (last + 1).max(f.prefetched.load(Ordering::Relaxed));
-        let to = (last + 1 + ahead).min(range.end);
-        if from >= to {
-            return;
-        }
-        f.prefetched.store(to, Ordering::Relaxed);
+        let cs = ar.header().chunk_size as u64;
+        let ahead = self.opts.readahead.div_ceil(cs).max(1) as u32;
+        let (from, to) = {
+            let mut ra = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
+            let st = ra.get_or_insert_mut(ino, Readahead::default);
+            let sequential = st.next == offset;
+            st.next = offset + len;
+            if !sequential {
+                return;
+            }
+            let from = (last + 1).max(st.prefetched);
+            let to = (last + 1 + ahead).min(range.end);
+            if from >= to {
+                return;
+            }
+            st.prefetched = to;
+            (from, to)
+        };
         for c in from..to {
             let Ok(info) = ar.chunk_info(c) else { break };
             if self.cache.contains(&info.hash) {
@@ -301,6 +337,21 @@ impl PackageFs {
             }));
         }
     }
+}
+
+/// The attributes of a package entry held by the kernel after its package left the view
+/// (an open file). Setuid and setgid bits are dropped: its layer's rules are not at hand.
+fn held_attr(ino: u64, pkg: &Package, entry: EntryId) -> Option<NodeAttr> {
+    let a = pkg.archive.attr(entry).ok()?;
+    Some(NodeAttr {
+        ino,
+        kind: a.kind,
+        perm: a.perm & !0o6000,
+        nlink: a.nlink,
+        size: a.size,
+        mtime: a.mtime,
+        mtime_nsec: a.mtime_nsec,
+    })
 }
 
 fn load_chunk(
@@ -403,18 +454,35 @@ impl Filesystem for PackageFs {
         let r = v
             .node(parent.0)
             .and_then(|p| v.lookup(p, name.as_bytes()))
-            .and_then(|n| v.attr(n));
+            .and_then(|n| v.attr(n).map(|a| (n, a)));
         match r {
-            Ok(a) => reply.entry(&self.opts.ttl, &self.file_attr(&a), Generation(0)),
+            Ok((n, a)) => {
+                self.handed_out(&v, n, a.ino);
+                reply.entry(&self.opts.ttl, &self.file_attr(&a), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    // (fuser's default batch_forget calls this for each inode; it cannot be overridden
+    // anyway: its argument type is private.)
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.lookups.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let v = self.view();
         match v.node(ino.0).and_then(|n| v.attr(n)) {
             Ok(a) => reply.attr(&self.opts.ttl, &self.file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => match self
+                .lookups
+                .get(ino.0)
+                .and_then(|(p, e)| held_attr(ino.0, &p, e))
+            {
+                // A file whose package left the view while the kernel holds it (open).
+                Some(a) => reply.attr(&Duration::ZERO, &self.file_attr(&a)),
+                None => reply.error(errno(&e)),
+            },
         }
     }
 
@@ -426,59 +494,47 @@ impl Filesystem for PackageFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    /// Files are opened by the kernel itself: ENOSYS to the first open makes it stop
+    /// sending OPEN (and FLUSH and RELEASE) for the rest of the mount, which saves two
+    /// round trips per file read. Reads then name the inode; what keeps a file readable
+    /// while it is open, across generation switches, is the kernel's lookup count (see
+    /// `lookups`). The kernel then keeps cached pages across opens (`FOPEN_KEEP_CACHE`
+    /// is its default for this mode), as the content under an inode never changes.
+    fn open(&self, _req: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // (Never sent for writing: the mount is read-only; kept for the first open.)
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
-        let v = self.view();
-        match v.node(ino.0).and_then(|n| v.file(n)) {
-            Ok((pkg, entry)) => {
-                let fh = self.add_handle(Handle::File(OpenFile {
-                    pkg,
-                    entry,
-                    next: AtomicU64::new(0),
-                    prefetched: AtomicU32::new(0),
-                }));
-                reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply.error(Errno::ENOSYS);
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(h) = self.handle(fh) else {
-            return reply.error(Errno::EBADF);
+        let v = self.view();
+        let f = match v.node(ino.0).and_then(|n| v.file(n)) {
+            Ok((pkg, entry)) => FileRef { pkg, entry },
+            Err(e) => match self.lookups.get(ino.0) {
+                // Its package left the view, but the kernel still holds the inode.
+                Some((pkg, entry)) => FileRef { pkg, entry },
+                None => return reply.error(errno(&e)),
+            },
         };
-        let Handle::File(f) = &*h else {
-            return reply.error(Errno::EISDIR);
-        };
-        self.read_file(f, offset, size, reply);
+        drop(v);
+        self.read_file(ino.0, &f, offset, size, reply);
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.drop_handle(fh);
-        reply.ok();
-    }
-
+    // flush, fsync and fsyncdir: nothing is ever written, so there is nothing to flush or
+    // sync. ENOSYS (rather than success) makes the kernel stop sending them for the rest of
+    // the mount and answer success itself, which saves a round trip on every close().
     fn flush(
         &self,
         _req: &Request,
@@ -487,7 +543,7 @@ impl Filesystem for PackageFs {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(
@@ -498,7 +554,7 @@ impl Filesystem for PackageFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsyncdir(
@@ -509,14 +565,14 @@ impl Filesystem for PackageFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let v = self.view();
         match v.node(ino.0).and_then(|n| v.attr(n).map(|a| (n, a))) {
             Ok((node, a)) if a.kind == Kind::Dir => {
-                let fh = self.add_handle(Handle::Dir { view: v, node });
+                let fh = self.add_handle(DirHandle { view: v, node });
                 reply.opened(
                     fh,
                     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
@@ -630,6 +686,7 @@ impl Filesystem for PackageFs {
             ) {
                 break;
             }
+            self.handed_out(v, child, a.ino);
         }
         reply.ok();
     }

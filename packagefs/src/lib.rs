@@ -4,7 +4,7 @@
 //! live::Live::start(stack, keys)  ─► the active sets (pkgset) ─► View (one per generation)
 //! watch::Watcher (inotify)        ─► live::Event ─► Live::apply ─► next View | refused
 //! view::diff(old, new)            ─► the kernel cache entries to invalidate
-//! fuse::PackageFs { ViewSlot, ChunkCache }: the thin FUSE adapter (main.rs mounts it)
+//! fuse::PackageFs { ViewSlot, ChunkCache, Lookups }: the thin FUSE adapter (main.rs mounts it)
 //! ```
 //!
 //! The view is tested without a mount (`view.rs` tests); the adapter is tested through real
@@ -15,5 +15,6 @@ pub mod cache;
 pub mod fuse;
 pub mod layers;
 pub mod live;
+pub mod lookups;
 pub mod view;
 pub mod watch;

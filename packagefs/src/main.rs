@@ -41,10 +41,15 @@ fn main() -> ExitCode {
     if settings.daemonize && std::env::var_os(READY_FD_ENV).is_none() {
         return daemonize(settings.log_file.as_deref());
     }
+    // fuser::session's only warning is "Failed to umount filesystem: Invalid argument":
+    // after `umount` or `fusermount3 -u` from outside, fuser's session tries to unmount
+    // the already unmounted mount point once more. It is noise, logged on every such
+    // unmount; its errors stay visible.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pubgrub=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,pubgrub=warn,fuser::session=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

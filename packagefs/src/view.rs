@@ -34,6 +34,9 @@ pub const ROOT_INO: u64 = 1;
 /// First inode number of the mount's own nodes (below `1 << 32`, above any merged directory).
 pub const SPECIAL_INO_BASE: u64 = 0xffff_0000;
 
+/// Inode numbers from here on are package entries: `(slot + 1) << 32 | entry`.
+pub const PKG_INO_BASE: u64 = 1 << 32;
+
 /// Inode numbers of merged directories, by path, for the life of the mount: a directory
 /// keeps its number across generations, so the kernel's caches stay valid for it.
 #[derive(Debug)]
@@ -556,7 +559,7 @@ impl View {
         if ino == 0 {
             return Err(Error::Stale(ino));
         }
-        if ino < 1 << 32 {
+        if ino < PKG_INO_BASE {
             if ino >= SPECIAL_INO_BASE {
                 let i = ino - SPECIAL_INO_BASE;
                 return if (i as usize) < self.special.len() {
@@ -977,7 +980,7 @@ pub fn diff(old: &View, new: &View) -> Vec<Inval> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use format::archive::tree::Meta;
     use format::archive::writer::write_archive;
@@ -987,14 +990,14 @@ mod tests {
 
     /// A package description: (path, what) where what is `f:CONTENT`, `d`, `l:TARGET`,
     /// `s:CONTENT` (a setuid file) or `h:OTHER` (hard link to OTHER).
-    struct Spec<'a> {
-        name: &'a str,
-        version: &'a str,
-        layer: usize,
-        entries: &'a [(&'a str, &'a str)],
+    pub(crate) struct Spec<'a> {
+        pub(crate) name: &'a str,
+        pub(crate) version: &'a str,
+        pub(crate) layer: usize,
+        pub(crate) entries: &'a [(&'a str, &'a str)],
     }
 
-    fn make(dir: &std::path::Path, slot: u32, s: &Spec<'_>) -> Arc<Package> {
+    pub(crate) fn make(dir: &std::path::Path, slot: u32, s: &Spec<'_>) -> Arc<Package> {
         let mut t = Tree::new();
         let meta = Meta::new(0o644, 1_700_000_000);
         for (path, what) in s.entries {
