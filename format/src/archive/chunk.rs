@@ -223,10 +223,19 @@ pub(crate) fn compress(raw: &[u8], c: Compression) -> std::io::Result<(Method, V
             // fast level-1 probe finds it, and the expensive levels are spent only on data
             // that pays them back. (A probe that does not fit in 97% of the chunk means
             // incompressible: the chunk is stored raw.)
+            //
+            // The probe starts with a sample of the chunk, an eighth of the cost: when the
+            // sample shrinks, the chunk is taken as compressible (the final size check still
+            // stores raw whatever does not shrink). Only a sample that does not shrink is
+            // confirmed on the whole chunk, which may hold compressible data further on.
             if level >= PROBE_FROM_LEVEL {
                 let probe = compressor(&mut map, 1)?;
-                let mut dst = Vec::with_capacity(raw.len() * 97 / 100);
-                if probe.compress_to_buffer(raw, &mut dst).is_err() {
+                let shrinks = |probe: &mut zstd::bulk::Compressor<'static>, part: &[u8]| {
+                    let mut dst = Vec::with_capacity(part.len() * 97 / 100);
+                    probe.compress_to_buffer(part, &mut dst).is_ok()
+                };
+                let sample = &raw[..raw.len().min(PROBE_SAMPLE)];
+                if !shrinks(probe, sample) && (sample.len() == raw.len() || !shrinks(probe, raw)) {
                     return Ok(None);
                 }
             }
@@ -256,6 +265,9 @@ pub(crate) fn compress(raw: &[u8], c: Compression) -> std::io::Result<(Method, V
 /// zstd levels from which a chunk is first probed at level 1 (below, the probe costs about
 /// as much as it saves).
 const PROBE_FROM_LEVEL: i32 = 6;
+
+/// Bytes of a chunk probed first.
+const PROBE_SAMPLE: usize = 32 * 1024;
 
 fn compressor<'m>(
     map: &'m mut std::collections::HashMap<i32, zstd::bulk::Compressor<'static>>,

@@ -100,6 +100,14 @@ struct Piece {
     len: u32,
 }
 
+/// A compressed chunk on its way to the heap.
+struct Compressed {
+    method: chunk::Method,
+    stored: Vec<u8>,
+    raw_len: u32,
+    hash: [u8; 32],
+}
+
 #[derive(Debug, Default)]
 struct ChunkPlan {
     raw_len: u32,
@@ -323,7 +331,9 @@ pub fn write_archive(
     let ioerr = |e| Error::io(&tmp_path, e);
 
     // 6. Compress and write the heap, a batch of chunks at a time (bounded memory), chunks
-    //    of a batch in parallel. Identical stored chunks are written once.
+    //    of a batch in parallel; while one batch is written (in order, identical stored
+    //    chunks once), the next is compressed, so that the threads do not wait for the
+    //    writer. Each chunk's hash is computed by the thread that compressed it.
     let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
     w.seek(SeekFrom::Start(heap_off)).map_err(ioerr)?;
     let mut index: Vec<ChunkInfo> = Vec::with_capacity(n_chunks as usize);
@@ -332,56 +342,80 @@ pub fn write_archive(
     let mut done = 0u64;
     let total = report.unique_bytes;
     progress(0, total);
-    // Big enough that the threads rarely idle at the end of a batch, bounded to ~64 MiB.
-    let batch = (pool.current_num_threads() * 32).clamp(16, (64 << 20) / cs as usize);
+    // Big enough that the threads rarely idle at the end of a batch; two batches (one
+    // being written, one compressed) are bounded to ~64 MiB.
+    let batch = (pool.current_num_threads() * 32).clamp(16, (32 << 20) / cs as usize);
     // All-zero full chunks (sparse files, zero-filled images) are compressed once.
     let zero_chunk: std::sync::OnceLock<(chunk::Method, Vec<u8>)> = std::sync::OnceLock::new();
-    for group in chunks.chunks(batch) {
-        let results: Vec<(chunk::Method, Vec<u8>, u32)> = pool.install(|| {
-            group
-                .par_iter()
-                .map(|plan| {
-                    let raw = assemble(tree, &blobs, plan)?;
-                    if plan.raw_len == cs && raw.iter().all(|&b| b == 0) {
-                        if let Some((m, stored)) = zero_chunk.get() {
-                            return Ok((*m, stored.clone(), plan.raw_len));
+    let compress_batch = |group: &[ChunkPlan]| -> Result<Vec<Compressed>> {
+        group
+            .par_iter()
+            .map(|plan| {
+                let raw = assemble(tree, &blobs, plan)?;
+                let zero = plan.raw_len == cs && raw.iter().all(|&b| b == 0);
+                let (method, stored) = match zero_chunk.get() {
+                    Some((m, stored)) if zero => (*m, stored.clone()),
+                    _ => {
+                        let (m, stored) = chunk::compress(&raw, opts.compression)
+                            .map_err(|e| Error::io("<compressor>", e))?;
+                        if zero {
+                            let _ = zero_chunk.set((m, stored.clone()));
                         }
+                        (m, stored)
                     }
-                    let (m, stored) = chunk::compress(&raw, opts.compression)
-                        .map_err(|e| Error::io("<compressor>", e))?;
-                    if plan.raw_len == cs && raw.iter().all(|&b| b == 0) {
-                        let _ = zero_chunk.set((m, stored.clone()));
-                    }
-                    Ok((m, stored, plan.raw_len))
+                };
+                Ok(Compressed {
+                    hash: *blake3::hash(&stored).as_bytes(),
+                    method,
+                    stored,
+                    raw_len: plan.raw_len,
                 })
-                .collect::<Result<Vec<_>>>()
-        })?;
-        for (method, stored, raw_len) in results {
-            let hash = *blake3::hash(&stored).as_bytes();
-            let offset = match seen.get(&(hash, stored.len() as u32)) {
+            })
+            .collect()
+    };
+    let mut write_batch = |results: Vec<Compressed>| -> Result<()> {
+        for c in results {
+            let key = (c.hash, c.stored.len() as u32);
+            let offset = match seen.get(&key) {
                 Some(&off) => {
                     report.deduplicated_chunks += 1;
                     off
                 }
                 None => {
-                    w.write_all(&stored).map_err(ioerr)?;
+                    w.write_all(&c.stored).map_err(ioerr)?;
                     let off = heap_len;
-                    heap_len += stored.len() as u64;
-                    seen.insert((hash, stored.len() as u32), off);
+                    heap_len += c.stored.len() as u64;
+                    seen.insert(key, off);
                     off
                 }
             };
             index.push(ChunkInfo {
                 offset,
-                stored_len: stored.len() as u32,
-                raw_len,
-                method,
-                hash,
+                stored_len: c.stored.len() as u32,
+                raw_len: c.raw_len,
+                method: c.method,
+                hash: c.hash,
             });
-            done += raw_len as u64;
+            done += c.raw_len as u64;
         }
         progress(done, total);
-    }
+        Ok(())
+    };
+    pool.install(|| -> Result<()> {
+        let mut pending: Option<Vec<Compressed>> = None;
+        for group in chunks.chunks(batch) {
+            let (compressed, written) = match pending.take() {
+                Some(prev) => rayon::join(|| compress_batch(group), || write_batch(prev)),
+                None => (compress_batch(group), Ok(())),
+            };
+            written?;
+            pending = Some(compressed?);
+        }
+        match pending {
+            Some(last) => write_batch(last),
+            None => Ok(()),
+        }
+    })?;
     w.flush().map_err(ioerr)?;
     drop(w);
     report.heap_bytes = heap_len;
