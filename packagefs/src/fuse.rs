@@ -10,22 +10,21 @@
 //! stays readable through the kernel's lookup count (`lookups`).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use format::archive::{ChunkId, ChunkSpan, EntryId, Kind};
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use lru::LruCache;
 use tracing::{debug, error, info, warn};
@@ -85,43 +84,88 @@ struct Readahead {
     prefetched: ChunkId,
 }
 
-/// An open directory: the view it was opened in, so that a listing is consistent.
-struct DirHandle {
-    view: Arc<View>,
-    node: Node,
-}
-
 type Job = Box<dyn FnOnce() + Send>;
+
+/// Views replaced most recently, kept so that a directory listing begun in one of them
+/// goes on in it (see `dir_at`).
+const KEEP_EARLIER: usize = 2;
+
+/// Bits of a directory offset that hold the position in the listing; the bits above hold
+/// the epoch of the view listed.
+const POS_BITS: u32 = 40;
+const EPOCH_MASK: u32 = (1 << (64 - POS_BITS)) - 1;
+
+struct Views {
+    epoch: u32,
+    current: Arc<View>,
+    earlier: VecDeque<(u32, Arc<View>)>,
+}
 
 /// The current view, shared by the FUSE workers (which load it once per request) and the
 /// live updater (which replaces it whole: a request sees the old view or the new one).
+/// Each view has an epoch; the last few replaced views stay reachable by it.
 #[derive(Clone)]
-pub struct ViewSlot(Arc<RwLock<Arc<View>>>);
+pub struct ViewSlot(Arc<RwLock<Views>>);
 
 impl ViewSlot {
     /// A slot holding `view`.
     pub fn new(view: View) -> ViewSlot {
-        ViewSlot(Arc::new(RwLock::new(Arc::new(view))))
+        ViewSlot(Arc::new(RwLock::new(Views {
+            epoch: 0,
+            current: Arc::new(view),
+            earlier: VecDeque::new(),
+        })))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Views> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The current view.
     pub fn load(&self) -> Arc<View> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.read().current.clone()
+    }
+
+    /// The current view and its epoch.
+    fn load_epoch(&self) -> (u32, Arc<View>) {
+        let v = self.read();
+        (v.epoch, v.current.clone())
+    }
+
+    /// The view of `epoch`, if it is current or among the last few replaced.
+    fn get(&self, epoch: u32) -> Option<Arc<View>> {
+        let v = self.read();
+        if v.epoch == epoch {
+            return Some(v.current.clone());
+        }
+        v.earlier
+            .iter()
+            .find(|(e, _)| *e == epoch)
+            .map(|(_, v)| v.clone())
     }
 
     /// Makes `view` current; returns the one it replaces.
     pub fn swap(&self, view: View) -> Arc<View> {
         let new = Arc::new(view);
-        std::mem::replace(&mut *self.0.write().unwrap_or_else(|p| p.into_inner()), new)
+        let mut v = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut v.current, new);
+        let epoch = v.epoch;
+        v.earlier.push_front((epoch, old.clone()));
+        v.earlier.truncate(KEEP_EARLIER);
+        v.epoch = (epoch + 1) & EPOCH_MASK;
+        old
     }
+}
+
+/// The offset of the directory entry at `pos` of a listing of the view of `epoch`.
+fn dir_cookie(epoch: u32, pos: u64) -> u64 {
+    ((epoch as u64) << POS_BITS) | pos
 }
 
 /// The mounted file system.
 pub struct PackageFs {
     view: ViewSlot,
     cache: Arc<ChunkCache>,
-    handles: Mutex<HashMap<u64, Arc<DirHandle>>>,
-    next_fh: AtomicU64,
     /// Package inodes the kernel holds (it reads files by inode, whatever the view).
     lookups: Lookups,
     /// Read-ahead state of the files read most recently.
@@ -159,8 +203,6 @@ impl PackageFs {
             xattrs,
             view: ViewSlot::new(view),
             cache: Arc::new(ChunkCache::new(cache_size)),
-            handles: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
             lookups: Lookups::default(),
             readahead: Mutex::new(LruCache::new(
                 std::num::NonZeroUsize::new(256).expect("nonzero"),
@@ -186,36 +228,22 @@ impl PackageFs {
         &self.cache
     }
 
-    fn add_handle(&self, h: DirHandle) -> FileHandle {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(h));
-        FileHandle(fh)
-    }
-
-    fn handle(&self, fh: FileHandle) -> Option<Arc<DirHandle>> {
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned()
-    }
-
-    /// The view snapshot and directory of an open directory handle.
-    fn dir_handle(&self, fh: FileHandle) -> Result<(Arc<View>, Node), Errno> {
-        match self.handle(fh) {
-            Some(h) => Ok((h.view.clone(), h.node)),
-            None => Err(Errno::EBADF),
-        }
-    }
-
-    fn drop_handle(&self, fh: FileHandle) {
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
+    /// The view and directory a READDIR(PLUS) at `offset` of directory `ino` lists, its
+    /// epoch and the position to list from. Directories are opened by the kernel itself
+    /// (see `opendir`), so a listing is identified by its offsets: a listing begun in a
+    /// view goes on in it after a switch (as long as that view is among the last few), so
+    /// that no entry present in both is skipped or listed twice.
+    fn dir_at(&self, ino: u64, offset: u64) -> Result<(Arc<View>, Node, u32, u64), Errno> {
+        let pos = offset & ((1 << POS_BITS) - 1);
+        let (epoch, v) = match (offset >> POS_BITS) as u32 {
+            _ if offset == 0 => self.view.load_epoch(),
+            e => match self.view.get(e) {
+                Some(v) => (e, v),
+                None => self.view.load_epoch(),
+            },
+        };
+        let node = v.node(ino).map_err(|e| errno(&e))?;
+        Ok((v, node, epoch, pos))
     }
 
     fn file_attr(&self, a: &NodeAttr) -> FileAttr {
@@ -568,44 +596,37 @@ impl Filesystem for PackageFs {
         reply.error(Errno::ENOSYS);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let v = self.view();
-        match v.node(ino.0).and_then(|n| v.attr(n).map(|a| (n, a))) {
-            Ok((node, a)) if a.kind == Kind::Dir => {
-                let fh = self.add_handle(DirHandle { view: v, node });
-                reply.opened(
-                    fh,
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-                );
-            }
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(errno(&e)),
-        }
+    /// Directories too are opened by the kernel itself (ENOSYS once: no OPENDIR and
+    /// RELEASEDIR round trips, which a warm `du` or `ls -lR` otherwise pays per directory).
+    /// The kernel then caches listings (`FOPEN_CACHE_DIR`, its default in that mode) until
+    /// a switch invalidates them.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (v, node) = match self.dir_handle(fh) {
+        let (v, node, epoch, mut off) = match self.dir_at(ino.0, offset) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
         let (v, node) = (&v, &node);
-        let mut off = offset;
+        let cookie = |pos: u64| dir_cookie(epoch, pos);
         if off == 0 {
-            if reply.add(ino, 1, FileType::Directory, ".") {
+            if reply.add(ino, cookie(1), FileType::Directory, ".") {
                 return reply.ok();
             }
             off = 1;
         }
         if off == 1 {
             let parent = v.parent(*node).map(|p| v.ino(p)).unwrap_or(ino.0);
-            if reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+            if reply.add(INodeNo(parent), cookie(2), FileType::Directory, "..") {
                 return reply.ok();
             }
             off = 2;
@@ -621,7 +642,7 @@ impl Filesystem for PackageFs {
             };
             if reply.add(
                 INodeNo(v.ino(child)),
-                off + i as u64 + 1,
+                cookie(off + i as u64 + 1),
                 kind,
                 OsStr::from_bytes(name),
             ) {
@@ -634,18 +655,18 @@ impl Filesystem for PackageFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (v, node) = match self.dir_handle(fh) {
+        let (v, node, epoch, mut off) = match self.dir_at(ino.0, offset) {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
         let (v, node) = (&v, &node);
+        let cookie = |pos: u64| dir_cookie(epoch, pos);
         let ttl = self.opts.ttl;
-        let mut off = offset;
         if off < 2 {
             // "." and ".." carry attributes too; the kernel does not add lookups for them.
             let nodes = [(*node, "."), (v.parent(*node).unwrap_or(*node), "..")];
@@ -653,7 +674,7 @@ impl Filesystem for PackageFs {
                 let Ok(a) = v.attr(*n) else { continue };
                 if reply.add(
                     INodeNo(a.ino),
-                    k as u64 + 1,
+                    cookie(k as u64 + 1),
                     name,
                     &ttl,
                     &self.file_attr(&a),
@@ -678,7 +699,7 @@ impl Filesystem for PackageFs {
             };
             if reply.add(
                 INodeNo(a.ino),
-                off + i as u64 + 1,
+                cookie(off + i as u64 + 1),
                 OsStr::from_bytes(name),
                 &ttl,
                 &self.file_attr(&a),
@@ -688,18 +709,6 @@ impl Filesystem for PackageFs {
             }
             self.handed_out(v, child, a.ino);
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.drop_handle(fh);
         reply.ok();
     }
 
@@ -918,5 +927,34 @@ impl Filesystem for PackageFs {
         reply: ReplyWrite,
     ) {
         reply.error(Errno::EROFS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_goes_on_in_its_view_while_that_is_among_the_last_few() {
+        let slot = ViewSlot::new(View::build(vec![], vec![]));
+        let (e0, v0) = slot.load_epoch();
+        let old = slot.swap(View::build(vec![], vec![]));
+        assert!(Arc::ptr_eq(&old, &v0));
+        let (e1, v1) = slot.load_epoch();
+        assert_ne!(e0, e1);
+        assert!(Arc::ptr_eq(&slot.get(e0).unwrap(), &v0));
+        assert!(Arc::ptr_eq(&slot.get(e1).unwrap(), &v1));
+        for _ in 0..KEEP_EARLIER {
+            slot.swap(View::build(vec![], vec![]));
+        }
+        assert!(
+            slot.get(e0).is_none(),
+            "only the last {KEEP_EARLIER} are kept"
+        );
+        assert!(Arc::ptr_eq(&slot.get(e1).unwrap(), &v1));
+        // A cookie carries its epoch above the position.
+        let c = dir_cookie(e1, 5);
+        assert_eq!((c >> POS_BITS) as u32, e1);
+        assert_eq!(c & ((1 << POS_BITS) - 1), 5);
     }
 }

@@ -696,3 +696,58 @@ fn a_rollback_right_after_a_big_install_is_not_undone_by_late_events() {
         pkgtool_in(&layer, &keys, &["rollback", "--to", "2"]);
     }
 }
+
+#[test]
+fn a_directory_listing_begun_before_a_switch_lists_every_entry_once() {
+    let s = Stack::new(&["system"]);
+    let t = TestTree::new();
+    for i in 0..3000 {
+        t.file(&format!("d/f{i:04}"), "x");
+    }
+    s.add_pkg("system", "big", Pkg::new(t.path(), "big", "1.0.0"));
+    let m = s.mount();
+    let d = scratch();
+    // 100 names that sort before every name listed so far, and one after
+    let mut files: Vec<(String, String)> = (0..100)
+        .map(|i| (format!("d/a{i:03}"), "y".to_string()))
+        .collect();
+    files.push(("d/z".into(), "z".into()));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let extra = build(&s, d.path(), "extra", "1.0.0", &refs);
+
+    let mut it = fs::read_dir(m.join("d")).unwrap();
+    let mut names: Vec<String> = Vec::new();
+    for _ in 0..200 {
+        names.push(
+            it.next()
+                .unwrap()
+                .unwrap()
+                .file_name()
+                .into_string()
+                .unwrap(),
+        );
+    }
+    // the switch, in the middle of the listing
+    fs::copy(&extra, s.layer("system").path().join("packages/extra.hpkg")).unwrap();
+    assert!(
+        wait_until(SOON, || m.join("d/a000").exists()),
+        "{}",
+        m.log()
+    );
+    names.extend(it.map(|e| e.unwrap().file_name().into_string().unwrap()));
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), names.len(), "entries listed twice");
+    let old: Vec<&String> = names.iter().filter(|n| n.starts_with('f')).collect();
+    assert_eq!(
+        old.len(),
+        3000,
+        "entries present before and after were skipped"
+    );
+    // a listing begun after the switch sees the new set
+    assert_eq!(fs::read_dir(m.join("d")).unwrap().count(), 3101);
+}
