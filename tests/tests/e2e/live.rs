@@ -702,7 +702,7 @@ fn a_directory_listing_begun_before_a_switch_lists_every_entry_once() {
     let s = Stack::new(&["system"]);
     let t = TestTree::new();
     for i in 0..3000 {
-        t.file(&format!("d/f{i:04}"), "x");
+        t.file(format!("d/f{i:04}"), "x");
     }
     s.add_pkg("system", "big", Pkg::new(t.path(), "big", "1.0.0"));
     let m = s.mount();
