@@ -21,10 +21,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use format::archive::{ChunkId, ChunkSpan, EntryId, Kind};
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use lru::LruCache;
 use tracing::{debug, error, info, warn};
@@ -175,6 +175,11 @@ pub struct PackageFs {
     logged: Arc<Mutex<HashSet<(u32, u32)>>>,
     opts: Options,
     xattrs: bool,
+    /// The kernel opens files (`no_open`) and directories (`no_opendir`) itself after an
+    /// ENOSYS (Linux 3.18+ and 5.1+; it says so at INIT). Older kernels get handles that
+    /// carry nothing: reads and listings are served by inode and offset either way.
+    no_open: bool,
+    no_opendir: bool,
 }
 
 impl PackageFs {
@@ -201,6 +206,8 @@ impl PackageFs {
         let xattrs = view_has_xattrs(&view);
         PackageFs {
             xattrs,
+            no_open: false,
+            no_opendir: false,
             view: ViewSlot::new(view),
             cache: Arc::new(ChunkCache::new(cache_size)),
             lookups: Lookups::default(),
@@ -464,6 +471,12 @@ impl Filesystem for PackageFs {
             | InitFlags::FUSE_SPLICE_WRITE
             | InitFlags::FUSE_SPLICE_MOVE;
         let granted = wanted & config.capabilities();
+        self.no_open = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_opendir = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         if let Err(missing) = config.add_capabilities(granted) {
             debug!("kernel refused capabilities {missing:?}");
         }
@@ -472,6 +485,8 @@ impl Filesystem for PackageFs {
         info!(
             capabilities = ?granted,
             missing = ?(wanted - granted),
+            kernel_opens_files = self.no_open,
+            kernel_opens_dirs = self.no_opendir,
             "FUSE session initialised"
         );
         Ok(())
@@ -527,13 +542,18 @@ impl Filesystem for PackageFs {
     /// round trips per file read. Reads then name the inode; what keeps a file readable
     /// while it is open, across generation switches, is the kernel's lookup count (see
     /// `lookups`). The kernel then keeps cached pages across opens (`FOPEN_KEEP_CACHE`
-    /// is its default for this mode), as the content under an inode never changes.
+    /// is its default for this mode), as the content under an inode never changes. A
+    /// kernel without zero-message opens gets an empty handle: reads go by inode anyway.
     fn open(&self, _req: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         // (Never sent for writing: the mount is read-only; kept for the first open.)
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
-        reply.error(Errno::ENOSYS);
+        if self.no_open {
+            reply.error(Errno::ENOSYS);
+        } else {
+            reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        }
     }
 
     fn read(
@@ -601,7 +621,12 @@ impl Filesystem for PackageFs {
     /// The kernel then caches listings (`FOPEN_CACHE_DIR`, its default in that mode) until
     /// a switch invalidates them.
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.error(Errno::ENOSYS);
+        if self.no_opendir {
+            reply.error(Errno::ENOSYS);
+        } else {
+            let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR;
+            reply.opened(FileHandle(0), flags);
+        }
     }
 
     fn readdir(
