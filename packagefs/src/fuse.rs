@@ -75,7 +75,9 @@ struct FileRef {
     entry: EntryId,
 }
 
-/// Read-ahead state of a file (by inode: files are opened by the kernel, see `open`).
+/// Read-ahead state of a stream: a file read by a process. (There are no open handles to
+/// hang it on, see `open`; READ requests name the process, which is the reader's also for
+/// the kernel's own read-ahead, as it is issued from the reading task.)
 #[derive(Default)]
 struct Readahead {
     /// Where the next sequential read would start.
@@ -168,8 +170,8 @@ pub struct PackageFs {
     cache: Arc<ChunkCache>,
     /// Package inodes the kernel holds (it reads files by inode, whatever the view).
     lookups: Lookups,
-    /// Read-ahead state of the files read most recently.
-    readahead: Mutex<LruCache<u64, Readahead>>,
+    /// Read-ahead state of the streams read most recently, by (inode, pid).
+    readahead: Mutex<LruCache<(u64, u32), Readahead>>,
     prefetch: Option<SyncSender<Job>>,
     /// (slot, chunk) pairs already logged as bad, so each is logged once.
     logged: Arc<Mutex<HashSet<(u32, u32)>>>,
@@ -283,7 +285,7 @@ impl PackageFs {
 
     /// Answers a read: straight from the chunk when one chunk holds the range (no copy),
     /// else through a buffer kept per worker thread (no allocation).
-    fn read_file(&self, ino: u64, f: &FileRef, offset: u64, size: u32, reply: ReplyData) {
+    fn read_file(&self, stream: (u64, u32), f: &FileRef, offset: u64, size: u32, reply: ReplyData) {
         thread_local! {
             static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
@@ -294,7 +296,7 @@ impl PackageFs {
         // Read-ahead first, so that the prefetch threads decompress the next chunks while
         // this thread decompresses its own.
         if let Some(last) = spans.last() {
-            self.prefetch_after(ino, f, offset, total, last.chunk);
+            self.prefetch_after(stream, f, offset, total, last.chunk);
         }
         let mut parts = Vec::with_capacity(spans.len());
         for s in &spans {
@@ -336,7 +338,14 @@ impl PackageFs {
     /// Read-ahead for a sequential reader: if this read (of `len` bytes at `offset`,
     /// ending in chunk `last`) continues the previous read of the file, hands the chunks
     /// after it (up to `readahead` bytes) to the prefetch threads, each chunk once.
-    fn prefetch_after(&self, ino: u64, f: &FileRef, offset: u64, len: u64, last: ChunkId) {
+    fn prefetch_after(
+        &self,
+        stream: (u64, u32),
+        f: &FileRef,
+        offset: u64,
+        len: u64,
+        last: ChunkId,
+    ) {
         let Some(tx) = &self.prefetch else { return };
         let ar = &f.pkg.archive;
         let Ok(range) = ar.file_chunks(f.entry) else {
@@ -346,7 +355,7 @@ impl PackageFs {
         let ahead = self.opts.readahead.div_ceil(cs).max(1) as u32;
         let (from, to) = {
             let mut ra = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
-            let st = ra.get_or_insert_mut(ino, Readahead::default);
+            let st = ra.get_or_insert_mut(stream, Readahead::default);
             let sequential = st.next == offset;
             st.next = offset + len;
             if !sequential {
@@ -558,7 +567,7 @@ impl Filesystem for PackageFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -577,7 +586,7 @@ impl Filesystem for PackageFs {
             },
         };
         drop(v);
-        self.read_file(ino.0, &f, offset, size, reply);
+        self.read_file((ino.0, req.pid()), &f, offset, size, reply);
     }
 
     // flush, fsync and fsyncdir: nothing is ever written, so there is nothing to flush or
