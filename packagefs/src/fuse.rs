@@ -5,9 +5,10 @@
 //! bytes. A sequential reader gets the next chunks decompressed ahead of it on the prefetch
 //! threads, so decompression overlaps the kernel copying the previous chunk out.
 //!
-//! Files are opened by the kernel alone (`open` answers ENOSYS once): a file read costs a
-//! LOOKUP and its READs, no OPEN, FLUSH or RELEASE. A file open across a generation switch
-//! stays readable through the kernel's lookup count (`lookups`).
+//! Files and directories are opened by the kernel alone (`open` and `opendir` answer ENOSYS
+//! once, on kernels that support it): a file read costs a LOOKUP and its READs, no OPEN,
+//! FLUSH or RELEASE. A file open across a generation switch stays readable through the
+//! kernel's lookup count (`lookups`); a listing across one, through its offsets (`dir_at`).
 
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
@@ -387,15 +388,7 @@ impl PackageFs {
 /// (an open file). Setuid and setgid bits are dropped: its layer's rules are not at hand.
 fn held_attr(ino: u64, pkg: &Package, entry: EntryId) -> Option<NodeAttr> {
     let a = pkg.archive.attr(entry).ok()?;
-    Some(NodeAttr {
-        ino,
-        kind: a.kind,
-        perm: a.perm & !0o6000,
-        nlink: a.nlink,
-        size: a.size,
-        mtime: a.mtime,
-        mtime_nsec: a.mtime_nsec,
-    })
+    Some(NodeAttr::of_entry(ino, &a, true))
 }
 
 fn load_chunk(

@@ -180,6 +180,22 @@ pub struct NodeAttr {
     pub mtime_nsec: u32,
 }
 
+impl NodeAttr {
+    /// The attributes of a package entry with inode `ino`: its archive attributes, with
+    /// setuid and setgid dropped if `nosuid`.
+    pub fn of_entry(ino: u64, a: &Attr, nosuid: bool) -> NodeAttr {
+        NodeAttr {
+            ino,
+            kind: a.kind,
+            perm: if nosuid { a.perm & !0o6000 } else { a.perm },
+            nlink: a.nlink,
+            size: a.size,
+            mtime: a.mtime,
+            mtime_nsec: a.mtime_nsec,
+        }
+    }
+}
+
 /// Two packages of one layer claim one path with different contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
@@ -654,23 +670,11 @@ impl View {
             }
             Node::Pkg { pkg, entry } => {
                 let a = self.pkg_attr(pkg, entry)?;
-                let mut perm = a.perm;
-                if self
+                let nosuid = self
                     .layers
                     .get(self.packages[pkg as usize].layer)
-                    .is_none_or(|l| l.nosuid)
-                {
-                    perm &= !0o6000;
-                }
-                Ok(NodeAttr {
-                    ino,
-                    kind: a.kind,
-                    perm,
-                    nlink: a.nlink,
-                    size: a.size,
-                    mtime: a.mtime,
-                    mtime_nsec: a.mtime_nsec,
-                })
+                    .is_none_or(|l| l.nosuid);
+                Ok(NodeAttr::of_entry(ino, &a, nosuid))
             }
         }
     }
