@@ -578,43 +578,73 @@ fn pkgtool_killed_at_random_points_leaves_a_whole_generation() {
     let d = scratch();
     // big enough that copying into packages/ and fsyncing take a while
     let filler: String = (0..300_000).map(|i| format!("{i:x}\n")).collect();
-    let mut killed = 0;
-    for round in 0..16u64 {
-        let p = build(
+    let pkg = |name: &str, version: &str, extra: &str| {
+        build(
             &s,
             d.path(),
-            "app",
-            &format!("1.{round}.0"),
-            &[("share/app", &format!("{round}\n{filler}"))],
-        );
+            name,
+            version,
+            &[(&format!("share/{name}"), &format!("{extra}\n{filler}"))],
+        )
+    };
+    let spawn = |p: Option<&Path>| {
         let mut cmd = Command::new(pkgtool());
-        if round % 4 == 3 {
-            cmd.args(["rollback"]);
-        } else {
-            cmd.arg("install").arg(&p);
-        }
-        let mut child = cmd
-            .arg("--layer")
+        match p {
+            Some(p) => cmd.arg("install").arg(p),
+            None => cmd.arg("rollback"),
+        };
+        cmd.arg("--layer")
             .arg(format!("system={}", layer.display()))
             .arg("--trusted-keys")
             .arg(&keys)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(round * 5 % 45));
+            .unwrap()
+    };
+    // Kill points are fractions of how long a whole run takes on this machine now, so
+    // that they fall inside the run however fast or loaded the machine is.
+    let whole = |p: Option<&Path>| {
+        let t = Instant::now();
+        let st = spawn(p).wait().unwrap();
+        assert!(st.success(), "calibration run failed: {st}");
+        t.elapsed()
+    };
+    let mut install_t = Vec::new();
+    let mut rollback_t = Vec::new();
+    for i in 0..3 {
+        install_t.push(whole(Some(&pkg("calib", &format!("1.{i}.0"), "c"))));
+        rollback_t.push(whole(None));
+    }
+    install_t.sort();
+    rollback_t.sort();
+    let mut killed = 0;
+    for round in 0..16u32 {
+        let (p, t) = if round % 4 == 3 {
+            (None, rollback_t[0])
+        } else {
+            (
+                Some(pkg("app", &format!("1.{round}.0"), &round.to_string())),
+                install_t[0],
+            )
+        };
+        // spread over the first 90% of the fastest whole run, in a shuffled order
+        let at = t.mul_f64(0.9 * (f64::from(round * 7 % 16) + 0.5) / 16.0);
+        let mut child = spawn(p.as_deref());
+        std::thread::sleep(at);
         if child.try_wait().unwrap().is_none() {
             killed += 1;
         }
         let _ = child.kill();
         let _ = child.wait();
         if layer.join("state/active.list").exists() {
-            assert_whole_generation(&layer, &keys, &format!("round {round}"));
+            assert_whole_generation(&layer, &keys, &format!("round {round} (killed at {at:?})"));
         }
     }
     assert!(
-        killed >= 4,
-        "only {killed} of 16 runs were killed before they finished"
+        killed >= 8,
+        "only {killed} of 16 runs were killed before they finished \
+         (whole runs: install {install_t:?}, rollback {rollback_t:?})"
     );
     // the next writer clears what the killed ones left, and the daemon mounts the set
     pkgtool_in(
