@@ -2,6 +2,7 @@
 //! reports readiness, and unmounts on SIGINT/SIGTERM.
 
 mod args;
+mod mount;
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -105,8 +106,25 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     let npkg = view.packages().len();
     let fs = PackageFs::new(view, s.cache_size, Options::default());
     let fs_slot = fs.slot();
-    let mut session = fuser::Session::new(fs, &s.mountpoint, &s.config())
-        .map_err(|e| anyhow::anyhow!("cannot mount on {}: {e}", s.mountpoint.display()))?;
+    let cannot =
+        |e: std::io::Error| anyhow::anyhow!("cannot mount on {}: {e}", s.mountpoint.display());
+    let (mut session, own_mount) =
+        match mount::mount(&s.mountpoint, &s.mount_options, s.acl).map_err(cannot)? {
+            Some(fd) => {
+                // Mounted as fuse.packagefs; if the handshake fails, take the mount away.
+                match fuser::Session::from_fd(fs, fd, s.acl, s.config()) {
+                    Ok(session) => (session, true),
+                    Err(e) => {
+                        lazy_unmount(&s.mountpoint);
+                        return Err(cannot(e));
+                    }
+                }
+            }
+            None => (
+                fuser::Session::new(fs, &s.mountpoint, &s.config()).map_err(cannot)?,
+                false,
+            ),
+        };
     let mut unmounter = session.unmount_callable();
     let notifier = session.notifier();
     let slot = fs_slot;
@@ -195,7 +213,12 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     match rx.recv() {
         Ok(Event::Signal(sig)) => {
             info!(signal = sig, "unmounting");
-            match unmounter.unmount() {
+            let r = if own_mount {
+                mount::unmount(&s.mountpoint)
+            } else {
+                unmounter.unmount()
+            };
+            match r {
                 Ok(()) => {
                     // Let the session threads see the unmount (bounded).
                     let _ = rx.recv_timeout(Duration::from_secs(10));
