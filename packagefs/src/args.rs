@@ -28,7 +28,9 @@ mount.fuse3 form (SOURCE MOUNTPOINT), where it returns once the mount is ready. 
 SIGTERM unmount cleanly, and `umount`/`fusermount3 -u` end the daemon.
 -o takes FUSE options (allow_other, allow_root, nosuid, nodev, noexec, auto_unmount,
 fsname=...; default_permissions is always on) and packagefs options (layer=NAME=DIR,
-trusted_keys=DIR, cache_size=SIZE, threads=N, log=FILE: where a detached daemon logs)."
+trusted_keys=DIR, cache_size=SIZE, threads=N, log=FILE: where a detached daemon logs,
+xattrs / noxattrs: always / never answer extended attributes; by default they are answered
+if a package active at mount has any, since answering costs `ls -l` a round trip per file)."
 )]
 pub struct Args {
     /// Layer NAME=DIR, lowest first (repeatable).
@@ -76,6 +78,8 @@ pub struct Settings {
     pub daemonize: bool,
     /// Where a detached daemon writes its log (`-o log=FILE`).
     pub log_file: Option<PathBuf>,
+    /// `-o xattrs` / `-o noxattrs`; unset: decided by the packages at mount.
+    pub xattrs: Option<bool>,
 }
 
 impl Args {
@@ -114,6 +118,7 @@ impl Args {
         let mut log_file = None;
         let mut acl = SessionACL::Owner;
         let mut nosuid = false;
+        let mut xattrs = None;
         for opt in self
             .options
             .iter()
@@ -157,6 +162,8 @@ impl Args {
                     mount_options.push(MountOption::FSName(v.to_owned()));
                 }
                 ("subtype", Some(_)) => {}
+                ("xattrs", None) => xattrs = Some(true),
+                ("noxattrs", None) => xattrs = Some(false),
                 _ => mount_options.push(MountOption::CUSTOM(opt.to_owned())),
             }
         }
@@ -209,6 +216,7 @@ impl Args {
             acl,
             daemonize: source.is_some() && !self.foreground,
             log_file,
+            xattrs,
         })
     }
 }

@@ -46,17 +46,23 @@ pub struct Options {
     pub max_read: u32,
     /// Prefetch worker threads (0: no prefetching).
     pub prefetch_threads: usize,
+    /// Answer getxattr/listxattr. When off, the first request gets ENOSYS, which the
+    /// kernel remembers for the whole mount: `ls -l` (which asks for the SELinux label
+    /// and the ACLs of every file) then costs no round trip per file, which makes a warm
+    /// `ls -lR` about 7 times faster. `None`: on if any package of the first view has an
+    /// xattr (a package with xattrs activated later then needs `-o xattrs` or a remount).
+    pub xattrs: Option<bool>,
 }
 
-/// True if any package of the view has an extended attribute. When none has, the file
-/// system answers getxattr/listxattr with ENOSYS, which the kernel remembers for the whole
-/// mount: `ls -l` (which asks for ACLs and labels of every file) then costs no round trip
-/// per file. Packages activated later (live updates) must then be remounted to show xattrs.
-fn view_has_xattrs(v: &View) -> bool {
-    v.packages().iter().any(|p| {
-        let a = &p.archive;
-        (0..a.entry_count()).any(|e| a.xattrs(e).is_ok_and(|mut x| x.next().is_some()))
-    })
+/// True if an entry of package `p` has an extended attribute.
+pub fn package_has_xattrs(p: &Package) -> bool {
+    let a = &p.archive;
+    (0..a.entry_count()).any(|e| a.xattrs(e).is_ok_and(|mut x| x.next().is_some()))
+}
+
+/// True if any package of the view has an extended attribute.
+pub fn view_has_xattrs(v: &View) -> bool {
+    v.packages().iter().any(|p| package_has_xattrs(p))
 }
 
 impl Default for Options {
@@ -66,6 +72,7 @@ impl Default for Options {
             readahead: 2 << 20,
             max_read: 1 << 20,
             prefetch_threads: 2,
+            xattrs: None,
         }
     }
 }
@@ -206,7 +213,7 @@ impl PackageFs {
             }
             tx
         });
-        let xattrs = view_has_xattrs(&view);
+        let xattrs = opts.xattrs.unwrap_or_else(|| view_has_xattrs(&view));
         PackageFs {
             xattrs,
             no_open: false,
@@ -231,6 +238,11 @@ impl PackageFs {
     /// The slot through which the live updater switches views.
     pub fn slot(&self) -> ViewSlot {
         self.view.clone()
+    }
+
+    /// Whether extended attributes are answered (see `Options::xattrs`).
+    pub fn xattrs(&self) -> bool {
+        self.xattrs
     }
 
     /// The chunk cache.

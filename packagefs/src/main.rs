@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use format::keys::TrustedKeys;
 use fuser::INodeNo;
-use packagefs::fuse::{Options, PackageFs};
+use packagefs::fuse::{package_has_xattrs, Options, PackageFs};
 use packagefs::layers;
 use packagefs::live::Live;
 use packagefs::view::{diff, Inval, Shine, View};
@@ -104,7 +104,15 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     }
     log_conflicts(&view);
     let npkg = view.packages().len();
-    let fs = PackageFs::new(view, s.cache_size, Options::default());
+    let opts = Options {
+        xattrs: s.xattrs,
+        ..Options::default()
+    };
+    let fs = PackageFs::new(view, s.cache_size, opts);
+    let xattrs = fs.xattrs();
+    if !xattrs {
+        info!("no active package has extended attributes: they are not served (-o xattrs serves them)");
+    }
     let fs_slot = fs.slot();
     let cannot =
         |e: std::io::Error| anyhow::anyhow!("cannot mount on {}: {e}", s.mountpoint.display());
@@ -168,6 +176,9 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
                     Ok(Some(view)) => {
                         let old = slot.swap(view);
                         let new = slot.load();
+                        if !xattrs {
+                            warn_unserved_xattrs(&old, &new);
+                        }
                         log_conflicts(&new);
                         let inval = diff(&old, &new);
                         tracing::debug!("diff in {:?}", t.elapsed());
@@ -239,6 +250,21 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
             r.map_err(|e| anyhow::anyhow!("FUSE session failed: {e}"))
         }
         Err(_) => Ok(()),
+    }
+}
+
+/// Names the packages activated by a switch whose extended attributes the mount does not
+/// serve (it was mounted without any; the kernel remembers that for the whole mount).
+fn warn_unserved_xattrs(old: &View, new: &View) {
+    let before: std::collections::HashSet<u32> = old.packages().iter().map(|p| p.slot).collect();
+    for p in new.packages() {
+        if !before.contains(&p.slot) && package_has_xattrs(p) {
+            warn!(
+                package = %p.label(),
+                "has extended attributes, which this mount does not serve (it was mounted \
+                 when no package had any); remount, or mount with -o xattrs, to see them"
+            );
+        }
     }
 }
 

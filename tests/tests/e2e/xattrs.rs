@@ -124,3 +124,54 @@ fn absent_xattr_gives_enodata_and_a_plain_file_lists_none() {
         "getxattr",
     );
 }
+
+/// A package with xattrs dropped into a mount that started without any: with `-o xattrs`
+/// they are served; by default they are not (the kernel remembers ENOSYS for the whole
+/// mount), and the log names the package and the remedy.
+#[test]
+fn xattrs_of_a_package_activated_later_need_the_xattrs_option() {
+    for served in [true, false] {
+        let s = Stack::new(&["system"]);
+        s.add(
+            "system",
+            TestTree::new().file("plain", "no xattrs").path(),
+            "plain",
+        );
+        let mut b = s.builder();
+        if served {
+            b = b.arg("-o").arg("xattrs");
+        }
+        let m = b.start();
+        // the first request fixes the kernel's view of the mount
+        assert_eq!(
+            xattr::get(m.join("plain"), "user.nope").ok().flatten(),
+            None
+        );
+        let t = TestTree::new();
+        t.file("late", "x").xattr("late", "user.late", b"yes");
+        e2e::Pkg::new(t.path(), "late", "1.0.0")
+            .key(s.keys())
+            .build(s.layer("system").path().join("packages/late.hpkg"));
+        let late = m.join("late");
+        assert!(
+            e2e::wait_until(std::time::Duration::from_secs(5), || late.exists()),
+            "{}",
+            m.log()
+        );
+        let got = xattr::get(&late, "user.late");
+        if served {
+            assert_eq!(got.unwrap().as_deref(), Some(&b"yes"[..]), "{}", m.log());
+        } else {
+            let e = got.expect_err("xattrs are not served");
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+            assert!(
+                e2e::wait_until(std::time::Duration::from_secs(5), || m
+                    .log()
+                    .contains("late-1.0.0")
+                    && m.log().contains("mount with -o xattrs")),
+                "{}",
+                m.log()
+            );
+        }
+    }
+}
