@@ -139,8 +139,10 @@ impl Live {
             lock_wait: std::time::Duration::ZERO,
             stack,
         };
-        let _locks = live.lock_all()?;
+        let locks = live.lock_all()?;
         let names = live.stack.names();
+        // Layers whose set was read from their active.list (not made afresh from packages/).
+        let mut from_list = Vec::new();
         for l in 0..n {
             let spec = &live.stack.layers[l];
             let pk = spec.paths.packages();
@@ -148,7 +150,10 @@ impl Live {
                 warn!(layer = %spec.name, "cannot create {}: {e}", pk.display());
             }
             let (set, list) = match live.stack.load_active(l, &mut live.opener) {
-                Ok(ls) if ls.list.is_some() => (ls.packages, ls.list),
+                Ok(ls) if ls.list.is_some() => {
+                    from_list.push(l);
+                    (ls.packages, ls.list)
+                }
                 Ok(_) => {
                     let (cands, refused) = live.stack.scan(l, &mut live.opener)?;
                     for r in &refused {
@@ -186,13 +191,67 @@ impl Live {
                 error!("the active set breaks the invariant: {p}");
             }
         }
+        let mut arrived = Vec::new();
         for l in 0..n {
             live.rescan_files(l);
             live.settled[l] = list_mtime(&live.stack, l);
             live.seen[l] = live.settled[l];
+            if from_list.contains(&l) {
+                arrived.extend(live.arrived_while_down(l));
+            }
+        }
+        drop(locks);
+        // Files dropped while no daemon watched are drops like any other (as Haiku's
+        // package daemon activates at boot what was copied in while the system was off).
+        if !arrived.is_empty() {
+            match live.apply(arrived) {
+                Ok(Some(view)) => return Ok((live, view)),
+                Ok(None) => {}
+                Err(e) => error!(
+                    "cannot activate the packages dropped while unmounted: {}",
+                    one_line(e.as_ref())
+                ),
+            }
         }
         let view = live.build_view();
         Ok((live, view))
+    }
+
+    /// The files of layer `l`'s `packages/` that changed after its `active.list` was last
+    /// written and hold a package that is not active: dropped while no daemon watched.
+    /// Files older than the list were there when its set was chosen (the newer versions a
+    /// rollback left inactive, say). A pool link removed by `gc` changes a file's ctime
+    /// too, so files older than the pool's last change do not count either. A file
+    /// deleted while unmounted is not noticed: its package stays active, from the pool,
+    /// until `pkgtool remove`.
+    fn arrived_while_down(&self, l: usize) -> Vec<Event> {
+        let Some(list) = self.settled[l] else {
+            return Vec::new();
+        };
+        let pool = std::fs::metadata(self.stack.layers[l].paths.pool())
+            .and_then(|m| m.modified())
+            .ok();
+        let settled = pool.map_or(list, |p| p.max(list));
+        let active = ids(&self.sets[l]);
+        let dir = self.stack.layers[l].paths.packages();
+        let mut names: Vec<&OsString> = self.files[l]
+            .iter()
+            .filter(|(name, id)| {
+                !active.contains(id)
+                    && std::fs::symlink_metadata(dir.join(name))
+                        .is_ok_and(|md| ctime(&md) > settled)
+            })
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| Event::Added {
+                layer: l,
+                name: name.clone(),
+                complete: true,
+            })
+            .collect()
     }
 
     /// The newest generation of layer `l` whose packages all open.

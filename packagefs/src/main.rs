@@ -47,11 +47,7 @@ fn main() -> ExitCode {
     // the already unmounted mount point once more. It is noise, logged on every such
     // unmount; its errors stay visible.
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,pubgrub=warn,fuser::session=error")
-            }),
-        )
+        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -62,6 +58,21 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The log filter: `RUST_LOG`, or info by default. The solver (pubgrub) logs every step
+/// of its search at info level, so it stays at warn unless `RUST_LOG` names it.
+fn log_filter(env: Option<String>) -> tracing_subscriber::EnvFilter {
+    let mut spec = env
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "info,fuser::session=error".into());
+    if !spec.contains("pubgrub") {
+        spec.push_str(",pubgrub=warn");
+    }
+    tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("packagefs: RUST_LOG={spec}: {e}; logging at info");
+        tracing_subscriber::EnvFilter::new("info,pubgrub=warn,fuser::session=error")
+    })
 }
 
 enum Event {

@@ -781,3 +781,56 @@ fn a_directory_listing_begun_before_a_switch_lists_every_entry_once() {
     // a listing begun after the switch sees the new set
     assert_eq!(fs::read_dir(m.join("d")).unwrap().count(), 3101);
 }
+
+#[test]
+fn a_package_dropped_while_unmounted_is_activated_at_the_next_mount_and_a_rollback_stays() {
+    let s = Stack::new(&["system"]);
+    s.add("system", tree(&[("etc/base", "base\n")]).path(), "base");
+    let layer = s.layer("system").path().to_owned();
+    let keys = s.keys().trusted().to_owned();
+    let pk = layer.join("packages");
+    let d = scratch();
+    {
+        let m = s.mount();
+        assert_eq!(read(m.join("etc/base")), "base\n");
+    }
+    // dropped while no daemon runs: activated at the next mount, as a new generation
+    let v1 = build(&s, d.path(), "app", "1.0.0", &[("etc/app", "v1\n")]);
+    fs::copy(&v1, pk.join("app-1.hpkg")).unwrap();
+    {
+        let m = s.mount();
+        assert_eq!(read(m.join("etc/app")), "v1\n", "{}", m.log());
+        assert!(
+            active_list(&layer).contains("# generation: 2\n"),
+            "{}",
+            active_list(&layer)
+        );
+        let log = m.log();
+        assert!(log.contains("dropped app-1.hpkg"), "{log}");
+        // version 2 arrives live, then the admin rolls back to version 1
+        let v2 = build(&s, d.path(), "app", "2.0.0", &[("etc/app", "v2\n")]);
+        fs::copy(&v2, pk.join("app-2.hpkg")).unwrap();
+        assert!(
+            wait_until(SOON, || read(m.join("etc/app")) == "v2\n"),
+            "{}",
+            m.log()
+        );
+        pkgtool_in(&layer, &keys, &["rollback"]);
+        assert!(
+            wait_until(SOON, || read(m.join("etc/app")) == "v1\n"),
+            "{}",
+            m.log()
+        );
+    }
+    // the inactive version 2 left in packages/ is older than the rollback: not a drop, even
+    // after gc removed its pool link (which changes the file's ctime)
+    assert!(pk.join("app-2.hpkg").exists(), "the rollback kept the file");
+    let other = build(&s, d.path(), "other", "1.0.0", &[("etc/other", "o\n")]);
+    pkgtool_in(&layer, &keys, &["install", &other.display().to_string()]);
+    let gc = pkgtool_in(&layer, &keys, &["gc", "--keep", "1"]);
+    assert!(!layer.join("state/generations/3").exists(), "gc: {gc}");
+    let before = active_list(&layer);
+    let m = s.mount();
+    assert_eq!(read(m.join("etc/app")), "v1\n", "{}", m.log());
+    assert_eq!(active_list(&layer), before, "{}", m.log());
+}
