@@ -100,6 +100,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
         warn!(dir = %s.trusted_keys.display(), "no trusted keys: every package will be refused");
     }
     let (stack, shine, _layer_fds) = layer_stack(&s)?;
+    record_stack(&s, &stack);
     // Watch before loading, so no change between the two goes unseen.
     let mut watcher = Watcher::new(&stack)
         .map_err(|e| anyhow::anyhow!("cannot watch the layer directories: {e}"))?;
@@ -331,6 +332,24 @@ fn layer_stack(s: &args::Settings) -> anyhow::Result<(Stack, Shine, Vec<std::fs:
         specs.push(LayerSpec::new(&l.name, dir));
     }
     Ok((Stack::new(specs), shine, fds))
+}
+
+/// Writes each layer's `state/stack` (its name and the layers below it), so that pkgtool
+/// given only this layer checks changes against the same layers below. A layer that
+/// cannot be written (read-only media) is skipped.
+fn record_stack(s: &args::Settings, stack: &Stack) {
+    let mut below = Vec::new();
+    for (l, spec) in s.layers.iter().zip(&stack.layers) {
+        let record = pkgset::generation::StackRecord {
+            name: l.name.clone(),
+            below: below.clone(),
+        };
+        if let Err(e) = record.write(&spec.paths) {
+            tracing::debug!(layer = %l.name, "cannot record the layer stack: {e}");
+        }
+        let dir = std::fs::canonicalize(&l.dir).unwrap_or_else(|_| l.dir.clone());
+        below.push((l.name.clone(), dir));
+    }
 }
 
 /// Chunk buffers (64 KiB - 1 MiB) are allocated and freed by many threads: with glibc's

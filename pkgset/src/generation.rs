@@ -93,6 +93,73 @@ impl LayerPaths {
     pub fn pool_file(&self, id: &PackageId) -> PathBuf {
         self.pool().join(format!("{id}.hpkg"))
     }
+    /// `state/stack`: the layer's name and the layers below it, as packagefs last
+    /// mounted them.
+    pub fn stack_record(&self) -> PathBuf {
+        self.state().join("stack")
+    }
+}
+
+/// Where a layer sits in a mount: its name there and the layers below it (name and
+/// directory, lowest first). packagefs writes it to `state/stack` at mount, so that
+/// pkgtool, given just this layer, checks a change against the same layers below.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackRecord {
+    /// The layer's name in the mount.
+    pub name: String,
+    /// The layers below it, lowest first.
+    pub below: Vec<(String, PathBuf)>,
+}
+
+impl StackRecord {
+    /// The file's text.
+    pub fn to_text(&self) -> String {
+        let mut t = String::from(
+            "# packagefs layer stack: this layer's name and the layers below it, lowest first\n",
+        );
+        t.push_str(&format!("# layer: {}\n", self.name));
+        for (n, d) in &self.below {
+            t.push_str(&format!("{n}={}\n", d.display()));
+        }
+        t
+    }
+
+    /// Parses the file's text; `None` if it is not one (no `# layer:` line, a bad line).
+    pub fn parse(text: &str) -> Option<StackRecord> {
+        let mut name = None;
+        let mut below = Vec::new();
+        for line in text.lines() {
+            if let Some(n) = line.strip_prefix("# layer: ") {
+                name = Some(n.trim().to_owned());
+            } else if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            } else {
+                let (n, d) = line.split_once('=')?;
+                if n.is_empty() || d.is_empty() || !Path::new(d).is_absolute() {
+                    return None;
+                }
+                below.push((n.to_owned(), PathBuf::from(d)));
+            }
+        }
+        Some(StackRecord {
+            name: name.filter(|n| !n.is_empty())?,
+            below,
+        })
+    }
+
+    /// Reads layer `layer`'s record, if it has a valid one.
+    pub fn read(layer: &LayerPaths) -> Option<StackRecord> {
+        let text = fs::read_to_string(layer.stack_record()).ok()?;
+        StackRecord::parse(&text)
+    }
+
+    /// Writes it to layer `layer` (crash-safely; not if it is already there).
+    pub fn write(&self, layer: &LayerPaths) -> Result<(), StateError> {
+        if StackRecord::read(layer).as_ref() == Some(self) {
+            return Ok(());
+        }
+        write_atomic(&layer.stack_record(), self.to_text().as_bytes())
+    }
 }
 
 /// An exclusive lock on a layer's state (`flock` on `state/lock`), released on drop.

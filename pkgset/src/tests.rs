@@ -587,3 +587,35 @@ mod plans {
         assert!(p.is_empty());
     }
 }
+
+#[test]
+fn stack_record_round_trips_and_rejects_what_it_cannot_use() {
+    use crate::generation::{LayerPaths, StackRecord};
+    let r = StackRecord {
+        name: "user".into(),
+        below: vec![
+            ("system".into(), "/pkg/system".into()),
+            ("common".into(), "/pkg/common".into()),
+        ],
+    };
+    assert_eq!(StackRecord::parse(&r.to_text()), Some(r.clone()));
+    let lowest = StackRecord {
+        name: "system".into(),
+        below: Vec::new(),
+    };
+    assert_eq!(StackRecord::parse(&lowest.to_text()), Some(lowest));
+    for bad in [
+        "system=/pkg/system\n",                 // no name
+        "# layer: user\nsystem\n",              // no directory
+        "# layer: user\nsystem=relative/dir\n", // not absolute
+        "# layer: user\n=/pkg/system\n",        // no layer name
+        "# layer: \n",                          // empty name
+    ] {
+        assert_eq!(StackRecord::parse(bad), None, "{bad:?}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let paths = LayerPaths::new(d.path());
+    assert_eq!(StackRecord::read(&paths), None);
+    r.write(&paths).unwrap();
+    assert_eq!(StackRecord::read(&paths), Some(r));
+}

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use format::keys::TrustedKeys;
-use pkgset::generation::{self, Lock};
+use pkgset::generation::{self, Lock, StackRecord};
 use pkgset::stack::{now_utc, Loaded, Refusal};
 use pkgset::{plan, Candidate, Change, LayerSpec, Opener, Plan, Stack, Want};
 use serde::Serialize;
@@ -28,7 +28,8 @@ use crate::output::Out;
 
 fn stack_of(specs: &[String]) -> anyhow::Result<Stack> {
     let mut layers = Vec::new();
-    for s in specs {
+    let specs = with_recorded_stack(specs)?;
+    for s in &specs {
         let l = LayerSpec::parse(s).map_err(|e| anyhow!("bad layer {e}"))?;
         if layers.iter().any(|o: &LayerSpec| o.name == l.name) {
             bail!("layer {} is given twice", l.name);
@@ -45,6 +46,46 @@ fn stack_of(specs: &[String]) -> anyhow::Result<Stack> {
         layers.push(l);
     }
     Ok(Stack::new(layers))
+}
+
+/// One layer given alone: the layers below it as packagefs last mounted it (its
+/// `state/stack`), so a change is checked against the same stack the daemon checks it
+/// against; said on stderr. Several layers, or a layer with no record: as given.
+fn with_recorded_stack(specs: &[String]) -> anyhow::Result<Vec<String>> {
+    let [only] = specs else {
+        return Ok(specs.to_vec());
+    };
+    let l = LayerSpec::parse(only).map_err(|e| anyhow!("bad layer {e}"))?;
+    let Some(rec) = StackRecord::read(&l.paths) else {
+        return Ok(specs.to_vec());
+    };
+    let mut out = Vec::new();
+    for (name, dir) in &rec.below {
+        if !dir.is_dir() {
+            bail!(
+                "layer {} is mounted above {name}={}, which is gone; give the layers with \
+                 --layer, lowest first",
+                rec.name,
+                dir.display()
+            );
+        }
+        out.push(format!("{name}={}", dir.display()));
+    }
+    // The name the mount knows it by, unless the command gave one.
+    let named = if only.contains('=') {
+        only.clone()
+    } else {
+        format!("{}={only}", rec.name)
+    };
+    if !out.is_empty() {
+        eprintln!(
+            "pkgtool: layers below {} as packagefs mounts them (state/stack): {}",
+            rec.name,
+            out.join(" ")
+        );
+    }
+    out.push(named);
+    Ok(out)
 }
 
 fn opener(trust: &TrustArgs) -> anyhow::Result<Opener> {

@@ -834,3 +834,60 @@ fn a_package_dropped_while_unmounted_is_activated_at_the_next_mount_and_a_rollba
     assert_eq!(read(m.join("etc/app")), "v1\n", "{}", m.log());
     assert_eq!(active_list(&layer), before, "{}", m.log());
 }
+
+#[test]
+fn pkgtool_given_only_the_user_layer_checks_against_the_layers_below_it() {
+    let s = Stack::new(&["system", "user"]);
+    s.add(
+        "system",
+        tree(&[("lib/libcore", "core\n")]).path(),
+        "core.io",
+    );
+    let user = s.layer("user").path().to_owned();
+    let system = std::fs::canonicalize(s.layer("system").path()).unwrap();
+    let keys = s.keys().trusted().to_owned();
+    let d = scratch();
+    let app = build_pkg(
+        &s,
+        d.path(),
+        Pkg::new(tree(&[("bin/app", "app\n")]).path(), "app", "1.0.0").requires("core.io", "^1"),
+    );
+    let install = |expect_ok: bool| {
+        let out = Command::new(pkgtool())
+            .arg("install")
+            .arg(&app)
+            .arg("--layer")
+            .arg(&user)
+            .arg("--trusted-keys")
+            .arg(&keys)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.success(), expect_ok, "{err}");
+        err
+    };
+    // Before any mount the user layer does not know what lies below it: core.io is unmet.
+    let err = install(false);
+    assert!(err.contains("core.io"), "{err}");
+    let m = s.mount();
+    let rec = fs::read_to_string(user.join("state/stack")).unwrap();
+    assert!(rec.contains("# layer: user\n"), "{rec}");
+    assert!(
+        rec.contains(&format!("\nsystem={}\n", system.display())),
+        "{rec}"
+    );
+    let sys_rec = fs::read_to_string(s.layer("system").path().join("state/stack")).unwrap();
+    assert!(
+        !sys_rec.contains('='),
+        "nothing lies below system: {sys_rec}"
+    );
+    // Mounted once, the same command finds core.io in system, and the daemon activates it.
+    let err = install(true);
+    assert!(err.contains("layers below user"), "{err}");
+    assert!(
+        wait_until(SOON, || m.join("bin/app").exists()),
+        "{}",
+        m.log()
+    );
+    assert!(active_list(&user).contains("app-1.0.0"));
+}
