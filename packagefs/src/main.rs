@@ -344,7 +344,10 @@ fn record_stack(s: &args::Settings, stack: &Stack) {
             name: l.name.clone(),
             below: below.clone(),
         };
-        if let Err(e) = record.write(&spec.paths) {
+        // Under the layer's lock, as every writer of state/ (the lock holder clears temps).
+        let written = pkgset::generation::Lock::acquire(&spec.paths)
+            .and_then(|_lock| record.write(&spec.paths));
+        if let Err(e) = written {
             tracing::debug!(layer = %l.name, "cannot record the layer stack: {e}");
         }
         let dir = std::fs::canonicalize(&l.dir).unwrap_or_else(|_| l.dir.clone());
