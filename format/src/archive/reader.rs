@@ -1,6 +1,7 @@
 //! Reading an archive: open (validate everything before use), look up, list, stat, read.
 //!
-//! Opening maps the metadata (header, manifest, TOC, chunk index) and checks it once: its
+//! Opening reads the metadata (header, manifest, TOC, chunk index) into memory (never a
+//! memory map: see `Archive::from_file`) and checks it once: its
 //! hash against the trailer's package id, the signature against the embedded key, and every
 //! record of the TOC and chunk index. Time and memory are proportional to the metadata, not
 //! the data. File bytes are read with positioned reads, chunk by chunk; a chunk's hash is
@@ -11,8 +12,6 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-use memmap2::{Mmap, MmapOptions};
 
 use super::chunk::{self, ChunkInfo, INDEX_ENTRY_LEN};
 use super::header::{Header, HEADER_LEN};
@@ -140,7 +139,8 @@ pub struct ChunkSpan {
 pub struct Archive {
     path: PathBuf,
     file: File,
-    meta: Mmap,
+    /// Everything before the heap: header, manifest, TOC, chunk index.
+    meta: Vec<u8>,
     header: Header,
     toc: TocLayout,
     /// The raw TOC: in place in `meta` (this range) or decompressed (`toc_owned`).
@@ -171,21 +171,32 @@ impl Archive {
         let mut hb = [0u8; HEADER_LEN];
         let n = read_full_at(&file, &mut hb, 0).map_err(ioerr)?;
         let header = Header::parse(&hb[..n], file_len)?;
-        // SAFETY: the map is read-only and private; packages are immutable files. The only
-        // hazard, another process truncating the file while it is mapped, would fault; the
-        // heap is therefore read with pread, and only the (small) metadata is mapped.
-        let meta = unsafe {
-            MmapOptions::new()
-                .len(header.heap.offset as usize)
-                .map(&file)
-                .map_err(ioerr)?
-        };
-        if meta.len() as u64 != header.heap.offset {
+        // The metadata is read into memory, not mapped: a package file truncated while it
+        // is open (`cp new.hpkg packages/same-name.hpkg` writes into the same file) would
+        // make any access to a mapped page past the new end kill the process with SIGBUS,
+        // and with it a whole mount. Read, a changed file costs EIO on the chunks that
+        // no longer match their hashes, and nothing else.
+        let meta_len = usize::try_from(header.heap.offset).map_err(|_| {
+            Error::corrupt(
+                "header",
+                "the metadata is larger than this machine's memory",
+            )
+        })?;
+        let mut meta = Vec::new();
+        meta.try_reserve_exact(meta_len).map_err(|_| {
+            Error::corrupt(
+                "header",
+                format!("cannot allocate {meta_len} bytes for the metadata"),
+            )
+        })?;
+        meta.resize(meta_len, 0);
+        let got = read_full_at(&file, &mut meta, 0).map_err(ioerr)?;
+        if got != meta_len {
             return Err(Error::Truncated {
                 section: "metadata",
                 offset: 0,
                 need: header.heap.offset,
-                len: meta.len() as u64,
+                len: got as u64,
             });
         }
         let mut tb = [0u8; TRAILER_LEN];

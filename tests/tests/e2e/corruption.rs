@@ -133,3 +133,63 @@ fn corrupt_chunk_gives_eio_only_for_its_files_and_is_logged_once() {
         );
     }
 }
+
+/// An active package file truncated in place, or overwritten in place by `cp` with another
+/// package (both write into the file the daemon has open): the daemon lives on, every other
+/// package keeps serving, and the overwriting package becomes active.
+#[test]
+fn a_package_file_truncated_or_overwritten_in_place_does_not_take_the_mount_down() {
+    let s = Stack::new(&["system"]);
+    let victim = s.add_pkg(
+        "system",
+        "victim",
+        Pkg::new(many_files().path(), "victim", "1.0.0").chunk_size("64K"),
+    );
+    let other = TestTree::new();
+    other.file("other/a", "another package\n");
+    s.add("system", other.path(), "other");
+    let m = s.mount();
+    // Its metadata is held by the daemon (lookups, the chunk index).
+    assert!(m.join("files/00/f000").exists());
+
+    // truncated to nothing: the files of the package fail, nothing else does
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    for i in 0..300u64 {
+        let p = m.join(format!("files/{:02}/f{i:03}", i % 17));
+        let _ = std::fs::read(&p); // EIO, or gone once the daemon saw the change
+    }
+    let _ = std::fs::read(m.join("large/random"));
+    assert_eq!(
+        std::fs::read_to_string(m.join("other/a")).unwrap(),
+        "another package\n",
+        "{}",
+        m.log()
+    );
+    assert!(m.is_mounted(), "{}", m.log());
+
+    // overwritten in place with another package: it replaces the old one
+    let t = TestTree::new();
+    t.file("files/new", "the new package\n");
+    let next = tempfile::tempdir().unwrap();
+    let new_pkg = Pkg::new(t.path(), "victim", "2.0.0")
+        .key(s.keys())
+        .build(next.path().join("v2.hpkg"));
+    std::fs::write(&victim, std::fs::read(&new_pkg).unwrap()).unwrap();
+    assert!(
+        e2e::wait_until(std::time::Duration::from_secs(5), || {
+            std::fs::read_to_string(m.join("files/new")).is_ok_and(|s| s == "the new package\n")
+        }),
+        "{}",
+        m.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.join("other/a")).unwrap(),
+        "another package\n"
+    );
+    assert!(m.is_mounted(), "{}", m.log());
+}
