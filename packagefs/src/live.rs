@@ -552,7 +552,9 @@ impl Live {
     fn restore_list(&mut self, l: usize, refused: Option<&std::path::Path>) {
         let spec = &self.stack.layers[l];
         if let Some(p) = refused {
-            if let Ok(bytes) = std::fs::read(p) {
+            // (Only a regular file of a list's size is kept: never block on a FIFO.)
+            if let Ok(bytes) = generation::read_state_bytes(p, format::active_list::MAX_LEN as u64)
+            {
                 let keep = spec.paths.state().join("active.list.refused");
                 let _ = generation::write_atomic(&keep, &bytes);
             }

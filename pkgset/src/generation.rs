@@ -16,6 +16,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use format::active_list::ActiveList;
@@ -149,7 +150,7 @@ impl StackRecord {
 
     /// Reads layer `layer`'s record, if it has a valid one.
     pub fn read(layer: &LayerPaths) -> Option<StackRecord> {
-        let text = fs::read_to_string(layer.stack_record()).ok()?;
+        let text = read_state_file(&layer.stack_record(), 1 << 20).ok()?;
         StackRecord::parse(&text)
     }
 
@@ -174,12 +175,7 @@ impl Lock {
         let state = layer.state();
         fs::create_dir_all(&state).map_err(io_err(&state))?;
         let path = state.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = open_lock_file(&path)?;
         loop {
             // SAFETY: flock on a valid fd.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
@@ -189,6 +185,49 @@ impl Lock {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(StateError::Io { path, source: e });
+            }
+        }
+    }
+}
+
+/// Opens (creating) a layer's lock file: never through a symlink (a root writer would
+/// create or lock whatever it points to) and never blocking (an open for writing of a
+/// FIFO waits for a reader). A user layer's `state/` belongs to its user: anything named
+/// `lock` that is not a regular file is not packagefs's lock, and is replaced, once.
+fn open_lock_file(path: &Path) -> Result<File, StateError> {
+    let open = || {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
+            .open(path)
+    };
+    let mut replaced = false;
+    loop {
+        let r = open();
+        if let Ok(f) = &r {
+            if f.metadata().is_ok_and(|m| m.is_file()) {
+                return r.map_err(io_err(path));
+            }
+        }
+        match fs::symlink_metadata(path) {
+            Ok(md) if !md.is_file() && !replaced => {
+                let gone = if md.is_dir() {
+                    fs::remove_dir(path)
+                } else {
+                    fs::remove_file(path)
+                };
+                gone.map_err(io_err(path))?;
+                replaced = true;
+            }
+            _ => {
+                return Err(StateError::Io {
+                    path: path.to_owned(),
+                    source: r.err().unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")
+                    }),
+                })
             }
         }
     }
@@ -240,7 +279,7 @@ pub fn sync_dir(dir: &Path) -> Result<(), StateError> {
 
 /// Reads an `active.list`; `Ok(None)` if it does not exist.
 pub fn read_list(path: &Path) -> Result<Option<ActiveList>, StateError> {
-    let text = match fs::read_to_string(path) {
+    let text = match read_state_file(path, format::active_list::MAX_LEN as u64) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path)(e)),
@@ -251,6 +290,35 @@ pub fn read_list(path: &Path) -> Result<Option<ActiveList>, StateError> {
             path: path.to_owned(),
             reason: e.to_string(),
         })
+}
+
+/// Reads a small file of a layer's state: it must be a regular file (a FIFO would block
+/// the reader, a device could be endless) of at most `max` bytes. A user layer's `state/`
+/// belongs to its user; the daemon reading it must not hang or run out of memory.
+pub fn read_state_bytes(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = format::archive::open_regular(path)?;
+    let too_big = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than the {max} bytes a state file may have"),
+        )
+    };
+    if file.metadata()?.len() > max {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+/// [`read_state_bytes`], as UTF-8 text.
+pub fn read_state_file(path: &Path, max: u64) -> io::Result<String> {
+    String::from_utf8(read_state_bytes(path, max)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 /// The generation numbers present, ascending.

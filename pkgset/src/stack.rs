@@ -147,7 +147,7 @@ impl Opener {
 
     /// Opens `path`, validates it and checks it is signed by a trusted key.
     pub fn open(&mut self, path: &Path) -> Result<Arc<Archive>, String> {
-        let file = fs::File::open(path).map_err(|e| e.to_string())?;
+        let file = format::archive::open_regular(path).map_err(|e| e.to_string())?;
         let md = file.metadata().map_err(|e| e.to_string())?;
         if !md.is_file() {
             return Err("not a regular file".into());

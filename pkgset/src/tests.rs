@@ -619,3 +619,45 @@ fn stack_record_round_trips_and_rejects_what_it_cannot_use() {
     r.write(&paths).unwrap();
     assert_eq!(StackRecord::read(&paths), Some(r));
 }
+
+fn mkfifo(p: &std::path::Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o666) },
+        0,
+        "mkfifo {p:?}"
+    );
+}
+
+/// What a user can put in its own layer's state/ must not hang or mislead a root writer.
+#[test]
+fn hostile_lock_and_state_files_neither_block_nor_redirect() {
+    use crate::generation::{read_list, LayerPaths, Lock};
+    let d = tempfile::tempdir().unwrap();
+    let paths = LayerPaths::new(d.path());
+    std::fs::create_dir_all(paths.state()).unwrap();
+    let lock = paths.state().join("lock");
+    // a FIFO as the lock: replaced, not waited on
+    mkfifo(&lock);
+    drop(Lock::acquire(&paths).unwrap());
+    assert!(std::fs::symlink_metadata(&lock).unwrap().is_file());
+    // a symlink as the lock: replaced; its target is not created
+    std::fs::remove_file(&lock).unwrap();
+    let target = d.path().join("created-by-root");
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+    drop(Lock::acquire(&paths).unwrap());
+    assert!(!target.exists(), "the lock followed a symlink");
+    assert!(std::fs::symlink_metadata(&lock).unwrap().is_file());
+    // a FIFO as active.list: an error at once
+    mkfifo(&paths.active_list());
+    let t = std::time::Instant::now();
+    assert!(read_list(&paths.active_list()).is_err());
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    // a FIFO as a package file: refused at once
+    let pkg = d.path().join("fifo.hpkg");
+    mkfifo(&pkg);
+    let mut opener = crate::Opener::new(format::keys::TrustedKeys::default());
+    let err = opener.open(&pkg).unwrap_err();
+    assert!(err.contains("not a regular file"), "{err}");
+}

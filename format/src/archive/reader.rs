@@ -153,7 +153,7 @@ pub struct Archive {
 impl Archive {
     /// Opens and validates an archive.
     pub fn open(path: &Path) -> Result<Archive> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = open_regular(path).map_err(|e| Error::io(path, e))?;
         Archive::from_file(file, path)
     }
 
@@ -685,6 +685,26 @@ impl io::Read for FileReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.read_next(buf).map_err(io::Error::other)
     }
+}
+
+/// Opens `path` for reading if it is a regular file (following symlinks), without ever
+/// blocking or touching anything else: a FIFO dropped where packages are expected would
+/// block a plain open until a writer comes (a daemon opening it would hang), and opening
+/// a device can have effects of its own. Non-blocking and checked before and after.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    Ok(file)
 }
 
 fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {

@@ -140,3 +140,48 @@ fn every_bad_package_at_once_is_refused_and_the_good_ones_serve() {
     assert_refused(&m, &not_a_package, &[]);
     assert!(log_lines(&m.log(), &["README"]).is_empty());
 }
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o666) },
+        0,
+        "mkfifo {p:?}"
+    );
+}
+
+/// A user owns its layer: a FIFO named like a package or put in place of the layer's
+/// lock must neither hang the daemon (at mount, or dropped into a live mount) nor keep
+/// the good packages out.
+#[test]
+fn fifos_in_a_user_layer_neither_hang_nor_block_the_mount() {
+    let s = good_stack();
+    let user = s.layer("user").path().to_owned();
+    mkfifo(&user.join("packages/fifo.hpkg"));
+    std::fs::create_dir_all(user.join("state")).unwrap();
+    mkfifo(&user.join("state/lock"));
+    let m = s.builder().start();
+    assert_good_only(&m);
+    let log = m.log();
+    let lines = log_lines(&log, &["refused", "fifo.hpkg", "not a regular file"]);
+    assert_eq!(lines.len(), 1, "{log}");
+    // dropped into the live mount: refused, the mount keeps serving and switching
+    mkfifo(&user.join("packages/late-fifo.hpkg"));
+    let t = TestTree::new();
+    t.file("good/late", "late ok\n");
+    Pkg::new(t.path(), "late", "1.0.0")
+        .key(s.keys())
+        .build(user.join("packages/late.hpkg"));
+    assert!(
+        e2e::wait_until(std::time::Duration::from_secs(5), || m
+            .join("good/late")
+            .exists()),
+        "{}",
+        m.log()
+    );
+    assert_good_only(&m);
+    assert!(std::fs::symlink_metadata(user.join("state/lock"))
+        .unwrap()
+        .is_file());
+}
