@@ -267,8 +267,67 @@ impl Live {
                 return (set, Some(list));
             }
         }
-        error!(layer = %spec.name, "no generation can be activated: the layer is empty");
-        (Vec::new(), None)
+        self.degraded(l)
+    }
+
+    /// No generation of layer `l` opens whole (a package file changed in place spoils its
+    /// pool copy, which every generation naming it shares): serve what opens of its
+    /// `active.list` (else of its newest generation), minus what is then left with an unmet
+    /// requirement, all named in the log. Nothing is written: the list on disk stays for
+    /// the admin, and the next change records a generation from what is served.
+    fn degraded(&mut self, l: usize) -> (Vec<Candidate>, Option<ActiveList>) {
+        let spec = self.stack.layers[l].clone();
+        let newest = generation::generation_numbers(&spec.paths)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .find_map(|n| generation::read_list(&spec.paths.generation_list(n)).ok().flatten());
+        let Some(list) = generation::read_list(&spec.paths.active_list())
+            .ok()
+            .flatten()
+            .or(newest)
+        else {
+            error!(layer = %spec.name, "no generation can be activated: the layer is empty");
+            return (Vec::new(), None);
+        };
+        let mut cands = Vec::new();
+        let mut broken = Vec::new();
+        for e in &list.entries {
+            let one = ActiveList {
+                meta: Default::default(),
+                entries: vec![e.clone()],
+            };
+            match self.stack.open_list(l, &one, &mut self.opener) {
+                Ok(mut c) => cands.append(&mut c),
+                Err(err) => broken.push(one_line(&err)),
+            }
+        }
+        let mut cur = self.sets.clone();
+        cur.truncate(l);
+        cur.push(Vec::new());
+        let names = self.stack.names();
+        match plan(&names, &cur, l, &[], Change::Initial(cands)) {
+            Ok(p) => {
+                for b in &broken {
+                    error!(layer = %spec.name, "not served: {b}");
+                }
+                for s in &p.skipped {
+                    error!(layer = %spec.name, "not served: {s}");
+                }
+                error!(
+                    layer = %spec.name,
+                    "no generation opens whole: serving {} of the {} packages of {}",
+                    p.sets[l].len(),
+                    list.entries.len(),
+                    list.generation().map_or("the active list".to_string(), |g| format!("generation {g}"))
+                );
+                (p.sets[l].clone(), None)
+            }
+            Err(r) => {
+                error!(layer = %spec.name, "no generation can be activated ({r}): the layer is empty");
+                (Vec::new(), None)
+            }
+        }
     }
 
     fn lock_all(&self) -> anyhow::Result<Vec<Lock>> {

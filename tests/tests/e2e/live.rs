@@ -891,3 +891,39 @@ fn pkgtool_given_only_the_user_layer_checks_against_the_layers_below_it() {
     );
     assert!(active_list(&user).contains("app-1.0.0"));
 }
+
+#[test]
+fn a_package_spoiled_in_place_while_unmounted_leaves_the_rest_of_its_layer_served() {
+    let s = Stack::new(&["system"]);
+    let lib = s.add("system", tree(&[("lib/libcore", "core\n")]).path(), "core.io");
+    s.add_pkg(
+        "system",
+        "app",
+        Pkg::new(tree(&[("bin/app", "app\n")]).path(), "app", "1.0.0").requires("core.io", "^1"),
+    );
+    s.add("system", tree(&[("etc/other", "other\n")]).path(), "other");
+    {
+        let m = s.mount();
+        assert_eq!(read(m.join("bin/app")), "app\n");
+    }
+    // The file in packages/ and its pool link are one file: truncating it spoils every
+    // generation that names core.io.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&lib)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let m = s.mount();
+    assert_eq!(read(m.join("etc/other")), "other\n", "{}", m.log());
+    assert!(!m.join("lib/libcore").exists());
+    assert!(!m.join("bin/app").exists(), "app lost its requirement");
+    let log = m.log();
+    assert_eq!(
+        log_lines(&log, &["no generation opens whole", "serving 1 of the 3 packages"]).len(),
+        1,
+        "{log}"
+    );
+    assert!(!log_lines(&log, &["not served", "core.io"]).is_empty(), "{log}");
+    assert!(!log_lines(&log, &["not served", "app"]).is_empty(), "{log}");
+}
