@@ -281,7 +281,11 @@ impl Live {
             .unwrap_or_default()
             .into_iter()
             .rev()
-            .find_map(|n| generation::read_list(&spec.paths.generation_list(n)).ok().flatten());
+            .find_map(|n| {
+                generation::read_list(&spec.paths.generation_list(n))
+                    .ok()
+                    .flatten()
+            });
         let Some(list) = generation::read_list(&spec.paths.active_list())
             .ok()
             .flatten()

@@ -82,6 +82,28 @@ enum Event {
 
 fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     let t0 = Instant::now();
+    // Signals are waited for from the start: opening and checking the packages, or waiting
+    // for a layer's lock, can take a while, and SIGINT/SIGTERM must end that at once. Until
+    // the mount is attempted there is nothing to undo (the layers' state is written
+    // crash-safely); from then on a signal unmounts.
+    let (tx, rx) = mpsc::channel::<Event>();
+    let mounting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (tx, mounting) = (tx.clone(), mounting.clone());
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: valid sigset and out-pointer.
+                if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+                    if !mounting.load(std::sync::atomic::Ordering::SeqCst) {
+                        error!(signal = sig, "stopped before the mount was live");
+                        std::process::exit(1);
+                    }
+                    let _ = tx.send(Event::Signal(sig));
+                }
+            })?;
+    }
     check_mountpoint(&s.mountpoint)?;
     for l in &s.layers {
         let md = std::fs::metadata(&l.dir)
@@ -128,6 +150,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     let fs_slot = fs.slot();
     let cannot =
         |e: std::io::Error| anyhow::anyhow!("cannot mount on {}: {e}", s.mountpoint.display());
+    mounting.store(true, std::sync::atomic::Ordering::SeqCst);
     let (mut session, own_mount) =
         match mount::mount(&s.mountpoint, &s.mount_options, s.acl).map_err(cannot)? {
             Some(fd) => {
@@ -149,22 +172,11 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     let notifier = session.notifier();
     let slot = fs_slot;
 
-    let (tx, rx) = mpsc::channel::<Event>();
-    let tx2 = tx.clone();
     std::thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || {
             let r = session.run();
-            let _ = tx2.send(Event::Ended(r));
-        })?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: valid sigset and out-pointer.
-            if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
-                let _ = tx.send(Event::Signal(sig));
-            }
+            let _ = tx.send(Event::Ended(r));
         })?;
 
     std::thread::Builder::new()

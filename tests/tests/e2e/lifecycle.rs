@@ -149,3 +149,33 @@ fn daemon_runs_in_the_foreground_until_stopped() {
     assert!(m.try_wait().is_none(), "the daemon exited:\n{}", m.log());
     assert_eq!(read(m.join("hello")), "hello\n");
 }
+
+/// A daemon still starting (here: waiting for a layer's lock, held by a writer) stops at
+/// once on SIGTERM or SIGINT, exits 1 and leaves nothing mounted.
+#[test]
+fn a_signal_before_the_mount_is_live_stops_the_daemon_at_once() {
+    use std::os::fd::AsRawFd;
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let s = stack();
+        let state = s.layer("system").path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let lock = std::fs::File::create(state.join("lock")).unwrap();
+        // SAFETY: flock on a valid fd.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let mut m = s.builder().spawn();
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(m.try_wait().is_none(), "exited early:\n{}", m.log());
+        assert!(!m.is_mounted());
+        m.signal(sig);
+        let st = m
+            .wait_exit(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("signal {sig} did not stop a starting daemon:\n{}", m.log()));
+        assert_eq!(st.code(), Some(1), "{}", m.log());
+        assert!(!m.is_mounted());
+        assert!(
+            m.log().contains("stopped before the mount was live"),
+            "{}",
+            m.log()
+        );
+    }
+}

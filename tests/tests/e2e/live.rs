@@ -895,7 +895,11 @@ fn pkgtool_given_only_the_user_layer_checks_against_the_layers_below_it() {
 #[test]
 fn a_package_spoiled_in_place_while_unmounted_leaves_the_rest_of_its_layer_served() {
     let s = Stack::new(&["system"]);
-    let lib = s.add("system", tree(&[("lib/libcore", "core\n")]).path(), "core.io");
+    let lib = s.add(
+        "system",
+        tree(&[("lib/libcore", "core\n")]).path(),
+        "core.io",
+    );
     s.add_pkg(
         "system",
         "app",
@@ -920,10 +924,17 @@ fn a_package_spoiled_in_place_while_unmounted_leaves_the_rest_of_its_layer_serve
     assert!(!m.join("bin/app").exists(), "app lost its requirement");
     let log = m.log();
     assert_eq!(
-        log_lines(&log, &["no generation opens whole", "serving 1 of the 3 packages"]).len(),
+        log_lines(
+            &log,
+            &["no generation opens whole", "serving 1 of the 3 packages"]
+        )
+        .len(),
         1,
         "{log}"
     );
-    assert!(!log_lines(&log, &["not served", "core.io"]).is_empty(), "{log}");
+    assert!(
+        !log_lines(&log, &["not served", "core.io"]).is_empty(),
+        "{log}"
+    );
     assert!(!log_lines(&log, &["not served", "app"]).is_empty(), "{log}");
 }
