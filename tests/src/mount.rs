@@ -203,7 +203,11 @@ impl Mount {
                     });
                 }
             }
-            if self.is_mounted() {
+            // In the mount table is not yet ready: mount(2) returns before the FUSE
+            // handshake and the daemon's last steps; it logs "mounted in" when it is
+            // ready (right before telling systemd), so a test reading the log from here
+            // on sees the whole start.
+            if self.is_mounted() && self.log().contains("mounted in ") {
                 return Ok(());
             }
             if t0.elapsed() > DEADLINE {
