@@ -56,8 +56,7 @@ pub struct Options {
 
 /// True if an entry of package `p` has an extended attribute.
 pub fn package_has_xattrs(p: &Package) -> bool {
-    let a = &p.archive;
-    (0..a.entry_count()).any(|e| a.xattrs(e).is_ok_and(|mut x| x.next().is_some()))
+    p.archive.xattr_count() > 0
 }
 
 /// True if any package of the view has an extended attribute.

@@ -277,19 +277,21 @@ impl Live {
     /// the admin, and the next change records a generation from what is served.
     fn degraded(&mut self, l: usize) -> (Vec<Candidate>, Option<ActiveList>) {
         let spec = self.stack.layers[l].clone();
-        let newest = generation::generation_numbers(&spec.paths)
-            .unwrap_or_default()
-            .into_iter()
-            .rev()
-            .find_map(|n| {
-                generation::read_list(&spec.paths.generation_list(n))
-                    .ok()
-                    .flatten()
-            });
+        let newest = || {
+            generation::generation_numbers(&spec.paths)
+                .unwrap_or_default()
+                .into_iter()
+                .rev()
+                .find_map(|n| {
+                    generation::read_list(&spec.paths.generation_list(n))
+                        .ok()
+                        .flatten()
+                })
+        };
         let Some(list) = generation::read_list(&spec.paths.active_list())
             .ok()
             .flatten()
-            .or(newest)
+            .or_else(newest)
         else {
             error!(layer = %spec.name, "no generation can be activated: the layer is empty");
             return (Vec::new(), None);

@@ -195,42 +195,28 @@ impl Lock {
 /// FIFO waits for a reader). A user layer's `state/` belongs to its user: anything named
 /// `lock` that is not a regular file is not packagefs's lock, and is replaced, once.
 fn open_lock_file(path: &Path) -> Result<File, StateError> {
-    let open = || {
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
-            .open(path)
-    };
-    let mut replaced = false;
-    loop {
-        let r = open();
-        if let Ok(f) = &r {
-            if f.metadata().is_ok_and(|m| m.is_file()) {
-                return r.map_err(io_err(path));
-            }
-        }
-        match fs::symlink_metadata(path) {
-            Ok(md) if !md.is_file() && !replaced => {
-                let gone = if md.is_dir() {
-                    fs::remove_dir(path)
-                } else {
-                    fs::remove_file(path)
-                };
-                gone.map_err(io_err(path))?;
-                replaced = true;
-            }
-            _ => {
-                return Err(StateError::Io {
-                    path: path.to_owned(),
-                    source: r.err().unwrap_or_else(|| {
-                        io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")
-                    }),
-                })
-            }
+    if let Ok(md) = fs::symlink_metadata(path) {
+        if md.is_dir() {
+            fs::remove_dir(path).map_err(io_err(path))?;
+        } else if !md.is_file() {
+            fs::remove_file(path).map_err(io_err(path))?;
         }
     }
+    // O_NOFOLLOW and the check after opening cover a swap between the two steps.
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err(path))?;
+    if !file.metadata().map_err(io_err(path))?.is_file() {
+        return Err(StateError::Io {
+            path: path.to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+        });
+    }
+    Ok(file)
 }
 
 /// Removes what a writer killed half-way left behind: `.tmp-*` files under `state/` and
@@ -297,20 +283,15 @@ pub fn read_list(path: &Path) -> Result<Option<ActiveList>, StateError> {
 /// belongs to its user; the daemon reading it must not hang or run out of memory.
 pub fn read_state_bytes(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let file = format::archive::open_regular(path)?;
-    let too_big = || {
-        io::Error::new(
+    let mut bytes = Vec::new();
+    format::archive::open_regular(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("larger than the {max} bytes a state file may have"),
-        )
-    };
-    if file.metadata()?.len() > max {
-        return Err(too_big());
-    }
-    let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(too_big());
+        ));
     }
     Ok(bytes)
 }

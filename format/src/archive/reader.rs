@@ -320,6 +320,11 @@ impl Archive {
         self.toc.n_inodes
     }
 
+    /// Number of extended attributes of all entries (the TOC's xattr table).
+    pub fn xattr_count(&self) -> u32 {
+        self.toc.n_xattrs
+    }
+
     /// Number of directory entries (names).
     pub fn name_count(&self) -> u32 {
         self.toc.n_dirents
