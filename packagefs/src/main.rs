@@ -187,7 +187,11 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
             tracing::debug!("kept generations' packages opened in {:?}", t.elapsed());
             loop {
                 let batch = match watcher
-                    .next_batch(Duration::from_millis(20), Duration::from_millis(500))
+                    .next_batch(
+                        Duration::from_millis(20),
+                        Duration::from_millis(500),
+                        live.needs_retry().then_some(Duration::from_secs(1)),
+                    )
                 {
                     Ok(b) => b,
                     Err(e) => {

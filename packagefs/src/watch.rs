@@ -2,10 +2,15 @@
 //! hard-linked in or deleted, and `state/` for `active.list` being replaced. Events are
 //! gathered into batches: after the first one, the watcher waits until the directory has
 //! been quiet for a moment, so a burst (a copy of several packages) becomes one change.
+//!
+//! The layer directory itself is watched too: when `packages/` or `state/` is deleted,
+//! moved away or replaced, its watch is dropped and set up again as soon as the directory
+//! is back (and a rescan is asked for), so a layer never goes deaf until a remount.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
@@ -17,60 +22,141 @@ use crate::live::{Event, Live};
 enum Dir {
     Packages,
     State,
+    Layer,
 }
 
 /// The inotify watches of a stack.
 pub struct Watcher {
     inotify: Inotify,
     wds: HashMap<WatchDescriptor, (usize, Dir)>,
+    /// Per layer: its directory, and whether `packages/` and `state/` are watched.
+    layers: Vec<(PathBuf, bool, bool)>,
     buf: Vec<u8>,
 }
 
+fn packages_mask() -> WatchMask {
+    WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_TO
+        | WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::ONLYDIR
+}
+
+fn state_mask() -> WatchMask {
+    WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_TO
+        | WatchMask::DELETE
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::ONLYDIR
+}
+
 impl Watcher {
-    /// Watches `packages/` and `state/` of every layer.
+    /// Watches `packages/` and `state/` of every layer, and each layer directory for them
+    /// coming back.
     pub fn new(stack: &Stack) -> io::Result<Watcher> {
         let inotify = Inotify::init()?;
-        let mut wds = HashMap::new();
-        for (l, spec) in stack.layers.iter().enumerate() {
-            let pk = spec.paths.packages();
-            let st = spec.paths.state();
-            std::fs::create_dir_all(&pk)?;
-            std::fs::create_dir_all(&st)?;
-            let wd = inotify.watches().add(
-                &pk,
-                WatchMask::CLOSE_WRITE
-                    | WatchMask::MOVED_TO
-                    | WatchMask::CREATE
-                    | WatchMask::DELETE
-                    | WatchMask::MOVED_FROM
-                    | WatchMask::DELETE_SELF
-                    | WatchMask::MOVE_SELF,
-            )?;
-            wds.insert(wd, (l, Dir::Packages));
-            let wd = inotify.watches().add(
-                &st,
-                WatchMask::CLOSE_WRITE
-                    | WatchMask::MOVED_TO
-                    | WatchMask::DELETE
-                    | WatchMask::DELETE_SELF,
-            )?;
-            wds.insert(wd, (l, Dir::State));
-        }
-        Ok(Watcher {
+        let mut w = Watcher {
             inotify,
-            wds,
+            wds: HashMap::new(),
+            layers: Vec::new(),
             buf: vec![0; 64 * 1024],
-        })
+        };
+        for (l, spec) in stack.layers.iter().enumerate() {
+            std::fs::create_dir_all(spec.paths.packages())?;
+            std::fs::create_dir_all(spec.paths.state())?;
+            let wd = w.inotify.watches().add(
+                &spec.paths.dir,
+                WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR,
+            )?;
+            w.wds.insert(wd, (l, Dir::Layer));
+            w.layers.push((spec.paths.dir.clone(), false, false));
+            w.rewatch(l);
+            if !w.layers[l].1 || !w.layers[l].2 {
+                return Err(io::Error::other(format!(
+                    "cannot watch packages/ and state/ of {}",
+                    spec.paths.dir.display()
+                )));
+            }
+        }
+        Ok(w)
+    }
+
+    /// Sets up the watches of layer `l`'s `packages/` and `state/` that are missing.
+    /// Returns true if one was set up.
+    fn rewatch(&mut self, l: usize) -> bool {
+        let mut added = false;
+        let dir = self.layers[l].0.clone();
+        for (which, name, mask) in [
+            (Dir::Packages, "packages", packages_mask()),
+            (Dir::State, "state", state_mask()),
+        ] {
+            let have = if which == Dir::Packages {
+                self.layers[l].1
+            } else {
+                self.layers[l].2
+            };
+            if have {
+                continue;
+            }
+            // ONLYDIR, and the daemon never follows a symlink named like them: lstat first.
+            let path = dir.join(name);
+            if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            if let Ok(wd) = self
+                .inotify
+                .watches()
+                .add(&path, mask | WatchMask::DONT_FOLLOW)
+            {
+                self.wds.insert(wd, (l, which));
+                if which == Dir::Packages {
+                    self.layers[l].1 = true;
+                } else {
+                    self.layers[l].2 = true;
+                }
+                added = true;
+            }
+        }
+        added
+    }
+
+    /// True if a watch of some layer is missing (its directory is gone).
+    pub fn missing(&self) -> bool {
+        self.layers.iter().any(|(_, p, s)| !p || !s)
     }
 
     /// Blocks until something happens, then gathers events until none came for `quiet`
-    /// (at most `max` in all). Returns the batch.
-    pub fn next_batch(&mut self, quiet: Duration, max: Duration) -> io::Result<Vec<Event>> {
+    /// (at most `max` in all). Returns the batch. With `retry`, a batch of one
+    /// [`Event::Rescan`] comes after that long without events (the caller has something
+    /// to look at again); a missing watch is tried again every time.
+    pub fn next_batch(
+        &mut self,
+        quiet: Duration,
+        max: Duration,
+        retry: Option<Duration>,
+    ) -> io::Result<Vec<Event>> {
         let mut out = Vec::new();
         // Events that mean nothing (the lock file, temp files) do not make a batch: the
         // daemon's own writes would otherwise wake it again and again.
         while out.is_empty() {
-            self.read(&mut out, true)?;
+            let wait = if self.missing() {
+                Some(retry.unwrap_or(Duration::from_secs(2)))
+            } else {
+                retry
+            };
+            if let Some(wait) = wait {
+                if !self.poll(wait)? {
+                    for l in 0..self.layers.len() {
+                        self.rewatch(l);
+                    }
+                    return Ok(vec![Event::Rescan]);
+                }
+            }
+            self.read(&mut out, wait.is_none())?;
         }
         let start = Instant::now();
         loop {
@@ -122,6 +208,8 @@ impl Watcher {
                 Err(e) => return Err(e),
             }
         };
+        let events: Vec<inotify::Event<std::ffi::OsString>> =
+            events.map(|e| e.to_owned()).collect();
         for ev in events {
             if ev.mask.contains(EventMask::Q_OVERFLOW) {
                 out.push(Event::Rescan);
@@ -134,14 +222,41 @@ impl Watcher {
                 .mask
                 .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED)
             {
-                tracing::error!(
+                if dir == Dir::Layer {
+                    tracing::error!(layer, "the layer directory was deleted or moved; its changes are no longer seen until the next mount");
+                    continue;
+                }
+                // Moved away, the watch would follow the directory: drop it and watch the
+                // path again once a directory is there.
+                let _ = self.inotify.watches().remove(ev.wd.clone());
+                self.wds.remove(&ev.wd);
+                let name = if dir == Dir::Packages {
+                    self.layers[layer].1 = false;
+                    "packages/"
+                } else {
+                    self.layers[layer].2 = false;
+                    "state/"
+                };
+                tracing::warn!(
                     layer,
-                    "a watched directory of the layer was deleted or moved; changes to it are no longer seen until the next mount"
+                    "{name} of the layer was deleted or moved; watching for it to come back"
                 );
+                self.rewatch(layer);
+                out.push(Event::Rescan);
                 continue;
             }
-            let Some(name) = ev.name else { continue };
+            let Some(name) = ev.name.as_deref() else {
+                continue;
+            };
             match dir {
+                Dir::Layer => {
+                    if name == "packages" || name == "state" {
+                        // Back: watch it, look at everything. (A directory moved over a
+                        // watched one: the old one's DELETE_SELF comes, and rewatches then.)
+                        self.rewatch(layer);
+                        out.push(Event::Rescan);
+                    }
+                }
                 Dir::Packages => {
                     if !Live::watches(name) {
                         continue;

@@ -5,9 +5,16 @@
 //! <layer>/state/lock                   flock()ed by every writer
 //! <layer>/state/active.list            the current set (a copy of one generation's list)
 //! <layer>/state/generations/N/active.list   every set there has been, N = 1, 2, ...
-//! <layer>/state/pool/<id>.hpkg         a hard link (or copy) of every package a kept
-//!                                      generation names, so a rollback never finds it gone
+//! <layer>/state/pool/<id>.hpkg         the pool's own copy (a reflink where the file
+//!                                      system can) of every package a kept generation
+//!                                      names, so a rollback never finds it gone or changed
+//! <layer>/state/seen                   which file of packages/ held which package when the
+//!                                      set last accounted for it (see [`Seen`])
 //! ```
+//!
+//! The pool never shares an inode with `packages/`: a package file overwritten in place
+//! (`cp new.hpkg packages/same-name.hpkg`), truncated or filled with garbage changes that
+//! file only, never the bytes a kept generation relies on.
 //!
 //! Every file is written crash-safely: to a temp file in the same directory, fsync, rename
 //! over the target, fsync the directory. A generation's directory is complete before
@@ -94,6 +101,10 @@ impl LayerPaths {
     pub fn pool_file(&self, id: &PackageId) -> PathBuf {
         self.pool().join(format!("{id}.hpkg"))
     }
+    /// `state/seen`: the files of `packages/` the active set has accounted for.
+    pub fn seen(&self) -> PathBuf {
+        self.state().join("seen")
+    }
     /// `state/stack`: the layer's name and the layers below it, as packagefs last
     /// mounted them.
     pub fn stack_record(&self) -> PathBuf {
@@ -160,6 +171,67 @@ impl StackRecord {
             return Ok(());
         }
         write_atomic(&layer.stack_record(), self.to_text().as_bytes())
+    }
+}
+
+/// Which file of `packages/` held which package when the layer's set last accounted for it
+/// (`state/seen`): a file named here with the package it holds now was a drop already
+/// decided (activated, or left inactive: older than the active version, rolled back from);
+/// a file not named here, or holding another package, is a drop still to decide; a name
+/// here whose file is gone is a deletion. Every writer of the set updates it in the same
+/// locked step as the set, so the daemon and pkgtool never take each other's work for news,
+/// whatever the clock says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// File name in `packages/` -> the package it held.
+    pub files: std::collections::BTreeMap<String, PackageId>,
+}
+
+impl Seen {
+    /// The file's text.
+    pub fn to_text(&self) -> String {
+        let mut t =
+            String::from("# packagefs: the files of packages/ the active set has accounted for\n");
+        for (name, id) in &self.files {
+            t.push_str(&format!("{id} {name}\n"));
+        }
+        t
+    }
+
+    /// Parses the file's text; `None` if a line is not `ID NAME`.
+    pub fn parse(text: &str) -> Option<Seen> {
+        let mut files = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (id, name) = line.split_once(' ')?;
+            let id = format::active_list::parse_id(id)?;
+            if name.is_empty() || name.contains('/') {
+                return None;
+            }
+            files.insert(name.to_owned(), id);
+        }
+        Some(Seen { files })
+    }
+
+    /// Reads layer `layer`'s record: `Ok(None)` if it has none (a layer written by an older
+    /// packagefs, or one never mounted); an unreadable or malformed one is an error.
+    pub fn read(layer: &LayerPaths) -> Result<Option<Seen>, StateError> {
+        let path = layer.seen();
+        match read_state_file(&path, format::active_list::MAX_LEN as u64) {
+            Ok(t) => Seen::parse(&t).map(Some).ok_or_else(|| StateError::Bad {
+                path,
+                reason: "not a list of `ID NAME` lines".into(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Writes it to layer `layer` (crash-safely; the caller holds the [`Lock`]).
+    pub fn write(&self, layer: &LayerPaths) -> Result<(), StateError> {
+        write_atomic(&layer.seen(), self.to_text().as_bytes())
     }
 }
 
@@ -364,39 +436,155 @@ pub fn switch_to(layer: &LayerPaths, n: u64) -> Result<ActiveList, StateError> {
     Ok(list)
 }
 
-/// Keeps a package file in the pool: a hard link to `src` (or a copy across file systems).
+/// Keeps a package in the pool: the pool's own copy of `src` (see [`copy_into_pool`]). A
+/// pool file left by an older packagefs as a hard link to a file of `packages/` (nlink > 1)
+/// is replaced by a copy of itself, so a later write to that file cannot reach it.
 fn retain(layer: &LayerPaths, id: &PackageId, src: Option<&Path>) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt;
     let dst = layer.pool_file(id);
-    if dst.exists() {
-        return Ok(());
-    }
-    let src = src.ok_or_else(|| StateError::Bad {
-        path: dst.clone(),
-        reason: format!("no file holds package {id}"),
-    })?;
-    let pool = layer.pool();
-    fs::create_dir_all(&pool).map_err(io_err(&pool))?;
-    match fs::hard_link(src, &dst) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(_) => {
-            let bytes = fs::read(src).map_err(io_err(src))?;
-            write_atomic(&dst, &bytes)?;
+    let shared = match fs::symlink_metadata(&dst) {
+        Ok(md) if md.is_file() && md.nlink() == 1 => return Ok(()),
+        Ok(md) => md.is_file(),
+        Err(_) => false,
+    };
+    let src = match (src, shared) {
+        (Some(s), _) => s.to_owned(),
+        (None, true) => dst.clone(),
+        (None, false) => {
+            return Err(StateError::Bad {
+                path: dst,
+                reason: format!("no file holds package {id}"),
+            })
+        }
+    };
+    copy_into_pool(layer, id, &src)
+}
+
+/// Breaks every hard link between the pool and anything else (pool files written by an
+/// older packagefs, which linked them to `packages/`): each becomes a copy of its own,
+/// checked like any pool copy. A link whose bytes no longer match their package is left
+/// as it is (it is already damaged; the generations naming it do not open whole). The
+/// caller holds the [`Lock`]. Returns the number of files copied.
+pub fn unshare_pool(layer: &LayerPaths) -> Result<usize, StateError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = fs::read_dir(layer.pool()) else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|s| s.strip_suffix(".hpkg"))
+            .and_then(format::active_list::parse_id)
+        else {
+            continue;
+        };
+        let Ok(md) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if md.is_file() && md.nlink() > 1 && copy_into_pool(layer, &id, &e.path()).is_ok() {
+            n += 1;
         }
     }
+    Ok(n)
+}
+
+/// Writes the pool's copy of package `id` from `src`: a reflink (`FICLONE`) where the file
+/// system can make one, a copy (`copy_file_range`) otherwise, to a temp file that is then
+/// checked (the package id and every chunk's hash: `src` may be changing under the copy,
+/// or be the wrong file), made read-only, fsynced and renamed into place. On any failure
+/// (a full disk, a changed source) nothing is left behind and the pool is as it was.
+pub fn copy_into_pool(layer: &LayerPaths, id: &PackageId, src: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::PermissionsExt;
+    let pool = layer.pool();
+    fs::create_dir_all(&pool).map_err(io_err(&pool))?;
+    let dst = layer.pool_file(id);
+    let mut from = format::archive::open_regular(src).map_err(io_err(src))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(&pool)
+        .map_err(io_err(&pool))?;
+    // SAFETY: FICLONE on two valid file descriptors; failure is reported, not UB.
+    let cloned = unsafe {
+        libc::ioctl(
+            tmp.as_file().as_raw_fd(),
+            libc::FICLONE as _,
+            from.as_raw_fd(),
+        )
+    } == 0;
+    if !cloned {
+        io::copy(&mut from, tmp.as_file_mut()).map_err(io_err(&dst))?;
+    }
+    let bad = |reason: String| StateError::Bad {
+        path: src.to_owned(),
+        reason,
+    };
+    let copy = format::archive::Archive::open(tmp.path())
+        .map_err(|e| bad(format!("its copy for the pool does not open: {e}")))?;
+    if copy.id() != *id {
+        return Err(bad(format!(
+            "holds package {} now, not {id} (changed while it was copied?)",
+            copy.id()
+        )));
+    }
+    // A chunk of the copy that does not match its hash: the source changed while it was
+    // copied (take the source's chunk now, if that one matches), or the package is damaged
+    // there in the source too (then the copy is as good as the source: its reads of that
+    // chunk fail with EIO either way, and the rest is served).
+    let mut source: Option<format::archive::Archive> = None;
+    let mut buf = Vec::new();
+    for c in 0..copy.chunk_count() {
+        if copy.verify_chunk(c).is_ok() {
+            continue;
+        }
+        if source.is_none() {
+            let a = format::archive::Archive::open(src)
+                .map_err(|e| bad(format!("does not open any more: {e}")))?;
+            if a.id() != *id {
+                return Err(bad(format!("holds package {} now, not {id}", a.id())));
+            }
+            source = Some(a);
+        }
+        let Some(a) = source.as_ref() else { continue };
+        if a.verify_chunk(c).is_err() {
+            continue;
+        }
+        let info = a.read_stored(c, &mut buf).map_err(|e| bad(e.to_string()))?;
+        std::os::unix::fs::FileExt::write_all_at(
+            tmp.as_file(),
+            &buf,
+            copy.header().heap.offset + info.offset,
+        )
+        .map_err(io_err(&dst))?;
+        copy.verify_chunk(c)
+            .map_err(|e| bad(format!("changes while it is copied: {e}")))?;
+    }
+    drop(copy);
+    let f = tmp.as_file();
+    f.set_permissions(fs::Permissions::from_mode(0o444))
+        .map_err(io_err(&dst))?;
+    f.sync_all().map_err(io_err(&dst))?;
+    tmp.persist(&dst).map_err(|e| StateError::Io {
+        path: dst.clone(),
+        source: e.error,
+    })?;
     sync_dir(&pool)
 }
 
-/// Deletes all but the newest `keep` generations (never the active one) and the pool files
-/// no remaining generation names. The caller holds the [`Lock`]. Returns the removed
-/// generation numbers.
-pub fn gc(layer: &LayerPaths, keep: usize) -> Result<Vec<u64>, StateError> {
+/// Deletes all but the newest `keep` generations (never the active one, nor those in
+/// `also_keep`) and the pool files no remaining generation names. The caller holds the
+/// [`Lock`]. Returns the removed generation numbers.
+pub fn gc(layer: &LayerPaths, keep: usize, also_keep: &[u64]) -> Result<Vec<u64>, StateError> {
     let ns = generation_numbers(layer)?;
-    let active = read_list(&layer.active_list())?.and_then(|l| l.generation());
+    let active = read_list(&layer.active_list())
+        .ok()
+        .flatten()
+        .and_then(|l| l.generation());
     let cut = ns.len().saturating_sub(keep);
     let mut removed = Vec::new();
     for &n in &ns[..cut] {
-        if Some(n) == active {
+        if Some(n) == active || also_keep.contains(&n) {
             continue;
         }
         let dir = layer.generations().join(n.to_string());
@@ -409,7 +597,8 @@ pub fn gc(layer: &LayerPaths, keep: usize) -> Result<Vec<u64>, StateError> {
             named.extend(l.entries.into_iter().map(|e| e.id));
         }
     }
-    if let Some(l) = read_list(&layer.active_list())? {
+    // An active list that does not parse names nothing; its generation (if any) is kept.
+    if let Ok(Some(l)) = read_list(&layer.active_list()) {
         named.extend(l.entries.into_iter().map(|e| e.id));
     }
     if let Ok(rd) = fs::read_dir(layer.pool()) {
@@ -435,14 +624,32 @@ mod tests {
     use super::*;
     use format::active_list::Entry;
 
-    fn list(ids: &[u8]) -> ActiveList {
+    use crate::tests::{m, Lab};
+    use crate::Candidate;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Packages p1, p2, p3 (real archives), each copied into the layer's `packages/`.
+    fn packages(lab: &mut Lab, layer: &LayerPaths) -> Vec<Candidate> {
+        fs::create_dir_all(layer.packages()).unwrap();
+        (1..=3)
+            .map(|i| {
+                let mut c = lab.pkg(0, &m(&format!("p{i}"), "1.0.0", ""), &[("f", "x")]);
+                let dst = layer.packages().join(format!("p{i}.hpkg"));
+                fs::copy(&c.path, &dst).unwrap();
+                c.path = dst;
+                c
+            })
+            .collect()
+    }
+
+    fn list(cs: &[&Candidate]) -> ActiveList {
         ActiveList {
             meta: Default::default(),
-            entries: ids
+            entries: cs
                 .iter()
-                .map(|&i| Entry {
-                    label: format!("p{i}-1.0.0"),
-                    id: PackageId([i; 32]),
+                .map(|c| Entry {
+                    label: c.label(),
+                    id: c.id(),
                 })
                 .collect(),
         }
@@ -450,27 +657,22 @@ mod tests {
 
     #[test]
     fn commit_switch_and_gc() {
+        let mut lab = Lab::new();
         let d = tempfile::tempdir().unwrap();
         let layer = LayerPaths::new(d.path());
-        fs::create_dir_all(layer.packages()).unwrap();
-        let file_of = |id: &PackageId| {
-            let p = layer.packages().join(format!("{}.hpkg", id.short()));
-            if !p.exists() {
-                fs::write(&p, id.0).unwrap();
-            }
-            Some(p)
-        };
+        let p = packages(&mut lab, &layer);
+        let file_of = |id: &PackageId| p.iter().find(|c| c.id() == *id).map(|c| c.path.clone());
         let _lock = Lock::acquire(&layer).unwrap();
         assert_eq!(
-            commit(&layer, list(&[1]), "first", "t1", &file_of).unwrap(),
+            commit(&layer, list(&[&p[0]]), "first", "t1", &file_of).unwrap(),
             1
         );
         assert_eq!(
-            commit(&layer, list(&[1, 2]), "install p2", "t2", &file_of).unwrap(),
+            commit(&layer, list(&[&p[0], &p[1]]), "install p2", "t2", &file_of).unwrap(),
             2
         );
         assert_eq!(
-            commit(&layer, list(&[2, 3]), "install p3", "t3", &file_of).unwrap(),
+            commit(&layer, list(&[&p[1], &p[2]]), "install p3", "t3", &file_of).unwrap(),
             3
         );
         let active = read_list(&layer.active_list()).unwrap().unwrap();
@@ -479,7 +681,7 @@ mod tests {
         // the package files disappear from packages/: the pool still has them
         fs::remove_dir_all(layer.packages()).unwrap();
         let back = switch_to(&layer, 1).unwrap();
-        assert!(back.same_packages(&list(&[1])));
+        assert!(back.same_packages(&list(&[&p[0]])));
         assert_eq!(
             read_list(&layer.active_list())
                 .unwrap()
@@ -492,16 +694,92 @@ mod tests {
             Err(StateError::NoGeneration(9, _))
         ));
         // gc keeping 1 keeps generation 3 and the active generation 1
-        let removed = gc(&layer, 1).unwrap();
+        let removed = gc(&layer, 1, &[]).unwrap();
         assert_eq!(removed, [2]);
         assert_eq!(generation_numbers(&layer).unwrap(), [1, 3]);
-        assert!(layer.pool_file(&PackageId([1; 32])).exists());
-        assert!(layer.pool_file(&PackageId([3; 32])).exists());
+        assert!(layer.pool_file(&p[0].id()).exists());
+        assert!(layer.pool_file(&p[2].id()).exists());
         switch_to(&layer, 3).unwrap();
-        gc(&layer, 1).unwrap();
+        // also_keep keeps generation 1 (say, the newest one that opens whole)
+        assert!(gc(&layer, 1, &[1]).unwrap().is_empty());
+        gc(&layer, 1, &[]).unwrap();
         assert_eq!(generation_numbers(&layer).unwrap(), [3]);
-        assert!(!layer.pool_file(&PackageId([1; 32])).exists());
-        assert!(layer.pool_file(&PackageId([2; 32])).exists());
+        assert!(!layer.pool_file(&p[0].id()).exists());
+        assert!(layer.pool_file(&p[1].id()).exists());
+    }
+
+    /// r11: the pool's copy shares nothing with packages/: a package file overwritten in
+    /// place, truncated or filled with garbage leaves every kept generation whole.
+    #[test]
+    fn r11_pool_copies_survive_writes_to_packages() {
+        let mut lab = Lab::new();
+        let d = tempfile::tempdir().unwrap();
+        let layer = LayerPaths::new(d.path());
+        let p = packages(&mut lab, &layer);
+        let file_of = |id: &PackageId| p.iter().find(|c| c.id() == *id).map(|c| c.path.clone());
+        let _lock = Lock::acquire(&layer).unwrap();
+        commit(&layer, list(&[&p[0], &p[1]]), "first", "t1", &file_of).unwrap();
+        for c in &p[..2] {
+            let pool = layer.pool_file(&c.id());
+            let md = fs::metadata(&pool).unwrap();
+            assert_eq!(md.nlink(), 1, "the pool file is a copy, not a link");
+            assert_ne!(md.ino(), fs::metadata(&c.path).unwrap().ino());
+            assert_eq!(md.mode() & 0o777, 0o444);
+        }
+        // Garbage over one file, the other truncated: the pool copies still open whole.
+        fs::write(&p[0].path, b"garbage").unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&p[1].path)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        for c in &p[..2] {
+            let a = format::archive::Archive::open(&layer.pool_file(&c.id())).unwrap();
+            assert_eq!(a.id(), c.id());
+            for k in 0..a.chunk_count() {
+                a.verify_chunk(k).unwrap();
+            }
+        }
+        // A source that is not the package it claims to be never reaches the pool.
+        let wrong = |_: &PackageId| Some(p[2].path.clone());
+        let mut other = lab.pkg(0, &m("p9", "1.0.0", ""), &[("g", "y")]);
+        other.path = p[2].path.clone();
+        let err = commit(&layer, list(&[&other]), "bad", "t2", &wrong).unwrap_err();
+        assert!(err.to_string().contains("holds package"), "{err}");
+        assert!(!layer.pool_file(&other.id()).exists());
+        assert_eq!(generation_numbers(&layer).unwrap(), [1]);
+    }
+
+    /// A pool file an older packagefs hard-linked to packages/ becomes a copy of its own.
+    #[test]
+    fn r11_unshare_pool_breaks_old_hard_links() {
+        let mut lab = Lab::new();
+        let d = tempfile::tempdir().unwrap();
+        let layer = LayerPaths::new(d.path());
+        let p = packages(&mut lab, &layer);
+        fs::create_dir_all(layer.pool()).unwrap();
+        fs::hard_link(&p[0].path, layer.pool_file(&p[0].id())).unwrap();
+        assert_eq!(unshare_pool(&layer).unwrap(), 1);
+        assert_eq!(
+            fs::metadata(layer.pool_file(&p[0].id())).unwrap().nlink(),
+            1
+        );
+        assert_eq!(fs::metadata(&p[0].path).unwrap().nlink(), 1);
+        assert_eq!(unshare_pool(&layer).unwrap(), 0);
+    }
+
+    #[test]
+    fn seen_round_trips_and_refuses_bad_lines() {
+        let mut s = Seen::default();
+        s.files.insert("a b.hpkg".into(), PackageId([7; 32]));
+        s.files.insert("c.hpkg".into(), PackageId([8; 32]));
+        assert_eq!(Seen::parse(&s.to_text()), Some(s));
+        assert_eq!(Seen::parse("zz c.hpkg\n"), None);
+        assert_eq!(
+            Seen::parse(&format!("{} a/b.hpkg\n", PackageId([1; 32]))),
+            None
+        );
     }
 
     #[test]

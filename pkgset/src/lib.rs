@@ -11,10 +11,14 @@
 //! - [`resolve::resolve`]: choosing versions with PubGrub, newest first, explaining failures;
 //! - [`stack::plan`]: the effect of a change (install, remove, a file gone, a list replaced,
 //!   the first generation) on a stack of layers, refused whole or applied whole;
-//! - [`generation`]: `active.list`, numbered generations and the pool, written crash-safely.
+//! - [`reconcile`]: what the files of `packages/` mean for the set (drops, updates in
+//!   place, deletions), decided by the same rules for the daemon and pkgtool;
+//! - [`generation`]: `active.list`, numbered generations, the pool's own copies and the
+//!   record of accounted-for files, written crash-safely.
 #![deny(missing_docs)]
 
 pub mod generation;
+pub mod reconcile;
 pub mod resolve;
 pub mod set;
 pub mod stack;

@@ -126,13 +126,13 @@ impl FileKey {
 }
 
 /// Opens package files and checks their signatures, remembering what it opened: a file
-/// whose metadata has not changed is not opened again, and a package id seen once is
-/// served from memory (its archive is immutable).
+/// whose metadata has not changed is not opened again. Each file keeps an archive of its
+/// own, even when two files hold the same package: reads go to the file an archive was
+/// opened from, and only the pool's copy is safe from writes to `packages/`.
 #[derive(Debug)]
 pub struct Opener {
     keys: TrustedKeys,
     files: HashMap<FileKey, (PathBuf, Result<Arc<Archive>, String>)>,
-    ids: HashMap<PackageId, Arc<Archive>>,
 }
 
 impl Opener {
@@ -141,7 +141,6 @@ impl Opener {
         Opener {
             keys,
             files: HashMap::new(),
-            ids: HashMap::new(),
         }
     }
 
@@ -167,12 +166,7 @@ impl Opener {
                 a.check_trust(&self.keys).map_err(|e| one_line(&e))?;
                 Ok(a)
             })
-            .map(|a| {
-                self.ids
-                    .entry(a.id())
-                    .or_insert_with(|| Arc::new(a))
-                    .clone()
-            });
+            .map(Arc::new);
         self.files.insert(key, (path.to_owned(), r.clone()));
         r
     }
@@ -209,12 +203,7 @@ impl Opener {
             })
             .collect();
         for (key, p, r) in opened {
-            let r = r.map(|a| {
-                self.ids
-                    .entry(a.id())
-                    .or_insert_with(|| Arc::new(a))
-                    .clone()
-            });
+            let r = r.map(Arc::new);
             self.files.insert(key, (p.clone(), r));
         }
     }
@@ -224,7 +213,6 @@ impl Opener {
     pub fn prune(&mut self) {
         self.files
             .retain(|key, (path, _)| fs::metadata(path).is_ok_and(|md| FileKey::of(&md) == *key));
-        self.ids.retain(|_, a| Arc::strong_count(a) > 1);
     }
 }
 
@@ -248,8 +236,34 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
 pub struct LayerSet {
     /// The list (None: the layer has no `active.list` yet).
     pub list: Option<ActiveList>,
-    /// Its packages, in list order.
+    /// Its packages that open whole, in list order.
     pub packages: Vec<Candidate>,
+    /// The packages it names that do not (missing, corrupt, untrusted), each with why.
+    pub damaged: Vec<Damaged>,
+}
+
+/// A package an active list names that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damaged {
+    /// `name-version` as listed.
+    pub label: String,
+    /// Its id.
+    pub id: PackageId,
+    /// Why, one line.
+    pub reason: String,
+}
+
+impl Damaged {
+    /// The package name, taken from the label (`name-version`: the longest name whose rest
+    /// is a version).
+    pub fn name(&self) -> &str {
+        for (i, _) in self.label.match_indices('-') {
+            if semver::Version::parse(&self.label[i + 1..]).is_ok() {
+                return &self.label[..i];
+            }
+        }
+        &self.label
+    }
 }
 
 /// A stack of layers, lowest first.
@@ -318,7 +332,8 @@ impl Stack {
     }
 
     /// Loads the active set of layer `l` from `state/active.list`: each package from the
-    /// pool, or else from the file in `packages/` that holds it.
+    /// pool, or else from the file in `packages/` that holds it. Fails if any of them
+    /// cannot be used ([`Stack::load_active_damaged`] reports those instead).
     pub fn load_active(&self, l: usize, opener: &mut Opener) -> Result<LayerSet, StackError> {
         let paths = &self.layers[l].paths;
         let Some(list) = generation::read_list(&paths.active_list())? else {
@@ -328,7 +343,49 @@ impl Stack {
         Ok(LayerSet {
             list: Some(list),
             packages,
+            damaged: Vec::new(),
         })
+    }
+
+    /// Like [`Stack::load_active`], but a package that cannot be used is reported in
+    /// [`LayerSet::damaged`] instead of failing the whole load: the rescue commands
+    /// (status, rollback, remove) must work when a package is damaged.
+    pub fn load_active_damaged(
+        &self,
+        l: usize,
+        opener: &mut Opener,
+    ) -> Result<LayerSet, StateError> {
+        let paths = &self.layers[l].paths;
+        let Some(list) = generation::read_list(&paths.active_list())? else {
+            return Ok(LayerSet::default());
+        };
+        let mut set = LayerSet {
+            list: None,
+            packages: Vec::new(),
+            damaged: Vec::new(),
+        };
+        for (e, r) in list.entries.iter().zip(self.open_entries(l, &list, opener)) {
+            match r {
+                Ok(c) => set.packages.push(c),
+                Err(StackError::State(s)) => return Err(s),
+                Err(StackError::Package { reason, .. }) => set.damaged.push(Damaged {
+                    label: e.label.clone(),
+                    id: e.id,
+                    reason,
+                }),
+            }
+        }
+        set.list = Some(list);
+        Ok(set)
+    }
+
+    /// True if every package generation `n` of layer `l` names opens, is trusted and is
+    /// the package named.
+    pub fn opens_whole(&self, l: usize, n: u64, opener: &mut Opener) -> bool {
+        match generation::read_list(&self.layers[l].paths.generation_list(n)) {
+            Ok(Some(list)) => self.open_list(l, &list, opener).is_ok(),
+            _ => false,
+        }
     }
 
     /// Opens the packages an active list names, in layer `l`.
@@ -338,6 +395,16 @@ impl Stack {
         list: &ActiveList,
         opener: &mut Opener,
     ) -> Result<Vec<Candidate>, StackError> {
+        self.open_entries(l, list, opener).into_iter().collect()
+    }
+
+    /// Opens each package an active list names, in layer `l`, each with its own result.
+    pub fn open_entries(
+        &self,
+        l: usize,
+        list: &ActiveList,
+        opener: &mut Opener,
+    ) -> Vec<Result<Candidate, StackError>> {
         let paths = &self.layers[l].paths;
         let mut out = Vec::with_capacity(list.entries.len());
         let mut scanned: Option<HashMap<PackageId, PathBuf>> = None;
@@ -355,60 +422,74 @@ impl Stack {
                 reason,
             };
             let pool = paths.pool_file(&e.id);
-            let (path, archive) = match opener.open(&pool) {
-                Ok(a) => (pool, a),
+            let opened = match opener.open(&pool) {
+                Ok(a) => Ok((pool, a)),
                 Err(pool_err) => {
                     // Not (yet) in the pool: an admin's hand-written list naming a file
                     // of packages/.
                     if scanned.is_none() {
                         let mut m = HashMap::new();
-                        for p in self.package_files(l)? {
-                            if let Ok(a) = opener.open(&p) {
-                                m.entry(a.id()).or_insert(p);
+                        match self.package_files(l) {
+                            Ok(files) => {
+                                for p in files {
+                                    if let Ok(a) = opener.open(&p) {
+                                        m.entry(a.id()).or_insert(p);
+                                    }
+                                }
+                            }
+                            Err(err) => {
+                                out.push(Err(StackError::State(err)));
+                                continue;
                             }
                         }
                         scanned = Some(m);
                     }
                     match scanned.as_ref().and_then(|m| m.get(&e.id)) {
-                        Some(p) => (p.clone(), opener.open(p).map_err(bad)?),
-                        None if pool.exists() => return Err(bad(pool_err)),
-                        None => {
-                            return Err(bad(
-                                "neither the pool nor packages/ holds this package".into()
-                            ))
-                        }
+                        Some(p) => opener.open(p).map(|a| (p.clone(), a)).map_err(bad),
+                        None if pool.exists() => Err(bad(pool_err)),
+                        None => Err(bad(
+                            "neither the pool nor packages/ holds this package".into()
+                        )),
                     }
                 }
             };
-            if archive.id() != e.id {
-                return Err(bad(format!(
-                    "{} holds package {} instead",
-                    path.display(),
-                    archive.id()
-                )));
-            }
-            let c = Candidate {
-                layer: l,
-                path,
-                archive,
-            };
-            if c.label() != e.label {
-                return Err(bad(format!("the package is {}", c.label())));
-            }
-            out.push(c);
+            let r = opened.and_then(|(path, archive)| {
+                if archive.id() != e.id {
+                    return Err(bad(format!(
+                        "{} holds package {} instead",
+                        path.display(),
+                        archive.id()
+                    )));
+                }
+                let c = Candidate {
+                    layer: l,
+                    path,
+                    archive,
+                };
+                if c.label() != e.label {
+                    return Err(bad(format!("the package is {}", c.label())));
+                }
+                Ok(c)
+            });
+            out.push(r);
         }
-        Ok(out)
+        out
     }
 
     /// Loads the active sets of layers `0..=upto`, bottom up. A layer without an
     /// `active.list` gets its first set from `packages/` ([`Change::Initial`], checked against
     /// the layers below); that plan is returned so the caller can commit it (under the
     /// layer's lock) or just use it.
+    ///
+    /// A package a list names that cannot be used does not fail the load: it is left out
+    /// of the set and reported in [`Loaded::damaged`], so the commands that repair a layer
+    /// (status, rollback, remove) work when they are needed most.
     pub fn load_all(&self, upto: usize, opener: &mut Opener) -> Result<Loaded, StackError> {
         let names = self.names();
         let mut out = Loaded::default();
         for l in 0..=upto.min(self.layers.len().saturating_sub(1)) {
-            let ls = self.load_active(l, opener)?;
+            let ls = self.load_active_damaged(l, opener)?;
+            out.damaged.push(ls.damaged);
             if ls.list.is_some() {
                 out.sets.push(ls.packages);
                 out.lists.push(ls.list);
@@ -453,6 +534,51 @@ impl Stack {
         }
         Ok(out)
     }
+
+    /// Commits a layer's first generation ([`Change::Initial`]) and starts its record of
+    /// accounted-for files empty: the next reconcile then decides every file of
+    /// `packages/` (those already active change nothing, those left out wait).
+    pub fn commit_first(
+        &self,
+        plan: &mut Plan,
+        opener: &mut Opener,
+    ) -> Result<Vec<(usize, u64)>, StateError> {
+        let gens =
+            self.commit_pooled(plan, "first generation from packages/", &now_utc(), opener)?;
+        for &(l, _) in &gens {
+            generation::Seen::default().write(&self.layers[l].paths)?;
+        }
+        Ok(gens)
+    }
+
+    /// [`Stack::commit`], then points every package of the changed layers at its pool
+    /// copy (reopened through `opener`): what is served and planned from then on are the
+    /// pool's own bytes, which no write to `packages/` can reach.
+    pub fn commit_pooled(
+        &self,
+        plan: &mut Plan,
+        reason: &str,
+        time: &str,
+        opener: &mut Opener,
+    ) -> Result<Vec<(usize, u64)>, StateError> {
+        let gens = self.commit(plan, reason, time)?;
+        for &l in &plan.changed {
+            let paths = &self.layers[l].paths;
+            for c in plan.sets[l].iter_mut() {
+                let pool = paths.pool_file(&c.id());
+                if c.path == pool {
+                    continue;
+                }
+                if let Ok(a) = opener.open(&pool) {
+                    if a.id() == c.id() {
+                        c.path = pool;
+                        c.archive = a;
+                    }
+                }
+            }
+        }
+        Ok(gens)
+    }
 }
 
 /// The active sets of a stack as loaded by [`Stack::load_all`].
@@ -466,6 +592,8 @@ pub struct Loaded {
     pub initial: Vec<Option<Plan>>,
     /// Package files of those layers that could not be used, and why.
     pub refused: Vec<Refusal>,
+    /// Per layer: the packages its list names that cannot be used (left out of `sets`).
+    pub damaged: Vec<Vec<Damaged>>,
 }
 
 /// True for a file name `packages/` treats as a package: `*.hpkg`, not hidden.
@@ -539,6 +667,25 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan that takes the sets `current` to `new`, with the packages left broken and
+    /// skipped on the way.
+    pub fn between(
+        current: &[Vec<Candidate>],
+        new: Vec<Vec<Candidate>>,
+        broken: Vec<String>,
+        skipped: Vec<String>,
+    ) -> Plan {
+        finish(
+            Plan {
+                broken,
+                skipped,
+                ..Plan::default()
+            },
+            current,
+            new,
+        )
+    }
+
     /// True if no layer changed.
     pub fn is_empty(&self) -> bool {
         self.changed.is_empty()

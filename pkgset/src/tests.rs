@@ -9,7 +9,7 @@ use format::manifest::Manifest;
 
 use crate::{check, resolve, Candidate, Problem, Want};
 
-struct Lab {
+pub(crate) struct Lab {
     dir: tempfile::TempDir,
     n: usize,
 }
@@ -19,7 +19,7 @@ fn layers() -> Vec<String> {
 }
 
 impl Lab {
-    fn new() -> Lab {
+    pub(crate) fn new() -> Lab {
         Lab {
             dir: tempfile::tempdir().unwrap(),
             n: 0,
@@ -27,7 +27,12 @@ impl Lab {
     }
 
     /// A package from a manifest (JSON) and files `(path, content)`.
-    fn pkg(&mut self, layer: usize, manifest: &str, files: &[(&str, &str)]) -> Candidate {
+    pub(crate) fn pkg(
+        &mut self,
+        layer: usize,
+        manifest: &str,
+        files: &[(&str, &str)],
+    ) -> Candidate {
         let mut t = Tree::new();
         for (path, content) in files {
             let (parent, name) = match path.rsplit_once('/') {
@@ -47,7 +52,16 @@ impl Lab {
         let m = Manifest::from_json(manifest.as_bytes()).unwrap();
         self.n += 1;
         let out = self.dir.path().join(format!("{}.hpkg", self.n));
-        write_archive(&t, &m, None, &BuildOptions::default(), &out, &|_, _| {}).unwrap();
+        let key = lab_key();
+        write_archive(
+            &t,
+            &m,
+            Some(&key),
+            &BuildOptions::default(),
+            &out,
+            &|_, _| {},
+        )
+        .unwrap();
         Candidate {
             layer,
             path: out.clone(),
@@ -56,7 +70,19 @@ impl Lab {
     }
 }
 
-fn m(name: &str, version: &str, extra: &str) -> String {
+/// The key every lab package is signed with.
+pub(crate) fn lab_key() -> format::keys::SecretKey {
+    format::keys::SecretKey::from_seed(&[7; 32], "lab")
+}
+
+/// Trusts the lab's key.
+pub(crate) fn lab_keys() -> format::keys::TrustedKeys {
+    let mut k = format::keys::TrustedKeys::new();
+    k.insert(lab_key().public(), "lab");
+    k
+}
+
+pub(crate) fn m(name: &str, version: &str, extra: &str) -> String {
     let sep = if extra.is_empty() { "" } else { "," };
     format!(r#"{{"name":"{name}","version":"{version}"{sep}{extra}}}"#)
 }

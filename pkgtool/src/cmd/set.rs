@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use format::keys::TrustedKeys;
 use pkgset::generation::{self, Lock, StackRecord};
-use pkgset::stack::{now_utc, Loaded, Refusal};
+use pkgset::reconcile;
+use pkgset::stack::{now_utc, Damaged, Loaded, Refusal};
 use pkgset::{plan, Candidate, Change, LayerSpec, Opener, Plan, Stack, Want};
 use serde::Serialize;
 
@@ -140,17 +141,75 @@ struct ChangeJson {
 
 /// Commits the first generation of the top layer if it has none (and the plan of it found
 /// packages), so the change that follows has a generation to roll back to.
-fn commit_initial(stack: &Stack, loaded: &mut Loaded, top: usize) -> anyhow::Result<()> {
-    if let Some(p) = loaded.initial[top].take() {
+fn commit_initial(
+    stack: &Stack,
+    loaded: &mut Loaded,
+    top: usize,
+    op: &mut Opener,
+) -> anyhow::Result<()> {
+    if let Some(mut p) = loaded.initial[top].take() {
         if !p.is_empty() {
-            stack.commit(&p, "first generation from packages/", &now_utc())?;
+            stack.commit_first(&mut p, op)?;
             for s in &p.skipped {
                 eprintln!("pkgtool: warning: not in the first generation: {s}");
             }
+            loaded.sets[top] = p.sets[top].clone();
         }
         loaded.lists[top] = generation::read_list(&stack.layers[top].paths.active_list())?;
     }
     Ok(())
+}
+
+/// Decides what the files of the top layer's `packages/` mean for its set, as the daemon
+/// does ([`reconcile`]), and commits it: drops and deletions nobody has accounted for yet
+/// (no daemon ran, or it has not looked yet) become a generation before the command's own
+/// change, and the record of accounted-for files is brought up to date. Not while a
+/// package of the active set is damaged: that set is not the one to build on.
+fn reconcile_top(
+    stack: &Stack,
+    loaded: &mut Loaded,
+    top: usize,
+    op: &mut Opener,
+) -> anyhow::Result<()> {
+    if !loaded.damaged[top].is_empty() {
+        return Ok(());
+    }
+    let obs = reconcile::observe(
+        stack,
+        top,
+        op,
+        &Default::default(),
+        std::time::SystemTime::now(),
+    )?;
+    let mut d = reconcile::decide(&stack.names(), &loaded.sets, top, &obs);
+    for (f, why) in d.waiting.iter().chain(&d.refused) {
+        eprintln!("pkgtool: warning: packages/{f}: {why}");
+    }
+    let gens = reconcile::commit(stack, top, &mut d, &now_utc(), op)?;
+    if !gens.is_empty() {
+        eprintln!(
+            "pkgtool: layer {}: first, what packages/ holds: generation {}: {}: {}",
+            stack.layers[top].name,
+            gens.iter()
+                .map(|g| g.1.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            d.reason,
+            d.plan.summary()
+        );
+        loaded.sets = d.plan.sets;
+        loaded.lists[top] = generation::read_list(&stack.layers[top].paths.active_list())?;
+    }
+    Ok(())
+}
+
+/// `name-version (reason)` of each damaged package, for messages.
+fn damaged_list(damaged: &[Damaged]) -> String {
+    damaged
+        .iter()
+        .map(|d| format!("{} ({})", d.label, d.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn report_change(
@@ -366,7 +425,23 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     fs::create_dir_all(&pkgdir).with_context(|| format!("cannot create {}", pkgdir.display()))?;
     let lock = Lock::acquire(paths)?;
     let mut loaded = stack.load_all(top, &mut op)?;
-    commit_initial(&stack, &mut loaded, top)?;
+    commit_initial(&stack, &mut loaded, top, &mut op)?;
+    reconcile_top(&stack, &mut loaded, top, &mut op)?;
+    // A damaged active package is only built on by an install that replaces it.
+    let damaged = std::mem::take(&mut loaded.damaged[top]);
+    let unreplaced: Vec<Damaged> = damaged
+        .iter()
+        .filter(|d| !new.iter().any(|c| c.manifest().name == d.name()))
+        .cloned()
+        .collect();
+    if !unreplaced.is_empty() {
+        bail!(
+            "layer {}: the active set has damaged packages: {}; install a good copy of them, \
+             remove them (pkgtool remove NAME) or roll back (pkgtool rollback)",
+            stack.layers[top].name,
+            damaged_list(&unreplaced)
+        );
+    }
     let (available, _) = stack.scan(top, &mut op)?;
     let mut p = plan(
         &stack.names(),
@@ -379,6 +454,13 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         },
     )
     .map_err(|r| anyhow!("refused: {r}"))?;
+    if !damaged.is_empty() {
+        if !p.changed.contains(&top) {
+            p.changed.push(top);
+            p.changed.sort_unstable();
+        }
+        p.removed.extend(damaged.iter().map(|d| d.label.clone()));
+    }
     if p.is_empty() {
         report_change(out, a.layer.json, &stack, top, &p, None)?;
         return Ok(ExitCode::SUCCESS);
@@ -406,7 +488,8 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         }
     }
     let reason = format!("install {}", p.summary());
-    let committed = result.and_then(|_| Ok(stack.commit(&p, &reason, &now_utc())?));
+    let committed =
+        result.and_then(|_| Ok(stack.commit_pooled(&mut p, &reason, &now_utc(), &mut op)?));
     let n = match committed {
         Ok(ns) => ns.iter().find(|(l, _)| *l == top).map(|(_, n)| *n),
         Err(e) => {
@@ -423,10 +506,27 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         .filter(|id| !p.sets[top].iter().any(|c| c.id() == *id))
         .collect();
     remove_files(&available, &gone);
+    record_files(&stack, top, &p, &mut op)?;
     // Let a waiting packagefs in before tearing down a thousand open archives.
     drop(lock);
     report_change(out, a.layer.json, &stack, top, &p, n)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// After a change: records the files of `packages/` as accounted for by the new set (the
+/// copies just made hold active packages, the files just removed are gone), by the same
+/// reconcile the daemon runs; anything else it finds is committed too.
+fn record_files(stack: &Stack, top: usize, p: &Plan, op: &mut Opener) -> anyhow::Result<()> {
+    let obs = reconcile::observe(
+        stack,
+        top,
+        op,
+        &Default::default(),
+        std::time::SystemTime::now(),
+    )?;
+    let mut d = reconcile::decide(&stack.names(), &p.sets, top, &obs);
+    reconcile::commit(stack, top, &mut d, &now_utc(), op)?;
+    Ok(())
 }
 
 fn remove_files(files: &[Candidate], ids: &HashSet<format::archive::PackageId>) {
@@ -446,14 +546,22 @@ pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let mut op = opener(&a.layer.trust)?;
     let lock = Lock::acquire(&stack.layers[top].paths)?;
     let mut loaded = stack.load_all(top, &mut op)?;
-    commit_initial(&stack, &mut loaded, top)?;
-    let p = plan(
+    commit_initial(&stack, &mut loaded, top, &mut op)?;
+    reconcile_top(&stack, &mut loaded, top, &mut op)?;
+    // Damaged packages are not in the set: removing one is dropping it from the list.
+    let damaged = std::mem::take(&mut loaded.damaged[top]);
+    let (gone_damaged, rest): (Vec<String>, Vec<String>) = a
+        .names
+        .iter()
+        .cloned()
+        .partition(|n| damaged.iter().any(|d| d.name() == n));
+    let mut p = plan(
         &stack.names(),
         &loaded.sets,
         top,
         &[],
         Change::Remove {
-            names: a.names.clone(),
+            names: rest,
             force: a.force,
         },
     )
@@ -464,8 +572,33 @@ pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             anyhow!("refused: {r} (--force removes what would be left broken, too)")
         }
     })?;
+    let still_damaged: Vec<Damaged> = damaged
+        .iter()
+        .filter(|d| !gone_damaged.iter().any(|n| n == d.name()))
+        .cloned()
+        .collect();
+    if !still_damaged.is_empty() && (!p.is_empty() || !gone_damaged.is_empty()) {
+        bail!(
+            "layer {}: the active set has other damaged packages: {}; remove them too, or roll \
+             back (pkgtool rollback)",
+            stack.layers[top].name,
+            damaged_list(&still_damaged)
+        );
+    }
+    if !gone_damaged.is_empty() {
+        if !p.changed.contains(&top) {
+            p.changed.push(top);
+            p.changed.sort_unstable();
+        }
+        p.removed.extend(
+            damaged
+                .iter()
+                .filter(|d| gone_damaged.iter().any(|n| n == d.name()))
+                .map(|d| d.label.clone()),
+        );
+    }
     let reason = format!("remove {}", p.summary());
-    let ns = stack.commit(&p, &reason, &now_utc())?;
+    let ns = stack.commit_pooled(&mut p, &reason, &now_utc(), &mut op)?;
     let n = ns.iter().find(|(l, _)| *l == top).map(|(_, n)| *n);
     let gone: HashSet<_> = loaded.sets[top]
         .iter()
@@ -474,6 +607,7 @@ pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         .collect();
     let (files, _) = stack.scan(top, &mut op)?;
     remove_files(&files, &gone);
+    record_files(&stack, top, &p, &mut op)?;
     drop(lock);
     report_change(out, a.layer.json, &stack, top, &p, n)?;
     Ok(ExitCode::SUCCESS)
@@ -500,6 +634,25 @@ struct StatusJson {
     inactive: Vec<InactiveJson>,
     ok: bool,
     problems: Vec<String>,
+    damaged: Vec<DamagedJson>,
+    pending: Option<PendingJson>,
+}
+
+#[derive(Serialize)]
+struct DamagedJson {
+    package: String,
+    id: String,
+    reason: String,
+}
+
+/// What the next reconcile (the daemon's, or the next pkgtool change) would do with the
+/// files of `packages/`.
+#[derive(Serialize)]
+struct PendingJson {
+    reason: String,
+    added: Vec<String>,
+    removed: Vec<String>,
+    waiting: Vec<RefusalJson>,
 }
 
 pub fn status(a: StatusArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
@@ -509,12 +662,41 @@ pub fn status(a: StatusArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let loaded = stack.load_all(top, &mut op)?;
     let set = &loaded.sets[top];
     let list = loaded.lists[top].as_ref();
-    let problems: Vec<String> = match pkgset::check(
+    let damaged = &loaded.damaged[top];
+    let mut problems: Vec<String> = damaged
+        .iter()
+        .map(|d| format!("{} ({}) is damaged: {}", d.label, d.id, d.reason))
+        .collect();
+    if let Err(r) = pkgset::check(
         &stack.names()[..=top],
         &loaded.sets.iter().flatten().cloned().collect::<Vec<_>>(),
     ) {
-        Ok(_) => Vec::new(),
-        Err(r) => r.problems.iter().map(|p| p.to_string()).collect(),
+        problems.extend(r.problems.iter().map(|p| p.to_string()));
+    }
+    let pending = if list.is_some() && damaged.is_empty() {
+        let obs = reconcile::observe(
+            &stack,
+            top,
+            &mut op,
+            &Default::default(),
+            std::time::SystemTime::now(),
+        )?;
+        let d = reconcile::decide(&stack.names(), &loaded.sets, top, &obs);
+        (!d.plan.is_empty() || !d.waiting.is_empty()).then(|| PendingJson {
+            reason: d.reason.clone(),
+            added: d.plan.added.clone(),
+            removed: d.plan.removed.clone(),
+            waiting: d
+                .waiting
+                .iter()
+                .map(|(f, why)| RefusalJson {
+                    file: f.clone(),
+                    reason: why.clone(),
+                })
+                .collect(),
+        })
+    } else {
+        None
     };
     let (files, refused) = stack.scan(top, &mut op)?;
     let active_ids: HashSet<_> = set.iter().map(|c| c.id()).collect();
@@ -554,6 +736,15 @@ pub fn status(a: StatusArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         inactive,
         ok: problems.is_empty(),
         problems,
+        damaged: damaged
+            .iter()
+            .map(|d| DamagedJson {
+                package: d.label.clone(),
+                id: d.id.to_string(),
+                reason: d.reason.clone(),
+            })
+            .collect(),
+        pending,
     };
     if a.layer.json {
         out.json(&st)?;
@@ -578,9 +769,28 @@ pub fn status(a: StatusArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
                 st.layer, st.dir
             )?,
         }
-        writeln!(out, "active ({}):", set.len())?;
+        writeln!(out, "active ({}):", set.len() + st.damaged.len())?;
         for c in set {
             writeln!(out, "  {:<40} {}", c.label(), short(c))?;
+        }
+        for d in &st.damaged {
+            writeln!(
+                out,
+                "  {:<40} {}  DAMAGED: {}",
+                d.package,
+                &d.id[..16],
+                d.reason
+            )?;
+        }
+        if let Some(p) = &st.pending {
+            let mut parts: Vec<String> = p.added.iter().map(|a| format!("+{a}")).collect();
+            parts.extend(p.removed.iter().map(|r| format!("-{r}")));
+            if !parts.is_empty() {
+                writeln!(out, "pending ({}): {}", p.reason, parts.join(" "))?;
+            }
+            for w in &p.waiting {
+                writeln!(out, "waiting: packages/{}: {}", w.file, w.reason)?;
+            }
         }
         if !st.inactive.is_empty() {
             writeln!(out, "inactive in packages/ ({}):", st.inactive.len())?;
@@ -677,37 +887,87 @@ pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let paths = &stack.layers[top].paths;
     let name = &stack.layers[top].name;
     let lock = Lock::acquire(paths)?;
-    let loaded = stack.load_all(top, &mut op)?;
-    let current = loaded.lists[top]
-        .as_ref()
-        .and_then(|l| l.generation())
-        .ok_or_else(|| anyhow!("layer {name} has no active generation to roll back from"))?;
+    // A rollback must work when the active set is damaged, even when its list is
+    // unreadable: then it only needs the layers below.
+    let (sets, current) = match stack.load_all(top, &mut op) {
+        Ok(mut loaded) => {
+            reconcile_top(&stack, &mut loaded, top, &mut op)?;
+            let current = loaded.lists[top].as_ref().and_then(|l| l.generation());
+            (loaded.sets, current)
+        }
+        Err(e) => {
+            eprintln!(
+                "pkgtool: warning: layer {name}: the active set cannot be read: {}",
+                pkgset::stack::one_line(&e)
+            );
+            let mut sets = if top > 0 {
+                stack.load_all(top - 1, &mut op)?.sets
+            } else {
+                Vec::new()
+            };
+            sets.push(Vec::new());
+            (sets, None)
+        }
+    };
     let numbers = generation::generation_numbers(paths)?;
-    let target = match a.to {
-        Some(n) => n,
-        None => *numbers
+    let candidates: Vec<u64> = match a.to {
+        Some(n) => vec![n],
+        None => numbers
             .iter()
             .rev()
-            .find(|&&n| n < current)
-            .ok_or_else(|| anyhow!("layer {name}: no generation before {current}"))?,
+            .copied()
+            .filter(|&n| current.is_none_or(|c| n < c))
+            .collect(),
     };
-    if target == current {
-        writeln!(out, "layer {name}: already at generation {current}")?;
+    if candidates.is_empty() {
+        match current {
+            Some(c) => bail!("layer {name}: no generation before {c}"),
+            None => bail!("layer {name}: no generation to roll back to"),
+        }
+    }
+    if a.to.is_some() && a.to == current {
+        writeln!(
+            out,
+            "layer {name}: already at generation {}",
+            a.to.unwrap_or(0)
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
-    let list = generation::read_list(&paths.generation_list(target))?
-        .ok_or_else(|| anyhow!("layer {name}: no generation {target}"))?;
-    let set = stack.open_list(top, &list, &mut op)?;
-    let p = plan(&stack.names(), &loaded.sets, top, &[], Change::Replace(set))
-        .map_err(|r| anyhow!("refused: generation {target}: {r}"))?;
+    let names = stack.names();
+    let mut chosen = None;
+    for t in candidates {
+        let why = match generation::read_list(&paths.generation_list(t)) {
+            Ok(Some(list)) => match stack.open_list(top, &list, &mut op) {
+                Ok(set) => match plan(&names, &sets, top, &[], Change::Replace(set)) {
+                    Ok(p) => {
+                        chosen = Some((t, p));
+                        break;
+                    }
+                    Err(r) => format!("refused: {r}"),
+                },
+                Err(e) => format!("does not open whole: {}", pkgset::stack::one_line(&e)),
+            },
+            Ok(None) if a.to.is_some() => bail!("layer {name}: no generation {t}"),
+            Ok(None) => "is not there".to_string(),
+            Err(e) => format!("cannot be read: {}", pkgset::stack::one_line(&e)),
+        };
+        if a.to.is_some() {
+            bail!("layer {name}: generation {t} {why}");
+        }
+        eprintln!("pkgtool: warning: layer {name}: skipping generation {t}: it {why}");
+    }
+    let Some((target, p)) = chosen else {
+        bail!("layer {name}: no earlier generation opens whole");
+    };
     generation::switch_to(paths, target)?;
     drop(lock);
+    let from = current.map_or("?".to_string(), |c| c.to_string());
     if a.layer.json {
         report_change(out, true, &stack, top, &p, Some(target))?;
     } else {
         writeln!(
             out,
-            "layer {name}: generation {current} -> {target}: {}",
+            "layer {name}: generation {from} -> {target}: {}",
             p.summary()
         )?;
     }
@@ -728,8 +988,26 @@ pub fn gc(a: GcArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         );
     }
     let _lock = Lock::acquire(&spec.paths)?;
+    // Never delete the newest generation that opens whole (every package there, intact and
+    // trusted): after it, a damaged active set would have nothing to roll back to.
+    let mut op = opener(&a.layer.trust)?;
+    let stack = Stack::new(vec![spec.clone()]);
+    let whole = generation::generation_numbers(&spec.paths)?
+        .into_iter()
+        .rev()
+        .find(|&n| stack.opens_whole(0, n, &mut op));
+    if whole.is_none() {
+        eprintln!(
+            "pkgtool: warning: layer {}: no generation opens whole",
+            spec.name
+        );
+    }
     let pool_before = count_dir(&spec.paths.pool());
-    let removed = generation::gc(&spec.paths, a.keep as usize)?;
+    let removed = generation::gc(
+        &spec.paths,
+        a.keep as usize,
+        &whole.into_iter().collect::<Vec<_>>(),
+    )?;
     let pool_removed = pool_before.saturating_sub(count_dir(&spec.paths.pool()));
     if a.layer.json {
         #[derive(Serialize)]

@@ -893,7 +893,7 @@ fn pkgtool_given_only_the_user_layer_checks_against_the_layers_below_it() {
 }
 
 #[test]
-fn a_package_spoiled_in_place_while_unmounted_leaves_the_rest_of_its_layer_served() {
+fn a_package_spoiled_in_place_while_unmounted_changes_nothing_and_a_spoiled_pool_serves_the_rest() {
     let s = Stack::new(&["system"]);
     let lib = s.add(
         "system",
@@ -910,14 +910,40 @@ fn a_package_spoiled_in_place_while_unmounted_leaves_the_rest_of_its_layer_serve
         let m = s.mount();
         assert_eq!(read(m.join("bin/app")), "app\n");
     }
-    // The file in packages/ and its pool link are one file: truncating it spoils every
-    // generation that names core.io.
+    // r11: the pool holds its own copy, so truncating the file in packages/ spoils that
+    // file only: every generation still opens whole, and the view is unchanged.
+    let before = active_list(s.layer("system").path());
     fs::OpenOptions::new()
         .write(true)
         .open(&lib)
         .unwrap()
         .set_len(100)
         .unwrap();
+    {
+        let m = s.mount();
+        assert_eq!(read(m.join("lib/libcore")), "core\n", "{}", m.log());
+        assert_eq!(read(m.join("bin/app")), "app\n");
+        assert!(log_lines(&m.log(), &["no generation opens whole"]).is_empty());
+    }
+    assert_eq!(active_list(s.layer("system").path()), before);
+    // The pool's copy itself damaged (by hand, as root): no generation naming core.io
+    // opens whole any more, and what does open is served.
+    let pool = s.layer("system").path().join("state/pool");
+    for e in fs::read_dir(&pool).unwrap() {
+        let p = e.unwrap().path();
+        let name = format::archive::Archive::open(&p).map(|a| a.manifest().name.clone());
+        if name.is_ok_and(|n| n == "core.io") {
+            let mut perm = fs::metadata(&p).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+            fs::set_permissions(&p, perm).unwrap();
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(100)
+                .unwrap();
+        }
+    }
     let m = s.mount();
     assert_eq!(read(m.join("etc/other")), "other\n", "{}", m.log());
     assert!(!m.join("lib/libcore").exists());

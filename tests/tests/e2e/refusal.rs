@@ -138,7 +138,13 @@ fn every_bad_package_at_once_is_refused_and_the_good_ones_serve() {
     assert_refused(&m, &unsigned, &["signed"]);
     assert_refused(&m, &truncated, &[]);
     assert_refused(&m, &not_a_package, &[]);
-    assert!(log_lines(&m.log(), &["README"]).is_empty());
+    // r11: a file that is not a package is said once, not ignored silently.
+    assert_eq!(
+        log_lines(&m.log(), &["packages/README", "not a package file"]).len(),
+        1,
+        "{}",
+        m.log()
+    );
 }
 
 fn mkfifo(p: &Path) {
