@@ -85,8 +85,6 @@ pub struct Live {
     /// Something is left to retry without a new event (a file that may still be written,
     /// a commit that failed, `packages/` or `state/` unreadable).
     retry: bool,
-    /// When the opener last forgot deleted files (a stat per known file: not every batch).
-    pruned: std::time::Instant,
     /// How long the last `apply` waited for the layers' locks (a writer finishing: its
     /// fsyncs of the state directory).
     pub lock_wait: std::time::Duration,
@@ -120,7 +118,6 @@ impl Live {
             hints: vec![HashMap::new(); n],
             said: HashSet::new(),
             retry: false,
-            pruned: std::time::Instant::now(),
             lock_wait: std::time::Duration::ZERO,
             stack,
         };
@@ -355,10 +352,9 @@ impl Live {
         let before: Vec<HashSet<PackageId>> = self.sets.iter().map(|s| ids(s)).collect();
         self.retry = false;
         self.reconcile_all();
-        if self.pruned.elapsed() > std::time::Duration::from_secs(5) {
-            self.opener.prune();
-            self.pruned = std::time::Instant::now();
-        }
+        // Forget files that are gone or changed: an archive held open for a deleted file
+        // keeps its disk space allocated (on a full disk, the space a deletion frees).
+        self.opener.prune();
         let after: Vec<HashSet<PackageId>> = self.sets.iter().map(|s| ids(s)).collect();
         if before == after {
             return Ok(None);

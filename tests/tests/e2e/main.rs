@@ -20,6 +20,7 @@ mod permissions;
 mod readonly;
 mod refusal;
 mod setuid;
+mod trust;
 mod xattrs;
 
 use std::io;
