@@ -25,7 +25,9 @@ Only packages signed by a key in --trusted-keys are mounted; others are refused 
 Files of layers other than `system` never carry setuid/setgid bits.
 Runs in the foreground (logs to stderr; RUST_LOG=debug for more) unless started in the
 mount.fuse3 form (SOURCE MOUNTPOINT), where it returns once the mount is ready. SIGINT or
-SIGTERM unmount cleanly, and `umount`/`fusermount3 -u` end the daemon.
+SIGTERM unmount cleanly, and `umount`/`fusermount3 -u` end the daemon. A dead packagefs
+mount left at the mount point by a killed daemon is cleared (and logged); any other mount
+there is an error.
 -o takes FUSE options (allow_other, allow_root, nosuid, nodev, noexec, auto_unmount,
 fsname=...; default_permissions is always on) and packagefs options (layer=NAME=DIR,
 trusted_keys=DIR, cache_size=SIZE, threads=N, log=FILE: where a detached daemon logs,

@@ -405,68 +405,91 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// How long a probe of a FUSE mount found at the mount point may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The mount point must exist, be a directory, and not have a file system mounted on it.
+/// A dead packagefs mount there (its daemon was killed and nothing unmounted it, so every
+/// access fails with ENOTCONN) is cleared, and the log says so; anything else mounted
+/// there (a live packagefs mount, another file system, dead or alive) makes it busy.
 fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
+    // Bounded: under one dead mount there may be another one (older daemons never cleared).
+    for _ in 0..16 {
+        let canon = canonical_mountpoint(mp)?;
+        let Some(top) = mount::mounted_at(&canon) else {
+            break;
+        };
+        let state = if top.fstype.starts_with("fuse") {
+            mount::probe(&canon, PROBE_TIMEOUT)
+        } else {
+            mount::Probe::Alive
+        };
+        match state {
+            mount::Probe::Dead if top.fstype == mount::FSTYPE => {
+                mount::detach(&canon).map_err(|e| {
+                    anyhow::anyhow!(
+                        "mount point {} is busy: a dead packagefs mount is there and \
+                         cannot be cleared: {e}",
+                        mp.display()
+                    )
+                })?;
+                info!(
+                    "cleared a dead packagefs mount at {} (its daemon died without unmounting it)",
+                    canon.display()
+                );
+            }
+            mount::Probe::Dead => anyhow::bail!(
+                "mount point {} is busy: {top} is mounted there, dead (its daemon is gone); \
+                 not ours to clear: `umount -l {}` clears it",
+                mp.display(),
+                canon.display()
+            ),
+            mount::Probe::NoAnswer => anyhow::bail!(
+                "mount point {} is busy: {top} is mounted there and does not answer",
+                mp.display()
+            ),
+            _ => anyhow::bail!(
+                "mount point {} is busy: {top} is mounted there",
+                mp.display()
+            ),
+        }
+    }
     let md =
         std::fs::metadata(mp).map_err(|e| anyhow::anyhow!("mount point {}: {e}", mp.display()))?;
     if !md.is_dir() {
         anyhow::bail!("mount point {} is not a directory", mp.display());
     }
-    let canon = std::fs::canonicalize(mp)?;
-    if let Some(fs) = mounted_at(&canon) {
+    if let Some(top) = mount::mounted_at(&canonical_mountpoint(mp)?) {
         anyhow::bail!(
-            "mount point {} is busy: {fs} is mounted there",
+            "mount point {} is busy: {top} is mounted there",
             mp.display()
         );
     }
     Ok(())
 }
 
-/// Parses /proc/self/mountinfo: (mount point, major:minor, fs type, source) per mount.
-fn mounts() -> Vec<(PathBuf, String, String, String)> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
+/// The canonical path of the mount point. A dead FUSE mount there cannot be resolved
+/// (ENOTCONN), so then its parent is resolved and its name appended.
+fn canonical_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
+    let err = match std::fs::canonicalize(mp) {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
     };
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let dash = f.iter().position(|x| *x == "-")?;
-            Some((
-                PathBuf::from(unescape(f.get(4)?)),
-                f.get(2)?.to_string(),
-                f.get(dash + 1)?.to_string(),
-                f.get(dash + 2).unwrap_or(&"").to_string(),
-            ))
-        })
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn mounted_at(p: &Path) -> Option<String> {
-    mounts()
-        .into_iter()
-        .rev()
-        .find(|(m, ..)| m == p)
-        .map(|(_, _, t, src)| format!("{src} ({t})"))
+    let dead = matches!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN | libc::ECONNABORTED)
+    );
+    let name = mp.file_name().filter(|_| dead);
+    let Some(name) = name else {
+        anyhow::bail!("mount point {}: {err}", mp.display());
+    };
+    let parent = match mp.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = std::fs::canonicalize(parent)
+        .map_err(|e| anyhow::anyhow!("mount point {}: {e}", mp.display()))?;
+    Ok(parent.join(name))
 }
 
 /// FUSE read-ahead is capped by the mount's backing device (bdi) setting, 128 KiB by
@@ -475,14 +498,10 @@ fn raise_readahead(mp: &Path) {
     let Ok(canon) = std::fs::canonicalize(mp) else {
         return;
     };
-    let Some((_, dev, ..)) = mounts()
-        .into_iter()
-        .rev()
-        .find(|(m, _, t, _)| m == &canon && t.starts_with("fuse"))
-    else {
+    let Some(m) = mount::mounted_at(&canon).filter(|m| m.fstype.starts_with("fuse")) else {
         return;
     };
-    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    let path = format!("/sys/class/bdi/{}/read_ahead_kb", m.dev);
     match std::fs::write(&path, b"1024") {
         Ok(()) => info!("read-ahead raised to 1024 KiB ({path})"),
         Err(e) => warn!("cannot raise read-ahead via {path}: {e}"),
