@@ -2,6 +2,7 @@
 //! reports readiness, and unmounts on SIGINT/SIGTERM.
 
 mod args;
+mod auto_unmount;
 mod mount;
 
 use std::io::Write;
@@ -26,6 +27,10 @@ use tracing::{error, info, warn};
 const READY_FD_ENV: &str = "PACKAGEFS_READY_FD";
 
 fn main() -> ExitCode {
+    if let Some(v) = std::env::var_os(auto_unmount::ENV) {
+        init_log();
+        return ExitCode::from(auto_unmount::watch(v));
+    }
     // Before any thread exists, so that every thread inherits the mask and the termination
     // signals reach only the thread that waits for them.
     let sigset = block_signals();
@@ -42,6 +47,18 @@ fn main() -> ExitCode {
     if settings.daemonize && std::env::var_os(READY_FD_ENV).is_none() {
         return daemonize(settings.log_file.as_deref());
     }
+    init_log();
+    match run(settings, sigset) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("packagefs: {}", layers::one_line(e.as_ref()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs go to stderr.
+fn init_log() {
     // fuser::session's only warning is "Failed to umount filesystem: Invalid argument":
     // after `umount` or `fusermount3 -u` from outside, fuser's session tries to unmount
     // the already unmounted mount point once more. It is noise, logged on every such
@@ -51,13 +68,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(settings, sigset) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("packagefs: {}", layers::one_line(e.as_ref()));
-            ExitCode::from(1)
-        }
-    }
 }
 
 /// The log filter: `RUST_LOG`, or info by default. The solver (pubgrub) logs every step
@@ -168,6 +178,23 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
                 false,
             ),
         };
+    // The watcher holds the read end of a pipe whose write end lives as long as this
+    // process: however the daemon ends, the watcher wakes.
+    let _auto_unmount = if s.auto_unmount {
+        match auto_unmount::spawn(&s.mountpoint) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                let _ = mount::detach(&s.mountpoint);
+                anyhow::bail!(
+                    "-o auto_unmount: cannot start the process that unmounts {} if the \
+                     daemon dies: {e}",
+                    s.mountpoint.display()
+                );
+            }
+        }
+    } else {
+        None
+    };
     let mut unmounter = session.unmount_callable();
     let notifier = session.notifier();
     let slot = fs_slot;

@@ -179,3 +179,48 @@ fn a_signal_before_the_mount_is_live_stops_the_daemon_at_once() {
         );
     }
 }
+
+/// `-o auto_unmount` alone (no allow_other, no allow_root) mounts, and when the daemon is
+/// killed with SIGKILL its mount goes away by itself.
+#[test]
+fn auto_unmount_alone_takes_a_sigkilled_daemons_mount_away() {
+    let s = stack();
+    let mut m = s.builder().arg("-o").arg("auto_unmount").start();
+    assert_eq!(read(m.join("hello")), "hello\n");
+    let e = m.entry().expect("mounted");
+    assert_eq!(e.fstype, "fuse.packagefs", "{e}");
+    // `ls -la` of the mount point: the kernel caches the root's attributes, after which
+    // opening or stat-ing the dead mount still succeeds (so a check by `open`, as
+    // fusermount3's auto_unmount does, would leave the dead mount there)
+    assert_eq!(crate::names(m.path()), ["hello"]);
+    std::fs::metadata(m.path()).unwrap();
+    m.signal(libc::SIGKILL);
+    m.wait_exit(DEADLINE).expect("SIGKILL ends the daemon");
+    assert!(
+        e2e::wait_until(DEADLINE, || !m.is_mounted()),
+        "still mounted {DEADLINE:?} after the daemon was killed: {:?}\n{}",
+        m.entry(),
+        m.log()
+    );
+    let log = m.log();
+    assert_eq!(
+        e2e::log_lines(&log, &["auto_unmount", &m.path().to_string_lossy()]).len(),
+        1,
+        "one line says the mount was taken away:\n{log}"
+    );
+}
+
+/// With `-o auto_unmount`, SIGTERM still unmounts cleanly and exits 0, and nothing is left
+/// running that would unmount a later mount at the same point.
+#[test]
+fn auto_unmount_sigterm_unmounts_and_exits_0() {
+    let s = stack();
+    let mut m = s.builder().arg("-o").arg("auto_unmount").start();
+    assert_eq!(read(m.join("hello")), "hello\n");
+    assert_eq!(m.terminate().code(), Some(0), "{}", m.log());
+    assert!(!m.is_mounted(), "still mounted after SIGTERM:\n{}", m.log());
+    // a new mount at the same point is not taken away by the old daemon's watcher
+    let m2 = s.builder().mountpoint(m.path()).start();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(m2.join("hello")), "hello\n");
+}
