@@ -12,7 +12,7 @@
 //! cannot watch a mount it did not make either. So the daemon starts its own watcher:
 //! itself, re-executed with [`ENV`] set, holding the read end of a pipe whose write end
 //! only the daemon holds. It probes with `statfs`, which always reaches the daemon
-//! ([`mount::probe`]). No access rule changes: the mount stays the caller's alone unless
+//! ([`mount::Pinned::probe`]). No access rule changes: the mount stays the caller's alone unless
 //! allow_other or allow_root says otherwise.
 //!
 //! The watcher blocks in `read` until the pipe reports end of file (the daemon has exited,
@@ -118,14 +118,13 @@ pub fn watch(value: OsString) -> u8 {
         }
     }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let parsed = value.to_str().and_then(|v| {
-        let mut it = v.split(',');
-        let id: u64 = it.next()?.parse().ok()?;
-        let dev = it.next()?.to_owned();
-        let pid: u32 = it.next()?.parse().ok()?;
-        it.next().is_none().then_some((id, dev, pid))
-    });
-    let (Some((id, dev, pid)), [mp]) = (parsed, args.as_slice()) else {
+    // SAFETY: F_GETFD only asks whether the descriptor is open.
+    let have_pipe = unsafe { libc::fcntl(PIPE_FD, libc::F_GETFD) } >= 0;
+    let (Some((id, dev, pid)), [mp], true) = (
+        value.to_str().and_then(parse_env),
+        args.as_slice(),
+        have_pipe,
+    ) else {
         eprintln!("packagefs: {ENV} is for packagefs's own auto_unmount watcher");
         return 2;
     };
@@ -147,15 +146,17 @@ pub fn watch(value: OsString) -> u8 {
             }
         }
     }
-    let ours = || {
-        mount::mounted_at(&mp)
-            .filter(|m| m.id == id && m.dev == dev && m.fstype.starts_with("fuse"))
-    };
     let t0 = Instant::now();
-    while ours().is_some() {
-        match mount::probe(&mp, SETTLE) {
+    loop {
+        // The very mount the daemon made, still the topmost at the point, pinned so that
+        // what is probed is what is detached.
+        let top = match mount::Pinned::topmost(&mp) {
+            Ok(Some(top)) if top.entry.id == id && top.entry.dev == dev => top,
+            _ => return 0,
+        };
+        match top.probe(SETTLE) {
             mount::Probe::Dead => {
-                return match mount::detach(&mp) {
+                return match top.detach() {
                     Ok(()) => {
                         info!(
                             "the daemon (pid {pid}) died without unmounting {}; \
@@ -176,9 +177,38 @@ pub fn watch(value: OsString) -> u8 {
             }
             // Alive: the daemon's descriptors are still being closed, or another daemon
             // (the same id can be reused) serves it now; either way not dead, so not ours.
-            _ if t0.elapsed() > SETTLE => break,
+            _ if t0.elapsed() > SETTLE => return 0,
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-    0
+}
+
+/// [`ENV`]'s value: `MOUNT_ID,DEVICE,DAEMON_PID`.
+fn parse_env(v: &str) -> Option<(u64, String, u32)> {
+    let mut it = v.split(',');
+    let id: u64 = it.next()?.parse().ok()?;
+    let dev = it.next().filter(|d| !d.is_empty())?.to_owned();
+    let pid: u32 = it.next()?.parse().ok()?;
+    it.next().is_none().then_some((id, dev, pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_watchers_environment() {
+        assert_eq!(parse_env("42,0:40,1234"), Some((42, "0:40".into(), 1234)));
+        for bad in [
+            "",
+            "42",
+            "42,0:40",
+            "x,0:40,1",
+            "42,,1",
+            "42,0:40,1,9",
+            "42,0:40,-1",
+        ] {
+            assert_eq!(parse_env(bad), None, "{bad:?}");
+        }
+    }
 }

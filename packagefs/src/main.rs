@@ -443,17 +443,20 @@ fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
     // Bounded: under one dead mount there may be another one (older daemons never cleared).
     for _ in 0..16 {
         let canon = canonical_mountpoint(mp)?;
-        let Some(top) = mount::mounted_at(&canon) else {
+        let top = mount::Pinned::topmost(&canon)
+            .map_err(|e| anyhow::anyhow!("mount point {}: {e}", mp.display()))?;
+        let Some(top) = top else {
             break;
         };
-        let state = if top.fstype.starts_with("fuse") {
-            mount::probe(&canon, PROBE_TIMEOUT)
+        let what = &top.entry;
+        let state = if what.fstype.starts_with("fuse") {
+            top.probe(PROBE_TIMEOUT)
         } else {
             mount::Probe::Alive
         };
         match state {
-            mount::Probe::Dead if top.fstype == mount::FSTYPE => {
-                mount::detach(&canon).map_err(|e| {
+            mount::Probe::Dead if what.fstype == mount::FSTYPE => {
+                top.detach().map_err(|e| {
                     anyhow::anyhow!(
                         "mount point {} is busy: a dead packagefs mount is there and \
                          cannot be cleared: {e}",
@@ -466,17 +469,17 @@ fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
                 );
             }
             mount::Probe::Dead => anyhow::bail!(
-                "mount point {} is busy: {top} is mounted there, dead (its daemon is gone); \
+                "mount point {} is busy: {what} is mounted there, dead (its daemon is gone); \
                  not ours to clear: `umount -l {}` clears it",
                 mp.display(),
                 canon.display()
             ),
             mount::Probe::NoAnswer => anyhow::bail!(
-                "mount point {} is busy: {top} is mounted there and does not answer",
+                "mount point {} is busy: {what} is mounted there and does not answer",
                 mp.display()
             ),
             _ => anyhow::bail!(
-                "mount point {} is busy: {top} is mounted there",
+                "mount point {} is busy: {what} is mounted there",
                 mp.display()
             ),
         }

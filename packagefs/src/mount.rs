@@ -231,35 +231,100 @@ pub enum Probe {
     Failed(i32),
 }
 
-/// Asks the file system mounted at `point` for its statistics: a FUSE `statfs` always
-/// reaches the daemon (nothing caches it, unlike attributes and directory opens), so a
-/// dead connection shows as ENOTCONN. Waits at most `timeout` (in a thread of its own, so
-/// a hung daemon cannot hang the caller).
-pub fn probe(point: &Path, timeout: Duration) -> Probe {
-    let Ok(c) = CString::new(point.as_os_str().as_bytes()) else {
-        return Probe::Failed(libc::EINVAL);
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("probe".into())
-        .spawn(move || {
-            // SAFETY: valid C string and out-pointer.
-            let r = unsafe {
-                let mut st: libc::statfs = std::mem::zeroed();
-                libc::statfs(c.as_ptr(), &mut st)
-            };
-            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            let _ = tx.send(if r == 0 { 0 } else { errno });
-        });
-    if spawned.is_err() {
-        return Probe::Failed(libc::EAGAIN);
+/// One mount, held by an `O_PATH` descriptor of its root, so that what is probed and
+/// detached is that very mount, whatever is mounted at the same path meanwhile (another
+/// daemon may clear a dead mount and mount its own there at any moment).
+#[derive(Debug)]
+pub struct Pinned {
+    fd: OwnedFd,
+    /// The mount's line in the mount table.
+    pub entry: MountEntry,
+}
+
+impl Pinned {
+    /// Pins the topmost mount at exactly `point` (canonical); `None` if nothing is mounted
+    /// there. Reaching the root of a dead FUSE mount needs nothing of its daemon.
+    pub fn topmost(point: &Path) -> std::io::Result<Option<Pinned>> {
+        let c = CString::new(point.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: valid C string; the descriptor is owned below.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: just opened, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let id = mount_id(&fd)?;
+        Ok(mounts()
+            .into_iter()
+            .find(|m| m.id == id && m.point == point)
+            .map(|entry| Pinned { fd, entry }))
     }
-    match rx.recv_timeout(timeout) {
-        Ok(0) => Probe::Alive,
-        Ok(libc::ENOTCONN | libc::ECONNABORTED) => Probe::Dead,
-        Ok(e) => Probe::Failed(e),
-        Err(_) => Probe::NoAnswer,
+
+    /// Asks the pinned file system for its statistics: a FUSE `statfs` always reaches the
+    /// daemon (nothing caches it, unlike attributes and directory opens), so a dead
+    /// connection shows as ENOTCONN. Waits at most `timeout` (in a thread of its own, so
+    /// a hung daemon cannot hang the caller).
+    pub fn probe(&self, timeout: Duration) -> Probe {
+        let Ok(fd) = self.fd.try_clone() else {
+            return Probe::Failed(libc::EMFILE);
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || {
+                use std::os::fd::AsRawFd;
+                // SAFETY: a valid descriptor and out-pointer.
+                let r = unsafe {
+                    let mut st: libc::statfs = std::mem::zeroed();
+                    libc::fstatfs(fd.as_raw_fd(), &mut st)
+                };
+                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                let _ = tx.send(if r == 0 { 0 } else { errno });
+            });
+        if spawned.is_err() {
+            return Probe::Failed(libc::EAGAIN);
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(0) => Probe::Alive,
+            Ok(libc::ENOTCONN | libc::ECONNABORTED) => Probe::Dead,
+            Ok(e) => Probe::Failed(e),
+            Err(_) => Probe::NoAnswer,
+        }
     }
+
+    /// Detaches the pinned mount: as root through its descriptor (`umount2` of
+    /// `/proc/self/fd/N` unmounts exactly the mount the descriptor is on); without root
+    /// with `fusermount3 -u -z` of its path, if it is still the topmost there.
+    pub fn detach(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            if mounted_at(&self.entry.point).map(|m| m.id) != Some(self.entry.id) {
+                return Err(std::io::Error::other(
+                    "another file system is mounted on top of it now",
+                ));
+            }
+            return detach(&self.entry.point);
+        }
+        let c = CString::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: valid C string.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// The id of the mount a descriptor is on (`mnt_id` in `/proc/self/fdinfo`).
+fn mount_id(fd: &OwnedFd) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no mnt_id in /proc/self/fdinfo"))
 }
 
 #[cfg(test)]

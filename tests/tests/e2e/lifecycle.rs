@@ -224,3 +224,57 @@ fn auto_unmount_sigterm_unmounts_and_exits_0() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(read(m2.join("hello")), "hello\n");
 }
+
+/// The `-o auto_unmount` watcher of a SIGKILLed daemon never takes away a live mount:
+/// here another daemon has cleared the dead mount and mounted its own at the same point
+/// before the watcher (held stopped meanwhile) gets to look.
+#[test]
+fn auto_unmount_watcher_leaves_a_newer_live_mount_alone() {
+    let s = stack();
+    let mut m = s.builder().arg("-o").arg("auto_unmount").start();
+    let watcher = child_pids(m.pid())
+        .into_iter()
+        .find(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with("packagefs-auto-unmount\0"))
+        })
+        .unwrap_or_else(|| panic!("no watcher among the daemon's children:\n{}", m.log()));
+    assert_eq!(crate::names(m.path()), ["hello"]);
+    // SAFETY: the watcher our daemon started, found among its children a moment ago (it
+    // cannot exit before the daemon does).
+    unsafe { libc::kill(watcher as libc::pid_t, libc::SIGSTOP) };
+    m.signal(libc::SIGKILL);
+    m.wait_exit(DEADLINE).expect("SIGKILL ends the daemon");
+    let m2 = s.builder().mountpoint(m.path()).start();
+    assert!(
+        m2.log().contains("cleared a dead packagefs mount"),
+        "{}",
+        m2.log()
+    );
+    // SAFETY: as above; stopped, so still there.
+    unsafe { libc::kill(watcher as libc::pid_t, libc::SIGCONT) };
+    assert!(
+        e2e::wait_until(DEADLINE, || !process_runs(watcher)),
+        "the watcher still runs {DEADLINE:?} after being let go"
+    );
+    assert!(m2.is_mounted(), "the watcher took the new mount away");
+    assert_eq!(read(m2.join("hello")), "hello\n");
+    assert!(!m.log().contains("unmounted it"), "{}", m.log());
+}
+
+/// The children of process `pid`.
+fn child_pids(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn process_runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+        .unwrap_or(false)
+}
