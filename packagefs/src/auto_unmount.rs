@@ -1,6 +1,6 @@
 //! `-o auto_unmount`: a watcher process that takes the mount away when the daemon dies
 //! without unmounting it (SIGKILL, a crash, the OOM killer), instead of leaving a dead
-//! mount where every access fails with ENOTCONN.
+//! mount whose requests fail with ENOTCONN.
 //!
 //! libfuse does this with `fusermount3 --auto-unmount`, a helper that holds one end of a
 //! socket whose other end the daemon holds; once the daemon is gone it unmounts if the
@@ -8,12 +8,12 @@
 //! only through `fusermount3` and only with allow_other or allow_root, and for packagefs it
 //! does not work reliably: the kernel opens packagefs directories itself (no_opendir), so
 //! once the root's attributes are cached (after any `ls` of the mount point) the open
-//! succeeds on a dead mount and fusermount3 leaves it there. fusermount3 3.14 (Debian 12)
-//! cannot watch a mount it did not make either. So the daemon starts its own watcher:
-//! itself, re-executed with [`ENV`] set, holding the read end of a pipe whose write end
-//! only the daemon holds. It probes with `statfs`, which always reaches the daemon
-//! ([`mount::Pinned::probe`]). No access rule changes: the mount stays the caller's alone unless
-//! allow_other or allow_root says otherwise.
+//! succeeds on a dead mount and fusermount3 leaves it there. Nor can fusermount3 3.14
+//! (Debian 12) watch a mount it did not make (`--auto-unmount` came with 3.15). So the
+//! daemon starts its own watcher: itself, re-executed with [`ENV`] set, holding the read
+//! end of a pipe whose write end only the daemon holds. It probes with `statfs`, which
+//! always reaches the daemon ([`mount::Pinned::probe`]). No access rule changes: the mount
+//! stays the caller's alone unless allow_other or allow_root says otherwise.
 //!
 //! The watcher blocks in `read` until the pipe reports end of file (the daemon has exited,
 //! however it ended), then unmounts only the very mount the daemon made (its id and device
