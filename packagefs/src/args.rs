@@ -25,10 +25,14 @@ Only packages signed by a key in --trusted-keys are mounted; others are refused 
 Files of layers other than `system` never carry setuid/setgid bits.
 Runs in the foreground (logs to stderr; RUST_LOG=debug for more) unless started in the
 mount.fuse3 form (SOURCE MOUNTPOINT), where it returns once the mount is ready. SIGINT or
-SIGTERM unmount cleanly, and `umount`/`fusermount3 -u` end the daemon.
--o takes FUSE options (allow_other, allow_root, nosuid, nodev, noexec, auto_unmount,
-fsname=...; default_permissions is always on) and packagefs options (layer=NAME=DIR,
-trusted_keys=DIR, cache_size=SIZE, threads=N, log=FILE: where a detached daemon logs,
+SIGTERM unmount cleanly, and `umount`/`fusermount3 -u` end the daemon. A dead packagefs
+mount left at the mount point by a killed daemon is cleared (and logged); any other mount
+there is an error.
+-o takes FUSE options (allow_other, allow_root, nosuid, nodev, noexec, fsname=...,
+auto_unmount: a watcher process unmounts the mount if the daemon dies without unmounting
+it, with no need for allow_other or allow_root; default_permissions is always on) and
+packagefs options (layer=NAME=DIR, trusted_keys=DIR, cache_size=SIZE, threads=N,
+log=FILE: where a detached daemon logs,
 xattrs / noxattrs: always / never answer extended attributes; by default they are answered
 if a package active at mount has any, since answering costs `ls -l` a round trip per file)."
 )]
@@ -80,6 +84,10 @@ pub struct Settings {
     pub log_file: Option<PathBuf>,
     /// `-o xattrs` / `-o noxattrs`; unset: decided by the packages at mount.
     pub xattrs: Option<bool>,
+    /// `-o auto_unmount`: a watcher process unmounts the mount if the daemon dies
+    /// without unmounting it (see `auto_unmount.rs`; fuser is never told, since it would
+    /// demand allow_other or allow_root).
+    pub auto_unmount: bool,
 }
 
 impl Args {
@@ -119,6 +127,7 @@ impl Args {
         let mut acl = SessionACL::Owner;
         let mut nosuid = false;
         let mut xattrs = None;
+        let mut auto_unmount = false;
         for opt in self
             .options
             .iter()
@@ -143,7 +152,7 @@ impl Args {
                 ("allow_root", None) => acl = SessionACL::RootAndOwner,
                 ("default_permissions", None) => {} // always on
                 ("log", Some(v)) => log_file = Some(PathBuf::from(v)),
-                ("auto_unmount", None) => mount_options.push(MountOption::AutoUnmount),
+                ("auto_unmount", None) => auto_unmount = true,
                 ("nosuid", None) => nosuid = true,
                 ("suid", None) => nosuid = false,
                 ("noexec", None) => mount_options.push(MountOption::NoExec),
@@ -217,6 +226,7 @@ impl Args {
             daemonize: source.is_some() && !self.foreground,
             log_file,
             xattrs,
+            auto_unmount,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! reports readiness, and unmounts on SIGINT/SIGTERM.
 
 mod args;
+mod auto_unmount;
 mod mount;
 
 use std::io::Write;
@@ -26,6 +27,10 @@ use tracing::{error, info, warn};
 const READY_FD_ENV: &str = "PACKAGEFS_READY_FD";
 
 fn main() -> ExitCode {
+    if let Some(v) = std::env::var_os(auto_unmount::ENV) {
+        init_log();
+        return ExitCode::from(auto_unmount::watch(v));
+    }
     // Before any thread exists, so that every thread inherits the mask and the termination
     // signals reach only the thread that waits for them.
     let sigset = block_signals();
@@ -42,6 +47,18 @@ fn main() -> ExitCode {
     if settings.daemonize && std::env::var_os(READY_FD_ENV).is_none() {
         return daemonize(settings.log_file.as_deref());
     }
+    init_log();
+    match run(settings, sigset) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("packagefs: {}", layers::one_line(e.as_ref()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs go to stderr.
+fn init_log() {
     // fuser::session's only warning is "Failed to umount filesystem: Invalid argument":
     // after `umount` or `fusermount3 -u` from outside, fuser's session tries to unmount
     // the already unmounted mount point once more. It is noise, logged on every such
@@ -51,13 +68,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(settings, sigset) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("packagefs: {}", layers::one_line(e.as_ref()));
-            ExitCode::from(1)
-        }
-    }
 }
 
 /// The log filter: `RUST_LOG`, or info by default. The solver (pubgrub) logs every step
@@ -168,6 +178,23 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
                 false,
             ),
         };
+    // The watcher holds the read end of a pipe whose write end lives as long as this
+    // process: however the daemon ends, the watcher wakes.
+    let _auto_unmount = if s.auto_unmount {
+        match auto_unmount::spawn(&s.mountpoint) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                let _ = mount::detach(&s.mountpoint);
+                anyhow::bail!(
+                    "-o auto_unmount: cannot start the process that unmounts {} if the \
+                     daemon dies: {e}",
+                    s.mountpoint.display()
+                );
+            }
+        }
+    } else {
+        None
+    };
     let mut unmounter = session.unmount_callable();
     let notifier = session.notifier();
     let slot = fs_slot;
@@ -409,68 +436,94 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// How long a probe of a FUSE mount found at the mount point may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The mount point must exist, be a directory, and not have a file system mounted on it.
+/// A dead packagefs mount there (its daemon was killed and nothing unmounted it, so every
+/// access fails with ENOTCONN) is cleared, and the log says so; anything else mounted
+/// there (a live packagefs mount, another file system, dead or alive) makes it busy.
 fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
+    // Bounded: under one dead mount there may be another one (older daemons never cleared).
+    for _ in 0..16 {
+        let canon = canonical_mountpoint(mp)?;
+        let top = mount::Pinned::topmost(&canon)
+            .map_err(|e| anyhow::anyhow!("mount point {}: {e}", mp.display()))?;
+        let Some(top) = top else {
+            break;
+        };
+        let what = &top.entry;
+        let state = if what.fstype.starts_with("fuse") {
+            top.probe(PROBE_TIMEOUT)
+        } else {
+            mount::Probe::Alive
+        };
+        match state {
+            mount::Probe::Dead if what.fstype == mount::FSTYPE => {
+                top.detach().map_err(|e| {
+                    anyhow::anyhow!(
+                        "mount point {} is busy: a dead packagefs mount is there and \
+                         cannot be cleared: {e}",
+                        mp.display()
+                    )
+                })?;
+                info!(
+                    "cleared a dead packagefs mount at {} (its daemon died without unmounting it)",
+                    canon.display()
+                );
+            }
+            mount::Probe::Dead => anyhow::bail!(
+                "mount point {} is busy: {what} is mounted there, dead (its daemon is gone); \
+                 not ours to clear: `umount -l {}` clears it",
+                mp.display(),
+                canon.display()
+            ),
+            mount::Probe::NoAnswer => anyhow::bail!(
+                "mount point {} is busy: {what} is mounted there and does not answer",
+                mp.display()
+            ),
+            _ => anyhow::bail!(
+                "mount point {} is busy: {what} is mounted there",
+                mp.display()
+            ),
+        }
+    }
     let md =
         std::fs::metadata(mp).map_err(|e| anyhow::anyhow!("mount point {}: {e}", mp.display()))?;
     if !md.is_dir() {
         anyhow::bail!("mount point {} is not a directory", mp.display());
     }
-    let canon = std::fs::canonicalize(mp)?;
-    if let Some(fs) = mounted_at(&canon) {
+    if let Some(top) = mount::mounted_at(&canonical_mountpoint(mp)?) {
         anyhow::bail!(
-            "mount point {} is busy: {fs} is mounted there",
+            "mount point {} is busy: {top} is mounted there",
             mp.display()
         );
     }
     Ok(())
 }
 
-/// Parses /proc/self/mountinfo: (mount point, major:minor, fs type, source) per mount.
-fn mounts() -> Vec<(PathBuf, String, String, String)> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
+/// The canonical path of the mount point. A dead FUSE mount there cannot be resolved
+/// (ENOTCONN), so then its parent is resolved and its name appended.
+fn canonical_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
+    let err = match std::fs::canonicalize(mp) {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
     };
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let dash = f.iter().position(|x| *x == "-")?;
-            Some((
-                PathBuf::from(unescape(f.get(4)?)),
-                f.get(2)?.to_string(),
-                f.get(dash + 1)?.to_string(),
-                f.get(dash + 2).unwrap_or(&"").to_string(),
-            ))
-        })
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn mounted_at(p: &Path) -> Option<String> {
-    mounts()
-        .into_iter()
-        .rev()
-        .find(|(m, ..)| m == p)
-        .map(|(_, _, t, src)| format!("{src} ({t})"))
+    let dead = matches!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN | libc::ECONNABORTED)
+    );
+    let name = mp.file_name().filter(|_| dead);
+    let Some(name) = name else {
+        anyhow::bail!("mount point {}: {err}", mp.display());
+    };
+    let parent = match mp.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = std::fs::canonicalize(parent)
+        .map_err(|e| anyhow::anyhow!("mount point {}: {e}", mp.display()))?;
+    Ok(parent.join(name))
 }
 
 /// FUSE read-ahead is capped by the mount's backing device (bdi) setting, 128 KiB by
@@ -479,14 +532,10 @@ fn raise_readahead(mp: &Path) {
     let Ok(canon) = std::fs::canonicalize(mp) else {
         return;
     };
-    let Some((_, dev, ..)) = mounts()
-        .into_iter()
-        .rev()
-        .find(|(m, _, t, _)| m == &canon && t.starts_with("fuse"))
-    else {
+    let Some(m) = mount::mounted_at(&canon).filter(|m| m.fstype.starts_with("fuse")) else {
         return;
     };
-    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    let path = format!("/sys/class/bdi/{}/read_ahead_kb", m.dev);
     match std::fs::write(&path, b"1024") {
         Ok(()) => info!("read-ahead raised to 1024 KiB ({path})"),
         Err(e) => warn!("cannot raise read-ahead via {path}: {e}"),

@@ -179,3 +179,102 @@ fn a_signal_before_the_mount_is_live_stops_the_daemon_at_once() {
         );
     }
 }
+
+/// `-o auto_unmount` alone (no allow_other, no allow_root) mounts, and when the daemon is
+/// killed with SIGKILL its mount goes away by itself.
+#[test]
+fn auto_unmount_alone_takes_a_sigkilled_daemons_mount_away() {
+    let s = stack();
+    let mut m = s.builder().arg("-o").arg("auto_unmount").start();
+    assert_eq!(read(m.join("hello")), "hello\n");
+    let e = m.entry().expect("mounted");
+    assert_eq!(e.fstype, "fuse.packagefs", "{e}");
+    // `ls -la` of the mount point: the kernel caches the root's attributes, after which
+    // opening or stat-ing the dead mount still succeeds (so a check by `open`, as
+    // fusermount3's auto_unmount does, would leave the dead mount there)
+    assert_eq!(crate::names(m.path()), ["hello"]);
+    std::fs::metadata(m.path()).unwrap();
+    m.signal(libc::SIGKILL);
+    m.wait_exit(DEADLINE).expect("SIGKILL ends the daemon");
+    assert!(
+        e2e::wait_until(DEADLINE, || !m.is_mounted()),
+        "still mounted {DEADLINE:?} after the daemon was killed: {:?}\n{}",
+        m.entry(),
+        m.log()
+    );
+    let log = m.log();
+    assert_eq!(
+        e2e::log_lines(&log, &["auto_unmount", &m.path().to_string_lossy()]).len(),
+        1,
+        "one line says the mount was taken away:\n{log}"
+    );
+}
+
+/// With `-o auto_unmount`, SIGTERM still unmounts cleanly and exits 0, and nothing is left
+/// running that would unmount a later mount at the same point.
+#[test]
+fn auto_unmount_sigterm_unmounts_and_exits_0() {
+    let s = stack();
+    let mut m = s.builder().arg("-o").arg("auto_unmount").start();
+    assert_eq!(read(m.join("hello")), "hello\n");
+    assert_eq!(m.terminate().code(), Some(0), "{}", m.log());
+    assert!(!m.is_mounted(), "still mounted after SIGTERM:\n{}", m.log());
+    // a new mount at the same point is not taken away by the old daemon's watcher
+    let m2 = s.builder().mountpoint(m.path()).start();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(m2.join("hello")), "hello\n");
+}
+
+/// The `-o auto_unmount` watcher of a SIGKILLed daemon never takes away a live mount:
+/// here another daemon has cleared the dead mount and mounted its own at the same point
+/// before the watcher (held stopped meanwhile) gets to look.
+#[test]
+fn auto_unmount_watcher_leaves_a_newer_live_mount_alone() {
+    let s = stack();
+    let mut m = s.builder().arg("-o").arg("auto_unmount").start();
+    let watcher = child_pids(m.pid())
+        .into_iter()
+        .find(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with("packagefs-auto-unmount\0"))
+        })
+        .unwrap_or_else(|| panic!("no watcher among the daemon's children:\n{}", m.log()));
+    assert_eq!(crate::names(m.path()), ["hello"]);
+    // SAFETY: the watcher our daemon started, found among its children a moment ago (it
+    // cannot exit before the daemon does).
+    unsafe { libc::kill(watcher as libc::pid_t, libc::SIGSTOP) };
+    m.signal(libc::SIGKILL);
+    m.wait_exit(DEADLINE).expect("SIGKILL ends the daemon");
+    let m2 = s.builder().mountpoint(m.path()).start();
+    assert!(
+        m2.log().contains("cleared a dead packagefs mount"),
+        "{}",
+        m2.log()
+    );
+    // SAFETY: as above; stopped, so still there.
+    unsafe { libc::kill(watcher as libc::pid_t, libc::SIGCONT) };
+    assert!(
+        e2e::wait_until(DEADLINE, || !process_runs(watcher)),
+        "the watcher still runs {DEADLINE:?} after being let go"
+    );
+    assert!(m2.is_mounted(), "the watcher took the new mount away");
+    assert_eq!(read(m2.join("hello")), "hello\n");
+    assert!(!m.log().contains("unmounted it"), "{}", m.log());
+}
+
+/// The children of process `pid`.
+fn child_pids(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn process_runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+        .unwrap_or(false)
+}

@@ -6,6 +6,7 @@
 //! Mounting needs root and /dev/fuse.
 
 mod corruption;
+mod dead_mounts;
 mod errors;
 mod exec;
 mod graft;
