@@ -5,7 +5,7 @@
 //!                                 cycles) -> data.tar of each -> Tree -> write_archive
 //!                                 into a staging directory -> renamed into OUT/ at the end
 //! graft tar X.tar.xz -o X.hpkg    tar entries -> Tree -> write_archive
-//! graft dir DIR -o X.hpkg         directory walk -> Tree -> write_archive
+//! graft dir DIR -o X.hpkg         directory walk (descriptors only) -> Tree -> write_archive
 //! ```
 //!
 //! All input is read and checked before anything is written, and a failure leaves no
@@ -86,7 +86,9 @@ const DIR_HELP: &str = "Example:
 
 Like `pkgtool build`, but the manifest is made from the options, the graft's rules apply
 (symlinks out of the package are errors, absolute symlinks are made relative) and
---prefix and --strip-docs are available.";
+--prefix and --strip-docs are available. The tree is read through descriptors, each file
+opened once without following a symlink and checked to be a regular file, so a file
+swapped for a symlink while it is read is an error, never followed.";
 
 /// The options every graft shares with `pkgtool build`.
 #[derive(Debug, Args)]
