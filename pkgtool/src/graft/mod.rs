@@ -530,11 +530,12 @@ fn graft_tree(t: &TreeArgs, flags: &BuildFlags, input: Input) -> anyhow::Result<
     )
 }
 
-/// Reads a tarball, its compression taken from the name or else the data.
+/// Reads a tarball, its compression taken from the name or else the data. The file is
+/// opened once (a regular file, never blocking on a FIFO) and rewound after sniffing.
 fn read_tarball(p: &Path, b: &mut tarball::Builder) -> Result<(), String> {
     use compress::{Codec, Counting};
-    use std::io::Read;
-    let mut f = std::fs::File::open(p).map_err(|e| e.to_string())?;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = format::archive::open_regular(p).map_err(|e| e.to_string())?;
     let name = p
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -548,7 +549,7 @@ fn read_tarball(p: &Path, b: &mut tarball::Builder) -> Result<(), String> {
                 .read(&mut head)
                 .map_err(|e| e.to_string())?;
             head.truncate(n);
-            f = std::fs::File::open(p).map_err(|e| e.to_string())?;
+            f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
             Codec::sniff(&head).map_err(|()| {
                 "unknown compression: neither the name (.tar, .tar.gz, .tar.xz, .tar.zst, \
                  .tar.bz2, .tar.lzma) nor the data say how it is packed"

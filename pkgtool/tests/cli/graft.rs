@@ -1148,3 +1148,38 @@ fn graft_dir_never_packages_a_file_swapped_for_a_symlink_to_a_secret() {
     }
     assert!(swapped > 0, "the attacker never swapped a file");
 }
+
+#[test]
+fn a_fifo_given_as_the_tarball_or_deb_is_refused_not_waited_on() {
+    // Regression: `graft tar` and `graft deb` opened their input with a blocking open,
+    // which waits forever for a writer when the input is a FIFO.
+    let f = Fixture::new();
+    let fifo = f.dir.join("input.tar");
+    TestTree::new(&f.dir).fifo("input.tar");
+    let out = f.dir.join("out");
+    for args in [
+        vec!["graft", "tar", "--name", "x", "--version", "1.0.0", "-o"],
+        vec!["graft", "deb", "-o"],
+    ] {
+        let started = Instant::now();
+        let r = Command::new("timeout")
+            .arg("30")
+            .arg(BIN)
+            .args(&args)
+            .arg(&out)
+            .arg("--unsigned")
+            .arg(&fifo)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_ne!(r.status.code(), Some(124), "{args:?} waited on the FIFO");
+        assert_eq!(r.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with("pkgtool: ") && err.lines().count() == 1 && err.contains("input.tar"),
+            "{args:?}: {err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert!(!out.exists());
+    }
+}
