@@ -42,7 +42,7 @@ pub enum Command {
     Cat(CatArgs),
     /// Extract a package into a new (or empty) directory, safely.
     #[command(
-        after_help = "Example:\n  pkgtool extract hello-1.0.0.hpkg ./out\n\nThe package is extracted to a temporary sibling directory which is renamed to DIR\nonly when everything succeeded. Nothing is ever written outside DIR and no symlink is followed."
+        after_help = "Example:\n  pkgtool extract hello-1.0.0.hpkg ./out\n  pkgtool extract hello-1.0.0.hpkg ./out --preserve-privileges --trusted-keys /etc/packagefs/keys\n\nThe package is extracted to a temporary sibling directory which is renamed to DIR\nonly when everything succeeded. Nothing is ever written outside DIR and no symlink is\nfollowed: every file is made relative to directory descriptors, never through a path\nresolved again, so it is safe as root in a directory other users can write to.\n\nSetuid and setgid bits of files and file capabilities (the security.capability xattr)\nare not extracted: such files get the bits cleared and one warning counts them. With\n--preserve-privileges they are kept, but only from a package signed by a key trusted\nin --trusted-keys DIR (default /etc/packagefs/keys); otherwise extract refuses."
     )]
     Extract(ExtractArgs),
     /// Check a package's signature against trusted keys and every chunk against its hash.
@@ -171,6 +171,14 @@ pub struct ExtractArgs {
     pub package: PathBuf,
     /// Target directory: must not exist, or be empty.
     pub dir: PathBuf,
+    /// Keep setuid/setgid bits and file capabilities (security.capability); the package
+    /// must be signed by a trusted key.
+    #[arg(long)]
+    pub preserve_privileges: bool,
+    /// With --preserve-privileges: trust the *.pub keys in this directory
+    /// [default: /etc/packagefs/keys].
+    #[arg(long, value_name = "DIR", requires = "preserve_privileges")]
+    pub trusted_keys: Option<PathBuf>,
 }
 
 /// `pkgtool verify`.

@@ -158,6 +158,48 @@ pub fn escape(bytes: &[u8]) -> String {
     s
 }
 
+/// A path inside a package for messages, of bounded length however deep or long it is:
+/// each component escaped and, past 64 characters, cut in its middle; a path of more than
+/// six components (or longer than 240 characters) shows its first two and last two
+/// components and how many levels it has: `usr/share/.../d/leaf (452 levels)`.
+pub fn short_path(comps: &[Vec<u8>]) -> String {
+    const COMPONENT: usize = 64;
+    if comps.is_empty() {
+        return ".".into();
+    }
+    let shown: Vec<String> = comps
+        .iter()
+        .map(|c| cut_middle(&escape(c), COMPONENT))
+        .collect();
+    let n = shown.len();
+    let joined = shown.join("/");
+    if n <= 6 && joined.len() <= 240 {
+        joined
+    } else if n <= 4 {
+        format!("{joined} ({n} levels)")
+    } else {
+        format!(
+            "{}/{}/.../{}/{} ({n} levels)",
+            shown[0],
+            shown[1],
+            shown[n - 2],
+            shown[n - 1]
+        )
+    }
+}
+
+/// `s`, or its first and last characters around `...` when longer than `max` characters.
+fn cut_middle(s: &str, max: usize) -> String {
+    let count = s.chars().count();
+    if count <= max {
+        return s.to_owned();
+    }
+    let keep = (max - 3) / 2;
+    let head: String = s.chars().take(keep).collect();
+    let tail: String = s.chars().skip(count - keep).collect();
+    format!("{head}...{tail}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +214,21 @@ mod tests {
         assert_eq!(utc_time(1_700_000_000), "2023-11-14 22:13:20");
         assert_eq!(escape(b"a\nb\\c\xff"), "a\\nb\\\\c\\377");
         assert_eq!(human_size(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn short_paths_are_bounded() {
+        let c = |p: &str| -> Vec<Vec<u8>> { p.split('/').map(|s| s.as_bytes().to_vec()).collect() };
+        assert_eq!(short_path(&[]), ".");
+        assert_eq!(short_path(&c("usr/bin/x")), "usr/bin/x");
+        let deep = c(&["d"; 500].join("/"));
+        assert_eq!(short_path(&deep), "d/d/.../d/d (500 levels)");
+        let long = vec![vec![b'x'; 255]; 5];
+        let s = short_path(&long);
+        assert!(s.len() < 300 && s.ends_with(" (5 levels)"), "{s}");
+        let mut huge = vec![vec![b'\n'; 255]; 1000];
+        huge.push(b"leaf".to_vec());
+        let s = short_path(&huge);
+        assert!(s.len() < 300 && s.ends_with("/leaf (1001 levels)"), "{s}");
     }
 }

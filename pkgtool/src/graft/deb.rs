@@ -42,14 +42,16 @@ pub struct DebInfo {
 /// The ar global header.
 const AR_MAGIC: &[u8; 8] = b"!<arch>\n";
 
+/// Opens a `.deb` once (a regular file, never blocking on a FIFO) and checks its magic.
 fn open_ar(path: &Path) -> Result<ar::Archive<File>, String> {
-    let mut f = File::open(path).map_err(|e| e.to_string())?;
+    use std::io::{Seek, SeekFrom};
+    let mut f = format::archive::open_regular(path).map_err(|e| e.to_string())?;
     let mut magic = [0u8; 8];
     let n = read_full(&mut f, &mut magic).map_err(|e| e.to_string())?;
     if n < 8 || &magic != AR_MAGIC {
         return Err("not a Debian package: not an ar archive".into());
     }
-    let f = File::open(path).map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
     Ok(ar::Archive::new(f))
 }
 

@@ -5,7 +5,7 @@
 //!                                 cycles) -> data.tar of each -> Tree -> write_archive
 //!                                 into a staging directory -> renamed into OUT/ at the end
 //! graft tar X.tar.xz -o X.hpkg    tar entries -> Tree -> write_archive
-//! graft dir DIR -o X.hpkg         directory walk -> Tree -> write_archive
+//! graft dir DIR -o X.hpkg         directory walk (descriptors only) -> Tree -> write_archive
 //! ```
 //!
 //! All input is read and checked before anything is written, and a failure leaves no
@@ -86,7 +86,9 @@ const DIR_HELP: &str = "Example:
 
 Like `pkgtool build`, but the manifest is made from the options, the graft's rules apply
 (symlinks out of the package are errors, absolute symlinks are made relative) and
---prefix and --strip-docs are available.";
+--prefix and --strip-docs are available. The tree is read through descriptors, each file
+opened once without following a symlink and checked to be a regular file, so a file
+swapped for a symlink while it is read is an error, never followed.";
 
 /// The options every graft shares with `pkgtool build`.
 #[derive(Debug, Args)]
@@ -528,11 +530,12 @@ fn graft_tree(t: &TreeArgs, flags: &BuildFlags, input: Input) -> anyhow::Result<
     )
 }
 
-/// Reads a tarball, its compression taken from the name or else the data.
+/// Reads a tarball, its compression taken from the name or else the data. The file is
+/// opened once (a regular file, never blocking on a FIFO) and rewound after sniffing.
 fn read_tarball(p: &Path, b: &mut tarball::Builder) -> Result<(), String> {
     use compress::{Codec, Counting};
-    use std::io::Read;
-    let mut f = std::fs::File::open(p).map_err(|e| e.to_string())?;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = format::archive::open_regular(p).map_err(|e| e.to_string())?;
     let name = p
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -546,7 +549,7 @@ fn read_tarball(p: &Path, b: &mut tarball::Builder) -> Result<(), String> {
                 .read(&mut head)
                 .map_err(|e| e.to_string())?;
             head.truncate(n);
-            f = std::fs::File::open(p).map_err(|e| e.to_string())?;
+            f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
             Codec::sniff(&head).map_err(|()| {
                 "unknown compression: neither the name (.tar, .tar.gz, .tar.xz, .tar.zst, \
                  .tar.bz2, .tar.lzma) nor the data say how it is packed"

@@ -8,6 +8,7 @@
 //! package root, directly or through other links of the package, is an error.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use format::archive::tree::Meta;
 use format::archive::{Content, NodeId, Tree};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::output::escape;
 
@@ -669,55 +671,117 @@ pub fn tar_error(e: &io::Error) -> String {
     }
 }
 
-/// Reads a directory tree into `b` (files by reference, read when the package is
-/// written): modes, mtimes, symlinks, hard links, extended attributes.
+/// Reads a directory tree into `b`: modes, mtimes, contents, symlinks, hard links,
+/// extended attributes.
+///
+/// The tree may belong to somebody else who changes it while it is read (as root, a
+/// file swapped for a symlink to a root-only file must not end up in the package), so
+/// the walk goes through descriptors only: each directory is opened relative to its
+/// parent with `O_NOFOLLOW|O_DIRECTORY`, each file is opened once with
+/// `O_NOFOLLOW|O_NONBLOCK` (a FIFO put in its place cannot hang the walk) and checked with
+/// `fstat` to be a regular file, and its mode, mtime, identity (for hard links), xattrs
+/// and contents all come from that descriptor. Contents are read right away (into memory,
+/// then temporary files, as for tarballs), so nothing is opened by path later.
 pub fn read_dir(dir: &Path, b: &mut Builder) -> Result<(), String> {
-    let md = fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if !md.is_dir() {
-        return Err(format!("{}: not a directory", dir.display()));
-    }
-    b.dir(&[], meta_of(&md), &xattrs_of(dir)?)?;
-    let mut seen: HashMap<(u64, u64), Comps> = HashMap::new();
-    let mut stack: Vec<(PathBuf, Comps)> = vec![(dir.to_owned(), Vec::new())];
-    while let Some((path, rel)) = stack.pop() {
-        let mut names = Vec::new();
-        for ent in fs::read_dir(&path).map_err(|e| format!("{}: {e}", path.display()))? {
-            names.push(
-                ent.map_err(|e| format!("{}: {e}", path.display()))?
-                    .file_name(),
-            );
+    let root = rustix::fs::open(dir, dir_flags(), Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+            format!("{}: not a directory", dir.display())
         }
-        names.sort_by(|a, c| a.as_bytes().cmp(c.as_bytes()));
+        e => format!("{}: {}", dir.display(), io::Error::from(e)),
+    })?;
+    let root = fs::File::from(root);
+    let md = root
+        .metadata()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    b.dir(&[], meta_of(&md), &xattrs_of_fd(&root, dir)?)?;
+    let mut seen: HashMap<(u64, u64), Comps> = HashMap::new();
+    let mut stack: Vec<(fs::File, PathBuf, Comps)> = vec![(root, dir.to_owned(), Vec::new())];
+    while let Some((dirfd, path, rel)) = stack.pop() {
+        let mut names = Vec::new();
+        let entries = rustix::fs::Dir::read_from(&dirfd)
+            .map_err(|e| format!("{}: {}", path.display(), io::Error::from(e)))?;
+        for ent in entries {
+            let ent = ent.map_err(|e| format!("{}: {}", path.display(), io::Error::from(e)))?;
+            let n = ent.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push(n.to_vec());
+            }
+        }
+        names.sort();
         let mut subdirs = Vec::new();
         for name in names {
-            let p = path.join(&name);
+            let p = path.join(OsStr::from_bytes(&name));
             let at = |e: String| format!("{}: {e}", p.display());
-            let md = fs::symlink_metadata(&p).map_err(|e| at(e.to_string()))?;
+            let ioerr = |e: rustix::io::Errno| at(io::Error::from(e).to_string());
             let mut crel = rel.clone();
-            crel.push(name.as_bytes().to_vec());
-            let ft = md.file_type();
-            if ft.is_dir() {
-                b.dir(&crel, meta_of(&md), &xattrs_of(&p)?).map_err(at)?;
-                subdirs.push((p.clone(), crel));
-            } else if ft.is_file() {
-                if md.nlink() > 1 && !b.strips(&crel) {
-                    if let Some(first) = seen.get(&(md.dev(), md.ino())) {
-                        let first = first.join(&b'/');
-                        b.hardlink(&crel, &first).map_err(at)?;
+            crel.push(name.clone());
+            let st = rustix::fs::statat(&dirfd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(ioerr)?;
+            let changed = || at("changed while it was read (it is no longer what it was)".into());
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => {
+                    let fd =
+                        rustix::fs::openat(&dirfd, name.as_slice(), dir_flags(), Mode::empty())
+                            .map_err(|e| match e {
+                                rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => changed(),
+                                e => ioerr(e),
+                            })?;
+                    let f = fs::File::from(fd);
+                    let md = f.metadata().map_err(|e| at(e.to_string()))?;
+                    b.dir(&crel, meta_of(&md), &xattrs_of_fd(&f, &p)?)
+                        .map_err(at)?;
+                    subdirs.push((f, p.clone(), crel));
+                }
+                FileType::RegularFile => {
+                    if b.strips(&crel) {
+                        // Left out: counted, never opened.
+                        b.stripped_file(&crel, st.st_size as u64, meta_of_stat(&st).mtime);
                         continue;
                     }
-                    seen.insert((md.dev(), md.ino()), crel.clone());
+                    let fd = rustix::fs::openat(
+                        &dirfd,
+                        name.as_slice(),
+                        OFlags::RDONLY
+                            | OFlags::NOFOLLOW
+                            | OFlags::NONBLOCK
+                            | OFlags::NOCTTY
+                            | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| match e {
+                        rustix::io::Errno::LOOP => changed(),
+                        e => ioerr(e),
+                    })?;
+                    let mut f = fs::File::from(fd);
+                    let md = f.metadata().map_err(|e| at(e.to_string()))?;
+                    if !md.is_file() {
+                        return Err(changed());
+                    }
+                    if md.nlink() > 1 {
+                        if let Some(first) = seen.get(&(md.dev(), md.ino())) {
+                            let first = first.join(&b'/');
+                            b.hardlink(&crel, &first).map_err(at)?;
+                            continue;
+                        }
+                        seen.insert((md.dev(), md.ino()), crel.clone());
+                    }
+                    let xattrs = xattrs_of_fd(&f, &p)?;
+                    b.file(&crel, &mut f, meta_of(&md), &xattrs).map_err(at)?;
                 }
-                b.file_at(&crel, &p, md.len(), meta_of(&md), &xattrs_of(&p)?)
-                    .map_err(at)?;
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&p).map_err(|e| at(e.to_string()))?;
-                b.symlink(&crel, target.as_os_str().as_bytes(), meta_of(&md), &[])
-                    .map_err(at)?;
-            } else {
-                return Err(at(
-                    "a device, fifo or socket, which a package cannot hold".into()
-                ));
+                FileType::Symlink => {
+                    let target = rustix::fs::readlinkat(&dirfd, name.as_slice(), Vec::new())
+                        .map_err(|e| match e {
+                            rustix::io::Errno::INVAL => changed(),
+                            e => ioerr(e),
+                        })?;
+                    b.symlink(&crel, target.as_bytes(), meta_of_stat(&st), &[])
+                        .map_err(at)?;
+                }
+                _ => {
+                    return Err(at(
+                        "a device, fifo or socket, which a package cannot hold".into()
+                    ));
+                }
             }
         }
         // Depth-first in name order (the stack pops the last pushed first).
@@ -726,26 +790,16 @@ pub fn read_dir(dir: &Path, b: &mut Builder) -> Result<(), String> {
     Ok(())
 }
 
+/// Flags for opening a directory of the input without following a symlink.
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
 impl Builder {
-    /// A regular file read from `path` when the package is written.
-    fn file_at(
-        &mut self,
-        rel: &[Vec<u8>],
-        path: &Path,
-        size: u64,
-        meta: Meta,
-        xattrs: &[Xattr],
-    ) -> Result<(), String> {
-        let Some(full) = self.admit(rel, size, meta.mtime) else {
-            return Ok(());
-        };
-        let (parent, name) = self.place(&full, meta.mtime)?;
-        let id = self
-            .tree
-            .add_file(parent, &name, Content::Path(path.to_owned()), size, meta)
-            .map_err(|e| e.to_string())?;
-        self.slots.insert(full, Slot::File(id));
-        self.set_xattrs(id, xattrs)
+    /// Counts a regular file that `--strip-docs` leaves out (see [`Builder::strips`]).
+    fn stripped_file(&mut self, rel: &[Vec<u8>], size: u64, mtime: i64) {
+        let kept = self.admit(rel, size, mtime);
+        debug_assert!(kept.is_none(), "stripped_file on a file that is kept");
     }
 }
 
@@ -757,15 +811,27 @@ fn meta_of(md: &fs::Metadata) -> Meta {
     }
 }
 
-fn xattrs_of(p: &Path) -> Result<Vec<Xattr>, String> {
-    let names = match xattr::list(p) {
+/// The mode and mtime of a `stat` (the kernel's field types differ between targets).
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+fn meta_of_stat(st: &rustix::fs::Stat) -> Meta {
+    Meta {
+        perm: (st.st_mode as u32) & 0o7777,
+        mtime: st.st_mtime as i64,
+        mtime_nsec: (st.st_mtime_nsec as i64).clamp(0, 999_999_999) as u32,
+    }
+}
+
+/// The xattrs of an open file or directory (`p` names it in messages).
+fn xattrs_of_fd(f: &fs::File, p: &Path) -> Result<Vec<Xattr>, String> {
+    use xattr::FileExt;
+    let names = match f.list_xattr() {
         Ok(n) => n,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
         Err(e) => return Err(format!("{}: {e}", p.display())),
     };
     let mut out = Vec::new();
     for n in names {
-        if let Ok(Some(v)) = xattr::get(p, &n) {
+        if let Ok(Some(v)) = f.get_xattr(&n) {
             out.push((n.as_bytes().to_vec(), v));
         }
     }

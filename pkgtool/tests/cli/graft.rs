@@ -3,10 +3,15 @@
 //! output left behind.
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tar::EntryType as T;
 
@@ -1005,4 +1010,176 @@ fn real_alternatives_and_virtual_packages_map_as_documented() {
             .contains(&"debconf-2.0 0.0.0".into()),
         "{debconf}"
     );
+}
+
+/// Watches `dir` as `nobody`; when `pkgtool` first opens one of the decoys (names starting
+/// with `a-`), swaps every `zz-*` file for a symlink to `secret` (the file moved aside) and
+/// keeps swapping them back and forth until stopped. Returns how many swaps it made.
+fn swap_files_when_read(
+    dir: PathBuf,
+    secret: PathBuf,
+    stop: Arc<AtomicBool>,
+    swaps: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        become_nobody();
+        let c = CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: inotify on a valid path; the fd is closed below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: valid fd and C string.
+        assert!(unsafe { libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_OPEN) } >= 0);
+        let targets: Vec<PathBuf> = (0..20).map(|i| dir.join(format!("zz-{i:02}"))).collect();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut triggered = false;
+        while !triggered && !stop.load(Ordering::Relaxed) {
+            // SAFETY: reading into a buffer of the given length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            }
+            let mut off = 0usize;
+            while off + 16 <= n as usize {
+                let len = u32::from_ne_bytes(buf[off + 12..off + 16].try_into().unwrap()) as usize;
+                let name = &buf[off + 16..off + 16 + len];
+                if name.starts_with(b"a-") {
+                    triggered = true;
+                }
+                off += 16 + len;
+            }
+        }
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(fd) };
+        // Swap to the symlink first and hold it a while (the reader is on the decoys),
+        // then go back and forth.
+        let mut linked = false;
+        let started = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            for t in &targets {
+                let aside = t.with_extension("aside");
+                if linked {
+                    let _ = fs::remove_file(t);
+                    let _ = fs::rename(&aside, t);
+                } else if fs::rename(t, &aside).is_ok() {
+                    std::os::unix::fs::symlink(&secret, t).unwrap();
+                }
+            }
+            linked = !linked;
+            swaps.fetch_add(1, Ordering::Relaxed);
+            if linked && started.elapsed() < Duration::from_millis(200) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    })
+}
+
+#[test]
+fn graft_dir_never_packages_a_file_swapped_for_a_symlink_to_a_secret() {
+    let s = Scratch::new();
+    fs::set_permissions(s.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // A root-only secret outside the tree, the size of every file of the tree.
+    let secret = s.join("secret");
+    let marker = b"TOP-SECRET-7d3f9a1c0e5b2846";
+    let mut secret_bytes = marker.to_vec();
+    secret_bytes.resize(64, b'!');
+    fs::write(&secret, &secret_bytes).unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let mut swapped = 0;
+    for round in 0..4 {
+        // The tree belongs to the attacker: decoys read first, targets last.
+        let src = s.join(format!("src{round}"));
+        fs::create_dir(&src).unwrap();
+        for i in 0..1500 {
+            let mut b = format!("decoy {i}").into_bytes();
+            b.resize(64, b'.');
+            fs::write(src.join(format!("a-{i:04}")), b).unwrap();
+        }
+        for i in 0..20 {
+            let mut b = format!("target {i}").into_bytes();
+            b.resize(64, b'.');
+            fs::write(src.join(format!("zz-{i:02}")), b).unwrap();
+        }
+        std::os::unix::fs::chown(&src, Some(NOBODY), Some(NOBODY)).unwrap();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let swaps = Arc::new(AtomicUsize::new(0));
+        let attacker =
+            swap_files_when_read(src.clone(), secret.clone(), stop.clone(), swaps.clone());
+        let pkg = s.join(format!("round{round}.hpkg"));
+        let r = pkgtool(["graft", "dir"])
+            .arg(&src)
+            .args(["--name", "race", "--version", "1.0.0", "-o"])
+            .arg(&pkg)
+            .args(["--unsigned", "--quiet", "--compression", "none", "-j", "1"])
+            .run();
+        stop.store(true, Ordering::Relaxed);
+        attacker.join().unwrap();
+        swapped += swaps.load(Ordering::Relaxed);
+        if r.code != Some(0) {
+            // Refusing is fine: in one line, with nothing written.
+            assert_eq!(r.code, Some(1));
+            let err = r.stderr_str();
+            assert!(
+                err.starts_with("pkgtool: ") && err.lines().count() == 1,
+                "{err:?}"
+            );
+            assert!(!pkg.exists());
+            continue;
+        }
+        // The package holds no byte of the secret: not in its raw bytes (stored
+        // uncompressed), not in any extracted file.
+        let raw = fs::read(&pkg).unwrap();
+        assert!(
+            !raw.windows(marker.len()).any(|w| w == marker),
+            "round {round}: the secret is in the package"
+        );
+        let out = s.join(format!("out{round}"));
+        pkgtool(["extract"]).arg(&pkg).arg(&out).ok();
+        for e in walk(&out).into_iter().filter(|e| e.is_file()) {
+            let data = fs::read(&e.path).unwrap();
+            assert!(
+                !data.windows(marker.len()).any(|w| w == marker),
+                "round {round}: {} holds the secret",
+                e.path.display()
+            );
+        }
+    }
+    assert!(swapped > 0, "the attacker never swapped a file");
+}
+
+#[test]
+fn a_fifo_given_as_the_tarball_or_deb_is_refused_not_waited_on() {
+    // Regression: `graft tar` and `graft deb` opened their input with a blocking open,
+    // which waits forever for a writer when the input is a FIFO.
+    let f = Fixture::new();
+    let fifo = f.dir.join("input.tar");
+    TestTree::new(&f.dir).fifo("input.tar");
+    let out = f.dir.join("out");
+    for args in [
+        vec!["graft", "tar", "--name", "x", "--version", "1.0.0", "-o"],
+        vec!["graft", "deb", "-o"],
+    ] {
+        let started = Instant::now();
+        let r = Command::new("timeout")
+            .arg("30")
+            .arg(BIN)
+            .args(&args)
+            .arg(&out)
+            .arg("--unsigned")
+            .arg(&fifo)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_ne!(r.status.code(), Some(124), "{args:?} waited on the FIFO");
+        assert_eq!(r.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with("pkgtool: ") && err.lines().count() == 1 && err.contains("input.tar"),
+            "{args:?}: {err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert!(!out.exists());
+    }
 }

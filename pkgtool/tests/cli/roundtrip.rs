@@ -159,10 +159,15 @@ fn check_round_trip(b: &Built, entries: &[SrcEntry], internal_links: bool) -> us
         }
     }
 
-    // extract, then diff -r and compare what diff does not look at.
+    // extract (setuid bits and capabilities too: the package is signed by a trusted key),
+    // then diff -r and compare what diff does not look at.
     let s = Scratch::new();
     let out = s.join("out");
-    let r = pkgtool(["extract"]).arg(&b.pkg).arg(&out).ok();
+    let r = pkgtool(["extract", "--preserve-privileges", "--trusted-keys"])
+        .arg(&Fixture::shared().dir)
+        .arg(&b.pkg)
+        .arg(&out)
+        .ok();
     let inodes: BTreeSet<(u64, u64)> = entries
         .iter()
         .filter(|e| e.is_file())

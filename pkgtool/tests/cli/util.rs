@@ -897,3 +897,32 @@ pub fn hardlink_groups(entries: &[SrcEntry]) -> Vec<Vec<&SrcEntry>> {
     }
     by_ino.into_values().filter(|g| g.len() > 1).collect()
 }
+
+// ---------------------------------------------------------------------------------------
+// Attackers
+
+/// The unprivileged user the attackers run as.
+pub const NOBODY: u32 = 65534;
+
+/// Drops the calling thread (only it: raw syscalls, not glibc's process-wide wrappers) to
+/// `nobody`, with no supplementary groups and hence no capabilities.
+pub fn become_nobody() {
+    // SAFETY: plain syscalls on the calling thread's credentials.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+            0
+        );
+        assert_eq!(
+            libc::syscall(libc::SYS_setresgid, NOBODY, NOBODY, NOBODY),
+            0
+        );
+        assert_eq!(
+            libc::syscall(libc::SYS_setresuid, NOBODY, NOBODY, NOBODY),
+            0
+        );
+    }
+    // SAFETY: a plain syscall.
+    let euid = unsafe { libc::syscall(libc::SYS_geteuid) };
+    assert_eq!(euid, i64::from(NOBODY), "the attacker thread is not nobody");
+}
