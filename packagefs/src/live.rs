@@ -24,6 +24,7 @@ use format::active_list::ActiveList;
 use format::archive::PackageId;
 use format::keys::TrustedKeys;
 use pkgset::generation::{self, Lock};
+use pkgset::owner::AsOwner;
 use pkgset::reconcile;
 use pkgset::stack::{is_package_name, list_of, now_utc, one_line};
 use pkgset::{plan, Candidate, Change, Opener, Stack};
@@ -121,10 +122,23 @@ impl Live {
             lock_wait: std::time::Duration::ZERO,
             stack,
         };
-        let locks = live.lock_all()?;
+        let locks = live.lock_all();
         let names = live.stack.names();
         for l in 0..n {
             let spec = live.stack.layers[l].clone();
+            if locks[l].is_none() {
+                // Its state cannot be written: serve its list as it is, change nothing.
+                let _as = AsOwner::enter(&spec.paths);
+                let (set, list) = match live.stack.load_active(l, &mut live.opener) {
+                    Ok(ls) => (ls.packages, ls.list),
+                    Err(_) => (Vec::new(), None),
+                };
+                live.sets.push(set);
+                live.lists.push(list);
+                continue;
+            }
+            // A user's layer is read and written with the user's rights (pkgset::owner).
+            let _as = AsOwner::enter(&spec.paths);
             let pk = spec.paths.packages();
             if let Err(e) = std::fs::create_dir_all(&pk) {
                 warn!(layer = %spec.name, "cannot create {}: {e}", pk.display());
@@ -175,7 +189,8 @@ impl Live {
                 error!("the active set breaks the invariant: {p}");
             }
         }
-        live.reconcile_all();
+        let locked: Vec<bool> = locks.iter().map(|l| l.is_some()).collect();
+        live.reconcile_all(&locked);
         drop(locks);
         let view = live.build_view();
         Ok((live, view))
@@ -263,13 +278,29 @@ impl Live {
         }
     }
 
-    fn lock_all(&self) -> anyhow::Result<Vec<Lock>> {
-        // Always in layer order, so two lockers never wait on each other.
+    /// Takes every layer's lock, in layer order (so two lockers never wait on each other).
+    /// A layer whose lock cannot be taken (its `state/` is not a directory of its own,
+    /// say) gets `None`, said once: it is left as it is and looked at again later, and the
+    /// other layers go on.
+    fn lock_all(&mut self) -> Vec<Option<Lock>> {
         let mut v = Vec::new();
-        for l in &self.stack.layers {
-            v.push(Lock::acquire(&l.paths)?);
+        for l in 0..self.stack.layers.len() {
+            match Lock::acquire(&self.stack.layers[l].paths) {
+                Ok(lock) => v.push(Some(lock)),
+                Err(e) => {
+                    self.retry = true;
+                    self.warn_once(
+                        l,
+                        format!(
+                            "cannot lock the layer's state ({}): its set is left as it is",
+                            one_line(&e)
+                        ),
+                    );
+                    v.push(None);
+                }
+            }
         }
-        Ok(v)
+        v
     }
 
     /// True if something is left to retry without a new event: the watcher should send a
@@ -340,18 +371,13 @@ impl Live {
                 _ => {}
             }
         }
-        let _locks = match self.lock_all() {
-            Ok(l) => l,
-            Err(e) => {
-                self.retry = true;
-                return Err(e);
-            }
-        };
+        self.retry = false;
+        let locks = self.lock_all();
         self.lock_wait = t0.elapsed();
         debug!("locked in {:?}", t0.elapsed());
         let before: Vec<HashSet<PackageId>> = self.sets.iter().map(|s| ids(s)).collect();
-        self.retry = false;
-        self.reconcile_all();
+        let locked: Vec<bool> = locks.iter().map(|l| l.is_some()).collect();
+        self.reconcile_all(&locked);
         // Forget files that are gone or changed: an archive held open for a deleted file
         // keeps its disk space allocated (on a full disk, the space a deletion frees).
         self.opener.prune();
@@ -367,11 +393,11 @@ impl Live {
 
     /// Reconciles every layer, lowest first, until nothing more moves (a change in one
     /// layer can let a waiting drop of another in). The caller holds the locks.
-    fn reconcile_all(&mut self) {
+    fn reconcile_all(&mut self, locked: &[bool]) {
         let n = self.stack.layers.len();
         for round in 0..=n {
             let before: Vec<HashSet<PackageId>> = self.sets.iter().map(|s| ids(s)).collect();
-            for l in 0..n {
+            for l in (0..n).filter(|&l| locked[l]) {
                 if round == 0 {
                     self.adopt_list(l);
                 }
@@ -386,6 +412,7 @@ impl Live {
     /// Decides what layer `l`'s `packages/` means for the set ([`reconcile`]) and commits it.
     fn reconcile_files(&mut self, l: usize) {
         let spec = self.stack.layers[l].clone();
+        let _as = AsOwner::enter(&spec.paths);
         let obs = match reconcile::observe(
             &self.stack,
             l,
@@ -470,6 +497,7 @@ impl Live {
     /// generation if it is not one; refuse otherwise and put the current list back.
     fn adopt_list(&mut self, l: usize) {
         let spec = self.stack.layers[l].clone();
+        let _as = AsOwner::enter(&spec.paths);
         let path = spec.paths.active_list();
         let text = match generation::read_state_file(&path, format::active_list::MAX_LEN as u64) {
             Ok(t) => t,
@@ -560,6 +588,7 @@ impl Live {
     /// `active.list.refused`.
     fn restore_list(&mut self, l: usize, refused: Option<&std::path::Path>) {
         let spec = &self.stack.layers[l];
+        let _as = AsOwner::enter(&spec.paths);
         if let Some(p) = refused {
             // (Only a regular file of a list's size is kept: never block on a FIFO.)
             if let Ok(bytes) = generation::read_state_bytes(p, format::active_list::MAX_LEN as u64)
@@ -586,6 +615,7 @@ impl Live {
     /// the mount is live; in parallel.
     pub fn warm(&mut self) {
         for l in 0..self.stack.layers.len() {
+            let _as = AsOwner::enter(&self.stack.layers[l].paths);
             let files: Vec<PathBuf> = std::fs::read_dir(self.stack.layers[l].paths.pool())
                 .into_iter()
                 .flatten()

@@ -66,20 +66,24 @@ impl Watcher {
             buf: vec![0; 64 * 1024],
         };
         for (l, spec) in stack.layers.iter().enumerate() {
-            std::fs::create_dir_all(spec.paths.packages())?;
-            std::fs::create_dir_all(spec.paths.state())?;
+            {
+                // Made with the rights of the layer's owner, and so owned by them.
+                let _as = pkgset::owner::AsOwner::enter(&spec.paths);
+                std::fs::create_dir_all(spec.paths.packages())?;
+                std::fs::create_dir_all(spec.paths.state())?;
+            }
             let wd = w.inotify.watches().add(
                 &spec.paths.dir,
                 WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR,
             )?;
             w.wds.insert(wd, (l, Dir::Layer));
             w.layers.push((spec.paths.dir.clone(), false, false));
-            w.rewatch(l);
-            if !w.layers[l].1 || !w.layers[l].2 {
-                return Err(io::Error::other(format!(
-                    "cannot watch packages/ and state/ of {}",
+            if !w.rewatch(l) || !w.layers[l].1 || !w.layers[l].2 {
+                tracing::warn!(
+                    layer = %spec.name,
+                    "packages/ or state/ of {} is not a directory of its own; watching for one",
                     spec.paths.dir.display()
-                )));
+                );
             }
         }
         Ok(w)

@@ -167,6 +167,7 @@ impl StackRecord {
 
     /// Writes it to layer `layer` (crash-safely; not if it is already there).
     pub fn write(&self, layer: &LayerPaths) -> Result<(), StateError> {
+        let _as = crate::owner::AsOwner::enter(layer);
         if StackRecord::read(layer).as_ref() == Some(self) {
             return Ok(());
         }
@@ -244,8 +245,19 @@ pub struct Lock {
 impl Lock {
     /// Waits for and takes the layer's lock, creating `state/` if needed.
     pub fn acquire(layer: &LayerPaths) -> Result<Lock, StateError> {
+        let _as = crate::owner::AsOwner::enter(layer);
         let state = layer.state();
-        fs::create_dir_all(&state).map_err(io_err(&state))?;
+        // The layer's own directory, never a link to someone else's.
+        match fs::symlink_metadata(&state) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                return Err(StateError::Bad {
+                    path: state,
+                    reason: "not a directory of the layer's own (a link or a file)".into(),
+                })
+            }
+            Err(_) => fs::create_dir_all(&state).map_err(io_err(&state))?,
+        }
         let path = state.join("lock");
         let file = open_lock_file(&path)?;
         loop {
@@ -500,7 +512,7 @@ pub fn copy_into_pool(layer: &LayerPaths, id: &PackageId, src: &Path) -> Result<
     let pool = layer.pool();
     fs::create_dir_all(&pool).map_err(io_err(&pool))?;
     let dst = layer.pool_file(id);
-    let mut from = format::archive::open_regular(src).map_err(io_err(src))?;
+    let mut from = crate::owner::open_in_layer(src).map_err(io_err(src))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(&pool)

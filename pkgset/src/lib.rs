@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod generation;
+pub mod owner;
 pub mod reconcile;
 pub mod resolve;
 pub mod set;

@@ -88,13 +88,23 @@ pub fn observe(
     now: SystemTime,
 ) -> Result<Observed, StateError> {
     let paths = &stack.layers[l].paths;
+    let _as = crate::owner::AsOwner::enter(paths);
     let seen = Seen::read(paths)?;
     let list_written = fs::metadata(paths.active_list())
         .ok()
         .map(|m| time(m.ctime(), m.ctime_nsec()));
     let dir = paths.packages();
     let mut ignored = Vec::new();
-    let files = match dir_names(&dir) {
+    let own_dir = fs::symlink_metadata(&dir).map(|m| m.is_dir());
+    let files = match own_dir.and_then(|own| {
+        if own {
+            dir_names(&dir)
+        } else {
+            Err(std::io::Error::other(
+                "not a directory of the layer's own (a link or a file)",
+            ))
+        }
+    }) {
         Err(e) => Err(format!("{}: {e}", dir.display())),
         Ok(names) => {
             let mut files = BTreeMap::new();
@@ -411,6 +421,7 @@ pub fn commit(
     time: &str,
     opener: &mut Opener,
 ) -> Result<Vec<(usize, u64)>, StateError> {
+    let _as = crate::owner::AsOwner::enter(&stack.layers[l].paths);
     let gens = if d.plan.is_empty() {
         Vec::new()
     } else {

@@ -144,9 +144,21 @@ impl Opener {
         }
     }
 
-    /// Opens `path`, validates it and checks it is signed by a trusted key.
+    /// Opens `path`, a file of a layer, validates it and checks it is signed by a trusted
+    /// key. A symlink is refused ([`crate::owner::open_in_layer`]).
     pub fn open(&mut self, path: &Path) -> Result<Arc<Archive>, String> {
+        let file = crate::owner::open_in_layer(path).map_err(|e| e.to_string())?;
+        self.open_file(file, path)
+    }
+
+    /// Like [`Opener::open`], for a file named by the user outside any layer (a package to
+    /// install): symlinks are followed, as for any command-line argument.
+    pub fn open_given(&mut self, path: &Path) -> Result<Arc<Archive>, String> {
         let file = format::archive::open_regular(path).map_err(|e| e.to_string())?;
+        self.open_file(file, path)
+    }
+
+    fn open_file(&mut self, file: fs::File, path: &Path) -> Result<Arc<Archive>, String> {
         let md = file.metadata().map_err(|e| e.to_string())?;
         if !md.is_file() {
             return Err("not a regular file".into());
@@ -178,7 +190,7 @@ impl Opener {
         use rayon::prelude::*;
         let mut todo: Vec<(FileKey, &PathBuf)> = Vec::new();
         for p in paths {
-            let Some(md) = fs::metadata(p).ok().filter(|m| m.is_file()) else {
+            let Some(md) = fs::symlink_metadata(p).ok().filter(|m| m.is_file()) else {
                 continue;
             };
             let key = FileKey::of(&md);
@@ -192,13 +204,19 @@ impl Opener {
             }
         }
         let keys = &self.keys;
+        // Each worker opens with this thread's identity (a user's layer: the user's).
+        let (uid, gid) = crate::owner::current();
         let opened: Vec<(FileKey, &PathBuf, Result<Archive, String>)> = todo
             .into_par_iter()
             .map(|(key, p)| {
-                let r = Archive::open(p).map_err(|e| one_line(&e)).and_then(|a| {
-                    a.check_trust(keys).map_err(|e| one_line(&e))?;
-                    Ok(a)
-                });
+                let _as = crate::owner::AsOwner::of(uid, gid);
+                let r = crate::owner::open_in_layer(p)
+                    .map_err(|e| format!("{}: {e}", p.display()))
+                    .and_then(|f| Archive::from_file(f, p).map_err(|e| one_line(&e)))
+                    .and_then(|a| {
+                        a.check_trust(keys).map_err(|e| one_line(&e))?;
+                        Ok(a)
+                    });
                 (key, p, r)
             })
             .collect();
@@ -523,6 +541,7 @@ impl Stack {
     ) -> Result<Vec<(usize, u64)>, StateError> {
         let mut out = Vec::new();
         for &l in &plan.changed {
+            let _as = crate::owner::AsOwner::enter(&self.layers[l].paths);
             let set = &plan.sets[l];
             let list = list_of(set);
             let files: HashMap<PackageId, PathBuf> =

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use format::keys::TrustedKeys;
 use pkgset::generation::{self, Lock, StackRecord};
+use pkgset::owner::AsOwner;
 use pkgset::reconcile;
 use pkgset::stack::{now_utc, Damaged, Loaded, Refusal};
 use pkgset::{plan, Candidate, Change, LayerSpec, Opener, Plan, Stack, Want};
@@ -363,7 +364,12 @@ pub fn resolve(a: ResolveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
 
 /// Copies `src` into `dir` as `NAME-VERSION.hpkg` (crash-safely, never over another file);
 /// returns the new path, or the path of a file there that already holds the package.
-fn copy_into(dir: &Path, c: &Candidate) -> anyhow::Result<(PathBuf, bool)> {
+fn copy_into(
+    dir: &Path,
+    c: &Candidate,
+    source: Option<&mut fs::File>,
+) -> anyhow::Result<(PathBuf, bool)> {
+    let mut source = source;
     let base = format!("{}-{}", c.manifest().name, c.manifest().version);
     for name in [format!("{base}.hpkg"), format!("{base}-{}.hpkg", short(c))] {
         let dst = dir.join(&name);
@@ -380,9 +386,20 @@ fn copy_into(dir: &Path, c: &Candidate) -> anyhow::Result<(PathBuf, bool)> {
             .prefix(".install-")
             .tempfile_in(dir)
             .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-        let mut src =
-            fs::File::open(&c.path).with_context(|| format!("cannot read {}", c.path.display()))?;
-        std::io::copy(&mut src, tmp.as_file_mut())
+        let mut opened;
+        let src: &mut fs::File = match source.take() {
+            Some(f) => {
+                use std::io::Seek;
+                f.rewind()?;
+                f
+            }
+            None => {
+                opened = fs::File::open(&c.path)
+                    .with_context(|| format!("cannot read {}", c.path.display()))?;
+                &mut opened
+            }
+        };
+        std::io::copy(src, tmp.as_file_mut())
             .with_context(|| format!("cannot copy {} to {}", c.path.display(), dir.display()))?;
         tmp.as_file()
             .set_permissions(fs::Permissions::from_mode(0o644))?;
@@ -410,16 +427,24 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let top = stack.layers.len() - 1;
     let mut op = opener(&a.layer.trust)?;
     let mut new = Vec::new();
+    // The packages to install are read with the caller's rights, then everything in the
+    // layer with its owner's (pkgset::owner): root installing into a user's layer makes
+    // files the user owns, and reaches nothing the user could not.
+    let mut sources = std::collections::HashMap::new();
     for p in &a.packages {
         let archive = op
-            .open(p)
+            .open_given(p)
             .map_err(|r| anyhow!("refused {}: {r}", p.display()))?;
+        let file = format::archive::open_regular(p)
+            .with_context(|| format!("cannot read {}", p.display()))?;
+        sources.insert(archive.id(), file);
         new.push(Candidate {
             layer: top,
             path: p.clone(),
             archive,
         });
     }
+    let _as = AsOwner::enter(&stack.layers[top].paths);
     let paths = &stack.layers[top].paths;
     let pkgdir = paths.packages();
     fs::create_dir_all(&pkgdir).with_context(|| format!("cannot create {}", pkgdir.display()))?;
@@ -474,7 +499,7 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         {
             continue;
         }
-        match copy_into(&pkgdir, c) {
+        match copy_into(&pkgdir, c, sources.get_mut(&c.id())) {
             Ok((dst, fresh)) => {
                 if fresh {
                     copied.push(dst.clone());
@@ -544,6 +569,7 @@ pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let stack = stack_of(&a.layer.layers)?;
     let top = stack.layers.len() - 1;
     let mut op = opener(&a.layer.trust)?;
+    let _as = AsOwner::enter(&stack.layers[top].paths);
     let lock = Lock::acquire(&stack.layers[top].paths)?;
     let mut loaded = stack.load_all(top, &mut op)?;
     commit_initial(&stack, &mut loaded, top, &mut op)?;
@@ -659,6 +685,7 @@ pub fn status(a: StatusArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let stack = stack_of(&a.layer.layers)?;
     let top = stack.layers.len() - 1;
     let mut op = opener(&a.layer.trust)?;
+    let _as = AsOwner::enter(&stack.layers[top].paths);
     let loaded = stack.load_all(top, &mut op)?;
     let set = &loaded.sets[top];
     let list = loaded.lists[top].as_ref();
@@ -884,6 +911,7 @@ pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let stack = stack_of(&a.layer.layers)?;
     let top = stack.layers.len() - 1;
     let mut op = opener(&a.layer.trust)?;
+    let _as = AsOwner::enter(&stack.layers[top].paths);
     let paths = &stack.layers[top].paths;
     let name = &stack.layers[top].name;
     let lock = Lock::acquire(paths)?;
@@ -987,10 +1015,11 @@ pub fn gc(a: GcArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             spec.paths.dir.display()
         );
     }
+    let mut op = opener(&a.layer.trust)?;
+    let _as = AsOwner::enter(&spec.paths);
     let _lock = Lock::acquire(&spec.paths)?;
     // Never delete the newest generation that opens whole (every package there, intact and
     // trusted): after it, a damaged active set would have nothing to roll back to.
-    let mut op = opener(&a.layer.trust)?;
     let stack = Stack::new(vec![spec.clone()]);
     let whole = generation::generation_numbers(&spec.paths)?
         .into_iter()

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -355,4 +355,144 @@ fn r11_a_damaged_active_package_does_not_block_the_rescue_commands() {
     // The daemon serves it.
     let m = s.mount();
     assert_eq!(read(m.join("share/pk")), "3\n", "{}", m.log());
+}
+
+/// A directory owned by nobody (65534:65534), mode 0755, in a new temp dir: a user's layer.
+fn users_dir(parent: &Path, name: &str) -> PathBuf {
+    let d = parent.join(name);
+    fs::create_dir_all(&d).unwrap();
+    chown_nobody(&d);
+    d
+}
+
+fn chown_nobody(p: &Path) {
+    std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
+}
+
+/// Runs pkgtool as nobody.
+fn tool_as_nobody(layer: &Path, keys: &Path, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(pkgtool())
+        .args(args)
+        .arg("--layer")
+        .arg(layer)
+        .arg("--trusted-keys")
+        .arg(keys)
+        .output()
+        .unwrap()
+}
+
+/// r11: the root daemon reaches nothing through a user's layer that its owner could not,
+/// and writes there only what the owner owns; the owner manages the layer with pkgtool.
+#[test]
+fn r11_a_users_layer_gives_its_owner_nothing_more_and_stays_theirs() {
+    let s = Stack::new(&["system"]);
+    s.add("system", tree(&[("etc/base", b"base\n")]).path(), "base");
+    let top = tempfile::Builder::new()
+        .prefix("e2e-trust-user-")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // Keys the user can read.
+    let keys = top.path().join("keys");
+    fs::create_dir(&keys).unwrap();
+    for e in fs::read_dir(s.keys().trusted()).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), keys.join(e.file_name())).unwrap();
+    }
+    // Root's secrets: a root-only package and a root-owned directory with a temp-looking
+    // file and a list.
+    let vault = top.path().join("vault");
+    fs::create_dir(&vault).unwrap();
+    fs::set_permissions(&vault, fs::Permissions::from_mode(0o700)).unwrap();
+    let secret = Pkg::new(
+        tree(&[("etc/secret", b"root only\n")]).path(),
+        "secret",
+        "1.0.0",
+    )
+    .key(s.keys())
+    .build(vault.join("secret.hpkg"));
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let roots = top.path().join("roots");
+    fs::create_dir(&roots).unwrap();
+    fs::write(roots.join(".tmp-keep"), b"mine\n").unwrap();
+    fs::write(roots.join("active.list"), b"# root's\n").unwrap();
+    // A fresh user layer: a package of theirs, a link to root's package, and in a second
+    // user layer, state/ a link to root's directory.
+    let user = users_dir(top.path(), "user");
+    let pk = users_dir(&user, "packages");
+    let app = Pkg::new(tree(&[("bin/app", b"app\n")]).path(), "app", "1.0.0")
+        .key(s.keys())
+        .build(pk.join("app.hpkg"));
+    chown_nobody(&app);
+    std::os::unix::fs::symlink(&secret, pk.join("secret.hpkg")).unwrap();
+    let other = users_dir(top.path(), "other");
+    users_dir(&other, "packages");
+    std::os::unix::fs::symlink(&roots, other.join("state")).unwrap();
+    chown_nobody(&other.join("state"));
+    let m = s
+        .builder()
+        .layer("user", &user)
+        .layer("other", &other)
+        .trusted_keys(&keys)
+        .start();
+    assert_eq!(read(m.join("bin/app")), "app\n", "{}", m.log());
+    assert!(
+        !m.join("etc/secret").exists(),
+        "root's package served through a user's link:\n{}",
+        m.log()
+    );
+    // Root's directory is untouched.
+    assert_eq!(fs::read(roots.join(".tmp-keep")).unwrap(), b"mine\n");
+    assert_eq!(fs::read(roots.join("active.list")).unwrap(), b"# root's\n");
+    assert_eq!(
+        fs::read_dir(&roots).unwrap().count(),
+        2,
+        "the daemon wrote in root's directory"
+    );
+    // Everything the daemon made in the user's layer is the user's.
+    let state = user.join("state");
+    for e in walk(&state) {
+        let md = fs::symlink_metadata(&e).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid()),
+            (65534, 65534),
+            "{} is not the user's",
+            e.display()
+        );
+    }
+    // The owner manages the layer: status and install as the user, picked up live.
+    let st = tool_as_nobody(&user, &keys, &["status"]);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let tool_pkg = Pkg::new(tree(&[("bin/tool", b"tool\n")]).path(), "tool", "1.0.0")
+        .key(s.keys())
+        .build(top.path().join("tool.hpkg"));
+    fs::set_permissions(&tool_pkg, fs::Permissions::from_mode(0o644)).unwrap();
+    let r = tool_as_nobody(&user, &keys, &["install", tool_pkg.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        wait_until(SOON, || m.join("bin/tool").exists()),
+        "{}",
+        m.log()
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_owned()];
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
