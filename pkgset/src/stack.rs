@@ -161,12 +161,9 @@ impl Opener {
             }
             return r.clone();
         }
-        let r = Archive::from_file(file, path)
+        // Trust first: an unsigned or untrusted file costs its header and trailer.
+        let r = Archive::from_file_trusted(file, path, &self.keys)
             .map_err(|e| one_line(&e))
-            .and_then(|a| {
-                a.check_trust(&self.keys).map_err(|e| one_line(&e))?;
-                Ok(a)
-            })
             .map(|a| {
                 self.ids
                     .entry(a.id())
@@ -201,10 +198,7 @@ impl Opener {
         let opened: Vec<(FileKey, &PathBuf, Result<Archive, String>)> = todo
             .into_par_iter()
             .map(|(key, p)| {
-                let r = Archive::open(p).map_err(|e| one_line(&e)).and_then(|a| {
-                    a.check_trust(keys).map_err(|e| one_line(&e))?;
-                    Ok(a)
-                });
+                let r = Archive::open_trusted(p, keys).map_err(|e| one_line(&e));
                 (key, p, r)
             })
             .collect();

@@ -12,7 +12,7 @@
 //! ```
 
 use super::le::*;
-use super::{align8, check_name, EntryId, TARGET_MAX};
+use super::{align8, check_name, EntryId, TARGET_MAX, TOC_MAX};
 use crate::error::{Error, Result};
 
 pub(crate) const TOC_HEADER_LEN: usize = 32;
@@ -88,10 +88,15 @@ pub(crate) fn unpack(section: &[u8]) -> Result<Unpacked> {
         _ => {
             // Bound what a hostile frame can make us allocate: a real TOC compresses far
             // less than 256:1.
+            if raw_len > TOC_MAX {
+                return Err(Error::corrupt(
+                    "toc frame",
+                    format!("raw length {raw_len} exceeds the limit of {TOC_MAX} (512 MiB)"),
+                ));
+            }
             let limit = (body.len() as u64)
                 .saturating_mul(256)
-                .saturating_add(1 << 20)
-                .min(u32::MAX as u64 * 4);
+                .saturating_add(1 << 20);
             if raw_len > limit {
                 return Err(Error::corrupt(
                     "toc frame",

@@ -202,10 +202,19 @@ fn compressed_toc_cases() -> Vec<(&'static str, &'static str, Patch)> {
         ),
         case(
             "raw length u64::MAX",
-            "implausible",
+            "exceeds the limit of 536870912",
             toc_raw_len(|_| u64::MAX),
         ),
-        case("raw length 4 GiB", "implausible", toc_raw_len(|_| 1 << 32)),
+        case(
+            "raw length 4 GiB",
+            "exceeds the limit of 536870912",
+            toc_raw_len(|_| 1 << 32),
+        ),
+        case(
+            "raw length within the limit, implausible for the body",
+            "implausible",
+            toc_raw_len(|_| 64 << 20),
+        ),
         case(
             "raw length one short",
             "does not decompress",

@@ -16,6 +16,7 @@ mod pipe;
 mod repro;
 mod roundtrip;
 mod sets;
+mod trust;
 mod usage;
 mod util;
 mod verify;
