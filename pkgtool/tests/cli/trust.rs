@@ -1,4 +1,5 @@
-//! The "Trust" cases: what a hostile file may cost before it is refused (memory, time).
+//! The "Trust" cases: what a hostile file may cost before it is refused (memory, time),
+//! and a FIFO among the trusted keys.
 
 use std::fs;
 use std::io::Read;
@@ -265,4 +266,53 @@ fn an_untrusted_giant_is_refused_by_install_before_its_metadata_is_read() {
         m.describe()
     );
     assert!(m.max_rss_kib < REFUSAL_RSS_KIB, "{}", m.describe());
+}
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
+        0,
+        "mkfifo {p:?}"
+    );
+}
+
+#[test]
+fn a_fifo_among_the_trusted_keys_is_refused_not_waited_on() {
+    let b = odd();
+    let shared = &Fixture::shared().key;
+    let s = Scratch::new();
+    let keys = s.join("keys");
+    fs::create_dir(&keys).unwrap();
+    fs::copy(&shared.public, keys.join("shared.pub")).unwrap();
+    let fifo = keys.join("zz-trap.pub");
+    mkfifo(&fifo);
+    let m = run_measured(
+        &[os("verify"), os(&b.pkg), os("--trusted-keys"), os(&keys)],
+        4 << 30,
+        Duration::from_secs(20),
+    );
+    m.assert_one_line_error("not a regular file");
+    assert!(
+        m.stderr.contains(&*fifo.to_string_lossy()),
+        "{}",
+        m.describe()
+    );
+    // The same FIFO passed as the one key.
+    let m = run_measured(
+        &[os("verify"), os(&b.pkg), os("--key"), os(&fifo)],
+        4 << 30,
+        Duration::from_secs(20),
+    );
+    m.assert_one_line_error("not a regular file");
+    // A FIFO not named `*.pub` is not looked at.
+    fs::remove_file(&fifo).unwrap();
+    mkfifo(&keys.join("README"));
+    let m = run_measured(
+        &[os("verify"), os(&b.pkg), os("--trusted-keys"), os(&keys)],
+        4 << 30,
+        Duration::from_secs(20),
+    );
+    assert_eq!(m.code, Some(0), "{}", m.describe());
 }
