@@ -17,7 +17,7 @@ pub mod writer;
 
 pub use chunk::{ChunkInfo, Compression, Method};
 pub use header::Header;
-pub use reader::{open_regular, Archive, Attr, ChunkSpan, DirEntry, Kind};
+pub use reader::{open_regular, Archive, Attr, ChunkSpan, DirEntry, EntryWalk, Kind};
 pub use tree::{Content, NodeId, Tree};
 pub use writer::{BuildOptions, BuildReport};
 

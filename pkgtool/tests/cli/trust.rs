@@ -1,5 +1,6 @@
 //! The "Trust" cases: what a hostile file may cost before it is refused (memory, time),
-//! and a FIFO among the trusted keys.
+//! a FIFO among the trusted keys, and a tree deep enough to make per-entry path building
+//! show.
 
 use std::fs;
 use std::io::Read;
@@ -315,4 +316,104 @@ fn a_fifo_among_the_trusted_keys_is_refused_not_waited_on() {
         Duration::from_secs(20),
     );
     assert_eq!(m.code, Some(0), "{}", m.describe());
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+fn set_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Re-seals archive bytes: the package id (BLAKE3 of the bytes before the heap) and the
+/// signature over it by `key`.
+fn reseal(b: &mut [u8], key: &SecretKey) {
+    let heap = u64_at(b, 80) as usize;
+    let id = *blake3::hash(&b[..heap]).as_bytes();
+    let t = b.len() - 136;
+    b[t + 8..t + 40].copy_from_slice(&key.public().to_bytes());
+    b[t + 40..t + 72].copy_from_slice(&id);
+    b[t + 72..t + 136].copy_from_slice(&key.sign(&id));
+}
+
+/// A package whose tree is a chain of `depth` directories, `000001/000002/...`: the real
+/// writer builds `depth` sibling directories (an in-memory tree `depth` levels deep would
+/// hold every node's full path), stores the TOC raw, and the TOC is then rewired so each
+/// directory holds the next. Entries and dirents keep their numbers (preorder: root 0, the
+/// directories 1..=depth; dirent j names entry j + 1), so only the directories' ranges,
+/// parents and link counts change.
+fn deep_package(path: &Path, depth: u32) {
+    use format::archive::tree::Meta;
+    use format::archive::writer::write_archive;
+    use format::archive::{BuildOptions, Compression, Tree};
+    let mut t = Tree::new();
+    let root = t.root();
+    for k in 1..=depth {
+        t.add_dir(root, format!("{k:06}").as_bytes(), Meta::new(0o755, 1))
+            .unwrap();
+    }
+    let m = format::manifest::Manifest::from_json(br#"{"name":"deep","version":"1.0.0"}"#).unwrap();
+    let key = SecretKey::from_seed(&[3u8; 32], "deep");
+    let opts = BuildOptions {
+        compression: Compression::None,
+        ..BuildOptions::default()
+    };
+    write_archive(&t, &m, Some(&key), &opts, path, &|_, _| {}).unwrap();
+    let mut b = fs::read(path).unwrap();
+    let toc = u64_at(&b, 48) as usize;
+    assert_eq!(b[toc], 0, "the TOC is stored raw");
+    let toc = toc + 16;
+    let (n_inodes, n_dirents) = (u32_at(&b, toc), u32_at(&b, toc + 4));
+    assert_eq!((n_inodes, n_dirents), (depth + 1, depth));
+    let inode = |e: u32| toc + 32 + 48 * e as usize;
+    let dirent = |j: u32| inode(n_inodes) + 12 * j as usize;
+    for e in 0..=depth {
+        if e < depth {
+            assert_eq!(
+                u32_at(&b, dirent(e) + 4),
+                e + 1,
+                "dirent {e} names entry {e}+1"
+            );
+        }
+        let i = inode(e);
+        let (a, n, nlink) = if e < depth { (e, 1, 3) } else { (0, 0, 2) };
+        set_u32(&mut b, i + 4, nlink);
+        set_u32(&mut b, i + 28, a);
+        set_u32(&mut b, i + 32, n);
+        set_u32(&mut b, i + 36, e.saturating_sub(1));
+    }
+    reseal(&mut b, &key);
+    fs::write(path, &b).unwrap();
+}
+
+/// Deep enough that building every entry's path from the root shows: the paths add up
+/// to 7 × 250,000² / 2 ≈ 220 GB of copying (tens of seconds); a linear walk takes a
+/// fraction of a second.
+const DEEP: u32 = 250_000;
+
+#[test]
+fn info_is_linear_in_the_depth_of_the_tree() {
+    let s = Scratch::new();
+    let p = s.join("deep.hpkg");
+    deep_package(&p, DEEP);
+    // The rewired archive is a good one: verify walks nothing and checks everything.
+    pkgtool(["verify", "--integrity-only"]).arg(&p).ok();
+    let m = run_measured(
+        &[os("info"), os("--json"), os(&p)],
+        4 << 30,
+        Duration::from_secs(60),
+    );
+    assert_eq!(m.code, Some(0), "{}", m.describe());
+    let v: serde_json::Value = serde_json::from_str(&m.stdout).unwrap();
+    assert_eq!(v["directories"], DEEP as u64 + 1, "{}", m.describe());
+    assert!(
+        m.elapsed < Duration::from_secs(4),
+        "info took {:?} on a tree {DEEP} levels deep",
+        m.elapsed
+    );
 }
