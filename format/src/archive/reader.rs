@@ -5,9 +5,10 @@
 //! the trusted keys), then reads the metadata (header, manifest, TOC, chunk index) into
 //! memory (never a memory map: see `Archive::load`) and checks it once: its hash against
 //! the trailer's package id (large metadata is hashed in pieces before it is allocated),
-//! and every record of the TOC and chunk index. Time and memory are proportional to the
-//! metadata, not the data. File bytes are read with positioned reads, chunk by chunk; a
-//! chunk's hash is checked before it is decompressed.
+//! every record of the TOC and chunk index, and every file's bytes against its chunks.
+//! Time and memory are proportional to the metadata, not the data. File bytes are read
+//! with positioned reads, chunk by chunk; a chunk's hash is checked before it is
+//! decompressed.
 
 use std::fs::File;
 use std::io;
@@ -284,8 +285,11 @@ impl Archive {
         };
         let n_chunks = archive.header.chunk_count();
         let mut raw_total = 0u64;
+        let mut raw_lens = Vec::with_capacity(n_chunks as usize);
         for c in 0..n_chunks {
-            raw_total += archive.parse_chunk(c)?.raw_len as u64;
+            let raw_len = archive.parse_chunk(c)?.raw_len;
+            raw_total += raw_len as u64;
+            raw_lens.push(raw_len);
         }
         if raw_total != archive.header.content_size {
             return Err(Error::corrupt(
@@ -296,9 +300,9 @@ impl Archive {
                 ),
             ));
         }
-        archive
-            .toc_view()
-            .validate(n_chunks, archive.header.chunk_size)?;
+        let toc = archive.toc_view();
+        toc.validate(n_chunks, archive.header.chunk_size)?;
+        toc.check_file_ranges(&raw_lens, archive.header.chunk_size)?;
         Ok(archive)
     }
 

@@ -1,12 +1,12 @@
-//! The "Trust" cases: what a hostile file may cost before it is refused (memory, time),
-//! a FIFO among the trusted keys, and a tree deep enough to make per-entry path building
-//! show.
+//! The "Trust" cases: what a hostile file may cost before it is refused (memory, time), a
+//! FIFO among the trusted keys, a tree deep enough to make per-entry path building show,
+//! and a file whose size runs past its chunk, which `verify` must catch as readers do.
 
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -416,4 +416,67 @@ fn info_is_linear_in_the_depth_of_the_tree() {
         "info took {:?} on a tree {DEEP} levels deep",
         m.elapsed
     );
+}
+
+/// `pkgtool build --compression none` of a root with `a.txt` (100 bytes) and `b.txt`
+/// (200 bytes), which share chunk 0; returns the package and its signing key.
+fn two_small_files(s: &Scratch) -> (PathBuf, KeyPair) {
+    let key = keygen(s.path(), "signer");
+    let src = s.join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a.txt"), [b'a'; 100]).unwrap();
+    fs::write(src.join("b.txt"), [b'b'; 200]).unwrap();
+    let m = write_manifest(s.path(), "two", "1.0.0");
+    let pkg = s.join("two.hpkg");
+    pkgtool(["build"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&pkg)
+        .arg("--key")
+        .arg(&key.secret)
+        .arg("--manifest")
+        .arg(&m)
+        .args(["--compression", "none", "--quiet"])
+        .ok();
+    (pkg, key)
+}
+
+#[test]
+fn verify_refuses_a_file_whose_size_runs_past_its_chunk() {
+    let s = Scratch::new();
+    let (pkg, key) = two_small_files(&s);
+    pkgtool(["verify", "--key"]).arg(&key.public).arg(&pkg).ok();
+    let mut b = fs::read(&pkg).unwrap();
+    // The TOC is stored raw (no compression): frame 16 bytes, TOC header 32, then inodes
+    // of 48 bytes in preorder: 0 the root, 1 a.txt, 2 b.txt. Field d (size) at 40.
+    let toc = u64_at(&b, 48) as usize;
+    assert_eq!(b[toc], 0, "the TOC is stored raw");
+    let size_of = |e: usize| toc + 16 + 32 + 48 * e + 40;
+    assert_eq!(u64_at(&b, size_of(1)), 100);
+    assert_eq!(u64_at(&b, size_of(2)), 200);
+    // b.txt ends where chunk 0 does (300 bytes): one byte more runs past it.
+    let at = size_of(2);
+    b[at..at + 8].copy_from_slice(&201u64.to_le_bytes());
+    // Re-seal with the signing key, so that this is the only defect.
+    reseal(&mut b, &SecretKey::load(&key.secret).unwrap());
+    let bad = s.join("bad.hpkg");
+    fs::write(&bad, &b).unwrap();
+
+    for args in [
+        vec![os("verify"), os("--key"), os(&key.public), os(&bad)],
+        vec![os("verify"), os("--integrity-only"), os(&bad)],
+    ] {
+        pkgtool(&args)
+            .fails(1)
+            .one_line_error()
+            .stderr_contains("b.txt")
+            .stderr_contains("chunk 0");
+    }
+    // What verify says is what the readers find.
+    pkgtool(["cat"])
+        .arg(&bad)
+        .arg("b.txt")
+        .fails(1)
+        .one_line_error()
+        .stderr_contains("b.txt");
 }
