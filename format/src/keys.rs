@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 
 const SECRET_TAG: &str = "packagefs-secret-key-v1";
 const PUBLIC_TAG: &str = "packagefs-public-key-v1";
+/// Longest key file read.
+const KEY_FILE_MAX: u64 = 4096;
 
 /// The short, printable id of a public key: the first 8 bytes of BLAKE3(public key).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -187,7 +189,9 @@ impl TrustedKeys {
     }
 
     /// Loads every `*.pub` file in `dir` (other files are ignored). A malformed `.pub` file
-    /// is an error: a trust anchor is never silently skipped.
+    /// is an error: a trust anchor is never silently skipped. So is a `.pub` name that is
+    /// not a regular file (or a symlink to one): a FIFO, a socket, a device or a directory
+    /// is refused without being opened in a way that could block.
     pub fn load_dir(dir: &Path) -> Result<TrustedKeys> {
         let mut keys = TrustedKeys::new();
         let rd = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -258,11 +262,23 @@ fn read_key_file(path: &Path, tag: &str) -> Result<([u8; 32], String)> {
         path: path.to_owned(),
         reason: reason.to_owned(),
     };
-    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.len() > 4096 {
+    // Opened like a package file: a FIFO (or a device) among the keys must not block the
+    // reader until someone writes to it, which would hang a daemon before it mounts.
+    let file = crate::archive::open_regular(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            bad("not a regular file")
+        } else {
+            Error::io(path, e)
+        }
+    })?;
+    let mut bytes = Vec::new();
+    file.take(KEY_FILE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > KEY_FILE_MAX {
         return Err(bad("too large to be a key file"));
     }
-    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text"))?;
     let line = text.lines().next().unwrap_or("");
     let mut parts = line.split_ascii_whitespace();
     let found_tag = parts.next().unwrap_or("");
@@ -361,6 +377,72 @@ mod tests {
         let keys = TrustedKeys::load_dir(dir.path()).unwrap();
         assert_eq!(keys.len(), 1);
         assert!(keys.get(&p.id()).is_some());
+    }
+
+    fn mkfifo(p: &Path) {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(
+            unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
+            0,
+            "mkfifo {p:?}"
+        );
+    }
+
+    /// Runs `f` on another thread and fails the test if it has not returned within 10 s
+    /// (a blocked open of a FIFO is released afterwards by opening it for writing, so the
+    /// thread does not outlive the test).
+    fn within_deadline<T: Send + 'static>(
+        fifo: &Path,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = fs::OpenOptions::new().write(true).open(fifo);
+                panic!("blocked on the FIFO {}", fifo.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_fifo_or_directory_named_like_a_key_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = SecretKey::from_seed(&[1; 32], "good");
+        k.save(dir.path()).unwrap();
+        let fifo = dir.path().join("trap.pub");
+        mkfifo(&fifo);
+        let d = dir.path().to_owned();
+        let e = within_deadline(&fifo, move || TrustedKeys::load_dir(&d).unwrap_err());
+        assert!(
+            matches!(&e, Error::Key { path, .. } if *path == fifo),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("bad key file {}: not a regular file", fifo.display())
+        );
+        let f = fifo.clone();
+        let e = within_deadline(&fifo, move || PublicKey::load(&f).unwrap_err());
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let f = fifo.clone();
+        let e = within_deadline(&fifo, move || SecretKey::load(&f).unwrap_err());
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        fs::remove_file(&fifo).unwrap();
+        // A FIFO not named `*.pub` is never opened; a directory named `*.pub` is refused.
+        mkfifo(&dir.path().join("README"));
+        let d = dir.path().to_owned();
+        let keys = within_deadline(&dir.path().join("README"), move || {
+            TrustedKeys::load_dir(&d).unwrap()
+        });
+        assert_eq!(keys.len(), 1);
+        fs::create_dir(dir.path().join("sub.pub")).unwrap();
+        let e = TrustedKeys::load_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("sub.pub: not a regular file"), "{e}");
     }
 
     #[test]

@@ -166,21 +166,33 @@ impl ChunkCache {
         F: FnOnce(&mut Vec<u8>) -> format::Result<()>,
     {
         let shard = self.shard(hash);
-        let slot = {
+        // `Some`: this call loads for every caller that comes while it does. `None`: the
+        // load this call waited for failed, and this call loads on its own.
+        let slot: Option<Slot> = {
             let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(v) = s.lru.get(hash) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(v.clone());
             }
             self.misses.fetch_add(1, Ordering::Relaxed);
-            if let Some(slot) = s.loading.get(hash) {
-                let slot = slot.clone();
-                drop(s);
-                return slot.wait().clone();
+            match s.loading.get(hash) {
+                Some(other) => {
+                    let other = other.clone();
+                    drop(s);
+                    match other.wait() {
+                        Ok(v) => return Ok(v.clone()),
+                        // The failed load was another caller's: its error names its own
+                        // chunk (the same stored bytes can be several chunks, of one
+                        // package or several), so this caller loads and reports its own.
+                        Err(_) => None,
+                    }
+                }
+                None => {
+                    let slot: Slot = Arc::new(OnceLock::new());
+                    s.loading.insert(*hash, slot.clone());
+                    Some(slot)
+                }
             }
-            let slot: Slot = Arc::new(OnceLock::new());
-            s.loading.insert(*hash, slot.clone());
-            slot
         };
         // The decompressed buffer is shared as is, never copied.
         let mut buf = ChunkBuf {
@@ -191,9 +203,11 @@ impl ChunkCache {
             Ok(()) => Ok(Arc::new(buf)),
             Err(e) => Err(Arc::new(e)),
         };
-        let _ = slot.set(result.clone());
         let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
-        s.loading.remove(hash);
+        if let Some(slot) = slot {
+            let _ = slot.set(result.clone());
+            s.loading.remove(hash);
+        }
         if let Ok(v) = &result {
             if s.lru.put(*hash, v.clone()).is_none() {
                 s.bytes += v.len();
@@ -306,6 +320,42 @@ mod tests {
             .get(&h(3), |_| Err(format::Error::ChunkHash { chunk: 3 }))
             .is_err());
         assert!(c.get(&h(3), fill(1, 1)).is_ok());
+    }
+
+    #[test]
+    fn a_failed_load_reports_the_error_of_the_callers_own_chunk() {
+        // Chunks 4 and 5 have the same stored bytes (so the same hash), and both fail to
+        // load. The caller for chunk 5 arrives while chunk 4 is loading: it must get (and
+        // log) chunk 5's error, not chunk 4's.
+        let c = Arc::new(ChunkCache::new(8 << 20));
+        let first = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let waiting = c.clone();
+                c.get(&h(4), move |_| {
+                    // Hold the load until the second caller waits for it.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                    while waiting.stats().misses < 2 && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Err(format::Error::ChunkHash { chunk: 4 })
+                })
+                .err()
+            })
+        };
+        while c.stats().misses < 1 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let second = c
+            .get(&h(4), |_| Err(format::Error::ChunkHash { chunk: 5 }))
+            .err()
+            .expect("chunk 5 fails");
+        let first = first.join().unwrap().expect("chunk 4 fails");
+        assert_eq!(first.to_string(), "chunk 4 does not match its hash");
+        assert_eq!(second.to_string(), "chunk 5 does not match its hash");
+        // And a good load after a failed one is cached as usual.
+        assert!(c.get(&h(4), fill(1, 10)).is_ok());
+        assert!(c.contains(&h(4)));
     }
 
     #[test]

@@ -172,12 +172,9 @@ impl Opener {
             }
             return r.clone();
         }
-        let r = Archive::from_file(file, path)
+        // Trust first: an unsigned or untrusted file costs its header and trailer.
+        let r = Archive::from_file_trusted(file, path, &self.keys)
             .map_err(|e| one_line(&e))
-            .and_then(|a| {
-                a.check_trust(&self.keys).map_err(|e| one_line(&e))?;
-                Ok(a)
-            })
             .map(Arc::new);
         self.files.insert(key, (path.to_owned(), r.clone()));
         r
@@ -212,11 +209,7 @@ impl Opener {
                 let _as = crate::owner::AsOwner::of(uid, gid);
                 let r = crate::owner::open_in_layer(p)
                     .map_err(|e| format!("{}: {e}", p.display()))
-                    .and_then(|f| Archive::from_file(f, p).map_err(|e| one_line(&e)))
-                    .and_then(|a| {
-                        a.check_trust(keys).map_err(|e| one_line(&e))?;
-                        Ok(a)
-                    });
+                    .and_then(|f| Archive::from_file_trusted(f, p, keys).map_err(|e| one_line(&e)));
                 (key, p, r)
             })
             .collect();

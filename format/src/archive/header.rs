@@ -3,7 +3,8 @@
 use super::chunk::{Compression, Method, INDEX_ENTRY_LEN};
 use super::le::*;
 use super::sign::TRAILER_LEN;
-use super::{align8, MANIFEST_MAX, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use super::toc::FRAME_LEN;
+use super::{align8, CHUNKS_MAX, MANIFEST_MAX, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, TOC_MAX};
 use crate::error::{Error, Result};
 
 /// The 8 magic bytes every archive starts with.
@@ -202,8 +203,12 @@ impl Header {
                 manifest.len
             )));
         }
-        if toc.len > u32::MAX as u64 * 4 {
-            return Err(bad(format!("toc of {} bytes is too large", toc.len)));
+        if toc.len > TOC_MAX + FRAME_LEN as u64 {
+            return Err(bad(format!(
+                "toc section of {} bytes exceeds the limit of {} (512 MiB + 16)",
+                toc.len,
+                TOC_MAX + FRAME_LEN as u64
+            )));
         }
         if chunk_index.len % INDEX_ENTRY_LEN as u64 != 0 {
             return Err(bad(format!(
@@ -211,8 +216,11 @@ impl Header {
                 chunk_index.len
             )));
         }
-        if chunk_index.len / INDEX_ENTRY_LEN as u64 > u32::MAX as u64 {
-            return Err(bad("more than 2^32 chunks".into()));
+        if chunk_index.len / INDEX_ENTRY_LEN as u64 > CHUNKS_MAX {
+            return Err(bad(format!(
+                "{} chunks exceed the limit of {CHUNKS_MAX} (2^22)",
+                chunk_index.len / INDEX_ENTRY_LEN as u64
+            )));
         }
         if trailer.len != TRAILER_LEN as u64 {
             return Err(bad(format!(

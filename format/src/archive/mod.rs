@@ -17,7 +17,7 @@ pub mod writer;
 
 pub use chunk::{ChunkInfo, Compression, Method};
 pub use header::Header;
-pub use reader::{open_regular, Archive, Attr, ChunkSpan, DirEntry, Kind};
+pub use reader::{open_regular, Archive, Attr, ChunkSpan, DirEntry, EntryWalk, Kind};
 pub use tree::{Content, NodeId, Tree};
 pub use writer::{BuildOptions, BuildReport};
 
@@ -64,6 +64,17 @@ pub const NAME_MAX: usize = 255;
 pub const TARGET_MAX: usize = 4095;
 /// Largest manifest in bytes.
 pub const MANIFEST_MAX: u64 = 1 << 20;
+/// Largest (decompressed) table of contents in bytes: 512 MiB, room for several million
+/// entries (a million files with long names and an xattr each need about 150 MiB), and a
+/// bound on what a reader allocates for a TOC. See FORMAT.md §10.
+pub const TOC_MAX: u64 = 512 << 20;
+/// Most chunks in one archive: 2^22 (a chunk index of 224 MiB), 256 GiB of unique content
+/// at the smallest chunk size and 4 TiB at the largest. See FORMAT.md §10.
+pub const CHUNKS_MAX: u64 = 1 << 22;
+/// Metadata up to this size is read in one go; larger metadata is first hashed in pieces
+/// of this size, so that a file claiming huge sections costs no memory before its hash is
+/// known to match.
+pub(crate) const META_PIECE: usize = 4 << 20;
 
 pub(crate) fn align8(x: u64) -> u64 {
     (x + 7) & !7

@@ -1,11 +1,14 @@
 //! Reading an archive: open (validate everything before use), look up, list, stat, read.
 //!
-//! Opening reads the metadata (header, manifest, TOC, chunk index) into memory (never a
-//! memory map: see `Archive::from_file`) and checks it once: its
-//! hash against the trailer's package id, the signature against the embedded key, and every
-//! record of the TOC and chunk index. Time and memory are proportional to the metadata, not
-//! the data. File bytes are read with positioned reads, chunk by chunk; a chunk's hash is
-//! checked before it is decompressed.
+//! Opening checks the header's sections against the format's limits, the signature in the
+//! trailer against the embedded key (and, for [`Archive::open_trusted`], the signer against
+//! the trusted keys), then reads the metadata (header, manifest, TOC, chunk index) into
+//! memory (never a memory map: see `Archive::load`) and checks it once: its hash against
+//! the trailer's package id (large metadata is hashed in pieces before it is allocated),
+//! every record of the TOC and chunk index, and every file's bytes against its chunks.
+//! Time and memory are proportional to the metadata, not the data. File bytes are read
+//! with positioned reads, chunk by chunk; a chunk's hash is checked before it is
+//! decompressed.
 
 use std::fs::File;
 use std::io;
@@ -159,6 +162,24 @@ impl Archive {
 
     /// Validates an archive from an open file; `path` is used in messages.
     pub fn from_file(file: File, path: &Path) -> Result<Archive> {
+        Archive::load(file, path, None)
+    }
+
+    /// Opens an archive that must be signed by one of `keys` (the daemon's and the set
+    /// commands' way in). The signature over the package id recorded in the trailer is
+    /// checked, and the signer's trust, *before* the metadata is read or hashed: a package
+    /// nobody trusted signed costs the header and the trailer, whatever sizes it claims.
+    pub fn open_trusted(path: &Path, keys: &TrustedKeys) -> Result<Archive> {
+        let file = open_regular(path).map_err(|e| Error::io(path, e))?;
+        Archive::from_file_trusted(file, path, keys)
+    }
+
+    /// [`Archive::open_trusted`] on an open file; `path` is used in messages.
+    pub fn from_file_trusted(file: File, path: &Path, keys: &TrustedKeys) -> Result<Archive> {
+        Archive::load(file, path, Some(keys))
+    }
+
+    fn load(file: File, path: &Path, keys: Option<&TrustedKeys>) -> Result<Archive> {
         let ioerr = |e| Error::io(path, e);
         let md = file.metadata().map_err(ioerr)?;
         if !md.is_file() {
@@ -170,7 +191,19 @@ impl Archive {
         let file_len = md.len();
         let mut hb = [0u8; HEADER_LEN];
         let n = read_full_at(&file, &mut hb, 0).map_err(ioerr)?;
+        // Every section length is checked against the limits of FORMAT.md §10 here, so
+        // what follows reads at most about 740 MiB of metadata, whatever the file claims.
         let header = Header::parse(&hb[..n], file_len)?;
+        let mut tb = [0u8; TRAILER_LEN];
+        file.read_exact_at(&mut tb, header.trailer.offset)
+            .map_err(ioerr)?;
+        // The signature over the id the trailer claims is checked first (it costs one
+        // signature check), and then the signer's trust when it matters: an unsigned or
+        // untrusted package is refused before its metadata is read.
+        let trailer = Trailer::parse(&tb, header.is_signed())?;
+        if let Some(keys) = keys {
+            trailer.check_trust(keys)?;
+        }
         // The metadata is read into memory, not mapped: a package file truncated while it
         // is open (`cp new.hpkg packages/same-name.hpkg` writes into the same file) would
         // make any access to a mapped page past the new end kill the process with SIGBUS,
@@ -182,6 +215,26 @@ impl Archive {
                 "the metadata is larger than this machine's memory",
             )
         })?;
+        let hash_mismatch = |actual: &blake3::Hash| Error::MetadataHash {
+            expected: crate::keys::hex(&tb[40..72]),
+            actual: actual.to_hex().to_string(),
+        };
+        if meta_len > super::META_PIECE {
+            // Large metadata is hashed in pieces first, so that claimed sizes cost no
+            // memory until the bytes are known to be the ones the trailer names.
+            let actual = hash_in_pieces(&file, header.heap.offset).map_err(|e| match e {
+                Some(e) => ioerr(e),
+                None => Error::Truncated {
+                    section: "metadata",
+                    offset: 0,
+                    need: header.heap.offset,
+                    len: file_len,
+                },
+            })?;
+            if actual.as_bytes()[..] != tb[40..72] {
+                return Err(hash_mismatch(&actual));
+            }
+        }
         let mut meta = Vec::new();
         meta.try_reserve_exact(meta_len).map_err(|_| {
             Error::corrupt(
@@ -199,17 +252,11 @@ impl Archive {
                 len: got as u64,
             });
         }
-        let mut tb = [0u8; TRAILER_LEN];
-        file.read_exact_at(&mut tb, header.trailer.offset)
-            .map_err(ioerr)?;
+        // Hashed (again) as read: these are the bytes used from here on.
         let actual = blake3::hash(&meta);
         if actual.as_bytes()[..] != tb[40..72] {
-            return Err(Error::MetadataHash {
-                expected: crate::keys::hex(&tb[40..72]),
-                actual: actual.to_hex().to_string(),
-            });
+            return Err(hash_mismatch(&actual));
         }
-        let trailer = Trailer::parse(&tb, header.is_signed())?;
         let m = &meta[header.manifest.offset as usize..header.manifest.end() as usize];
         let manifest = Manifest::from_json(m)?;
         let section = &meta[header.toc.offset as usize..header.toc.end() as usize];
@@ -238,8 +285,11 @@ impl Archive {
         };
         let n_chunks = archive.header.chunk_count();
         let mut raw_total = 0u64;
+        let mut raw_lens = Vec::with_capacity(n_chunks as usize);
         for c in 0..n_chunks {
-            raw_total += archive.parse_chunk(c)?.raw_len as u64;
+            let raw_len = archive.parse_chunk(c)?.raw_len;
+            raw_total += raw_len as u64;
+            raw_lens.push(raw_len);
         }
         if raw_total != archive.header.content_size {
             return Err(Error::corrupt(
@@ -250,9 +300,9 @@ impl Archive {
                 ),
             ));
         }
-        archive
-            .toc_view()
-            .validate(n_chunks, archive.header.chunk_size)?;
+        let toc = archive.toc_view();
+        toc.validate(n_chunks, archive.header.chunk_size)?;
+        toc.check_file_ranges(&raw_lens, archive.header.chunk_size)?;
         Ok(archive)
     }
 
@@ -580,8 +630,24 @@ impl Archive {
         })
     }
 
+    /// Every entry but the root, depth first in name order, with its attributes and
+    /// without its path: a hard-linked file appears once per name. Each step costs O(1),
+    /// where [`Archive::walk`] copies out the path of every entry, which costs the depth of
+    /// the entry (quadratic in the depth of a deep tree). For whoever only counts or
+    /// checks entries.
+    pub fn walk_entries(&self) -> EntryWalk<'_> {
+        let root = self
+            .read_dir(self.root())
+            .expect("root is a directory (checked at open)");
+        EntryWalk {
+            archive: self,
+            stack: vec![root],
+        }
+    }
+
     /// Every entry but the root, depth first in name order, with its path relative to the
-    /// root (`usr/bin/x`). A hard-linked file appears once per name.
+    /// root (`usr/bin/x`). A hard-linked file appears once per name. Each item owns its
+    /// path, so a walk costs the sum of the path lengths; see [`Archive::walk_entries`].
     pub fn walk(&self) -> Walk<'_> {
         let root = self
             .read_dir(self.root())
@@ -590,6 +656,36 @@ impl Archive {
             archive: self,
             stack: vec![(root, 0)],
             path: Vec::new(),
+        }
+    }
+}
+
+/// See [`Archive::walk_entries`].
+pub struct EntryWalk<'a> {
+    archive: &'a Archive,
+    stack: Vec<DirIter<'a>>,
+}
+
+impl Iterator for EntryWalk<'_> {
+    type Item = (EntryId, Attr);
+
+    fn next(&mut self) -> Option<(EntryId, Attr)> {
+        loop {
+            let iter = self.stack.last_mut()?;
+            match iter.next() {
+                None => {
+                    self.stack.pop();
+                }
+                Some(de) => {
+                    let attr = self.archive.attr(de.entry).ok()?;
+                    if attr.kind == Kind::Dir {
+                        if let Ok(it) = self.archive.read_dir(de.entry) {
+                            self.stack.push(it);
+                        }
+                    }
+                    return Some((de.entry, attr));
+                }
+            }
         }
     }
 }
@@ -710,6 +806,24 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
         return Err(not_regular());
     }
     Ok(file)
+}
+
+/// BLAKE3 of the first `len` bytes of `f`, read in pieces of [`super::META_PIECE`] bytes.
+/// `Err(None)` if the file is shorter.
+fn hash_in_pieces(f: &File, len: u64) -> Result<blake3::Hash, Option<io::Error>> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; super::META_PIECE];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        let got = read_full_at(f, &mut buf[..n], off).map_err(Some)?;
+        if got != n {
+            return Err(None);
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(h.finalize())
 }
 
 fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {

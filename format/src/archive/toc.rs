@@ -12,7 +12,7 @@
 //! ```
 
 use super::le::*;
-use super::{align8, check_name, EntryId, TARGET_MAX};
+use super::{align8, check_name, EntryId, TARGET_MAX, TOC_MAX};
 use crate::error::{Error, Result};
 
 pub(crate) const TOC_HEADER_LEN: usize = 32;
@@ -88,10 +88,15 @@ pub(crate) fn unpack(section: &[u8]) -> Result<Unpacked> {
         _ => {
             // Bound what a hostile frame can make us allocate: a real TOC compresses far
             // less than 256:1.
+            if raw_len > TOC_MAX {
+                return Err(Error::corrupt(
+                    "toc frame",
+                    format!("raw length {raw_len} exceeds the limit of {TOC_MAX} (512 MiB)"),
+                ));
+            }
             let limit = (body.len() as u64)
                 .saturating_mul(256)
-                .saturating_add(1 << 20)
-                .min(u32::MAX as u64 * 4);
+                .saturating_add(1 << 20);
             if raw_len > limit {
                 return Err(Error::corrupt(
                     "toc frame",
@@ -444,6 +449,85 @@ impl<'a> Toc<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Checks every file's bytes against the chunks that hold them, as a read would
+    /// (FORMAT.md §4.2): each chunk a file passes through but its last is full
+    /// (`raw_len = chunk_size`), and its last byte lies inside its last chunk. Needs a
+    /// TOC that passed [`Toc::validate`] and the `raw_len` of every chunk. Linear in the
+    /// entries plus the chunks, however the files share chunks.
+    pub(crate) fn check_file_ranges(&self, raw_lens: &[u32], chunk_size: u32) -> Result<()> {
+        // short[c]: how many of chunks 0..c are not full.
+        let mut short = Vec::with_capacity(raw_lens.len() + 1);
+        short.push(0u32);
+        let mut n_short = 0u32;
+        for &r in raw_lens {
+            n_short += (r != chunk_size) as u32;
+            short.push(n_short);
+        }
+        let cs = chunk_size as u64;
+        for i in 0..self.l.n_inodes {
+            let ino = self.inode(i);
+            if ino.kind_bits() != S_IFREG || ino.d == 0 {
+                continue;
+            }
+            // Checked by `validate`: b < chunk_size, and the last chunk exists.
+            let end = ino.b as u64 + ino.d; // one past the last byte, from chunk a's start
+            let (first, last) = (ino.a as usize, ino.a as usize + ((end - 1) / cs) as usize);
+            let bad = |c: usize, need: u64| {
+                let start = if c == first { ino.b as u64 } else { 0 };
+                Error::corrupt(
+                    format!("toc entry {i} ({})", self.path_lossy(i)),
+                    format!(
+                        "file needs bytes {start}..{need} of chunk {c}, which has {}",
+                        raw_lens[c]
+                    ),
+                )
+            };
+            if short[last] != short[first] {
+                let c = (first..last)
+                    .find(|&c| raw_lens[c] != chunk_size)
+                    .unwrap_or(first);
+                return Err(bad(c, cs));
+            }
+            let need = (end - 1) % cs + 1;
+            if need > raw_lens[last] as u64 {
+                return Err(bad(last, need));
+            }
+        }
+        Ok(())
+    }
+
+    /// A path of entry `e` (`usr/bin/x`), for messages: its first name, lossily decoded.
+    /// Needs a TOC that passed [`Toc::validate`]; costs one pass over the directories.
+    pub(crate) fn path_lossy(&self, e: EntryId) -> String {
+        // (parent, dirent) of the first name of each entry.
+        let mut name_of: Vec<Option<(EntryId, u32)>> = vec![None; self.l.n_inodes as usize];
+        for d in 0..self.l.n_inodes {
+            let ino = self.inode(d);
+            if ino.kind_bits() != S_IFDIR {
+                continue;
+            }
+            for j in ino.a..ino.a + ino.b {
+                let t = self.dirent(j).2 as usize;
+                if name_of[t].is_none() {
+                    name_of[t] = Some((d, j));
+                }
+            }
+        }
+        let mut names = Vec::new();
+        let mut cur = e;
+        // The directory graph is a tree (checked), so this ends at the root; the bound is
+        // only a second guard.
+        while let Some((parent, j)) = name_of[cur as usize] {
+            if names.len() > self.l.n_inodes as usize {
+                break;
+            }
+            names.push(self.dirent_name(j));
+            cur = parent;
+        }
+        names.reverse();
+        String::from_utf8_lossy(&names.join(&b'/')).into_owned()
     }
 
     fn validate_xattrs(&self, i: EntryId, ino: &RawInode, next: &mut u32) -> Result<()> {

@@ -276,8 +276,11 @@ pub fn write_archive(
             });
             c.raw_len += size;
         }
-        if chunks.len() > u32::MAX as usize {
-            return Err(Error::Options("more than 2^32 chunks".into()));
+        if chunks.len() as u64 > super::CHUNKS_MAX {
+            return Err(Error::Options(format!(
+                "more than {} chunks (the format's limit); choose a larger chunk size",
+                super::CHUNKS_MAX
+            )));
         }
     }
     let n_chunks = chunks.len() as u32;
@@ -734,6 +737,12 @@ fn build_toc(
         xattrs.len() as u32,
         strings.bytes.len() as u64,
     );
+    if total > super::TOC_MAX {
+        return Err(Error::Options(format!(
+            "the table of contents needs {total} bytes, more than the format's limit of {} (512 MiB)",
+            super::TOC_MAX
+        )));
+    }
     let mut toc = vec![0u8; total as usize];
     use super::le::{put_u16, put_u32, put_u64};
     put_u32(&mut toc, 0, l.n_inodes);

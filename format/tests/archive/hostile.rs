@@ -202,10 +202,19 @@ fn compressed_toc_cases() -> Vec<(&'static str, &'static str, Patch)> {
         ),
         case(
             "raw length u64::MAX",
-            "implausible",
+            "exceeds the limit of 536870912",
             toc_raw_len(|_| u64::MAX),
         ),
-        case("raw length 4 GiB", "implausible", toc_raw_len(|_| 1 << 32)),
+        case(
+            "raw length 4 GiB",
+            "exceeds the limit of 536870912",
+            toc_raw_len(|_| 1 << 32),
+        ),
+        case(
+            "raw length within the limit, implausible for the body",
+            "implausible",
+            toc_raw_len(|_| 64 << 20),
+        ),
         case(
             "raw length one short",
             "does not decompress",
@@ -792,6 +801,11 @@ fn hostile_inode_records_are_refused() {
                 set64("text.txt", I_D, |d| d + 1),
             ),
             case(
+                "file size beyond its chunk, named by its path",
+                "toc entry 5 (dir/sub/deep.txt): file needs bytes 7..112 of chunk",
+                set64("dir/sub/deep.txt", I_D, |d| d + 100),
+            ),
+            case(
                 "offset beyond the chunk size",
                 "beyond the chunk size",
                 set32("hello.txt", I_B, |_| 64 * 1024),
@@ -1025,6 +1039,23 @@ fn replace_stored(r: &mut RawArchive, c: u32, method: Method, stored: &[u8]) {
     r.rehash_chunk(c);
 }
 
+/// The last chunk of `text.txt` (compressed with `method`) and the file, one byte shorter
+/// in the chunk index and the TOC: the file still fits its chunks, but the chunk's stream
+/// decompresses to one byte more than its `raw_len`.
+fn one_byte_less(fx: &Fixture, r: &mut RawArchive, method: Method) {
+    let text = fx.entry("text.txt");
+    let c = fx.a.file_chunks(text).unwrap().end - 1;
+    assert_eq!(fx.a.chunk_info(c).unwrap().method, method);
+    let e = r.chunk(c);
+    let raw_len = r.u32(e + C_RAW_LEN);
+    r.set_u32(e + C_RAW_LEN, raw_len - 1);
+    let cs = r.u64(H_CONTENT_SIZE);
+    r.set_u64(H_CONTENT_SIZE, cs - 1);
+    let i = fx.inode("text.txt");
+    let size = r.u64(i + I_D);
+    r.set_u64(i + I_D, size - 1);
+}
+
 fn expect_decompress(fx: &Fixture, patch: &dyn Fn(&Fixture, &mut RawArchive), what: &str) {
     match fx.attempt(patch) {
         Ok(Error::Decompress { reason, .. }) => eprintln!("{what}: {reason}"),
@@ -1073,14 +1104,7 @@ fn zstd_chunk_that_decompresses_to_more_than_raw_len_fails() {
     let fx = Fixture::new(Compression::default());
     expect_decompress(
         &fx,
-        &|fx, r| {
-            let c = fx.chunk_with(Method::Zstd);
-            let e = r.chunk(c);
-            let raw_len = r.u32(e + C_RAW_LEN);
-            r.set_u32(e + C_RAW_LEN, raw_len - 1);
-            let cs = r.u64(H_CONTENT_SIZE);
-            r.set_u64(H_CONTENT_SIZE, cs - 1);
-        },
+        &|fx, r| one_byte_less(fx, r, Method::Zstd),
         "one byte more",
     );
     // A zstd bomb: 128 MiB of zeros in a few KiB. It must fail at once, without inflating.
@@ -1112,14 +1136,7 @@ fn zlib_chunk_that_is_garbage_or_too_long_fails_to_decompress() {
     );
     expect_decompress(
         &fx,
-        &|fx, r| {
-            let c = fx.chunk_with(Method::Zlib);
-            let e = r.chunk(c);
-            let raw_len = r.u32(e + C_RAW_LEN);
-            r.set_u32(e + C_RAW_LEN, raw_len - 1);
-            let cs = r.u64(H_CONTENT_SIZE);
-            r.set_u64(H_CONTENT_SIZE, cs - 1);
-        },
+        &|fx, r| one_byte_less(fx, r, Method::Zlib),
         "one byte more",
     );
     expect_decompress(

@@ -7,6 +7,7 @@ mod common;
 mod corruption;
 mod hostile;
 mod large_file;
+mod limits;
 mod props;
 mod reproducible;
 mod roundtrip;

@@ -259,6 +259,7 @@ fn empty_package_holds_only_the_root() {
     assert_eq!(a.chunk_count(), 0);
     assert_eq!(a.read_dir(a.root()).unwrap().len(), 0);
     assert_eq!(a.walk().count(), 0);
+    assert_eq!(a.walk_entries().count(), 0);
     let root = a.attr(a.root()).unwrap();
     assert_eq!((root.kind, root.perm, root.nlink), (Kind::Dir, 0o755, 2));
     assert_eq!(a.lookup_path(b"").unwrap(), Some(a.root()));
@@ -361,4 +362,20 @@ fn special_files_and_missing_sources_are_errors_naming_the_path() {
         "{e}"
     );
     assert!(Tree::from_dir(Path::new("/nonexistent/dir")).is_err());
+}
+
+#[test]
+fn walk_entries_is_walk_without_paths() {
+    let dir = scratch();
+    let out = dir.path().join("fixture.hpkg");
+    let mut t = fixture_tree(true);
+    let root = t.root();
+    let hello = t.lookup(b"hello.txt").unwrap();
+    t.add_hardlink(root, b"hello-again.txt", hello).unwrap();
+    write_archive(&t, &Default::default(), &out);
+    let a = open(&out);
+    let with_paths: Vec<_> = a.walk().map(|w| (w.entry, w.attr)).collect();
+    let without: Vec<_> = a.walk_entries().collect();
+    assert_eq!(without, with_paths);
+    assert_eq!(without.len() as u32, a.name_count());
 }

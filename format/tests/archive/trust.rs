@@ -107,14 +107,24 @@ fn signature_from_another_package_is_a_bad_signature() {
 
 #[test]
 fn signed_flag_cleared_with_signature_left_in_place_is_refused() {
-    // Stripping the signature cannot be done by clearing the flag: the flag is in the
-    // hashed header, so re-hashing is needed, and then the stale key bytes are refused.
+    // Stripping the signature cannot be done by clearing the flag: the stale key bytes
+    // are refused, and the flag is in the hashed header, so re-hashing is needed too.
     let dir = scratch();
     let out = dir.path().join("stripped.hpkg");
     write_archive(&fixture_tree(false), &BuildOptions::default(), &out);
     let mut raw = RawArchive::read(&out);
     let flags = raw.u32(H_FLAGS);
     raw.set_u32(H_FLAGS, flags & !1);
+    raw.write(&out);
+    // The stale key and signature bytes are refused (the trailer is checked first)...
+    assert!(matches!(
+        Archive::open(&out),
+        Err(Error::Corrupt { section, .. }) if section == "trailer"
+    ));
+    // ...and with them zeroed, the changed header no longer matches the id.
+    let t = raw.bytes.len() - TRAILER_LEN;
+    raw.bytes[t + 8..t + 40].fill(0);
+    raw.bytes[t + 72..t + 136].fill(0);
     raw.write(&out);
     assert!(matches!(
         Archive::open(&out),

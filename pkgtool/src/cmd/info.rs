@@ -39,15 +39,16 @@ pub fn run(a: InfoArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let (mut files, mut dirs, mut symlinks, mut names_of_files, mut content) =
         (0u64, 1u64, 0u64, 0u64, 0u64);
     let mut seen = vec![false; ar.entry_count() as usize];
-    for w in ar.walk() {
-        match w.attr.kind {
+    // Paths are not needed: `walk_entries` costs O(1) a step, whatever the depth.
+    for (entry, attr) in ar.walk_entries() {
+        match attr.kind {
             Kind::Dir => dirs += 1,
             Kind::Symlink | Kind::File => {
                 names_of_files += 1;
-                if !std::mem::replace(&mut seen[w.entry as usize], true) {
-                    if w.attr.kind == Kind::File {
+                if !std::mem::replace(&mut seen[entry as usize], true) {
+                    if attr.kind == Kind::File {
                         files += 1;
-                        content += w.attr.size;
+                        content += attr.size;
                     } else {
                         symlinks += 1;
                     }

@@ -12,6 +12,7 @@ mod extract;
 mod graft;
 mod info;
 mod keygen;
+mod limits;
 mod pipe;
 mod repro;
 mod roundtrip;

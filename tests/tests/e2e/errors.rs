@@ -107,6 +107,36 @@ fn missing_trusted_keys_directory_exits_1_naming_it() {
 }
 
 #[test]
+fn a_fifo_among_the_trusted_keys_exits_1_naming_it_before_mounting() {
+    // A FIFO named like a key used to block the daemon, silently, before it mounted.
+    let s = stack();
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    for e in std::fs::read_dir(s.keys().trusted()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), keys.join(e.file_name())).unwrap();
+    }
+    let fifo = keys.join("trap.pub");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    let mut spec = std::ffi::OsString::from("system=");
+    spec.push(s.layer("system").path());
+    let f = run_packagefs([
+        "--layer".into(),
+        spec,
+        "--trusted-keys".into(),
+        keys.into_os_string(),
+        mnt.into_os_string(),
+    ]);
+    assert_fails(&f, 1, &[&fifo.to_string_lossy(), "not a regular file"]);
+    assert_nothing_mounted_under(dir.path());
+}
+
+#[test]
 fn busy_mount_point_exits_1_naming_it_and_the_first_mount_keeps_serving() {
     let s = stack();
     let m = s.mount();
