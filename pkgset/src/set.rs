@@ -174,10 +174,48 @@ pub struct Refused {
     pub problems: Vec<Problem>,
 }
 
+/// Past this many problems, a refusal prints the first ones and a count: a log line stays
+/// a line (twenty thousand unmet requirements were once one 1.5 MB line).
+pub const SHOWN_PROBLEMS: usize = 10;
+
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.problems.iter().map(|p| p.to_string()).collect();
-        write!(f, "{}", lines.join("; "))
+        let lines: Vec<String> = self
+            .problems
+            .iter()
+            .take(SHOWN_PROBLEMS)
+            .map(|p| p.to_string())
+            .collect();
+        write!(f, "{}", lines.join("; "))?;
+        if self.problems.len() > SHOWN_PROBLEMS {
+            write!(
+                f,
+                "; and {} more problems",
+                self.problems.len() - SHOWN_PROBLEMS
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod refused_tests {
+    use super::*;
+
+    #[test]
+    fn r11_a_refusal_of_many_problems_stays_one_short_line() {
+        let r = Refused {
+            problems: (0..20_000)
+                .map(|i| Problem::NoSolution {
+                    explanation: format!("p{i} needs q{i}"),
+                })
+                .collect(),
+        };
+        let s = r.to_string();
+        assert!(s.len() < 400, "{} bytes", s.len());
+        assert!(s.starts_with("p0 needs q0; p1 needs q1"));
+        assert!(s.ends_with("; and 19990 more problems"), "{s}");
+        assert!(!s.contains('\n'));
     }
 }
 
