@@ -126,7 +126,7 @@ impl Live {
         let names = live.stack.names();
         for l in 0..n {
             let spec = live.stack.layers[l].clone();
-            if locks[l].is_none() {
+            if locks.get(l).is_some_and(Option::is_none) {
                 // Its state cannot be written: serve its list as it is, change nothing.
                 let _as = AsOwner::enter(&spec.paths);
                 let (set, list) = match live.stack.load_active(l, &mut live.opener) {
