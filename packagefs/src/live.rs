@@ -154,10 +154,8 @@ impl Live {
             let (set, list) = match live.stack.load_active(l, &mut live.opener) {
                 Ok(ls) if ls.list.is_some() => (ls.packages, ls.list),
                 Ok(_) => {
-                    let (cands, refused) = live.stack.scan(l, &mut live.opener)?;
-                    for r in &refused {
-                        warn!(layer = %spec.name, package = %r.path.display(), "refused: {}", r.reason);
-                    }
+                    // (The files that are refused are said by the reconcile that follows.)
+                    let (cands, _refused) = live.stack.scan(l, &mut live.opener)?;
                     let mut cur = live.sets.clone();
                     cur.push(Vec::new());
                     let mut p = plan(&names, &cur, l, &[], Change::Initial(cands))
@@ -187,6 +185,16 @@ impl Live {
         if let Err(r) = pkgset::check(&names, &live.sets.concat()) {
             for p in &r.problems {
                 error!("the active set breaks the invariant: {p}");
+            }
+        }
+        // At mount no writer is known to be at work: every file counts as complete (one
+        // still being copied is refused now and decided again when its writer closes it).
+        for l in 0..n {
+            let dir = live.stack.layers[l].paths.packages();
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if let Ok(name) = e.file_name().into_string() {
+                    live.hints[l].insert(name, true);
+                }
             }
         }
         let locked: Vec<bool> = locks.iter().map(|l| l.is_some()).collect();
@@ -531,34 +539,27 @@ impl Live {
                 return;
             }
         };
-        if list_of(&self.sets[l]).same_packages(&disk) {
-            self.lists[l] = Some(disk);
-            return;
-        }
         let t0 = std::time::Instant::now();
-        let set = match self.stack.open_list(l, &disk, &mut self.opener) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(layer = %spec.name, "refused state/active.list: {}; the view is unchanged", one_line(&e));
-                self.restore_list(l, Some(&path));
-                return;
-            }
+        let opened = if list_of(&self.sets[l]).same_packages(&disk) {
+            Ok(Vec::new())
+        } else {
+            self.stack
+                .open_list(l, &disk, &mut self.opener)
+                .map_err(|e| one_line(&e))
         };
+        let recorded = disk.generation().and_then(|g| {
+            generation::read_list(&spec.paths.generation_list(g))
+                .ok()
+                .flatten()
+        });
         debug!(layer = %spec.name, "list opened in {:?}", t0.elapsed());
         let names = self.stack.names();
-        match plan(&names, &self.sets, l, &[], Change::Replace(set)) {
-            Ok(mut p) => {
-                let is_generation = disk.generation().is_some_and(|g| {
-                    generation::read_list(&spec.paths.generation_list(g))
-                        .ok()
-                        .flatten()
-                        .is_some_and(|gl| gl.same_packages(&disk))
-                });
-                let gen = if is_generation {
-                    disk.generation()
-                } else {
+        match reconcile::adopt(&names, &self.sets, l, &disk, opened, recorded.as_ref()) {
+            reconcile::Adopt::Same => self.lists[l] = Some(disk),
+            reconcile::Adopt::Switch { mut plan, record } => {
+                let gen = if record {
                     match self.stack.commit_pooled(
-                        &mut p,
+                        &mut plan,
                         "active.list replaced",
                         &now_utc(),
                         &mut self.opener,
@@ -571,14 +572,16 @@ impl Live {
                             return;
                         }
                     }
+                } else {
+                    disk.generation()
                 };
-                info!(layer = %spec.name, generation = ?gen, "switched: {}", p.summary());
+                info!(layer = %spec.name, generation = ?gen, "switched: {}", plan.summary());
                 self.known[l] = read_text(&path);
                 self.lists[l] = generation::read_list(&path).ok().flatten();
-                self.sets[l] = p.sets[l].clone();
+                self.sets[l] = plan.sets[l].clone();
             }
-            Err(r) => {
-                warn!(layer = %spec.name, "refused state/active.list: {r}; the view is unchanged");
+            reconcile::Adopt::Refuse { reason } => {
+                warn!(layer = %spec.name, "refused state/active.list: {reason}; the view is unchanged");
                 self.restore_list(l, Some(&path));
             }
         }

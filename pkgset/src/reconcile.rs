@@ -408,6 +408,55 @@ fn list_names(names: &[String]) -> String {
     }
 }
 
+/// What to do with an `active.list` someone else wrote (a rollback, pkgtool, an admin).
+#[derive(Debug)]
+pub enum Adopt {
+    /// It names the packages already active: nothing changes.
+    Same,
+    /// Switch to it. `record`: it is not a generation yet (written by hand, or its
+    /// packages differ from the generation it claims), so record it as a new one.
+    Switch {
+        /// The change.
+        plan: Plan,
+        /// Record it as a new generation.
+        record: bool,
+    },
+    /// Refuse it whole: the current list goes back (the refused one is kept aside).
+    Refuse {
+        /// Why, one line.
+        reason: String,
+    },
+}
+
+/// Decides what an outside write of layer `l`'s `active.list` means: `disk` is the list,
+/// `opened` its packages (or why they do not open; ignored when they are the active ones)
+/// and `recorded` the list of the generation it claims, if there is one. Pure.
+pub fn adopt(
+    names: &[String],
+    sets: &[Vec<Candidate>],
+    l: usize,
+    disk: &format::active_list::ActiveList,
+    opened: Result<Vec<Candidate>, String>,
+    recorded: Option<&format::active_list::ActiveList>,
+) -> Adopt {
+    if crate::stack::list_of(&sets[l]).same_packages(disk) {
+        return Adopt::Same;
+    }
+    let set = match opened {
+        Ok(s) => s,
+        Err(reason) => return Adopt::Refuse { reason },
+    };
+    match plan(names, sets, l, &[], Change::Replace(set)) {
+        Ok(plan) => Adopt::Switch {
+            plan,
+            record: !recorded.is_some_and(|r| r.same_packages(disk)),
+        },
+        Err(r) => Adopt::Refuse {
+            reason: r.to_string(),
+        },
+    }
+}
+
 /// Commits a decision for layer `l`: its plan as generations (packages pointed at their
 /// pool copies, see [`Stack::commit_pooled`]), then its record. Returns the generations
 /// written (none if the plan is empty). The caller holds the layers' locks.
@@ -746,6 +795,68 @@ mod tests {
             .files
             .contains_key("v1.hpkg"));
         assert_eq!(r.active(), ["pk-2.0.0"]);
+    }
+
+    #[test]
+    fn an_outside_list_is_adopted_recorded_or_refused_whole() {
+        let mut r = Rig::new();
+        r.drop_pkg("lib.hpkg", "lib", "1.0.0", "");
+        r.step();
+        r.drop_pkg(
+            "app.hpkg",
+            "app",
+            "1.0.0",
+            r#""requires":[{"api":"lib","version":">=1"}]"#,
+        );
+        r.step();
+        let names = r.stack.names();
+        let paths = r.stack.layers[0].paths.clone();
+        let g1 = generation::read_list(&paths.generation_list(1))
+            .unwrap()
+            .unwrap();
+        let g2 = generation::read_list(&paths.generation_list(2))
+            .unwrap()
+            .unwrap();
+        let open = |r: &mut Rig, l: &format::active_list::ActiveList| {
+            r.stack
+                .open_list(0, l, &mut r.opener)
+                .map_err(|e| e.to_string())
+        };
+        // The active packages: nothing to do.
+        let o = open(&mut r, &g2);
+        assert!(matches!(
+            adopt(&names, &r.sets, 0, &g2, o, Some(&g2)),
+            Adopt::Same
+        ));
+        // A rollback to generation 1: switch, not recorded again.
+        let o = open(&mut r, &g1);
+        match adopt(&names, &r.sets, 0, &g1, o, Some(&g1)) {
+            Adopt::Switch { plan, record } => {
+                assert!(!record);
+                assert_eq!(plan.removed, ["app-1.0.0"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same list claiming generation 2 (whose packages differ): recorded anew.
+        let o = open(&mut r, &g1);
+        assert!(matches!(
+            adopt(&names, &r.sets, 0, &g1, o, Some(&g2)),
+            Adopt::Switch { record: true, .. }
+        ));
+        // A list that breaks the invariant (app without lib) is refused whole.
+        let mut only_app = g2.clone();
+        only_app.entries.retain(|e| e.label.starts_with("app"));
+        let o = open(&mut r, &only_app);
+        match adopt(&names, &r.sets, 0, &only_app, o, None) {
+            Adopt::Refuse { reason } => assert!(reason.contains("requires lib"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // A list naming a package nobody holds is refused with why.
+        let missing = Err("neither the pool nor packages/ holds this package".to_string());
+        assert!(matches!(
+            adopt(&names, &r.sets, 0, &only_app, missing, None),
+            Adopt::Refuse { .. }
+        ));
     }
 
     #[test]
