@@ -132,6 +132,19 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
         warn!(dir = %s.trusted_keys.display(), "no trusted keys: every package will be refused");
     }
     let (stack, shine, _layer_fds) = layer_stack(&s)?;
+    for spec in &stack.layers {
+        // A user's state/ made as root by an older packagefs is given back first: from
+        // now on the daemon writes there with the user's rights.
+        match pkgset::owner::give_back_state(&spec.paths) {
+            Ok(0) => {}
+            Ok(k) => {
+                info!(layer = %spec.name, "state/ was root's in a layer owned by another user: {k} entries are the owner's now")
+            }
+            Err(e) => {
+                warn!(layer = %spec.name, "cannot give state/ back to the layer's owner: {e}")
+            }
+        }
+    }
     record_stack(&s, &stack);
     // Watch before loading, so no change between the two goes unseen.
     let mut watcher = Watcher::new(&stack)

@@ -137,6 +137,59 @@ pub fn open_in_layer(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Gives a user's layer back what an older packagefs made there as root: a `state/`
+/// owned by root inside a layer owned by someone else, and everything root owns under
+/// it, become the layer owner's (so they, and the daemon acting as them, can write
+/// there). Only as root; never through a link: each directory is opened `O_NOFOLLOW`
+/// and reached through its descriptor (`/proc/self/fd/N/NAME`), each entry changed
+/// with `lchown`. Returns the number of entries changed.
+pub fn give_back_state(layer: &LayerPaths) -> io::Result<usize> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(0);
+    }
+    let owner = std::fs::metadata(&layer.dir)?;
+    if owner.uid() == 0 {
+        return Ok(0);
+    }
+    let state = layer.state();
+    match std::fs::symlink_metadata(&state) {
+        Ok(md) if md.is_dir() && md.uid() == 0 => {}
+        _ => return Ok(0),
+    }
+    fn walk(dir: &Path, uid: u32, gid: u32, depth: usize) -> io::Result<usize> {
+        let d = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(dir)?;
+        let here = std::path::PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&d)
+        ));
+        let mut n = 0;
+        if d.metadata()?.uid() == 0 {
+            std::os::unix::fs::fchown(&d, Some(uid), Some(gid))?;
+            n += 1;
+        }
+        for e in std::fs::read_dir(&here)? {
+            let e = e?;
+            let p = here.join(e.file_name());
+            let md = std::fs::symlink_metadata(&p)?;
+            if md.is_dir() {
+                if depth < 3 {
+                    n += walk(&p, uid, gid, depth + 1)?;
+                }
+            } else if md.uid() == 0 && md.nlink() == 1 {
+                // (A file with other links may be a hard link to one of root's files.)
+                std::os::unix::fs::lchown(&p, Some(uid), Some(gid))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+    walk(&state, owner.uid(), owner.gid(), 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +235,45 @@ mod tests {
             assert_eq!((md.uid(), md.gid()), (65534, 65534));
         }
         assert_eq!(std::fs::read(&secret).unwrap(), b"root only");
+    }
+
+    /// A state/ an older packagefs made as root in a user's layer becomes the user's,
+    /// links inside it untouched (never followed).
+    #[test]
+    fn give_back_state_chowns_roots_state_in_a_users_layer_without_following_links() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let layer = LayerPaths::new(d.path().join("layer"));
+        std::fs::create_dir_all(layer.generations().join("1")).unwrap();
+        std::fs::write(layer.active_list(), b"x").unwrap();
+        std::fs::write(layer.generation_list(1), b"x").unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, b"root's").unwrap();
+        std::os::unix::fs::symlink(&outside, layer.state().join("link")).unwrap();
+        std::os::unix::fs::chown(&layer.dir, Some(65534), Some(65534)).unwrap();
+        // state, active.list, the link itself, generations, generations/1, its list
+        assert_eq!(give_back_state(&layer).unwrap(), 6);
+        for p in [layer.state(), layer.active_list(), layer.generation_list(1)] {
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().uid(),
+                65534,
+                "{}",
+                p.display()
+            );
+        }
+        assert_eq!(
+            std::fs::metadata(&outside).unwrap().uid(),
+            0,
+            "followed a link"
+        );
+        assert_eq!(
+            give_back_state(&layer).unwrap(),
+            0,
+            "only once: state/ is the user's"
+        );
     }
 
     #[test]

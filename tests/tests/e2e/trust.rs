@@ -499,3 +499,35 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A user's layer whose state/ an older packagefs made as root (0755, root's files in it)
+/// is given back to the user at mount, and works.
+#[test]
+fn r11_a_users_state_made_by_root_is_given_back_at_mount() {
+    let s = Stack::new(&["user"]);
+    let top = scratch();
+    let user = users_dir(top.path(), "user");
+    let pk = users_dir(&user, "packages");
+    let app = Pkg::new(tree(&[("bin/app", b"app\n")]).path(), "app", "1.0.0")
+        .key(s.keys())
+        .build(pk.join("app.hpkg"));
+    chown_nobody(&app);
+    fs::create_dir_all(user.join("state/generations")).unwrap();
+    fs::write(user.join("state/lock"), b"").unwrap();
+    fs::set_permissions(user.join("state/lock"), fs::Permissions::from_mode(0o600)).unwrap();
+    let m = e2e::Mount::builder()
+        .trusting(s.keys())
+        .layer("user", &user)
+        .start();
+    assert_eq!(read(m.join("bin/app")), "app\n", "{}", m.log());
+    assert_eq!(
+        log_lines(&m.log(), &["entries are the owner's now"]).len(),
+        1,
+        "{}",
+        m.log()
+    );
+    for e in walk(&user.join("state")) {
+        let md = fs::symlink_metadata(&e).unwrap();
+        assert_eq!(md.uid(), 65534, "{} is not the user's", e.display());
+    }
+}
