@@ -206,18 +206,21 @@ impl Live {
 
     /// The newest generation of layer `l` whose packages all open.
     fn fallback(&mut self, l: usize) -> (Vec<Candidate>, Option<ActiveList>) {
-        let spec = &self.stack.layers[l];
+        let spec = self.stack.layers[l].clone();
         let numbers = generation::generation_numbers(&spec.paths).unwrap_or_default();
-        for n in numbers.into_iter().rev() {
-            let Ok(Some(list)) = generation::read_list(&spec.paths.generation_list(n)) else {
-                continue;
-            };
-            if let Ok(set) = self.stack.open_list(l, &list, &mut self.opener) {
+        let mut cur = self.sets.clone();
+        cur.truncate(l);
+        cur.push(Vec::new());
+        match reconcile::newest_whole(&self.stack, l, &cur, &numbers, &mut self.opener) {
+            Ok((n, p)) => {
                 warn!(layer = %spec.name, "serving generation {n} instead");
-                return (set, Some(list));
+                let list = generation::read_list(&spec.paths.generation_list(n))
+                    .ok()
+                    .flatten();
+                (p.sets[l].clone(), list)
             }
+            Err(_) => self.degraded(l),
         }
-        self.degraded(l)
     }
 
     /// No generation of layer `l` opens whole (a package file changed in place spoils its

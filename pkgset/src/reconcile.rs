@@ -408,6 +408,52 @@ fn list_names(names: &[String]) -> String {
     }
 }
 
+/// One whole reconcile of layer `l` for a tool with no events to go by (pkgtool):
+/// observe, decide, commit. Returns the decision and the generations written.
+pub fn once(
+    stack: &Stack,
+    l: usize,
+    sets: &[Vec<Candidate>],
+    opener: &mut Opener,
+) -> Result<(Decision, Vec<(usize, u64)>), StateError> {
+    let obs = observe(stack, l, opener, &HashMap::new(), SystemTime::now())?;
+    let mut d = decide(&stack.names(), sets, l, &obs);
+    let gens = commit(stack, l, &mut d, &crate::stack::now_utc(), opener)?;
+    Ok((d, gens))
+}
+
+/// The newest of `numbers` (tried newest first) whose generation of layer `l` opens whole
+/// and keeps the stack valid, with the plan that switches to it; else why each failed.
+/// The daemon's fallback at mount and `pkgtool rollback` choose alike.
+pub fn newest_whole(
+    stack: &Stack,
+    l: usize,
+    sets: &[Vec<Candidate>],
+    numbers: &[u64],
+    opener: &mut Opener,
+) -> Result<(u64, Plan), Vec<(u64, String)>> {
+    let names = stack.names();
+    let mut why = Vec::new();
+    let mut ns = numbers.to_vec();
+    ns.sort_unstable_by(|a, b| b.cmp(a));
+    for n in ns {
+        let paths = &stack.layers[l].paths;
+        let reason = match crate::generation::read_list(&paths.generation_list(n)) {
+            Ok(Some(list)) => match stack.open_list(l, &list, opener) {
+                Ok(set) => match plan(&names, sets, l, &[], Change::Replace(set)) {
+                    Ok(p) => return Ok((n, p)),
+                    Err(r) => format!("is refused: {r}"),
+                },
+                Err(e) => format!("does not open whole: {}", crate::stack::one_line(&e)),
+            },
+            Ok(None) => "is not there".to_string(),
+            Err(e) => format!("cannot be read: {}", crate::stack::one_line(&e)),
+        };
+        why.push((n, reason));
+    }
+    Err(why)
+}
+
 /// What to do with an `active.list` someone else wrote (a rollback, pkgtool, an admin).
 #[derive(Debug)]
 pub enum Adopt {
@@ -857,6 +903,29 @@ mod tests {
             adopt(&names, &r.sets, 0, &only_app, missing, None),
             Adopt::Refuse { .. }
         ));
+    }
+
+    #[test]
+    fn newest_whole_skips_a_generation_whose_pool_copy_is_damaged() {
+        let mut r = Rig::new();
+        r.drop_pkg("a.hpkg", "a", "1.0.0", "");
+        r.step();
+        let b = r.drop_pkg("b.hpkg", "b", "1.0.0", "");
+        r.step();
+        // Damage b's pool copy and its file: generation 2 no longer opens whole.
+        let pool = r.stack.layers[0].paths.pool_file(&b.id());
+        fs::set_permissions(&pool, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        fs::write(&pool, b"damaged").unwrap();
+        fs::write(r.pkgs().join("b.hpkg"), b"damaged").unwrap();
+        let mut op = Opener::new(lab_keys());
+        let (n, p) = newest_whole(&r.stack, 0, &[Vec::new()], &[1, 2], &mut op).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(p.added, ["a-1.0.0"]);
+        let why = newest_whole(&r.stack, 0, &[Vec::new()], &[2, 7], &mut op).unwrap_err();
+        assert_eq!(why.len(), 2);
+        assert_eq!(why[0].0, 7);
+        assert_eq!(why[0].1, "is not there");
+        assert!(why[1].1.starts_with("does not open whole"), "{why:?}");
     }
 
     #[test]

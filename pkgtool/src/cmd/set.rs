@@ -175,18 +175,10 @@ fn reconcile_top(
     if !loaded.damaged[top].is_empty() {
         return Ok(());
     }
-    let obs = reconcile::observe(
-        stack,
-        top,
-        op,
-        &Default::default(),
-        std::time::SystemTime::now(),
-    )?;
-    let mut d = reconcile::decide(&stack.names(), &loaded.sets, top, &obs);
+    let (d, gens) = reconcile::once(stack, top, &loaded.sets, op)?;
     for (f, why) in d.waiting.iter().chain(&d.refused) {
         eprintln!("pkgtool: warning: packages/{f}: {why}");
     }
-    let gens = reconcile::commit(stack, top, &mut d, &now_utc(), op)?;
     if !gens.is_empty() {
         eprintln!(
             "pkgtool: layer {}: first, what packages/ holds: generation {}: {}: {}",
@@ -542,15 +534,7 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
 /// copies just made hold active packages, the files just removed are gone), by the same
 /// reconcile the daemon runs; anything else it finds is committed too.
 fn record_files(stack: &Stack, top: usize, p: &Plan, op: &mut Opener) -> anyhow::Result<()> {
-    let obs = reconcile::observe(
-        stack,
-        top,
-        op,
-        &Default::default(),
-        std::time::SystemTime::now(),
-    )?;
-    let mut d = reconcile::decide(&stack.names(), &p.sets, top, &obs);
-    reconcile::commit(stack, top, &mut d, &now_utc(), op)?;
+    reconcile::once(stack, top, &p.sets, op)?;
     Ok(())
 }
 
@@ -961,31 +945,32 @@ pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         )?;
         return Ok(ExitCode::SUCCESS);
     }
-    let names = stack.names();
-    let mut chosen = None;
-    for t in candidates {
-        let why = match generation::read_list(&paths.generation_list(t)) {
-            Ok(Some(list)) => match stack.open_list(top, &list, &mut op) {
-                Ok(set) => match plan(&names, &sets, top, &[], Change::Replace(set)) {
-                    Ok(p) => {
-                        chosen = Some((t, p));
-                        break;
-                    }
-                    Err(r) => format!("refused: {r}"),
-                },
-                Err(e) => format!("does not open whole: {}", pkgset::stack::one_line(&e)),
-            },
-            Ok(None) if a.to.is_some() => bail!("layer {name}: no generation {t}"),
-            Ok(None) => "is not there".to_string(),
-            Err(e) => format!("cannot be read: {}", pkgset::stack::one_line(&e)),
-        };
-        if a.to.is_some() {
-            bail!("layer {name}: generation {t} {why}");
+    let (target, p) = match reconcile::newest_whole(&stack, top, &sets, &candidates, &mut op) {
+        Ok(found) => {
+            if let Err(skipped) = reconcile::newest_whole(
+                &stack,
+                top,
+                &sets,
+                &candidates
+                    .iter()
+                    .copied()
+                    .filter(|&n| n > found.0)
+                    .collect::<Vec<_>>(),
+                &mut op,
+            ) {
+                for (n, why) in skipped {
+                    eprintln!("pkgtool: warning: layer {name}: skipping generation {n}: it {why}");
+                }
+            }
+            found
         }
-        eprintln!("pkgtool: warning: layer {name}: skipping generation {t}: it {why}");
-    }
-    let Some((target, p)) = chosen else {
-        bail!("layer {name}: no earlier generation opens whole");
+        Err(why) => match (a.to, why.first()) {
+            (Some(t), Some((_, w))) if w == "is not there" => {
+                bail!("layer {name}: no generation {t}")
+            }
+            (Some(t), Some((_, w))) => bail!("layer {name}: generation {t} {w}"),
+            _ => bail!("layer {name}: no earlier generation opens whole"),
+        },
     };
     generation::switch_to(paths, target)?;
     drop(lock);
