@@ -83,6 +83,8 @@ pub struct Live {
     hints: Vec<HashMap<String, bool>>,
     /// Messages logged already: a retry does not log them again.
     said: HashSet<String>,
+    /// When the opener last forgot deleted files.
+    pruned: std::time::Instant,
     /// Something is left to retry without a new event (a file that may still be written,
     /// a commit that failed, `packages/` or `state/` unreadable).
     retry: bool,
@@ -119,6 +121,7 @@ impl Live {
             hints: vec![HashMap::new(); n],
             said: HashSet::new(),
             retry: false,
+            pruned: std::time::Instant::now(),
             lock_wait: std::time::Duration::ZERO,
             stack,
         };
@@ -363,6 +366,9 @@ impl Live {
     pub fn apply(&mut self, events: Vec<Event>) -> anyhow::Result<Option<View>> {
         let t0 = std::time::Instant::now();
         let n = self.stack.layers.len();
+        let removals = events
+            .iter()
+            .any(|e| matches!(e, Event::Removed { .. } | Event::Rescan));
         for e in events {
             match e {
                 Event::Added {
@@ -391,7 +397,11 @@ impl Live {
         self.reconcile_all(&locked);
         // Forget files that are gone or changed: an archive held open for a deleted file
         // keeps its disk space allocated (on a full disk, the space a deletion frees).
-        self.opener.prune();
+        // A stat per known file: after deletions, else now and then.
+        if removals || self.pruned.elapsed() > std::time::Duration::from_secs(5) {
+            self.opener.prune();
+            self.pruned = std::time::Instant::now();
+        }
         let after: Vec<HashSet<PackageId>> = self.sets.iter().map(|s| ids(s)).collect();
         if before == after {
             return Ok(None);
