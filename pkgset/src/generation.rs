@@ -422,9 +422,13 @@ pub fn commit(
     files: &dyn Fn(&PackageId) -> Option<PathBuf>,
 ) -> Result<u64, StateError> {
     let n = generation_numbers(layer)?.last().copied().unwrap_or(0) + 1;
+    let mut copies = Vec::new();
     for e in &list.entries {
-        retain(layer, &e.id, files(&e.id).as_deref())?;
+        if let Some(c) = retain(layer, &e.id, files(&e.id).as_deref())? {
+            copies.push(c);
+        }
     }
+    persist_copies(layer, copies)?;
     list.meta.insert("generation".into(), n.to_string());
     list.meta.insert("time".into(), time.to_owned());
     list.meta.insert("reason".into(), reason.to_owned());
@@ -459,11 +463,15 @@ pub fn switch_to(layer: &LayerPaths, n: u64) -> Result<ActiveList, StateError> {
 /// Keeps a package in the pool: the pool's own copy of `src` (see [`copy_into_pool`]). A
 /// pool file left by an older packagefs as a hard link to a file of `packages/` (nlink > 1)
 /// is replaced by a copy of itself, so a later write to that file cannot reach it.
-fn retain(layer: &LayerPaths, id: &PackageId, src: Option<&Path>) -> Result<(), StateError> {
+fn retain(
+    layer: &LayerPaths,
+    id: &PackageId,
+    src: Option<&Path>,
+) -> Result<Option<PoolCopy>, StateError> {
     use std::os::unix::fs::MetadataExt;
     let dst = layer.pool_file(id);
     let shared = match fs::symlink_metadata(&dst) {
-        Ok(md) if md.is_file() && md.nlink() == 1 => return Ok(()),
+        Ok(md) if md.is_file() && md.nlink() == 1 => return Ok(None),
         Ok(md) => md.is_file(),
         Err(_) => false,
     };
@@ -477,7 +485,7 @@ fn retain(layer: &LayerPaths, id: &PackageId, src: Option<&Path>) -> Result<(), 
             })
         }
     };
-    copy_into_pool(layer, id, &src)
+    prepare_copy(layer, id, &src).map(Some)
 }
 
 /// Breaks every hard link between the pool and anything else (pool files written by an
@@ -503,19 +511,68 @@ pub fn unshare_pool(layer: &LayerPaths) -> Result<usize, StateError> {
         let Ok(md) = fs::symlink_metadata(e.path()) else {
             continue;
         };
-        if md.is_file() && md.nlink() > 1 && copy_into_pool(layer, &id, &e.path()).is_ok() {
-            n += 1;
+        if md.is_file() && md.nlink() > 1 {
+            if let Ok(c) = prepare_copy(layer, &id, &e.path()) {
+                persist_copies(layer, vec![c])?;
+                n += 1;
+            }
         }
     }
     Ok(n)
 }
 
+/// A checked copy for the pool, not yet durable nor in place ([`persist_copies`]).
+pub struct PoolCopy {
+    /// Closed: a first generation of a thousand packages holds no thousand descriptors.
+    tmp: tempfile::TempPath,
+    dst: PathBuf,
+}
+
+/// Writes the pool's copy of package `id` from `src` and makes it durable and in place:
+/// [`prepare_copy`] then [`persist_copies`].
+pub fn copy_into_pool(layer: &LayerPaths, id: &PackageId, src: &Path) -> Result<(), StateError> {
+    let c = prepare_copy(layer, id, src)?;
+    persist_copies(layer, vec![c])
+}
+
+/// Makes checked copies durable and renames them into the pool: one `syncfs` of the pool's
+/// file system for all of them (a thousand packages of a first generation would otherwise
+/// cost a thousand fsyncs), then the renames, then one fsync of the pool directory.
+pub fn persist_copies(layer: &LayerPaths, copies: Vec<PoolCopy>) -> Result<(), StateError> {
+    if copies.is_empty() {
+        return Ok(());
+    }
+    let pool = layer.pool();
+    if copies.len() == 1 {
+        File::open(&copies[0].tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&copies[0].dst))?;
+    } else {
+        let dir = File::open(&pool).map_err(io_err(&pool))?;
+        // SAFETY: syncfs on a valid descriptor.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(io_err(&pool)(io::Error::last_os_error()));
+        }
+    }
+    for c in copies {
+        c.tmp.persist(&c.dst).map_err(|e| StateError::Io {
+            path: c.dst.clone(),
+            source: e.error,
+        })?;
+    }
+    sync_dir(&pool)
+}
+
 /// Writes the pool's copy of package `id` from `src`: a reflink (`FICLONE`) where the file
 /// system can make one, a copy (`copy_file_range`) otherwise, to a temp file that is then
 /// checked (the package id and every chunk's hash: `src` may be changing under the copy,
-/// or be the wrong file), made read-only, fsynced and renamed into place. On any failure
-/// (a full disk, a changed source) nothing is left behind and the pool is as it was.
-pub fn copy_into_pool(layer: &LayerPaths, id: &PackageId, src: &Path) -> Result<(), StateError> {
+/// or be the wrong file) and made read-only. On any failure (a full disk, a changed
+/// source) nothing is left behind and the pool is as it was.
+pub fn prepare_copy(
+    layer: &LayerPaths,
+    id: &PackageId,
+    src: &Path,
+) -> Result<PoolCopy, StateError> {
     use std::os::unix::fs::PermissionsExt;
     let pool = layer.pool();
     fs::create_dir_all(&pool).map_err(io_err(&pool))?;
@@ -581,15 +638,13 @@ pub fn copy_into_pool(layer: &LayerPaths, id: &PackageId, src: &Path) -> Result<
             .map_err(|e| bad(format!("changes while it is copied: {e}")))?;
     }
     drop(copy);
-    let f = tmp.as_file();
-    f.set_permissions(fs::Permissions::from_mode(0o444))
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o444))
         .map_err(io_err(&dst))?;
-    f.sync_all().map_err(io_err(&dst))?;
-    tmp.persist(&dst).map_err(|e| StateError::Io {
-        path: dst.clone(),
-        source: e.error,
-    })?;
-    sync_dir(&pool)
+    Ok(PoolCopy {
+        tmp: tmp.into_temp_path(),
+        dst,
+    })
 }
 
 /// Deletes all but the newest `keep` generations (never the active one, nor those in
