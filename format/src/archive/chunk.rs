@@ -88,8 +88,8 @@ pub enum Compression {
     Zstd(i32),
     /// zlib at a level from 0 to 9.
     Zlib(u32),
-    /// lz4 (block format; it has no levels). Compresses less than zstd and decompresses
-    /// several times faster.
+    /// lz4 (block format; it has no levels). Compresses less than zstd and costs less CPU
+    /// to decompress (`docs/benchmarks.md`).
     Lz4,
 }
 
