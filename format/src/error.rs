@@ -37,6 +37,21 @@ pub enum Error {
         /// Major version this reader implements.
         known: u16,
     },
+    /// A method byte (of the header, the TOC frame or a chunk) this reader does not know:
+    /// the archive is of a newer minor version, or corrupt. Never guessed at.
+    #[error(
+        "{what}: unknown compression method {method} (the archive is format 1.{minor}; this reader knows methods 0 to {last}, up to format 1.{known})",
+        last = crate::archive::Method::Lz4 as u8,
+        known = crate::archive::header::VERSION_MINOR
+    )]
+    UnknownMethod {
+        /// What carries the byte: `header`, `toc frame`, `chunk index entry 7`.
+        what: String,
+        /// The method byte.
+        method: u8,
+        /// The archive's format minor version.
+        minor: u16,
+    },
     /// A section or record lies (partly) beyond the end of the file or its section.
     #[error("archive truncated: {section} needs bytes {offset}..{end} but only {len} are there", end = offset.saturating_add(*need))]
     Truncated {

@@ -23,6 +23,8 @@ pub enum Method {
     Zstd = 1,
     /// A zlib stream (RFC 1950).
     Zlib = 2,
+    /// One lz4 block (no frame, no size prefix; format 1.1).
+    Lz4 = 3,
 }
 
 impl Method {
@@ -31,6 +33,7 @@ impl Method {
             0 => Some(Method::None),
             1 => Some(Method::Zstd),
             2 => Some(Method::Zlib),
+            3 => Some(Method::Lz4),
             _ => None,
         }
     }
@@ -41,7 +44,38 @@ impl Method {
             Method::None => "none",
             Method::Zstd => "zstd",
             Method::Zlib => "zlib",
+            Method::Lz4 => "lz4",
         }
+    }
+
+    /// The lowest format minor version in which the method may appear (FORMAT.md §9).
+    pub fn min_minor(self) -> u16 {
+        match self {
+            Method::None | Method::Zstd | Method::Zlib => 0,
+            Method::Lz4 => 1,
+        }
+    }
+
+    /// Reads a method byte of `what` (`header`, `toc frame`, `chunk 7`) in an archive of
+    /// format minor version `minor`: an unknown byte is refused as unknown (a newer format,
+    /// or corruption), and a method newer than the archive's version as corrupt.
+    pub(crate) fn parse(v: u8, what: &str, minor: u16) -> Result<Method> {
+        let m = Method::from_u8(v).ok_or_else(|| Error::UnknownMethod {
+            what: what.to_owned(),
+            method: v,
+            minor,
+        })?;
+        if m.min_minor() > minor {
+            return Err(Error::corrupt(
+                what,
+                format!(
+                    "compression method {v} ({}) needs format 1.{}, the archive says 1.{minor}",
+                    m.name(),
+                    m.min_minor()
+                ),
+            ));
+        }
+        Ok(m)
     }
 }
 
@@ -54,6 +88,9 @@ pub enum Compression {
     Zstd(i32),
     /// zlib at a level from 0 to 9.
     Zlib(u32),
+    /// lz4 (block format; it has no levels). Compresses less than zstd and costs less CPU
+    /// to decompress (`docs/benchmarks.md`).
+    Lz4,
 }
 
 /// The default zstd level. Decompression speed does not depend on the level, so the level
@@ -80,13 +117,14 @@ impl Compression {
             Compression::None => Method::None,
             Compression::Zstd(_) => Method::Zstd,
             Compression::Zlib(_) => Method::Zlib,
+            Compression::Lz4 => Method::Lz4,
         }
     }
 
-    /// The level (0 for none).
+    /// The level (0 for none and lz4).
     pub fn level(&self) -> i32 {
         match *self {
-            Compression::None => 0,
+            Compression::None | Compression::Lz4 => 0,
             Compression::Zstd(l) => l,
             Compression::Zlib(l) => l as i32,
         }
@@ -97,6 +135,7 @@ impl Compression {
             Method::None if level == 0 => Some(Compression::None),
             Method::Zstd if (1..=22).contains(&level) => Some(Compression::Zstd(level)),
             Method::Zlib if (0..=9).contains(&level) => Some(Compression::Zlib(level as u32)),
+            Method::Lz4 if level == 0 => Some(Compression::Lz4),
             _ => None,
         }
     }
@@ -108,6 +147,7 @@ impl fmt::Display for Compression {
             Compression::None => f.write_str("none"),
             Compression::Zstd(l) => write!(f, "zstd:{l}"),
             Compression::Zlib(l) => write!(f, "zlib:{l}"),
+            Compression::Lz4 => f.write_str("lz4"),
         }
     }
 }
@@ -115,7 +155,7 @@ impl fmt::Display for Compression {
 impl FromStr for Compression {
     type Err = String;
 
-    /// Parses `zstd`, `zstd:LEVEL`, `zlib`, `zlib:LEVEL` or `none`.
+    /// Parses `zstd`, `zstd:LEVEL`, `zlib`, `zlib:LEVEL`, `lz4` or `none`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (name, level) = match s.split_once(':') {
             Some((n, l)) => (n, Some(l)),
@@ -139,8 +179,10 @@ impl FromStr for Compression {
                 None => DEFAULT_ZLIB_LEVEL,
             })),
             "none" if level.is_none() => Ok(Compression::None),
+            "lz4" if level.is_none() => Ok(Compression::Lz4),
+            "lz4" => Err(format!("lz4 has no levels: `{s}` (use lz4)")),
             _ => Err(format!(
-                "unknown compression `{s}` (expected zstd[:LEVEL], zlib[:LEVEL] or none)"
+                "unknown compression `{s}` (expected zstd[:LEVEL], zlib[:LEVEL], lz4 or none)"
             )),
         }
     }
@@ -173,13 +215,20 @@ impl ChunkInfo {
     }
 
     /// Parses and checks one entry against the heap length and chunk size.
-    pub(crate) fn parse(b: &[u8], chunk: ChunkId, heap_len: u64, chunk_size: u32) -> Result<Self> {
-        let bad = |reason: String| Error::corrupt(format!("chunk index entry {chunk}"), reason);
+    /// `minor` is the archive's format minor version (which methods it may use).
+    pub(crate) fn parse(
+        b: &[u8],
+        chunk: ChunkId,
+        heap_len: u64,
+        chunk_size: u32,
+        minor: u16,
+    ) -> Result<Self> {
+        let what = format!("chunk index entry {chunk}");
+        let bad = |reason: String| Error::corrupt(what.as_str(), reason);
         let offset = u64_at(b, 0);
         let stored_len = u32_at(b, 8);
         let raw_len = u32_at(b, 12);
-        let method =
-            Method::from_u8(b[16]).ok_or_else(|| bad(format!("unknown method {}", b[16])))?;
+        let method = Method::parse(b[16], &what, minor)?;
         if b[17..24].iter().any(|&x| x != 0) {
             return Err(bad("reserved bytes are not zero".into()));
         }
@@ -259,6 +308,10 @@ pub(crate) fn compress(raw: &[u8], c: Compression) -> std::io::Result<(Method, V
             enc.write_all(raw)?;
             Some((Method::Zlib, enc.finish()?))
         }
+        // No probe: lz4 gives up on incompressible input faster than a zstd level-1 probe
+        // would look at it, so it is its own probe. Like every method, what does not
+        // shrink is stored raw (below).
+        Compression::Lz4 => Some((Method::Lz4, lz4_flex::block::compress(raw))),
     };
     Ok(match out {
         Some((m, v)) if v.len() < raw.len() => (m, v),
@@ -354,6 +407,15 @@ fn decompress(chunk: ChunkId, info: &ChunkInfo, stored: &[u8], out: &mut Vec<u8>
                 return Err(fail("zlib stream does not end where the chunk does".into()));
             }
         }
+        Method::Lz4 => {
+            // The block carries no length: it is decoded into exactly raw_len bytes, and a
+            // block that would write more fails (safe decoder: never a write or read out of
+            // bounds); one that writes less is caught below.
+            out.resize(raw_len, 0);
+            let n = lz4_flex::block::decompress_into(stored, out)
+                .map_err(|e| fail(format!("lz4: {e}")))?;
+            out.truncate(n);
+        }
     }
     if out.len() != raw_len {
         return Err(fail(format!(
@@ -385,7 +447,10 @@ mod tests {
         assert_eq!("none".parse::<Compression>().unwrap(), Compression::None);
         assert!("zstd:0".parse::<Compression>().is_err());
         assert!("zstd:23".parse::<Compression>().is_err());
-        assert!("lz4".parse::<Compression>().is_err());
+        assert_eq!("lz4".parse::<Compression>().unwrap(), Compression::Lz4);
+        assert_eq!(Compression::Lz4.to_string(), "lz4");
+        assert!("lz4:9".parse::<Compression>().is_err());
+        assert!("lz5".parse::<Compression>().is_err());
         assert!("none:3".parse::<Compression>().is_err());
     }
 
@@ -396,6 +461,7 @@ mod tests {
             Compression::None,
             Compression::Zstd(3),
             Compression::Zlib(6),
+            Compression::Lz4,
         ] {
             let (m, stored) = compress(&raw, c).unwrap();
             assert_eq!(m, c.method());
@@ -435,6 +501,53 @@ mod tests {
         assert_eq!(
             compress(&raw, Compression::Zlib(9)).unwrap().0,
             Method::None
+        );
+        let (m, stored) = compress(&raw, Compression::Lz4).unwrap();
+        assert_eq!((m, &stored[..]), (Method::None, &raw[..]));
+    }
+
+    fn lz4_info(stored: &[u8], raw_len: u32) -> ChunkInfo {
+        ChunkInfo {
+            offset: 0,
+            stored_len: stored.len() as u32,
+            raw_len,
+            method: Method::Lz4,
+            hash: *blake3::hash(stored).as_bytes(),
+        }
+    }
+
+    #[test]
+    fn lz4_of_the_wrong_length_is_an_error() {
+        let raw: Vec<u8> = (0..70_000u32).map(|i| (i % 13) as u8).collect();
+        let stored = lz4_flex::block::compress(&raw);
+        let mut out = vec![7u8; 10];
+        for claimed in [raw.len() as u32 - 1, raw.len() as u32 + 1, 1] {
+            let e = verify_and_decompress(3, &lz4_info(&stored, claimed), &stored, &mut out)
+                .unwrap_err();
+            assert!(matches!(e, Error::Decompress { chunk: 3, .. }), "{e}");
+        }
+        // Cut short, the block decodes to fewer bytes or fails; either way an error.
+        for cut in [1, stored.len() / 2, stored.len() - 1] {
+            let s = &stored[..cut];
+            let e =
+                verify_and_decompress(3, &lz4_info(s, raw.len() as u32), s, &mut out).unwrap_err();
+            assert!(matches!(e, Error::Decompress { chunk: 3, .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn method_bytes_are_checked_against_the_version() {
+        assert_eq!(Method::parse(3, "chunk 1", 1).unwrap(), Method::Lz4);
+        assert_eq!(Method::parse(1, "chunk 1", 0).unwrap(), Method::Zstd);
+        let e = Method::parse(3, "chunk 1", 0).unwrap_err().to_string();
+        assert!(e.contains("needs format 1.1"), "{e}");
+        let e = Method::parse(4, "chunk index entry 9", 2)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "chunk index entry 9: unknown compression method 4 (the archive is format 1.2; \
+             this reader knows methods 0 to 3, up to format 1.1)"
         );
     }
 }

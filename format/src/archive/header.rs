@@ -13,8 +13,9 @@ pub const MAGIC: [u8; 8] = *b"\x89HPKG\r\n\x1a";
 pub const HEADER_LEN: usize = 128;
 /// Format major version this crate reads and writes.
 pub const VERSION_MAJOR: u16 = 1;
-/// Format minor version this crate writes.
-pub const VERSION_MINOR: u16 = 0;
+/// The newest format minor version this crate reads and writes. The writer writes the
+/// lowest minor that can express the archive: 0, or 1 when it uses lz4 (FORMAT.md §9).
+pub const VERSION_MINOR: u16 = 1;
 /// Header flag: the trailer carries a signature.
 pub const FLAG_SIGNED: u32 = 1;
 
@@ -152,8 +153,7 @@ impl Header {
                 "chunk size {chunk_size} is not a power of two from 64 KiB to 1 MiB"
             )));
         }
-        let method = Method::from_u8(b[24])
-            .ok_or_else(|| bad(format!("unknown compression method {}", b[24])))?;
+        let method = Method::parse(b[24], "header", version_minor)?;
         if b[25] != 0 || u16_at(b, 26) != 0 {
             return Err(bad("reserved bytes 25..28 are not zero".into()));
         }

@@ -260,7 +260,7 @@ impl Archive {
         let m = &meta[header.manifest.offset as usize..header.manifest.end() as usize];
         let manifest = Manifest::from_json(m)?;
         let section = &meta[header.toc.offset as usize..header.toc.end() as usize];
-        let (toc_range, toc_owned) = match super::toc::unpack(section)? {
+        let (toc_range, toc_owned) = match super::toc::unpack(section, header.version_minor)? {
             super::toc::Unpacked::InPlace(r) => (
                 header.toc.offset as usize + r.start..header.toc.offset as usize + r.end,
                 None,
@@ -326,6 +326,7 @@ impl Archive {
             c,
             self.header.heap.len,
             self.header.chunk_size,
+            self.header.version_minor,
         )
     }
 

@@ -58,7 +58,8 @@ pub(crate) enum Unpacked {
 }
 
 /// Reads the frame of a TOC section.
-pub(crate) fn unpack(section: &[u8]) -> Result<Unpacked> {
+/// `minor` is the archive's format minor version (which methods it may use).
+pub(crate) fn unpack(section: &[u8], minor: u16) -> Result<Unpacked> {
     use super::chunk::{decompress_toc, Method};
     if section.len() < FRAME_LEN {
         return Err(Error::Truncated {
@@ -68,8 +69,7 @@ pub(crate) fn unpack(section: &[u8]) -> Result<Unpacked> {
             len: section.len() as u64,
         });
     }
-    let method = Method::from_u8(section[0])
-        .ok_or_else(|| Error::corrupt("toc frame", format!("unknown method {}", section[0])))?;
+    let method = Method::parse(section[0], "toc frame", minor)?;
     if section[1..8].iter().any(|&b| b != 0) {
         return Err(Error::corrupt("toc frame", "reserved bytes are not zero"));
     }

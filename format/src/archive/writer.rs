@@ -10,7 +10,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::chunk::{self, ChunkInfo, Compression, INDEX_ENTRY_LEN};
-use super::header::{Header, Section, FLAG_SIGNED, HEADER_LEN, VERSION_MAJOR, VERSION_MINOR};
+use super::header::{Header, Section, FLAG_SIGNED, HEADER_LEN, VERSION_MAJOR};
 use super::sign::{Trailer, TRAILER_LEN};
 use super::toc::{
     RawInode, TocLayout, DIRENT_LEN, S_IFDIR, S_IFLNK, S_IFREG, TOC_HEADER_LEN, XATTR_LEN,
@@ -434,7 +434,10 @@ pub fn write_archive(
     };
     let header = Header {
         version_major: VERSION_MAJOR,
-        version_minor: VERSION_MINOR,
+        // The lowest minor that can express the archive: only lz4 (in the header, the TOC
+        // frame and the chunks of an lz4 build) needs 1.1, so other archives stay 1.0 and
+        // byte-identical to what earlier writers made.
+        version_minor: opts.compression.method().min_minor(),
         flags: if key.is_some() { FLAG_SIGNED } else { 0 },
         chunk_size: cs,
         compression: opts.compression,

@@ -117,7 +117,9 @@ fn check_flip(path: &Path, pos: usize, r: &Regions, raw: &RawArchive) -> Option<
         Some(format!("flip outside the heap found only at read: {e}"))
     } else if r.metadata.contains(&pos) {
         match e {
-            Error::MetadataHash { .. } | Error::UnsupportedVersion { .. } => None,
+            Error::MetadataHash { .. }
+            | Error::UnsupportedVersion { .. }
+            | Error::UnknownMethod { .. } => None,
             e if e.is_corruption() => None,
             e => Some(format!("metadata flip: unexpected error {e}")),
         }

@@ -152,6 +152,7 @@ fn resealed_good_archive_still_opens() {
     for c in [
         Compression::default(),
         Compression::Zlib(6),
+        Compression::Lz4,
         Compression::None,
     ] {
         let fx = Fixture::new(c);
@@ -186,7 +187,7 @@ fn compressed_toc_cases() -> Vec<(&'static str, &'static str, Patch)> {
     vec![
         case(
             "unknown method",
-            "toc frame: unknown method 9",
+            "toc frame: unknown compression method 9",
             Box::new(|_, r| {
                 let at = toc_frame(r);
                 r.bytes[at] = 9;
@@ -993,7 +994,7 @@ fn hostile_chunk_index_entries_are_refused() {
             ),
             case(
                 "unknown method",
-                "unknown method 7",
+                "unknown compression method 7",
                 Box::new(|fx, r| {
                     let c = r.chunk(fx.chunk_with(Method::Zstd));
                     r.bytes[c + C_METHOD] = 7;
@@ -1163,4 +1164,147 @@ fn zlib_chunk_that_is_garbage_or_too_long_fails_to_decompress() {
         },
         "short stream",
     );
+}
+
+#[test]
+fn lz4_chunk_that_is_garbage_or_of_the_wrong_length_fails_to_decompress() {
+    let fx = Fixture::new(Compression::Lz4);
+    expect_decompress(
+        &fx,
+        &|fx, r| {
+            let c = fx.chunk_with(Method::Lz4);
+            let len = r.stored(c).len();
+            replace_stored(r, c, Method::Lz4, &vec![0xff; len]);
+        },
+        "garbage",
+    );
+    // The block writes one byte more than raw_len: refused before it writes past the end.
+    expect_decompress(
+        &fx,
+        &|fx, r| one_byte_less(fx, r, Method::Lz4),
+        "one byte more",
+    );
+    expect_decompress(
+        &fx,
+        &|fx, r| {
+            let c = fx.chunk_with(Method::Lz4);
+            let stored = r.bytes[r.stored(c)].to_vec();
+            replace_stored(r, c, Method::Lz4, &stored[..stored.len() / 2]);
+        },
+        "cut block",
+    );
+    // A valid block one byte shorter than raw_len (the block itself carries no length).
+    expect_decompress(
+        &fx,
+        &|fx, r| {
+            let c = fx.chunk_with(Method::Lz4);
+            let raw_len = r.u32(r.chunk(c) + C_RAW_LEN) as usize;
+            let short = lz4_flex::block::compress(&vec![b'x'; raw_len - 1]);
+            replace_stored(r, c, Method::Lz4, &short);
+        },
+        "short block",
+    );
+    expect_decompress(
+        &fx,
+        &|fx, r| {
+            // Raw bytes labelled as lz4.
+            let c = fx.big_raw_chunk();
+            let stored = r.bytes[r.stored(c)].to_vec();
+            replace_stored(r, c, Method::Lz4, &stored[..1000]);
+        },
+        "raw bytes as lz4",
+    );
+    // An lz4 bomb: 8 MiB of zeros in about 33 KiB, in place of a 64 KiB chunk. Decoding
+    // stops at raw_len.
+    let bomb = lz4_flex::block::compress(&vec![0u8; 8 << 20]);
+    let t0 = std::time::Instant::now();
+    expect_decompress(
+        &fx,
+        &move |fx, r| {
+            let c = fx.big_raw_chunk();
+            assert!(bomb.len() <= r.stored(c).len(), "the bomb fits");
+            replace_stored(r, c, Method::Lz4, &bomb);
+        },
+        "lz4 bomb",
+    );
+    assert!(t0.elapsed().as_secs() < 5, "took {:?}", t0.elapsed());
+}
+
+/// `text.txt`'s chunk of a raw (`Compression::None`) fixture, stored as lz4 instead: a
+/// valid lz4 chunk in an archive that says format 1.0.
+fn text_chunk_as_lz4(fx: &Fixture, r: &mut RawArchive) -> u32 {
+    let c = fx.a.file_chunks(fx.entry("text.txt")).unwrap().start;
+    let mut raw = Vec::new();
+    fx.a.read_chunk(c, &mut raw).unwrap();
+    let block = lz4_flex::block::compress(&raw);
+    assert!(block.len() < raw.len(), "the text compresses");
+    replace_stored(r, c, Method::Lz4, &block);
+    c
+}
+
+#[test]
+fn lz4_in_an_archive_of_format_1_0_is_refused() {
+    let fx = Fixture::new(Compression::None);
+    match fx.attempt(&|fx, r| {
+        text_chunk_as_lz4(fx, r);
+    }) {
+        Ok(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("chunk index entry"), "{msg}");
+            assert!(
+                msg.contains("compression method 3 (lz4) needs format 1.1, the archive says 1.0"),
+                "{msg}"
+            );
+        }
+        Err(p) => panic!("{p}"),
+    }
+    // The same chunk in an archive that says 1.1 is good: the version is what was refused.
+    assert_eq!(
+        fx.attempt(&|fx, r| {
+            text_chunk_as_lz4(fx, r);
+            r.set_u16(H_VERSION_MINOR, 1);
+        })
+        .err()
+        .as_deref(),
+        Some("opened and read without error")
+    );
+    refuse_all(
+        Compression::None,
+        vec![
+            case(
+                "lz4 in the header of a 1.0 archive",
+                "header: compression method 3 (lz4) needs format 1.1",
+                Box::new(|_, r| r.bytes[H_METHOD] = Method::Lz4 as u8),
+            ),
+            case(
+                "an lz4 toc frame in a 1.0 archive",
+                "toc frame: compression method 3 (lz4) needs format 1.1",
+                Box::new(|_, r| {
+                    let at = toc_frame(r);
+                    r.bytes[at] = Method::Lz4 as u8;
+                }),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn unknown_method_of_a_newer_minor_version_is_refused_naming_the_chunk() {
+    let fx = Fixture::new(Compression::default());
+    let c = fx.chunk_with(Method::Zstd);
+    match fx.attempt(&move |_, r| {
+        let e = r.chunk(c);
+        r.bytes[e + C_METHOD] = 4;
+        r.set_u16(H_VERSION_MINOR, 2);
+    }) {
+        Ok(e @ Error::UnknownMethod { .. }) => assert_eq!(
+            e.to_string(),
+            format!(
+                "chunk index entry {c}: unknown compression method 4 (the archive is format \
+                 1.2; this reader knows methods 0 to 3, up to format 1.1)"
+            )
+        ),
+        Ok(e) => panic!("expected UnknownMethod, got {e}"),
+        Err(p) => panic!("{p}"),
+    }
 }

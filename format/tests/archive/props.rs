@@ -288,6 +288,7 @@ fn compression() -> impl Strategy<Value = Compression> {
     prop_oneof![
         Just(Compression::Zstd(1)),
         Just(Compression::Zlib(1)),
+        Just(Compression::Lz4),
         Just(Compression::None),
     ]
 }

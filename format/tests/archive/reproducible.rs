@@ -48,6 +48,54 @@ fn same_tree_builds_byte_identical_archives_with_any_thread_count() {
 }
 
 #[test]
+fn lz4_builds_are_reproducible_and_only_they_say_format_1_1() {
+    let t = busy_tree();
+    let dir = scratch();
+    let mut first: Option<Vec<u8>> = None;
+    for (i, threads) in [1, 2, 3].into_iter().enumerate() {
+        let o = BuildOptions {
+            threads,
+            ..opts(Compression::Lz4, 64 * 1024)
+        };
+        let out = dir.path().join(format!("lz4-{i}.hpkg"));
+        build_dir(t.path(), &o, &out);
+        let bytes = fs::read(&out).unwrap();
+        match &first {
+            None => first = Some(bytes),
+            Some(b) => assert!(*b == bytes, "lz4 bytes differ with {threads} threads"),
+        }
+    }
+    // Older readers must refuse lz4 (the version tells them why); every other archive keeps
+    // version 1.0, as earlier writers made it.
+    for (c, minor) in [
+        (Compression::Lz4, 1),
+        (Compression::Zstd(3), 0),
+        (Compression::Zlib(6), 0),
+        (Compression::None, 0),
+    ] {
+        let out = dir.path().join(format!("v-{c}.hpkg"));
+        build_dir(t.path(), &opts(c, 64 * 1024), &out);
+        let a = open(&out);
+        let h = a.header();
+        assert_eq!((h.version_major, h.version_minor), (1, minor), "{c}");
+        assert_eq!(h.compression, c);
+        let methods: std::collections::HashSet<_> = (0..a.chunk_count())
+            .map(|k| a.chunk_info(k).unwrap().method)
+            .collect();
+        assert!(
+            methods.contains(&c.method()),
+            "{c}: some chunk uses the method"
+        );
+        assert!(
+            methods
+                .iter()
+                .all(|m| *m == c.method() || *m == format::archive::Method::None),
+            "{c}: {methods:?}"
+        );
+    }
+}
+
+#[test]
 fn different_content_gives_a_different_id() {
     let t = TestTree::new();
     t.file("f", "one").fix_mtimes(5);

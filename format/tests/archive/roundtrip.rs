@@ -11,10 +11,11 @@ use crate::common::*;
 const K64: u32 = 64 * 1024;
 const M1: u32 = 1024 * 1024;
 
-fn each_compression() -> [Compression; 3] {
+fn each_compression() -> [Compression; 4] {
     [
         Compression::default(),
         Compression::Zlib(6),
+        Compression::Lz4,
         Compression::None,
     ]
 }

@@ -687,6 +687,7 @@ pub mod layout {
     pub const HEAP: usize = 3;
     pub const TRAILER: usize = 4;
     pub const H_VERSION_MAJOR: usize = 8;
+    pub const H_VERSION_MINOR: usize = 10;
     pub const H_FLAGS: usize = 16;
     pub const H_CHUNK_SIZE: usize = 20;
     pub const H_METHOD: usize = 24;
@@ -804,6 +805,7 @@ impl RawArchive {
                     .expect("zlib TOC");
                 out
             }
+            3 => lz4_flex::block::decompress(body, raw_len).expect("lz4 TOC"),
             m => panic!("unknown TOC method {m}"),
         };
         assert_eq!(raw.len(), raw_len);

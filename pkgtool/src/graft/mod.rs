@@ -99,7 +99,8 @@ pub struct BuildFlags {
     /// Build unsigned packages (packagefs refuses to mount them; for testing).
     #[arg(long, conflicts_with = "key")]
     pub unsigned: bool,
-    /// zstd[:LEVEL] (1-22), zlib[:LEVEL] (0-9) or none.
+    /// zstd[:LEVEL] (1-22), zlib[:LEVEL] (0-9), lz4 or none. lz4 costs less CPU to read
+    /// than zstd and makes larger packages, which need format 1.1 readers.
     #[arg(long, default_value_t = Compression::default(), value_parser = parse_compression)]
     pub compression: Compression,
     /// Chunk size: a power of two from 64K to 1M (suffixes K, M, KiB, MiB).

@@ -135,3 +135,50 @@ fn no_progress_bar_when_stderr_is_not_a_terminal() {
         .stdout_contains("id:");
     assert!(r.stderr.is_empty(), "stderr: {}", r.stderr_str());
 }
+
+#[test]
+fn lz4_build_round_trips_as_format_1_1() {
+    let f = Fixture::new();
+    let s = Scratch::new();
+    let pkg = s.join("lz4.hpkg");
+    let src = &odd().src;
+    let built = f
+        .build(src, &pkg)
+        .args(["--compression", "lz4", "--json"])
+        .ok()
+        .json();
+    assert_eq!(built["compression"], "lz4");
+    let info = pkgtool(["info", "--json"]).arg(&pkg).ok().json();
+    assert_eq!(info["compression"], "lz4");
+    assert_eq!(info["format_version"], "1.1");
+    pkgtool(["verify", "--key"])
+        .arg(&f.key.public)
+        .arg(&pkg)
+        .ok();
+    let out = s.join("out");
+    pkgtool(["extract"]).arg(&pkg).arg(&out).ok();
+    let (code, text) = run_tool(
+        std::process::Command::new("diff")
+            .arg("-r")
+            .arg("--no-dereference")
+            .arg(src)
+            .arg(&out),
+    );
+    assert_eq!(code, 0, "{text}");
+    // A zstd build of the same tree stays format 1.0.
+    let zstd = s.join("zstd.hpkg");
+    f.build(src, &zstd).ok();
+    let info = pkgtool(["info", "--json"]).arg(&zstd).ok().json();
+    assert_eq!(info["format_version"], "1.0");
+}
+
+#[test]
+fn lz4_with_a_level_is_a_usage_error() {
+    let f = Fixture::new();
+    let s = Scratch::new();
+    f.build(&odd().src, &s.join("x.hpkg"))
+        .args(["--compression", "lz4:9"])
+        .fails(2)
+        .stderr_contains("lz4 has no levels");
+    assert!(!s.join("x.hpkg").exists());
+}

@@ -422,6 +422,28 @@ fn tarballs_in_every_compression_and_dirs_graft_the_same_tree() {
     assert_eq!(tree_of(&x1), tree_of(&x2));
 }
 
+#[test]
+fn graft_dir_builds_lz4_packages() {
+    let f = Fixture::new();
+    let src = sample_tree(&f.dir.join("src"));
+    let out = f.dir.join("lz4.hpkg");
+    let r = pkgtool(["graft", "dir"])
+        .arg(&src)
+        .args(["--name", "app", "--version", "1.2.0", "-o"])
+        .arg(&out)
+        .args(["--unsigned", "--quiet", "--json", "--compression", "lz4"])
+        .ok();
+    assert_eq!(r.json()["packages"][0]["compression"], "lz4");
+    let info = pkgtool(["info", "--json"]).arg(&out).ok().json();
+    assert_eq!(info["format_version"], "1.1");
+    let x = f.dir.join("x");
+    pkgtool(["extract"]).arg(&out).arg(&x).ok();
+    assert_eq!(
+        fs::read(x.join("share/data")).unwrap(),
+        fs::read(src.join("share/data")).unwrap()
+    );
+}
+
 /// Runs a graft that must fail: exit 1, one line naming `file` and saying `what`, and
 /// nothing but the input left in `dir`.
 fn refused(mut cmd: TestCommand, file: &str, what: &str, dir: &Path) {

@@ -18,7 +18,7 @@ fn usage_errors_exit_2() {
             "--manifest",
             "m.json",
             "--compression",
-            "lz4",
+            "brotli",
         ],
         &[
             "build",
@@ -75,9 +75,12 @@ fn usage_errors_exit_2() {
         );
     }
     assert!(dir_names(s.path()).is_empty(), "a usage error wrote a file");
-    pkgtool(["build", "--compression", "lz4"])
+    pkgtool(["build", "--compression", "brotli"])
         .fails(2)
-        .stderr_contains("lz4");
+        .stderr_contains("unknown compression `brotli`");
+    pkgtool(["build", "--compression", "lz4:1"])
+        .fails(2)
+        .stderr_contains("lz4 has no levels");
     pkgtool(["build", "--chunk-size", "100K"])
         .fails(2)
         .stderr_contains("100K");

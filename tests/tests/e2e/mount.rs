@@ -116,6 +116,29 @@ fn include_tree_reads_back_identical_to_its_source() {
 }
 
 #[test]
+fn lz4_package_reads_back_identical_to_its_source() {
+    // The big fixture's tree (random bytes stored raw, text, 500 small files), as lz4.
+    let p = fixtures::big();
+    let layer = fixtures::shared_dir().join("layer-big-lz4");
+    std::fs::create_dir_all(layer.join("packages")).unwrap();
+    let package = layer.join("packages/big-lz4.hpkg");
+    e2e::pkg::Pkg::new(&p.source, "big", "1.0.0")
+        .key(fixtures::keys())
+        .compression("lz4")
+        .chunk_size("64K")
+        .build(&package);
+    let a = format::archive::Archive::open(&package).unwrap();
+    assert_eq!(a.header().compression, format::archive::Compression::Lz4);
+    assert!((0..a.chunk_count())
+        .any(|c| a.chunk_info(c).unwrap().method == format::archive::Method::Lz4));
+    let m = Mount::builder()
+        .layer("system", &layer)
+        .trusting(fixtures::keys())
+        .start();
+    assert_diff_clean(&p.source, m.path());
+}
+
+#[test]
 fn mount_is_a_read_only_fuse_file_system_in_the_mount_table() {
     let p = fixtures::big();
     let m = mount_alone(p);
