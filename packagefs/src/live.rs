@@ -215,12 +215,12 @@ impl Live {
         cur.truncate(l);
         cur.push(Vec::new());
         match reconcile::newest_whole(&self.stack, l, &cur, &numbers, &mut self.opener) {
-            Ok((n, p)) => {
-                warn!(layer = %spec.name, "serving generation {n} instead");
-                let list = generation::read_list(&spec.paths.generation_list(n))
+            Ok(c) => {
+                warn!(layer = %spec.name, "serving generation {} instead", c.n);
+                let list = generation::read_list(&spec.paths.generation_list(c.n))
                     .ok()
                     .flatten();
-                (p.sets[l].clone(), list)
+                (c.plan.sets[l].clone(), list)
             }
             Err(_) => self.degraded(l),
         }

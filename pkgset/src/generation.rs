@@ -309,7 +309,12 @@ fn open_lock_file(path: &Path) -> Result<File, StateError> {
 fn remove_stale_temps(layer: &LayerPaths) {
     let mut dirs = vec![layer.state(), layer.pool(), layer.packages()];
     if let Ok(rd) = fs::read_dir(layer.generations()) {
-        dirs.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+        // (A link among the generations is not followed into someone else's directory.)
+        dirs.extend(
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
     }
     for d in dirs {
         let Ok(rd) = fs::read_dir(&d) else { continue };
@@ -376,7 +381,8 @@ pub fn read_list(path: &Path) -> Result<Option<ActiveList>, StateError> {
 pub fn read_state_bytes(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::new();
-    format::archive::open_regular(path)?
+    // Never through a link: a user's state/ could point anywhere.
+    crate::owner::open_in_layer(path)?
         .take(max + 1)
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
@@ -460,7 +466,7 @@ pub fn switch_to(layer: &LayerPaths, n: u64) -> Result<ActiveList, StateError> {
     Ok(list)
 }
 
-/// Keeps a package in the pool: the pool's own copy of `src` (see [`copy_into_pool`]). A
+/// Keeps a package in the pool: the pool's own copy of `src` (see [`prepare_copy`] and [`persist_copies`]). A
 /// pool file left by an older packagefs as a hard link to a file of `packages/` (nlink > 1)
 /// is replaced by a copy of itself, so a later write to that file cannot reach it.
 fn retain(
@@ -526,13 +532,6 @@ pub struct PoolCopy {
     /// Closed: a first generation of a thousand packages holds no thousand descriptors.
     tmp: tempfile::TempPath,
     dst: PathBuf,
-}
-
-/// Writes the pool's copy of package `id` from `src` and makes it durable and in place:
-/// [`prepare_copy`] then [`persist_copies`].
-pub fn copy_into_pool(layer: &LayerPaths, id: &PackageId, src: &Path) -> Result<(), StateError> {
-    let c = prepare_copy(layer, id, src)?;
-    persist_copies(layer, vec![c])
 }
 
 /// Makes checked copies durable and renames them into the pool: one `syncfs` of the pool's
@@ -616,7 +615,11 @@ pub fn prepare_copy(
             continue;
         }
         if source.is_none() {
-            let a = format::archive::Archive::open(src)
+            let a = crate::owner::open_in_layer(src)
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    format::archive::Archive::from_file(f, src).map_err(|e| e.to_string())
+                })
                 .map_err(|e| bad(format!("does not open any more: {e}")))?;
             if a.id() != *id {
                 return Err(bad(format!("holds package {} now, not {id}", a.id())));

@@ -422,6 +422,17 @@ pub fn once(
     Ok((d, gens))
 }
 
+/// A generation chosen by [`newest_whole`].
+#[derive(Debug)]
+pub struct Chosen {
+    /// Its number.
+    pub n: u64,
+    /// The change that switches to it.
+    pub plan: Plan,
+    /// The newer ones passed over, each with why.
+    pub skipped: Vec<(u64, String)>,
+}
+
 /// The newest of `numbers` (tried newest first) whose generation of layer `l` opens whole
 /// and keeps the stack valid, with the plan that switches to it; else why each failed.
 /// The daemon's fallback at mount and `pkgtool rollback` choose alike.
@@ -431,7 +442,7 @@ pub fn newest_whole(
     sets: &[Vec<Candidate>],
     numbers: &[u64],
     opener: &mut Opener,
-) -> Result<(u64, Plan), Vec<(u64, String)>> {
+) -> Result<Chosen, Vec<(u64, String)>> {
     let names = stack.names();
     let mut why = Vec::new();
     let mut ns = numbers.to_vec();
@@ -441,7 +452,13 @@ pub fn newest_whole(
         let reason = match crate::generation::read_list(&paths.generation_list(n)) {
             Ok(Some(list)) => match stack.open_list(l, &list, opener) {
                 Ok(set) => match plan(&names, sets, l, &[], Change::Replace(set)) {
-                    Ok(p) => return Ok((n, p)),
+                    Ok(plan) => {
+                        return Ok(Chosen {
+                            n,
+                            plan,
+                            skipped: why,
+                        })
+                    }
                     Err(r) => format!("is refused: {r}"),
                 },
                 Err(e) => format!("does not open whole: {}", crate::stack::one_line(&e)),
@@ -918,9 +935,11 @@ mod tests {
         fs::write(&pool, b"damaged").unwrap();
         fs::write(r.pkgs().join("b.hpkg"), b"damaged").unwrap();
         let mut op = Opener::new(lab_keys());
-        let (n, p) = newest_whole(&r.stack, 0, &[Vec::new()], &[1, 2], &mut op).unwrap();
-        assert_eq!(n, 1);
-        assert_eq!(p.added, ["a-1.0.0"]);
+        let c = newest_whole(&r.stack, 0, &[Vec::new()], &[1, 2], &mut op).unwrap();
+        assert_eq!(c.n, 1);
+        assert_eq!(c.plan.added, ["a-1.0.0"]);
+        assert_eq!(c.skipped.len(), 1);
+        assert_eq!(c.skipped[0].0, 2);
         let why = newest_whole(&r.stack, 0, &[Vec::new()], &[2, 7], &mut op).unwrap_err();
         assert_eq!(why.len(), 2);
         assert_eq!(why[0].0, 7);

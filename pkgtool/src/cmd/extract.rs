@@ -27,7 +27,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
@@ -128,15 +128,11 @@ pub fn run(a: ExtractArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
 /// `--preserve-privileges` needs a package signed by a trusted key.
 fn check_trust(ar: &Archive, a: &ExtractArgs) -> anyhow::Result<()> {
     let pkg = a.package.display();
-    let dir = a
-        .trusted_keys
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS_DIR));
-    if a.trusted_keys.is_none() && !dir.exists() {
+    let Some(dir) = super::verify::keys_dir(a.trusted_keys.as_deref()) else {
         bail!(
             "cannot extract {pkg} with --preserve-privileges: no trusted keys (pass --trusted-keys DIR or install keys in {DEFAULT_KEYS_DIR})"
         );
-    }
+    };
     let keys = TrustedKeys::load_dir(&dir).with_context(|| {
         format!("cannot extract {pkg} with --preserve-privileges: cannot load trusted keys")
     })?;

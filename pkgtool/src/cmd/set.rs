@@ -91,13 +91,9 @@ fn with_recorded_stack(specs: &[String]) -> anyhow::Result<Vec<String>> {
 }
 
 fn opener(trust: &TrustArgs) -> anyhow::Result<Opener> {
-    let dir = trust
-        .trusted_keys
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS_DIR));
-    if trust.trusted_keys.is_none() && !dir.exists() {
+    let Some(dir) = crate::cmd::verify::keys_dir(trust.trusted_keys.as_deref()) else {
         bail!("no trusted keys: pass --trusted-keys DIR (or install keys in {DEFAULT_KEYS_DIR})");
-    }
+    };
     let keys = TrustedKeys::load_dir(&dir)
         .with_context(|| format!("cannot load trusted keys from {}", dir.display()))?;
     Ok(Opener::new(keys))
@@ -365,7 +361,10 @@ fn copy_into(
     let base = format!("{}-{}", c.manifest().name, c.manifest().version);
     for name in [format!("{base}.hpkg"), format!("{base}-{}.hpkg", short(c))] {
         let dst = dir.join(&name);
-        if let Ok(existing) = format::archive::Archive::open(&dst) {
+        let existing = pkgset::owner::open_in_layer(&dst)
+            .ok()
+            .and_then(|f| format::archive::Archive::from_file(f, &dst).ok());
+        if let Some(existing) = existing {
             if existing.id() == c.id() {
                 return Ok((dst, false));
             }
@@ -946,23 +945,11 @@ pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let (target, p) = match reconcile::newest_whole(&stack, top, &sets, &candidates, &mut op) {
-        Ok(found) => {
-            if let Err(skipped) = reconcile::newest_whole(
-                &stack,
-                top,
-                &sets,
-                &candidates
-                    .iter()
-                    .copied()
-                    .filter(|&n| n > found.0)
-                    .collect::<Vec<_>>(),
-                &mut op,
-            ) {
-                for (n, why) in skipped {
-                    eprintln!("pkgtool: warning: layer {name}: skipping generation {n}: it {why}");
-                }
+        Ok(c) => {
+            for (n, why) in c.skipped {
+                eprintln!("pkgtool: warning: layer {name}: skipping generation {n}: it {why}");
             }
-            found
+            (c.n, c.plan)
         }
         Err(why) => match (a.to, why.first()) {
             (Some(t), Some((_, w))) if w == "is not there" => {

@@ -17,6 +17,15 @@ use crate::output::{escape, Out};
 /// Where keys are trusted from when no option names them.
 pub const DEFAULT_KEYS_DIR: &str = "/etc/packagefs/keys";
 
+/// The trusted-keys directory to load: the one given, else the default if it exists;
+/// `None` if neither (each command says what to do in its own words).
+pub fn keys_dir(given: Option<&std::path::Path>) -> Option<PathBuf> {
+    match given {
+        Some(d) => Some(d.to_owned()),
+        None => Some(PathBuf::from(DEFAULT_KEYS_DIR)).filter(|d| d.exists()),
+    }
+}
+
 #[derive(Serialize)]
 struct BadChunk {
     chunk: ChunkId,
@@ -48,15 +57,11 @@ pub fn run(a: VerifyArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             k.clone(),
         ))
     } else {
-        let dir = a
-            .trusted_keys
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS_DIR));
-        if a.trusted_keys.is_none() && !dir.exists() {
+        let Some(dir) = keys_dir(a.trusted_keys.as_deref()) else {
             bail!(
                 "no trusted keys: pass --key FILE.pub or --trusted-keys DIR (or install keys in {DEFAULT_KEYS_DIR}), or --integrity-only"
             );
-        }
+        };
         Some((
             TrustedKeys::load_dir(&dir).context("cannot load trusted keys")?,
             dir,
