@@ -787,6 +787,24 @@ impl Filesystem for PackageFs {
         }
     }
 
+    /// No file of a package is a device: every ioctl gets ENOTTY, as on any regular file
+    /// (`isatty()` of a script run from the view asks TCGETS; fuser's default would log a
+    /// warning per call).
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: fuser::FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let v = self.view();
         let a = match v.node(ino.0).and_then(|n| v.attr(n)) {

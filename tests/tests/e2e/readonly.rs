@@ -184,3 +184,26 @@ fn shell_redirection_touch_and_setfattr_fail_and_leave_the_file_unchanged() {
     );
     assert_eq!(read(m.join("etc/conf")), "original\n");
 }
+
+/// A terminal ioctl on a package's file fails with ENOTTY, as on any regular file
+/// (`isatty()`: every shell script run from a packagefs root asks it), and costs no log
+/// line: fuser's default answered ENOSYS with a warning per call, which flooded the
+/// console of a machine booted from packages.
+#[test]
+fn terminal_ioctls_get_enotty_quietly() {
+    let s = stack();
+    let m = s.mount();
+    let f = fs::File::open(m.join("etc/conf")).unwrap();
+    for _ in 0..3 {
+        // SAFETY: valid descriptor; isatty only reads.
+        let r = unsafe { libc::isatty(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+        let err = io::Error::last_os_error();
+        assert_eq!(r, 0, "isatty of a package file");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTTY), "{err}");
+    }
+    let log = m.log();
+    assert!(
+        !log.contains("ioctl"),
+        "the daemon logged the ioctls:\n{log}"
+    );
+}
