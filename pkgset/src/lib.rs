@@ -17,6 +17,7 @@
 //!   record of accounted-for files, written crash-safely.
 #![deny(missing_docs)]
 
+pub mod boot;
 pub mod generation;
 pub mod owner;
 pub mod reconcile;

@@ -547,7 +547,7 @@ pub fn commit(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::generation::{self, Lock};
     use crate::stack::LayerSpec;
@@ -555,16 +555,16 @@ mod tests {
 
     /// A one-layer stack in a temp dir with real signed packages, driven the way both
     /// binaries drive it: observe, decide, commit.
-    struct Rig {
-        lab: Lab,
+    pub(crate) struct Rig {
+        pub(crate) lab: Lab,
         _dir: tempfile::TempDir,
-        stack: Stack,
-        opener: Opener,
-        sets: Vec<Vec<Candidate>>,
+        pub(crate) stack: Stack,
+        pub(crate) opener: Opener,
+        pub(crate) sets: Vec<Vec<Candidate>>,
     }
 
     impl Rig {
-        fn new() -> Rig {
+        pub(crate) fn new() -> Rig {
             let dir = tempfile::tempdir().unwrap();
             let stack = Stack::new(vec![LayerSpec::new("system", dir.path())]);
             fs::create_dir_all(stack.layers[0].paths.packages()).unwrap();
@@ -578,12 +578,18 @@ mod tests {
             }
         }
 
-        fn pkgs(&self) -> PathBuf {
+        pub(crate) fn pkgs(&self) -> PathBuf {
             self.stack.layers[0].paths.packages()
         }
 
         /// Builds a package and copies it into packages/ as `file`.
-        fn drop_pkg(&mut self, file: &str, name: &str, version: &str, extra: &str) -> Candidate {
+        pub(crate) fn drop_pkg(
+            &mut self,
+            file: &str,
+            name: &str,
+            version: &str,
+            extra: &str,
+        ) -> Candidate {
             let c = self
                 .lab
                 .pkg(0, &m(name, version, extra), &[(name, version)]);
@@ -594,7 +600,7 @@ mod tests {
         }
 
         /// Overwrites `file` in place (same inode), as `cp` does.
-        fn overwrite(&mut self, file: &str, bytes: &[u8]) {
+        pub(crate) fn overwrite(&mut self, file: &str, bytes: &[u8]) {
             use std::io::Write;
             let mut f = fs::OpenOptions::new()
                 .write(true)
@@ -610,7 +616,7 @@ mod tests {
         }
 
         /// One reconcile, committed. Returns the decision.
-        fn step(&mut self) -> Decision {
+        pub(crate) fn step(&mut self) -> Decision {
             self.step_with(&[], SystemTime::now())
         }
 
@@ -625,13 +631,13 @@ mod tests {
             d
         }
 
-        fn active(&self) -> Vec<String> {
+        pub(crate) fn active(&self) -> Vec<String> {
             let mut v: Vec<String> = self.sets[0].iter().map(|c| c.label()).collect();
             v.sort();
             v
         }
 
-        fn generation(&self) -> Option<u64> {
+        pub(crate) fn generation(&self) -> Option<u64> {
             generation::read_list(&self.stack.layers[0].paths.active_list())
                 .unwrap()
                 .and_then(|l| l.generation())
