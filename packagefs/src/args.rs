@@ -32,7 +32,10 @@ there is an error.
 auto_unmount: a watcher process unmounts the mount if the daemon dies without unmounting
 it, with no need for allow_other or allow_root; default_permissions is always on) and
 packagefs options (layer=NAME=DIR, trusted_keys=DIR, cache_size=SIZE, threads=N,
-log=FILE: where a detached daemon logs,
+log=FILE: where a detached daemon logs (/dev/kmsg: one kernel log record per line, with
+its level), boot: the root file system of a machine (the initramfs form: the lowest
+layer's generation is chosen by packagefs.generation=N on the kernel command line and by
+boot assessment, see docs/boot.md; boot_cmdline=FILE reads another command line),
 xattrs / noxattrs: always / never answer extended attributes; by default they are answered
 if a package active at mount has any, since answering costs `ls -l` a round trip per file)."
 )]
@@ -88,6 +91,13 @@ pub struct Settings {
     /// without unmounting it (see `auto_unmount.rs`; fuser is never told, since it would
     /// demand allow_other or allow_root).
     pub auto_unmount: bool,
+    /// `-o boot`: the root file system of a machine (see `pkgset::boot`): the generation of
+    /// the lowest layer is chosen from the kernel command line and boot assessment, the
+    /// daemon's argv[0] starts with `@` (systemd's root storage daemons) and layers are
+    /// held by descriptor, reachable after `switch_root`.
+    pub boot: bool,
+    /// `-o boot_cmdline=FILE`: where the kernel command line is read (default /proc/cmdline).
+    pub boot_cmdline: PathBuf,
 }
 
 impl Args {
@@ -128,6 +138,8 @@ impl Args {
         let mut nosuid = false;
         let mut xattrs = None;
         let mut auto_unmount = false;
+        let mut boot = false;
+        let mut boot_cmdline = PathBuf::from("/proc/cmdline");
         for opt in self
             .options
             .iter()
@@ -153,6 +165,8 @@ impl Args {
                 ("default_permissions", None) => {} // always on
                 ("log", Some(v)) => log_file = Some(PathBuf::from(v)),
                 ("auto_unmount", None) => auto_unmount = true,
+                ("boot", None) => boot = true,
+                ("boot_cmdline", Some(v)) => boot_cmdline = PathBuf::from(v),
                 ("nosuid", None) => nosuid = true,
                 ("suid", None) => nosuid = false,
                 ("noexec", None) => mount_options.push(MountOption::NoExec),
@@ -227,6 +241,8 @@ impl Args {
             log_file,
             xattrs,
             auto_unmount,
+            boot,
+            boot_cmdline,
         })
     }
 }

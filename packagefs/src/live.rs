@@ -79,6 +79,8 @@ pub struct Live {
     /// The exact text of each layer's `active.list` when the daemon last read or wrote it:
     /// any other text was written by someone else (pkgtool, a rollback, an admin).
     known: Vec<Option<String>>,
+    /// Per layer: serves a pinned generation for this boot, changes nothing.
+    frozen: Vec<bool>,
     /// Per layer: file names events reported, and whether their writer closed them.
     hints: Vec<HashMap<String, bool>>,
     /// Messages logged already: a retry does not log them again.
@@ -105,7 +107,16 @@ impl Live {
     /// Then each layer is reconciled: files dropped or deleted while no daemon watched
     /// count like any other (as Haiku's package daemon activates at boot what was copied
     /// in while the system was off).
-    pub fn start(stack: Stack, keys: TrustedKeys, shine: Shine) -> anyhow::Result<(Live, View)> {
+    ///
+    /// `pin`: a layer and the generation it serves for this boot whatever its
+    /// `active.list` says (`-o boot`: pinned on the kernel command line, or a fallback);
+    /// that layer is left alone until the daemon ends.
+    pub fn start(
+        stack: Stack,
+        keys: TrustedKeys,
+        shine: Shine,
+        pin: Option<(usize, u64)>,
+    ) -> anyhow::Result<(Live, View)> {
         let layers = stack.layers.iter().map(|l| Layer::new(&l.name)).collect();
         let n = stack.layers.len();
         let mut live = Live {
@@ -118,6 +129,7 @@ impl Live {
             sets: Vec::new(),
             lists: Vec::new(),
             known: vec![None; n],
+            frozen: vec![false; n],
             hints: vec![HashMap::new(); n],
             said: HashSet::new(),
             retry: false,
@@ -142,6 +154,22 @@ impl Live {
             }
             // A user's layer is read and written with the user's rights (pkgset::owner).
             let _as = AsOwner::enter(&spec.paths);
+            if let Some((_, g)) = pin.filter(|p| p.0 == l) {
+                let list = generation::read_list(&spec.paths.generation_list(g))?
+                    .ok_or_else(|| anyhow::anyhow!("layer {}: no generation {g}", spec.name))?;
+                let set = live
+                    .stack
+                    .open_list(l, &list, &mut live.opener)
+                    .map_err(|e| {
+                        anyhow::anyhow!("layer {}: generation {g}: {}", spec.name, one_line(&e))
+                    })?;
+                info!(layer = %spec.name, "serving generation {g} for this boot: changes to the layer take effect at the next boot");
+                live.known[l] = read_text(&spec.paths.active_list());
+                live.frozen[l] = true;
+                live.sets.push(set);
+                live.lists.push(Some(list));
+                continue;
+            }
             let pk = spec.paths.packages();
             if let Err(e) = std::fs::create_dir_all(&pk) {
                 warn!(layer = %spec.name, "cannot create {}: {e}", pk.display());
@@ -418,7 +446,8 @@ impl Live {
         let n = self.stack.layers.len();
         for round in 0..=n {
             let before: Vec<HashSet<PackageId>> = self.sets.iter().map(|s| ids(s)).collect();
-            for l in (0..n).filter(|&l| locked[l]) {
+            let frozen = self.frozen.clone();
+            for l in (0..n).filter(|&l| locked[l] && !frozen[l]) {
                 if round == 0 {
                     self.adopt_list(l);
                 }

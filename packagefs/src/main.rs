@@ -45,7 +45,14 @@ fn main() -> ExitCode {
         }
     };
     if settings.daemonize && std::env::var_os(READY_FD_ENV).is_none() {
-        return daemonize(settings.log_file.as_deref());
+        return daemonize(settings.log_file.as_deref(), settings.boot);
+    }
+    if settings.boot
+        && !std::env::args_os()
+            .next()
+            .is_some_and(|a| a.as_bytes().starts_with(b"@"))
+    {
+        return reexec_as_root_storage_daemon();
     }
     init_log();
     match run(settings, sigset) {
@@ -57,8 +64,96 @@ fn main() -> ExitCode {
     }
 }
 
+/// systemd's convention for root storage daemons: a process whose argv[0] starts with `@`
+/// is left running by systemd-shutdown's final kill (it serves the root file system).
+/// The daemon runs itself again under that name (only the name changes).
+fn reexec_as_root_storage_daemon() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(ROOT_STORAGE_ARGV0)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    eprintln!("packagefs: cannot run itself as {ROOT_STORAGE_ARGV0}: {err}");
+    ExitCode::from(1)
+}
+
+/// argv[0] of the daemon with `-o boot`.
+const ROOT_STORAGE_ARGV0: &str = "@packagefs";
+
+/// True if stderr is the kernel log (`-o log=/dev/kmsg`): character device 1:11.
+fn stderr_is_kmsg() -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/fd/2")
+        .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == libc::makedev(1, 11))
+}
+
+/// One kernel log record per event, with the event's level as its priority, so that the
+/// console shows what `loglevel=` lets through and the journal keeps the levels.
+struct Kmsg(Vec<u8>, u8);
+
+impl std::io::Write for Kmsg {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Kmsg {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.0);
+        let text = text.trim_end();
+        if text.is_empty() {
+            return;
+        }
+        // The kernel keeps a record under 1 KiB; a longer event is cut, never split.
+        let mut rec = format!("<{}>packagefs: {}", self.1, text.replace('\n', " "));
+        if rec.len() > 1000 {
+            let mut cut = 1000;
+            while !rec.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            rec.truncate(cut);
+        }
+        // SAFETY: writing our own buffer to fd 2.
+        unsafe { libc::write(2, rec.as_ptr().cast(), rec.len()) };
+    }
+}
+
+struct KmsgWriter;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for KmsgWriter {
+    type Writer = Kmsg;
+    fn make_writer(&'a self) -> Kmsg {
+        Kmsg(Vec::new(), 6)
+    }
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Kmsg {
+        let prio = match *meta.level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        Kmsg(Vec::new(), prio)
+    }
+}
+
 /// Logs go to stderr.
 fn init_log() {
+    if stderr_is_kmsg() {
+        // The kernel stamps each record: no time of our own.
+        tracing_subscriber::fmt()
+            .with_env_filter(log_filter(std::env::var("RUST_LOG").ok()))
+            .with_writer(KmsgWriter)
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .init();
+        return;
+    }
     // fuser::session's only warning is "Failed to umount filesystem: Invalid argument":
     // after `umount` or `fusermount3 -u` from outside, fuser's session tries to unmount
     // the already unmounted mount point once more. It is noise, logged on every such
@@ -146,18 +241,42 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
         }
     }
     record_stack(&s, &stack);
+    let pin = if s.boot {
+        boot_choice(&s, &stack, &keys)?
+    } else {
+        None
+    };
     // Watch before loading, so no change between the two goes unseen.
     let mut watcher = Watcher::new(&stack)
         .map_err(|e| anyhow::anyhow!("cannot watch the layer directories: {e}"))?;
-    let (mut live, view) = Live::start(stack, keys, shine)?;
+    let (mut live, view) = Live::start(stack, keys, shine, pin)?;
+    // One line per package, up to a few dozen; a whole system's set (a root file system
+    // of a hundred packages) is one line, and each package is at debug level.
+    let each = view.packages().len() <= 32;
     for p in view.packages() {
-        info!(
-            layer = %s.layers[p.layer].name,
-            package = %p.label(),
-            id = %p.archive.id().short(),
-            "activated {}",
-            p.path.display()
-        );
+        if each {
+            info!(
+                layer = %s.layers[p.layer].name,
+                package = %p.label(),
+                id = %p.archive.id().short(),
+                "activated {}",
+                p.path.display()
+            );
+        } else {
+            tracing::debug!(
+                layer = %s.layers[p.layer].name,
+                package = %p.label(),
+                id = %p.archive.id().short(),
+                "activated {}",
+                p.path.display()
+            );
+        }
+    }
+    if !each {
+        for (l, spec) in s.layers.iter().enumerate() {
+            let k = view.packages().iter().filter(|p| p.layer == l).count();
+            info!(layer = %spec.name, "activated {k} packages (RUST_LOG=debug names each)");
+        }
     }
     log_conflicts(&view);
     let npkg = view.packages().len();
@@ -361,7 +480,10 @@ fn layer_stack(s: &args::Settings) -> anyhow::Result<(Stack, Shine, Vec<std::fs:
     for l in &s.layers {
         let canon = std::fs::canonicalize(&l.dir)
             .map_err(|e| anyhow::anyhow!("layer {}: {}: {e}", l.name, l.dir.display()))?;
-        let (dir, target) = if canon.starts_with(&mp) {
+        // A layer inside the mount point, and every layer of a root file system (after
+        // switch_root, the daemon's own root is the old initramfs, where the data disk is
+        // no longer reachable by path), is held by descriptor.
+        let (dir, target) = if s.boot || canon.starts_with(&mp) {
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
@@ -388,6 +510,63 @@ fn layer_stack(s: &args::Settings) -> anyhow::Result<(Stack, Shine, Vec<std::fs:
         specs.push(LayerSpec::new(&l.name, dir));
     }
     Ok((Stack::new(specs), shine, fds))
+}
+
+/// `-o boot`: chooses the generation of the lowest layer (pkgset::boot) under its lock,
+/// says on the console and in the log which one and why, and returns it if the view must
+/// serve it instead of `active.list` (pinned, or a fallback).
+fn boot_choice(
+    s: &args::Settings,
+    stack: &Stack,
+    keys: &TrustedKeys,
+) -> anyhow::Result<Option<(usize, u64)>> {
+    let text = std::fs::read_to_string(&s.boot_cmdline).unwrap_or_else(|e| {
+        warn!(
+            "cannot read the kernel command line {}: {e}",
+            s.boot_cmdline.display()
+        );
+        String::new()
+    });
+    let cmd = pkgset::boot::parse_cmdline(&text);
+    let paths = &stack.layers[0].paths;
+    let _lock = pkgset::generation::Lock::acquire(paths).map_err(|e| {
+        anyhow::anyhow!(
+            "boot: cannot lock layer {}: {}",
+            stack.layers[0].name,
+            layers::one_line(&e)
+        )
+    })?;
+    let mut opener = pkgset::Opener::new(keys.clone());
+    let choice = pkgset::boot::choose(stack, 0, &[], &cmd, &mut opener);
+    let say = |m: &str| {
+        // The console: the kernel log when that is where we log (its records reach the
+        // console), else stderr and the kernel log both.
+        if stderr_is_kmsg() {
+            warn!("{m}");
+        } else {
+            eprintln!("packagefs: {m}");
+            if let Ok(mut k) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+                let _ = k.write_all(format!("<5>packagefs: {m}").as_bytes());
+            }
+        }
+    };
+    match choice {
+        Ok(Some(c)) => {
+            for m in &c.messages {
+                say(m);
+            }
+            Ok(c.frozen.then_some((0, c.n)))
+        }
+        Ok(None) => {
+            say("the system layer has no generation yet: its first is made from packages/");
+            Ok(None)
+        }
+        Err(e) => {
+            let m = format!("boot: {}: serving what opens", layers::one_line(&e));
+            say(&m);
+            Ok(None)
+        }
+    }
 }
 
 /// Writes each layer's `state/stack` (its name and the layers below it), so that pkgtool
@@ -593,7 +772,7 @@ fn notify_ready(packages: usize) {
 
 /// The mount.fuse3 form: run the daemon as a detached child and return once it reports
 /// that the mount is live (exit 0) or it exits (its status).
-fn daemonize(log_file: Option<&Path>) -> ExitCode {
+fn daemonize(log_file: Option<&Path>, boot: bool) -> ExitCode {
     let mut fds = [0i32; 2];
     // SAFETY: valid array for pipe2.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -609,6 +788,9 @@ fn daemonize(log_file: Option<&Path>) -> ExitCode {
     unsafe { libc::fcntl(w, libc::F_SETFD, 0) };
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("packagefs"));
     let mut cmd = std::process::Command::new(exe);
+    if boot {
+        std::os::unix::process::CommandExt::arg0(&mut cmd, ROOT_STORAGE_ARGV0);
+    }
     cmd.args(std::env::args_os().skip(1))
         .env(READY_FD_ENV, w.to_string())
         .stdin(std::process::Stdio::null())

@@ -92,7 +92,8 @@ pub enum How {
 }
 
 impl How {
-    fn word(self) -> &'static str {
+    /// The word `state/boot` records.
+    pub fn word(self) -> &'static str {
         match self {
             How::Active => "active",
             How::Pinned => "pinned",

@@ -78,6 +78,11 @@ pub enum Command {
         after_help = "Example:\n  pkgtool rollback --layer /pkg/system\n  pkgtool rollback --layer /pkg/system --to 3\n\nThe switch replaces state/active.list atomically; a running packagefs switches its view\nto exactly that set. Every package a kept generation names is in state/pool/."
     )]
     Rollback(RollbackArgs),
+    /// Mark this boot's generation of a layer good (boot assessment; run by packagefs-bless.service).
+    #[command(
+        after_help = "Example:\n  pkgtool bless --layer /data/system --check-failed-units\n\nA machine booted from packages (packagefs -o boot) counts each boot of a generation not\nyet good; when its tries are used up, the last good generation boots instead, for good.\nBlessing ends the trial of the generation booted. --check-failed-units first asks\nsystemd for failed units and refuses to bless while there are any. See docs/boot.md."
+    )]
+    Bless(BlessArgs),
     /// Delete all but the newest N generations and the pooled package files no kept generation names.
     #[command(after_help = "Example:\n  pkgtool gc --layer /pkg/system --keep 5")]
     Gc(GcArgs),
@@ -284,6 +289,17 @@ pub struct RollbackArgs {
     pub to: Option<u64>,
     #[command(flatten)]
     pub layer: LayerArgs,
+}
+
+/// `pkgtool bless`.
+#[derive(Debug, Args)]
+pub struct BlessArgs {
+    /// The layer (its directory).
+    #[arg(long = "layer", value_name = "DIR")]
+    pub layer: std::path::PathBuf,
+    /// Refuse while systemd lists failed units (`systemctl list-units --state=failed`).
+    #[arg(long)]
+    pub check_failed_units: bool,
 }
 
 /// `pkgtool gc`.

@@ -1,5 +1,6 @@
 //! One module per subcommand; each `run` calls the libraries and writes to `Out`.
 
+mod bless;
 mod build;
 mod cat;
 mod extract;
@@ -35,6 +36,7 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
         Command::Generations(a) => set::generations(a, out),
         Command::Rollback(a) => set::rollback(a, out),
         Command::Gc(a) => set::gc(a, out),
+        Command::Bless(a) => bless::run(a, out),
         Command::Graft(a) => crate::graft::run(a, out),
     }
 }

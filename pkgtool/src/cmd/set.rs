@@ -625,6 +625,24 @@ pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
 // ---------------------------------------------------------------------------------------
 // status
 
+/// The boot assessment record of a layer, if it has one.
+fn boot_json(paths: &pkgset::generation::LayerPaths) -> Option<BootJson> {
+    if !pkgset::boot::boot_file(paths).exists() {
+        return None;
+    }
+    let (b, warning) = pkgset::boot::BootState::read(paths);
+    Some(BootJson {
+        booted: b.booted.map(|(n, _)| n),
+        how: b.booted.map(|(_, h)| h.word().to_string()),
+        good: b.good.into_iter().collect(),
+        bad: b.bad.into_iter().collect(),
+        trying: b.trying.map(|t| t.0),
+        tries_left: b.trying.map(|t| t.1),
+        note: b.note,
+        warning,
+    })
+}
+
 #[derive(Serialize)]
 struct InactiveJson {
     file: String,
@@ -645,6 +663,20 @@ struct StatusJson {
     problems: Vec<String>,
     damaged: Vec<DamagedJson>,
     pending: Option<PendingJson>,
+    /// Boot assessment (`state/boot`), where the layer was booted from.
+    boot: Option<BootJson>,
+}
+
+#[derive(Serialize)]
+struct BootJson {
+    booted: Option<u64>,
+    how: Option<String>,
+    good: Vec<u64>,
+    bad: Vec<u64>,
+    trying: Option<u64>,
+    tries_left: Option<u32>,
+    note: Option<String>,
+    warning: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -755,6 +787,7 @@ pub fn status(a: StatusArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             })
             .collect(),
         pending,
+        boot: boot_json(&spec.paths),
     };
     if a.layer.json {
         out.json(&st)?;
@@ -778,6 +811,32 @@ pub fn status(a: StatusArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
                 "layer {} ({}): no generation yet; the first one would be:",
                 st.layer, st.dir
             )?,
+        }
+        if let Some(b) = &st.boot {
+            let nums = |v: &[u64]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
+                }
+            };
+            let booted = match (b.booted, &b.how) {
+                (Some(n), Some(h)) => format!("generation {n} ({h})"),
+                _ => "nothing yet".to_string(),
+            };
+            let trial = match (b.trying, b.tries_left) {
+                (Some(n), Some(left)) => format!("; on trial: {n}, {left} tries left"),
+                _ => String::new(),
+            };
+            writeln!(
+                out,
+                "boot: booted {booted}; good: {}; bad: {}{trial}",
+                nums(&b.good),
+                nums(&b.bad)
+            )?;
+            for n in b.note.iter().chain(&b.warning) {
+                writeln!(out, "boot: {n}")?;
+            }
         }
         writeln!(out, "active ({}):", set.len() + st.damaged.len())?;
         for c in set {

@@ -1,0 +1,63 @@
+//! `pkgtool bless --layer DIR`: this boot is good (boot assessment, `pkgset::boot`).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail};
+use pkgset::generation::{LayerPaths, Lock};
+use pkgset::owner::AsOwner;
+
+use crate::cli::BlessArgs;
+use crate::output::Out;
+
+pub fn run(a: BlessArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    if a.check_failed_units {
+        let failed = failed_units()?;
+        if !failed.is_empty() {
+            bail!(
+                "not blessed: {} failed unit{}: {}",
+                failed.len(),
+                if failed.len() == 1 { "" } else { "s" },
+                failed.join(", ")
+            );
+        }
+    }
+    let layer = LayerPaths::new(&a.layer);
+    let _as = AsOwner::enter(&layer);
+    let _lock = Lock::acquire(&layer).map_err(|e| {
+        anyhow!(
+            "cannot lock {}: {}",
+            a.layer.display(),
+            pkgset::stack::one_line(&e)
+        )
+    })?;
+    let said =
+        pkgset::boot::bless(&layer).map_err(|e| anyhow!("{}", pkgset::stack::one_line(&e)))?;
+    writeln!(out, "{said}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The units systemd lists as failed.
+fn failed_units() -> anyhow::Result<Vec<String>> {
+    let o = std::process::Command::new("systemctl")
+        .args([
+            "list-units",
+            "--state=failed",
+            "--plain",
+            "--no-legend",
+            "--no-pager",
+        ])
+        .output()
+        .map_err(|e| anyhow!("cannot ask systemd for failed units: systemctl: {e}"))?;
+    if !o.status.success() {
+        bail!(
+            "cannot ask systemd for failed units: systemctl exited {}: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect())
+}
