@@ -34,11 +34,10 @@ def die_with_parent():
 
 
 def accel_args():
-    """KVM when it is there and works (BOOT_ACCEL=kvm|tcg overrides), else TCG."""
-    accel = os.environ.get("BOOT_ACCEL", "auto")
-    if accel == "tcg":
-        return ["-accel", "tcg", "-cpu", "max"]
-    return ["-accel", "kvm", "-cpu", "host"]
+    """BOOT_ACCEL=kvm (scripts/boot-test probes whether KVM works), else TCG."""
+    if os.environ.get("BOOT_ACCEL") == "kvm":
+        return ["-accel", "kvm", "-cpu", "host"]
+    return ["-accel", "tcg", "-cpu", "max"]
 
 
 class VM:
@@ -126,7 +125,8 @@ class VM:
             self.send(PASSWORD + "\r")
         self.expect(r"root@[^ ]*:[^ ]*# ", 60, "a root shell prompt")
         # No colours, no line editing surprises, a prompt of our own.
-        self.run("export TERM=dumb SYSTEMD_COLORS=0 SYSTEMD_PAGER= PAGER=cat; stty -echo cols 500")
+        # Kernel messages would interleave with what commands print.
+        self.run("dmesg -n 1; export TERM=dumb SYSTEMD_COLORS=0 SYSTEMD_PAGER= PAGER=cat; stty -echo cols 500")
 
     _n = 0
 
@@ -213,7 +213,7 @@ def scenario_basic(vm):
     check("Read-only" in out, "writing to /usr/bin did not fail as read-only: %s" % out)
     # A program of every package that has one, with --version.
     _, out = vm.run(r"""for p in $(ls /data/system/packages); do
-  for b in $(pkgtool list /data/system/packages/$p 2>/dev/null | awk '$NF ~ /^usr\/s?bin\/[^\/]+$/ {print "/"$NF}' | head -n 3); do
+  for b in $(pkgtool list /data/system/packages/$p 2>/dev/null | awk '$NF ~ /^(usr\/)?s?bin\/[^\/]+$/ {print "/"$NF}' | head -n 5); do
     [ -x "$b" ] || continue
     if timeout 5 "$b" --version </dev/null >/dev/null 2>&1; then echo "ok $p $b"; break; fi
   done
@@ -221,9 +221,9 @@ done""", timeout=600)
     oks = [l for l in out.splitlines() if l.startswith("ok ")]
     vm.say("%d packages have a program that answers --version" % len(oks))
     for need in ("bash", "coreutils", "util-linux", "procps", "systemd"):
-        check(any((" %s_" % need) in l for l in oks),
+        check(any(re.match(r"ok %s-\d" % re.escape(need), l) for l in oks),
               "no program of %s answered --version: %s" % (need, out[-500:]))
-    vm.poweroff()
+    # (The power-off is scenario 5's: see docs/boot.md, "Not yet done".)
 
 
 INSTALL = "pkgtool install %s --layer /data/system --trusted-keys /etc/packagefs/keys"
