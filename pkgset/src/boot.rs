@@ -40,6 +40,9 @@ use crate::stack::{Opener, Stack};
 /// Boots a generation not yet known good gets, unless configured otherwise.
 pub const DEFAULT_TRIES: u32 = 3;
 
+/// Most tries a generation can be given.
+pub const MAX_TRIES: u32 = 100;
+
 /// Largest `state/boot` and `state/boot.conf` read.
 const MAX_STATE: u64 = 1 << 20;
 
@@ -67,10 +70,10 @@ pub fn parse_cmdline(text: &str) -> Cmdline {
             }
         } else if let Some(v) = w.strip_prefix("packagefs.tries=") {
             match v.parse::<u32>() {
-                Ok(n) if (1..=100).contains(&n) => c.tries = Some(n),
+                Ok(n) if (1..=MAX_TRIES).contains(&n) => c.tries = Some(n),
                 _ => c
                     .warnings
-                    .push(format!("{w}: tries must be 1 to 100: ignored")),
+                    .push(format!("{w}: tries must be 1 to {MAX_TRIES}: ignored")),
             }
         }
     }
@@ -228,13 +231,42 @@ pub fn boot_file(layer: &LayerPaths) -> std::path::PathBuf {
     layer.state().join("boot")
 }
 
-/// The tries a layer gives a new generation: `tries=N` in `state/boot.conf`.
-pub fn configured_tries(layer: &LayerPaths) -> Option<u32> {
-    let text = generation::read_state_file(&layer.state().join("boot.conf"), MAX_STATE).ok()?;
-    text.lines().find_map(|l| {
-        let v = l.trim().strip_prefix("tries=")?;
-        v.trim().parse().ok().filter(|n| (1..=100).contains(n))
-    })
+/// `state/boot.conf`.
+pub fn conf_file(layer: &LayerPaths) -> std::path::PathBuf {
+    layer.state().join("boot.conf")
+}
+
+/// The tries a layer gives a new generation: `tries=N` in `state/boot.conf` (the last
+/// such line), and a warning for each line that does not parse (each ignored).
+pub fn configured_tries(layer: &LayerPaths) -> (Option<u32>, Vec<String>) {
+    let path = conf_file(layer);
+    let text = match generation::read_state_file(&path, MAX_STATE) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (None, Vec::new()),
+        Err(e) => return (None, vec![format!("{}: {e}: ignored", path.display())]),
+    };
+    let mut tries = None;
+    let mut warnings = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.strip_prefix("tries=").map(|v| v.trim().parse::<u32>()) {
+            Some(Ok(n)) if (1..=MAX_TRIES).contains(&n) => tries = Some(n),
+            Some(_) => warnings.push(format!(
+                "{} line {}: {line}: tries must be 1 to {MAX_TRIES}: ignored",
+                path.display(),
+                i + 1
+            )),
+            None => warnings.push(format!(
+                "{} line {}: {line}: not tries=N: ignored",
+                path.display(),
+                i + 1
+            )),
+        }
+    }
+    (tries, warnings)
 }
 
 /// What [`choose`] decided.
@@ -272,10 +304,10 @@ pub fn choose(
     let mut msgs: Vec<String> = cmd.warnings.clone();
     let (mut st, warning) = BootState::read(&paths);
     msgs.extend(warning);
-    let tries = cmd
-        .tries
-        .or_else(|| configured_tries(&paths))
-        .unwrap_or(DEFAULT_TRIES);
+    let (conf_tries, conf_warnings) = configured_tries(&paths);
+    msgs.extend(conf_warnings);
+    // The command line wins over the layer's boot.conf.
+    let tries = cmd.tries.or(conf_tries).unwrap_or(DEFAULT_TRIES);
     let active = generation::read_list(&paths.active_list())
         .ok()
         .flatten()
@@ -314,12 +346,24 @@ pub fn choose(
     if !pinned {
         let spent = st.trying.is_some_and(|(n, left)| n == target && left == 0);
         if spent || st.bad.contains(&target) {
-            let why = if spent {
+            let (why, reason) = if spent {
                 st.bad.insert(target);
                 st.trying = None;
-                format!("generation {target} used up its {tries} boot tries without a good boot")
+                (
+                    format!(
+                        "generation {target} used up its {tries} boot tries without a good boot"
+                    ),
+                    format!("boot assessment: generation {target} failed {tries} boots"),
+                )
             } else {
-                format!("generation {target} failed its boot assessment before")
+                (
+                    format!(
+                        "generation {target} is active but failed its boot assessment before \
+                         (it is not booted by itself; packagefs.generation={target} and a \
+                         blessed boot make it good)"
+                    ),
+                    format!("boot assessment: generation {target} failed before"),
+                )
             };
             let good: Vec<u64> = st
                 .good
@@ -334,39 +378,65 @@ pub fn choose(
                         "{why}: booting the last good generation, {}, and making it the active one",
                         c.n
                     ));
-                    note = Some(format!("{why}: rolled back to generation {}", c.n));
+                    note = Some(format!("{reason}: rolled back to generation {}", c.n));
                     target = c.n;
                     how = How::LastGood;
                 }
-                Err(_) => msgs.push(format!(
-                    "{why}, but no good generation opens whole: booting generation {target} anyway"
-                )),
+                Err(_) => {
+                    msgs.push(format!(
+                        "{why}, but no good generation opens whole: booting generation {target} anyway"
+                    ));
+                    note = Some(format!(
+                        "{reason}, but no good generation opens whole: booted it anyway"
+                    ));
+                }
             }
         }
     }
 
-    // The generation must open whole; else the newest earlier one that does.
+    // The generation must open whole; else the newest earlier one that does, passing
+    // over those that failed their assessment while another one will do.
     let upto: Vec<u64> = numbers.iter().copied().filter(|&n| n <= target).collect();
-    let chosen = match reconcile::newest_whole(stack, l, &sets, &upto, opener) {
+    let not_bad: Vec<u64> = upto
+        .iter()
+        .copied()
+        .filter(|&n| n == target || !st.bad.contains(&n))
+        .collect();
+    let chosen = match reconcile::newest_whole(stack, l, &sets, &not_bad, opener) {
+        Ok(c) => Ok(c),
+        Err(_) if not_bad.len() < upto.len() => {
+            reconcile::newest_whole(stack, l, &sets, &upto, opener)
+        }
+        Err(why) => Err(why),
+    };
+    let chosen = match chosen {
         Ok(c) => c,
         Err(why) => {
-            for (n, reason) in &why {
-                msgs.push(format!("generation {n} {reason}"));
-            }
+            let first = why
+                .iter()
+                .find(|w| w.0 == target)
+                .or(why.first())
+                .map(|(n, r)| format!(" (generation {n} {})", skip_text(r)))
+                .unwrap_or_default();
             return Err(StateError::Bad {
                 path: paths.generations(),
-                reason: format!("no generation up to {target} opens whole"),
+                reason: format!("no generation up to {target} opens whole{first}"),
             });
         }
     };
     if chosen.n != target {
-        for (n, reason) in &chosen.skipped {
-            msgs.push(format!("generation {n} {reason}"));
-        }
+        let mut skipped = chosen.skipped.iter();
+        let reason = skipped
+            .next()
+            .filter(|s| s.0 == target)
+            .map_or("does not open whole".to_string(), |s| skip_text(&s.1));
         msgs.push(format!(
-            "falling back to generation {}, the newest earlier one that opens whole",
+            "generation {target} {reason}; falling back to generation {}, the newest earlier one that opens whole",
             chosen.n
         ));
+        for (n, r) in skipped {
+            msgs.push(format!("generation {n} {} either", skip_text(r)));
+        }
         note = Some(format!(
             "generation {target} did not open whole: booted generation {}",
             chosen.n
@@ -380,13 +450,14 @@ pub fn choose(
     // Count the try.
     if !pinned && !st.good.contains(&n) {
         let left = match st.trying {
-            Some((t, left)) if t == n => left.saturating_sub(1),
+            // Tries lowered during a trial count from the lower number.
+            Some((t, left)) if t == n => left.min(tries).saturating_sub(1),
             _ => tries.saturating_sub(1),
         };
         st.trying = Some((n, left));
         msgs.push(format!(
             "generation {n} is on trial: boot {} of {tries} (pkgtool bless marks it good)",
-            tries - left
+            tries.saturating_sub(left)
         ));
     } else {
         msgs.push(format!("booting generation {n}"));
@@ -402,6 +473,17 @@ pub fn choose(
         frozen,
         messages: msgs,
     }))
+}
+
+/// A reason of [`reconcile::newest_whole`] as the boot messages say it: the cause in
+/// parentheses (`does not open whole (hello-2.0.0: ...)`).
+fn skip_text(reason: &str) -> String {
+    for head in ["does not open whole", "is refused", "cannot be read"] {
+        if let Some(cause) = reason.strip_prefix(head).and_then(|r| r.strip_prefix(": ")) {
+            return format!("{head} ({cause})");
+        }
+    }
+    reason.to_string()
 }
 
 /// Marks the generation booted last as good: its trial ends, a `bad` mark goes. Returns
@@ -588,10 +670,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_generation_that_does_not_open_whole_falls_back_and_says_which_package() {
-        let mut r = two_generations();
-        // Spoil generation 2's package in the pool (and packages/, its other copy).
+    /// Spoils the active package of the rig's newest generation in the pool (and in
+    /// packages/, its other copy), and forgets what was opened.
+    fn spoil_active(r: &mut Rig) {
         let id = r.sets[0][0].id();
         let pool = r.stack.layers[0].paths.pool_file(&id);
         let mut bytes = std::fs::read(&pool).unwrap();
@@ -604,12 +685,31 @@ mod tests {
             std::fs::write(&f, &bytes).unwrap();
         }
         r.opener = Opener::new(crate::tests::lab_keys());
+    }
+
+    #[test]
+    fn a_generation_that_does_not_open_whole_falls_back_and_says_which_package() {
+        let mut r = two_generations();
+        spoil_active(&mut r);
         let c = boot(&mut r, "");
         assert_eq!((c.n, c.how, c.frozen), (1, How::Fallback, true));
         let said = c.messages.join("\n");
+        // One line: which generation, which package and why, and what boots instead.
+        let line = c
+            .messages
+            .iter()
+            .find(|m| m.starts_with("generation 2 does not open whole ("))
+            .unwrap_or_else(|| panic!("{said}"));
         assert!(
-            said.contains("generation 2 does not open whole") && said.contains("a-2.0.0"),
-            "{said}"
+            line.contains("a-2.0.0")
+                && line.ends_with(
+                    "); falling back to generation 1, the newest earlier one that opens whole"
+                ),
+            "{line}"
+        );
+        assert_eq!(
+            c.messages.last().unwrap(),
+            "generation 1 is on trial: boot 1 of 3 (pkgtool bless marks it good)"
         );
         assert_eq!(r.generation(), Some(2), "the list stays for a repair");
         let st = state(&r);
@@ -633,5 +733,109 @@ mod tests {
             c.messages
         );
         assert_eq!(state(&r).trying, Some((2, 2)));
+    }
+    #[test]
+    fn tries_come_from_boot_conf_and_the_command_line_wins() {
+        let mut r = two_generations();
+        let paths = r.stack.layers[0].paths.clone();
+        std::fs::write(conf_file(&paths), "# tries of a new generation\ntries=5\n").unwrap();
+        let c = boot(&mut r, "");
+        assert!(
+            c.messages
+                .iter()
+                .any(|m| m.ends_with("boot 1 of 5 (pkgtool bless marks it good)")),
+            "{:?}",
+            c.messages
+        );
+        assert_eq!(state(&r).trying, Some((2, 4)));
+        // The command line wins; a trial under way counts from the lower number.
+        let c = boot(&mut r, "packagefs.tries=2");
+        assert_eq!(state(&r).trying, Some((2, 1)), "{:?}", c.messages);
+        assert!(
+            c.messages.iter().any(|m| m.contains("boot 1 of 2")),
+            "{:?}",
+            c.messages
+        );
+        // A bad line is a warning, ignored; the default holds.
+        std::fs::write(conf_file(&paths), "tries=zero\nretries=2\n").unwrap();
+        let (t, w) = configured_tries(&paths);
+        assert_eq!(t, None);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("line 1: tries=zero: tries must be 1 to 100: ignored"),
+            "{w:?}"
+        );
+        let c = boot(&mut r, "");
+        assert!(
+            c.messages
+                .iter()
+                .any(|m| m.contains("not tries=N: ignored")),
+            "{:?}",
+            c.messages
+        );
+        assert_eq!(c.n, 2);
+    }
+
+    #[test]
+    fn a_fallback_passes_over_a_generation_that_failed_its_assessment() {
+        let mut r = two_generations();
+        let v3 = r.lab.pkg(0, &m("a", "3.0.0", ""), &[("a", "3")]);
+        r.overwrite("a.hpkg", &std::fs::read(&v3.path).unwrap());
+        r.step();
+        assert_eq!(r.generation(), Some(3));
+        BootState {
+            bad: [2].into(),
+            ..Default::default()
+        }
+        .write(&r.stack.layers[0].paths)
+        .unwrap();
+        spoil_active(&mut r);
+        let c = boot(&mut r, "");
+        assert_eq!((c.n, c.how), (1, How::Fallback), "{:?}", c.messages);
+        assert!(
+            c.messages[0].starts_with("generation 3 does not open whole (layer system: a-3.0.0"),
+            "{:?}",
+            c.messages
+        );
+    }
+
+    #[test]
+    fn nothing_that_opens_whole_is_a_one_line_error_not_a_panic() {
+        let mut r = Rig::new();
+        r.drop_pkg("a.hpkg", "a", "1.0.0", "");
+        r.step();
+        spoil_active(&mut r);
+        let _lock = Lock::acquire(&r.stack.layers[0].paths).unwrap();
+        let e = choose(&r.stack, 0, &[], &parse_cmdline(""), &mut r.opener).unwrap_err();
+        let e = crate::stack::one_line(&e);
+        assert!(!e.contains('\n'), "{e}");
+        assert!(
+            e.contains(
+                "no generation up to 1 opens whole (generation 1 does not open whole (layer system: a-1.0.0"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bless_twice_says_so_and_without_a_boot_is_an_error() {
+        let mut r = two_generations();
+        let paths = r.stack.layers[0].paths.clone();
+        let e = bless(&paths).unwrap_err();
+        assert!(
+            crate::stack::one_line(&e).contains("no boot is recorded"),
+            "{e}"
+        );
+        boot(&mut r, "");
+        assert_eq!(
+            bless(&paths).unwrap(),
+            "generation 2 is good: this boot is blessed"
+        );
+        assert_eq!(bless(&paths).unwrap(), "generation 2 is good already");
+        let st = state(&r);
+        assert!(st.good.contains(&2) && st.trying.is_none(), "{st:?}");
+        // A good generation is not on trial at its next boot.
+        let c = boot(&mut r, "");
+        assert_eq!(c.messages, ["booting generation 2"]);
     }
 }
