@@ -515,6 +515,168 @@ pub fn bless(layer: &LayerPaths) -> Result<String, StateError> {
     Ok(format!("generation {n} is good: this boot is blessed"))
 }
 
+// ---------------------------------------------------------------------------------------
+// Boot Loader Specification entries
+
+/// What every boot entry of a layer boots: the kernel, the initramfs, the kernel command
+/// line (without the pin).
+#[derive(Debug, Clone)]
+pub struct EntrySpec {
+    /// The kernel, as the boot loader finds it (`/vmlinuz`, relative to its partition).
+    pub linux: String,
+    /// The initramfs.
+    pub initrd: String,
+    /// Kernel command line words every entry gets.
+    pub options: String,
+}
+
+/// One boot entry file: its name in the entries directory and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// `packagefs-gen-N.conf`, or [`DEFAULT_ENTRY`].
+    pub file: String,
+    /// The generation it pins, `None` for the default entry.
+    pub generation: Option<u64>,
+    /// The file's text.
+    pub text: String,
+}
+
+/// The entry that boots the active generation (under boot assessment).
+pub const DEFAULT_ENTRY: &str = "packagefs.conf";
+
+/// Prefix of the entries that pin a generation; others of ours with it are stale.
+pub const ENTRY_PREFIX: &str = "packagefs-gen-";
+
+/// A boot entry's value on one line: control characters become spaces.
+fn entry_value(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// The Boot Loader Specification (type #1) entries of layer `layer`: one per generation,
+/// which boots it with `packagefs.generation=N` (newest first in a boot menu), and a
+/// default entry without the pin, listed first. Refuses a value with a line break.
+pub fn boot_entries(layer: &LayerPaths, spec: &EntrySpec) -> Result<Vec<Entry>, StateError> {
+    for (what, v) in [
+        ("linux", &spec.linux),
+        ("initrd", &spec.initrd),
+        ("options", &spec.options),
+    ] {
+        if v.contains(['\n', '\r']) {
+            return Err(StateError::Bad {
+                path: layer.dir.clone(),
+                reason: format!("boot entry {what}: a line break in {v:?}"),
+            });
+        }
+    }
+    let (st, _) = BootState::read(layer);
+    let active = generation::read_list(&layer.active_list())
+        .ok()
+        .flatten()
+        .and_then(|l| l.generation());
+    let options = |pin: Option<u64>| {
+        let mut o = spec.options.trim().to_string();
+        if let Some(n) = pin {
+            if !o.is_empty() {
+                o.push(' ');
+            }
+            let _ = write!(o, "packagefs.generation={n}");
+        }
+        o
+    };
+    let body = |o: String| {
+        let mut t = format!("linux {}\ninitrd {}\n", spec.linux, spec.initrd);
+        if !o.is_empty() {
+            let _ = writeln!(t, "options {o}");
+        }
+        t
+    };
+    let mut out = Vec::new();
+    let default_version = active.map_or(String::new(), |n| format!("version {n}\n"));
+    out.push(Entry {
+        file: DEFAULT_ENTRY.to_string(),
+        generation: None,
+        text: format!(
+            "# packagefs: the active generation, under boot assessment\ntitle packagefs{}\nsort-key packagefs\n{default_version}{}",
+            active.map_or(String::new(), |n| format!(" (active: generation {n})")),
+            body(options(None))
+        ),
+    });
+    for n in generation::generation_numbers(layer)?.into_iter().rev() {
+        let Some(list) = generation::read_list(&layer.generation_list(n))? else {
+            continue;
+        };
+        let mut about: Vec<String> = ["time", "reason"]
+            .iter()
+            .filter_map(|k| list.meta.get(*k).map(|v| entry_value(v)))
+            .filter(|v| !v.is_empty())
+            .collect();
+        if active == Some(n) {
+            about.push("active".into());
+        }
+        if st.bad.contains(&n) {
+            about.push("failed its boot assessment".into());
+        } else if st.good.contains(&n) {
+            about.push("good".into());
+        }
+        let about = if about.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", about.join(", "))
+        };
+        out.push(Entry {
+            file: format!("{ENTRY_PREFIX}{n}.conf"),
+            generation: Some(n),
+            text: format!(
+                "# packagefs: generation {n} for one boot\ntitle packagefs generation {n}{about}\nsort-key packagefs-gen\nversion {n}\n{}",
+                body(options(Some(n)))
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// Writes `entries` into `dir` (each crash-safely, 0644) and removes the files of ours
+/// (`packagefs-gen-*.conf`) that are not among them. Returns the names removed.
+pub fn write_entries(dir: &std::path::Path, entries: &[Entry]) -> Result<Vec<String>, StateError> {
+    for e in entries {
+        let path = dir.join(&e.file);
+        // Unchanged entries are not rewritten (an ESP is FAT: spare it the writes).
+        if generation::read_state_file(&path, MAX_STATE).is_ok_and(|t| t == e.text) {
+            continue;
+        }
+        generation::write_atomic(&path, e.text.as_bytes())?;
+    }
+    let keep: BTreeSet<&str> = entries.iter().map(|e| e.file.as_str()).collect();
+    let mut removed = Vec::new();
+    let rd = std::fs::read_dir(dir).map_err(|source| StateError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for d in rd.filter_map(|d| d.ok()) {
+        let name = d.file_name().to_string_lossy().into_owned();
+        let ours = name
+            .strip_prefix(ENTRY_PREFIX)
+            .and_then(|r| r.strip_suffix(".conf"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if ours && !keep.contains(name.as_str()) {
+            std::fs::remove_file(d.path()).map_err(|source| StateError::Io {
+                path: d.path(),
+                source,
+            })?;
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    if !removed.is_empty() {
+        generation::sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -837,5 +999,56 @@ mod tests {
         // A good generation is not on trial at its next boot.
         let c = boot(&mut r, "");
         assert_eq!(c.messages, ["booting generation 2"]);
+    }
+    #[test]
+    fn boot_entries_pin_each_generation_and_stale_ones_go() {
+        let mut r = two_generations();
+        boot(&mut r, "");
+        bless(&r.stack.layers[0].paths).unwrap();
+        let spec = EntrySpec {
+            linux: "/vmlinuz".into(),
+            initrd: "/initrd.img".into(),
+            options: "console=ttyS0 ro".into(),
+        };
+        let paths = r.stack.layers[0].paths.clone();
+        let e = boot_entries(&paths, &spec).unwrap();
+        let files: Vec<&str> = e.iter().map(|e| e.file.as_str()).collect();
+        assert_eq!(
+            files,
+            [
+                "packagefs.conf",
+                "packagefs-gen-2.conf",
+                "packagefs-gen-1.conf"
+            ]
+        );
+        assert!(
+            e[0].text.contains("\noptions console=ttyS0 ro\n"),
+            "{}",
+            e[0].text
+        );
+        assert!(!e[0].text.contains("packagefs.generation"), "{}", e[0].text);
+        let g2 = &e[1].text;
+        assert!(g2.contains("\ntitle packagefs generation 2 ("), "{g2}");
+        assert!(g2.contains(", active, good)\n"), "{g2}");
+        assert!(g2.contains("\nversion 2\nlinux /vmlinuz\ninitrd /initrd.img\noptions console=ttyS0 ro packagefs.generation=2\n"), "{g2}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("packagefs-gen-9.conf"), "stale").unwrap();
+        std::fs::write(dir.path().join("other.conf"), "not ours").unwrap();
+        let removed = write_entries(dir.path(), &e).unwrap();
+        assert_eq!(removed, ["packagefs-gen-9.conf"]);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("packagefs-gen-1.conf")).unwrap(),
+            e[2].text
+        );
+        assert!(dir.path().join("other.conf").exists());
+        let bad = EntrySpec {
+            options: "a\nb".into(),
+            ..spec
+        };
+        let err = boot_entries(&paths, &bad).unwrap_err();
+        assert!(
+            err.to_string().contains("boot entry options: a line break"),
+            "{err}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! One test binary (STYLE.md, "Tests"); the harness is the `e2e` library (`tests/src/`).
 //! Mounting needs root and /dev/fuse.
 
+mod boot;
 mod corruption;
 mod dead_mounts;
 mod errors;
