@@ -167,4 +167,39 @@ fn r12_boots_pinned_then_on_trial_then_the_last_good_generation_for_good() {
         "{}",
         mnt.log()
     );
+    drop(mnt);
+
+    // Boot 6: the bad generation 2, pinned, serves it; a change made during a pinned boot
+    // waits for the next boot; blessing the pinned boot makes generation 2 good again.
+    let mnt = m.boot("packagefs.generation=2");
+    assert_eq!(read(mnt.join("hello")), "2.0.0\n", "{}", mnt.log());
+    m.install("3.0.0");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        read(mnt.join("hello")),
+        "2.0.0\n",
+        "a pinned boot is not changed live: {}",
+        mnt.log()
+    );
+    assert!(
+        mnt.log()
+            .contains("changes to the layer take effect at the next boot"),
+        "{}",
+        mnt.log()
+    );
+    drop(mnt);
+    let said = m.run(&mut m.pkgtool(&["bless"]));
+    assert_eq!(said.trim(), "generation 2 is good: this boot is blessed");
+    let st = m.run(&mut m.pkgtool(&["status"]));
+    assert!(st.contains("good: 1 2; bad: none"), "{st}");
+
+    // Boot 7: generation 3, installed during boot 6, is active and on trial.
+    let mnt = m.boot("");
+    assert_eq!(read(mnt.join("hello")), "3.0.0\n", "{}", mnt.log());
+    assert!(
+        mnt.log()
+            .contains("packagefs: generation 3 is on trial: boot 1 of 3"),
+        "{}",
+        mnt.log()
+    );
 }
