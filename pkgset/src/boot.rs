@@ -28,6 +28,9 @@
 //!
 //! `state/boot` is text, one fact per line (FORMAT.md §11); a torn or garbled file is a
 //! warning and counts as empty.
+//!
+//! [`boot_entries`] and [`write_entries`] make the Boot Loader Specification entries of a
+//! layer (`pkgtool boot-entries`): one per generation, pinning it, and a default one.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
