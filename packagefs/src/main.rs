@@ -60,10 +60,18 @@ fn main() -> ExitCode {
     match run(settings, sigset) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("packagefs: {}", layers::one_line(e.as_ref()));
+            error_line(&format!("packagefs: {}", layers::one_line(e.as_ref())));
             ExitCode::from(1)
         }
     }
+}
+
+/// One line on stderr in one write: under `-o log=/dev/kmsg` a write is a kernel log
+/// record, and `eprintln!` may write a line in pieces.
+fn error_line(line: &str) {
+    let line = format!("{}\n", line.replace('\n', " "));
+    // SAFETY: writing our own buffer to fd 2.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
 }
 
 /// systemd's convention for root storage daemons: a process whose argv[0] starts with `@`
@@ -75,7 +83,9 @@ fn reexec_as_root_storage_daemon() -> ExitCode {
         .arg0(ROOT_STORAGE_ARGV0)
         .args(std::env::args_os().skip(1))
         .exec();
-    eprintln!("packagefs: cannot run itself as {ROOT_STORAGE_ARGV0}: {err}");
+    error_line(&format!(
+        "packagefs: cannot run itself as {ROOT_STORAGE_ARGV0}: {err}"
+    ));
     ExitCode::from(1)
 }
 
@@ -179,7 +189,7 @@ fn log_filter(env: Option<String>) -> tracing_subscriber::EnvFilter {
         spec.push_str(",pubgrub=warn");
     }
     tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
-        eprintln!("packagefs: RUST_LOG={spec}: {e}; logging at info");
+        error_line(&format!("packagefs: RUST_LOG={spec}: {e}; logging at info"));
         tracing_subscriber::EnvFilter::new("info,pubgrub=warn,fuser::session=error")
     })
 }
