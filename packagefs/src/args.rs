@@ -34,8 +34,14 @@ it, with no need for allow_other or allow_root; default_permissions is always on
 packagefs options (layer=NAME=DIR, trusted_keys=DIR, cache_size=SIZE, threads=N,
 log=FILE: where a detached daemon logs (/dev/kmsg: one kernel log record per line, with
 its level), boot: the root file system of a machine (the initramfs form: the lowest
-layer's generation is chosen by packagefs.generation=N on the kernel command line and by
-boot assessment, see docs/boot.md; boot_cmdline=FILE reads another command line),
+layer's generation is chosen by packagefs.generation=N on the kernel command line, this
+boot only, and by boot assessment: a generation not yet blessed gets packagefs.tries=N
+boots, or tries=N of state/boot.conf, default 3, counted in state/boot; then the last good
+one boots, for good; one that does not open whole falls back to the newest earlier one
+that does; each decision is one `packagefs: ` line on the console and in the kernel log;
+the daemon runs as @packagefs, a root storage daemon systemd leaves running, and holds its
+layers by descriptor, reachable after switch_root; boot_cmdline=FILE reads another
+command line than /proc/cmdline; see docs/boot.md and pkgtool bless),
 xattrs / noxattrs: always / never answer extended attributes; by default they are answered
 if a package active at mount has any, since answering costs `ls -l` a round trip per file)."
 )]

@@ -25,6 +25,8 @@ use tracing::{error, info, warn};
 
 /// Environment variable through which a daemonizing parent passes its readiness pipe.
 const READY_FD_ENV: &str = "PACKAGEFS_READY_FD";
+/// With `-o boot`, the daemonizing parent's stderr (the console), for the boot messages.
+const CONSOLE_FD_ENV: &str = "PACKAGEFS_CONSOLE_FD";
 
 fn main() -> ExitCode {
     if let Some(v) = std::env::var_os(auto_unmount::ENV) {
@@ -58,10 +60,18 @@ fn main() -> ExitCode {
     match run(settings, sigset) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("packagefs: {}", layers::one_line(e.as_ref()));
+            error_line(&format!("packagefs: {}", layers::one_line(e.as_ref())));
             ExitCode::from(1)
         }
     }
+}
+
+/// One line on stderr in one write: under `-o log=/dev/kmsg` a write is a kernel log
+/// record, and `eprintln!` may write a line in pieces.
+fn error_line(line: &str) {
+    let line = format!("{}\n", line.replace('\n', " "));
+    // SAFETY: writing our own buffer to fd 2.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
 }
 
 /// systemd's convention for root storage daemons: a process whose argv[0] starts with `@`
@@ -73,7 +83,9 @@ fn reexec_as_root_storage_daemon() -> ExitCode {
         .arg0(ROOT_STORAGE_ARGV0)
         .args(std::env::args_os().skip(1))
         .exec();
-    eprintln!("packagefs: cannot run itself as {ROOT_STORAGE_ARGV0}: {err}");
+    error_line(&format!(
+        "packagefs: cannot run itself as {ROOT_STORAGE_ARGV0}: {err}"
+    ));
     ExitCode::from(1)
 }
 
@@ -151,6 +163,8 @@ fn init_log() {
             .with_ansi(false)
             .without_time()
             .with_target(false)
+            // The record's priority is the level.
+            .with_level(false)
             .init();
         return;
     }
@@ -175,7 +189,7 @@ fn log_filter(env: Option<String>) -> tracing_subscriber::EnvFilter {
         spec.push_str(",pubgrub=warn");
     }
     tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
-        eprintln!("packagefs: RUST_LOG={spec}: {e}; logging at info");
+        error_line(&format!("packagefs: RUST_LOG={spec}: {e}; logging at info"));
         tracing_subscriber::EnvFilter::new("info,pubgrub=warn,fuser::session=error")
     })
 }
@@ -538,18 +552,8 @@ fn boot_choice(
     })?;
     let mut opener = pkgset::Opener::new(keys.clone());
     let choice = pkgset::boot::choose(stack, 0, &[], &cmd, &mut opener);
-    let say = |m: &str| {
-        // The console: the kernel log when that is where we log (its records reach the
-        // console), else stderr and the kernel log both.
-        if stderr_is_kmsg() {
-            warn!("{m}");
-        } else {
-            eprintln!("packagefs: {m}");
-            if let Ok(mut k) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-                let _ = k.write_all(format!("<5>packagefs: {m}").as_bytes());
-            }
-        }
-    };
+    let console = Console::new();
+    let say = |m: &str| console.say(m);
     match choice {
         Ok(Some(c)) => {
             for m in &c.messages {
@@ -567,6 +571,85 @@ fn boot_choice(
             Ok(None)
         }
     }
+}
+
+/// Where the boot messages go: one kernel log record each (so `journalctl -k` shows them
+/// after the boot), and one `packagefs: ` line each on the console: the daemonizing
+/// parent's stderr (passed as CONSOLE_FD_ENV) or our own. A console the kernel prints
+/// the record on already (`/dev/console`, at the console log level) gets no second copy;
+/// a log file (`-o log=FILE`) gets the line as well.
+struct Console {
+    kmsg: Option<std::fs::File>,
+    /// The fd of the console line, and whether it is a copy from the parent.
+    fd: i32,
+    inherited: bool,
+    /// The kernel prints our records on the console by itself.
+    kernel_shows: bool,
+}
+
+/// Kernel log priority of the boot messages (notice).
+const BOOT_PRIORITY: u32 = 5;
+
+impl Console {
+    fn new() -> Console {
+        let inherited = std::env::var_os(CONSOLE_FD_ENV)
+            .and_then(|v| v.to_str()?.parse::<i32>().ok())
+            // SAFETY: F_GETFD only asks whether the fd is open.
+            .filter(|&fd| fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+        let fd = inherited.unwrap_or(2);
+        let is_console = fd_rdev(fd) == Some(libc::makedev(5, 1));
+        let level = std::fs::read_to_string("/proc/sys/kernel/printk")
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(0);
+        let kmsg = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/kmsg")
+            .ok();
+        Console {
+            kernel_shows: kmsg.is_some() && is_console && level > BOOT_PRIORITY,
+            kmsg,
+            fd,
+            inherited: inherited.is_some(),
+        }
+    }
+
+    fn say(&self, m: &str) {
+        let m = m.replace('\n', " ");
+        if let Some(mut k) = self.kmsg.as_ref() {
+            // One write is one record.
+            let _ = k.write_all(format!("<{BOOT_PRIORITY}>packagefs: {m}").as_bytes());
+        }
+        // Our stderr being the kernel log, the record above is the line.
+        let stderr_kmsg = self.fd == 2 && stderr_is_kmsg();
+        if !self.kernel_shows && !stderr_kmsg {
+            let line = format!("packagefs: {m}\n");
+            // SAFETY: writing our own buffer to an open fd.
+            unsafe { libc::write(self.fd, line.as_ptr().cast(), line.len()) };
+        }
+        // A log file of a detached daemon gets it too.
+        if self.inherited && !stderr_is_kmsg() {
+            info!("{m}");
+        }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        if self.inherited {
+            // SAFETY: our copy of the parent's stderr, used by nobody else.
+            unsafe { libc::close(self.fd) };
+        }
+    }
+}
+
+/// The device number of the file an fd is open on, if it is a character device.
+fn fd_rdev(fd: i32) -> Option<libc::dev_t> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::metadata(format!("/proc/self/fd/{fd}"))
+        .ok()
+        .filter(|m| m.file_type().is_char_device())
+        .map(|m| m.rdev())
 }
 
 /// Writes each layer's `state/stack` (its name and the layers below it), so that pkgtool
@@ -788,9 +871,18 @@ fn daemonize(log_file: Option<&Path>, boot: bool) -> ExitCode {
     unsafe { libc::fcntl(w, libc::F_SETFD, 0) };
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("packagefs"));
     let mut cmd = std::process::Command::new(exe);
-    if boot {
+    // The boot messages go to our stderr, the console, as well as to the log.
+    let console = if boot {
         std::os::unix::process::CommandExt::arg0(&mut cmd, ROOT_STORAGE_ARGV0);
-    }
+        // SAFETY: dup of our stderr; the copy is inherited (no FD_CLOEXEC).
+        let c = unsafe { libc::fcntl(2, libc::F_DUPFD, 3) };
+        (c >= 0).then(|| {
+            cmd.env(CONSOLE_FD_ENV, c.to_string());
+            c
+        })
+    } else {
+        None
+    };
     cmd.args(std::env::args_os().skip(1))
         .env(READY_FD_ENV, w.to_string())
         .stdin(std::process::Stdio::null())
@@ -834,8 +926,13 @@ fn daemonize(log_file: Option<&Path>, boot: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // SAFETY: closing our copy of the write end so EOF means the child is gone.
+    // SAFETY: closing our copy of the write end so EOF means the child is gone, and our
+    // copy of the console.
     unsafe { libc::close(w) };
+    if let Some(c) = console {
+        // SAFETY: as above.
+        unsafe { libc::close(c) };
+    }
     let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(r) };
     let mut buf = [0u8; 16];
     let n = std::io::Read::read(&mut f, &mut buf).unwrap_or(0);

@@ -28,6 +28,9 @@
 //!
 //! `state/boot` is text, one fact per line (FORMAT.md §11); a torn or garbled file is a
 //! warning and counts as empty.
+//!
+//! [`boot_entries`] and [`write_entries`] make the Boot Loader Specification entries of a
+//! layer (`pkgtool boot-entries`): one per generation, pinning it, and a default one.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -39,6 +42,9 @@ use crate::stack::{Opener, Stack};
 
 /// Boots a generation not yet known good gets, unless configured otherwise.
 pub const DEFAULT_TRIES: u32 = 3;
+
+/// Most tries a generation can be given.
+pub const MAX_TRIES: u32 = 100;
 
 /// Largest `state/boot` and `state/boot.conf` read.
 const MAX_STATE: u64 = 1 << 20;
@@ -67,10 +73,10 @@ pub fn parse_cmdline(text: &str) -> Cmdline {
             }
         } else if let Some(v) = w.strip_prefix("packagefs.tries=") {
             match v.parse::<u32>() {
-                Ok(n) if (1..=100).contains(&n) => c.tries = Some(n),
+                Ok(n) if (1..=MAX_TRIES).contains(&n) => c.tries = Some(n),
                 _ => c
                     .warnings
-                    .push(format!("{w}: tries must be 1 to 100: ignored")),
+                    .push(format!("{w}: tries must be 1 to {MAX_TRIES}: ignored")),
             }
         }
     }
@@ -228,13 +234,42 @@ pub fn boot_file(layer: &LayerPaths) -> std::path::PathBuf {
     layer.state().join("boot")
 }
 
-/// The tries a layer gives a new generation: `tries=N` in `state/boot.conf`.
-pub fn configured_tries(layer: &LayerPaths) -> Option<u32> {
-    let text = generation::read_state_file(&layer.state().join("boot.conf"), MAX_STATE).ok()?;
-    text.lines().find_map(|l| {
-        let v = l.trim().strip_prefix("tries=")?;
-        v.trim().parse().ok().filter(|n| (1..=100).contains(n))
-    })
+/// `state/boot.conf`.
+pub fn conf_file(layer: &LayerPaths) -> std::path::PathBuf {
+    layer.state().join("boot.conf")
+}
+
+/// The tries a layer gives a new generation: `tries=N` in `state/boot.conf` (the last
+/// such line), and a warning for each line that does not parse (each ignored).
+pub fn configured_tries(layer: &LayerPaths) -> (Option<u32>, Vec<String>) {
+    let path = conf_file(layer);
+    let text = match generation::read_state_file(&path, MAX_STATE) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (None, Vec::new()),
+        Err(e) => return (None, vec![format!("{}: {e}: ignored", path.display())]),
+    };
+    let mut tries = None;
+    let mut warnings = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.strip_prefix("tries=").map(|v| v.trim().parse::<u32>()) {
+            Some(Ok(n)) if (1..=MAX_TRIES).contains(&n) => tries = Some(n),
+            Some(_) => warnings.push(format!(
+                "{} line {}: {line}: tries must be 1 to {MAX_TRIES}: ignored",
+                path.display(),
+                i + 1
+            )),
+            None => warnings.push(format!(
+                "{} line {}: {line}: not tries=N: ignored",
+                path.display(),
+                i + 1
+            )),
+        }
+    }
+    (tries, warnings)
 }
 
 /// What [`choose`] decided.
@@ -272,10 +307,10 @@ pub fn choose(
     let mut msgs: Vec<String> = cmd.warnings.clone();
     let (mut st, warning) = BootState::read(&paths);
     msgs.extend(warning);
-    let tries = cmd
-        .tries
-        .or_else(|| configured_tries(&paths))
-        .unwrap_or(DEFAULT_TRIES);
+    let (conf_tries, conf_warnings) = configured_tries(&paths);
+    msgs.extend(conf_warnings);
+    // The command line wins over the layer's boot.conf.
+    let tries = cmd.tries.or(conf_tries).unwrap_or(DEFAULT_TRIES);
     let active = generation::read_list(&paths.active_list())
         .ok()
         .flatten()
@@ -314,12 +349,24 @@ pub fn choose(
     if !pinned {
         let spent = st.trying.is_some_and(|(n, left)| n == target && left == 0);
         if spent || st.bad.contains(&target) {
-            let why = if spent {
+            let (why, reason) = if spent {
                 st.bad.insert(target);
                 st.trying = None;
-                format!("generation {target} used up its {tries} boot tries without a good boot")
+                (
+                    format!(
+                        "generation {target} used up its {tries} boot tries without a good boot"
+                    ),
+                    format!("boot assessment: generation {target} failed {tries} boots"),
+                )
             } else {
-                format!("generation {target} failed its boot assessment before")
+                (
+                    format!(
+                        "generation {target} is active but failed its boot assessment before \
+                         (it is not booted by itself; packagefs.generation={target} and a \
+                         blessed boot make it good)"
+                    ),
+                    format!("boot assessment: generation {target} failed before"),
+                )
             };
             let good: Vec<u64> = st
                 .good
@@ -334,39 +381,65 @@ pub fn choose(
                         "{why}: booting the last good generation, {}, and making it the active one",
                         c.n
                     ));
-                    note = Some(format!("{why}: rolled back to generation {}", c.n));
+                    note = Some(format!("{reason}: rolled back to generation {}", c.n));
                     target = c.n;
                     how = How::LastGood;
                 }
-                Err(_) => msgs.push(format!(
-                    "{why}, but no good generation opens whole: booting generation {target} anyway"
-                )),
+                Err(_) => {
+                    msgs.push(format!(
+                        "{why}, but no good generation opens whole: booting generation {target} anyway"
+                    ));
+                    note = Some(format!(
+                        "{reason}, but no good generation opens whole: booted it anyway"
+                    ));
+                }
             }
         }
     }
 
-    // The generation must open whole; else the newest earlier one that does.
+    // The generation must open whole; else the newest earlier one that does, passing
+    // over those that failed their assessment while another one will do.
     let upto: Vec<u64> = numbers.iter().copied().filter(|&n| n <= target).collect();
-    let chosen = match reconcile::newest_whole(stack, l, &sets, &upto, opener) {
+    let not_bad: Vec<u64> = upto
+        .iter()
+        .copied()
+        .filter(|&n| n == target || !st.bad.contains(&n))
+        .collect();
+    let chosen = match reconcile::newest_whole(stack, l, &sets, &not_bad, opener) {
+        Ok(c) => Ok(c),
+        Err(_) if not_bad.len() < upto.len() => {
+            reconcile::newest_whole(stack, l, &sets, &upto, opener)
+        }
+        Err(why) => Err(why),
+    };
+    let chosen = match chosen {
         Ok(c) => c,
         Err(why) => {
-            for (n, reason) in &why {
-                msgs.push(format!("generation {n} {reason}"));
-            }
+            let first = why
+                .iter()
+                .find(|w| w.0 == target)
+                .or(why.first())
+                .map(|(n, r)| format!(" (generation {n} {})", skip_text(r)))
+                .unwrap_or_default();
             return Err(StateError::Bad {
                 path: paths.generations(),
-                reason: format!("no generation up to {target} opens whole"),
+                reason: format!("no generation up to {target} opens whole{first}"),
             });
         }
     };
     if chosen.n != target {
-        for (n, reason) in &chosen.skipped {
-            msgs.push(format!("generation {n} {reason}"));
-        }
+        let mut skipped = chosen.skipped.iter();
+        let reason = skipped
+            .next()
+            .filter(|s| s.0 == target)
+            .map_or("does not open whole".to_string(), |s| skip_text(&s.1));
         msgs.push(format!(
-            "falling back to generation {}, the newest earlier one that opens whole",
+            "generation {target} {reason}; falling back to generation {}, the newest earlier one that opens whole",
             chosen.n
         ));
+        for (n, r) in skipped {
+            msgs.push(format!("generation {n} {} either", skip_text(r)));
+        }
         note = Some(format!(
             "generation {target} did not open whole: booted generation {}",
             chosen.n
@@ -380,13 +453,14 @@ pub fn choose(
     // Count the try.
     if !pinned && !st.good.contains(&n) {
         let left = match st.trying {
-            Some((t, left)) if t == n => left.saturating_sub(1),
+            // Tries lowered during a trial count from the lower number.
+            Some((t, left)) if t == n => left.min(tries).saturating_sub(1),
             _ => tries.saturating_sub(1),
         };
         st.trying = Some((n, left));
         msgs.push(format!(
             "generation {n} is on trial: boot {} of {tries} (pkgtool bless marks it good)",
-            tries - left
+            tries.saturating_sub(left)
         ));
     } else {
         msgs.push(format!("booting generation {n}"));
@@ -402,6 +476,17 @@ pub fn choose(
         frozen,
         messages: msgs,
     }))
+}
+
+/// A reason of [`reconcile::newest_whole`] as the boot messages say it: the cause in
+/// parentheses (`does not open whole (hello-2.0.0: ...)`).
+fn skip_text(reason: &str) -> String {
+    for head in ["does not open whole", "is refused", "cannot be read"] {
+        if let Some(cause) = reason.strip_prefix(head).and_then(|r| r.strip_prefix(": ")) {
+            return format!("{head} ({cause})");
+        }
+    }
+    reason.to_string()
 }
 
 /// Marks the generation booted last as good: its trial ends, a `bad` mark goes. Returns
@@ -431,6 +516,168 @@ pub fn bless(layer: &LayerPaths) -> Result<String, StateError> {
     }
     st.write(layer)?;
     Ok(format!("generation {n} is good: this boot is blessed"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Boot Loader Specification entries
+
+/// What every boot entry of a layer boots: the kernel, the initramfs, the kernel command
+/// line (without the pin).
+#[derive(Debug, Clone)]
+pub struct EntrySpec {
+    /// The kernel, as the boot loader finds it (`/vmlinuz`, relative to its partition).
+    pub linux: String,
+    /// The initramfs.
+    pub initrd: String,
+    /// Kernel command line words every entry gets.
+    pub options: String,
+}
+
+/// One boot entry file: its name in the entries directory and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// `packagefs-gen-N.conf`, or [`DEFAULT_ENTRY`].
+    pub file: String,
+    /// The generation it pins, `None` for the default entry.
+    pub generation: Option<u64>,
+    /// The file's text.
+    pub text: String,
+}
+
+/// The entry that boots the active generation (under boot assessment).
+pub const DEFAULT_ENTRY: &str = "packagefs.conf";
+
+/// Prefix of the entries that pin a generation; others of ours with it are stale.
+pub const ENTRY_PREFIX: &str = "packagefs-gen-";
+
+/// A boot entry's value on one line: control characters become spaces.
+fn entry_value(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// The Boot Loader Specification (type #1) entries of layer `layer`: one per generation,
+/// which boots it with `packagefs.generation=N` (newest first in a boot menu), and a
+/// default entry without the pin, listed first. Refuses a value with a line break.
+pub fn boot_entries(layer: &LayerPaths, spec: &EntrySpec) -> Result<Vec<Entry>, StateError> {
+    for (what, v) in [
+        ("linux", &spec.linux),
+        ("initrd", &spec.initrd),
+        ("options", &spec.options),
+    ] {
+        if v.contains(['\n', '\r']) {
+            return Err(StateError::Bad {
+                path: layer.dir.clone(),
+                reason: format!("boot entry {what}: a line break in {v:?}"),
+            });
+        }
+    }
+    let (st, _) = BootState::read(layer);
+    let active = generation::read_list(&layer.active_list())
+        .ok()
+        .flatten()
+        .and_then(|l| l.generation());
+    let options = |pin: Option<u64>| {
+        let mut o = spec.options.trim().to_string();
+        if let Some(n) = pin {
+            if !o.is_empty() {
+                o.push(' ');
+            }
+            let _ = write!(o, "packagefs.generation={n}");
+        }
+        o
+    };
+    let body = |o: String| {
+        let mut t = format!("linux {}\ninitrd {}\n", spec.linux, spec.initrd);
+        if !o.is_empty() {
+            let _ = writeln!(t, "options {o}");
+        }
+        t
+    };
+    let mut out = Vec::new();
+    let default_version = active.map_or(String::new(), |n| format!("version {n}\n"));
+    out.push(Entry {
+        file: DEFAULT_ENTRY.to_string(),
+        generation: None,
+        text: format!(
+            "# packagefs: the active generation, under boot assessment\ntitle packagefs{}\nsort-key packagefs\n{default_version}{}",
+            active.map_or(String::new(), |n| format!(" (active: generation {n})")),
+            body(options(None))
+        ),
+    });
+    for n in generation::generation_numbers(layer)?.into_iter().rev() {
+        let Some(list) = generation::read_list(&layer.generation_list(n))? else {
+            continue;
+        };
+        let mut about: Vec<String> = ["time", "reason"]
+            .iter()
+            .filter_map(|k| list.meta.get(*k).map(|v| entry_value(v)))
+            .filter(|v| !v.is_empty())
+            .collect();
+        if active == Some(n) {
+            about.push("active".into());
+        }
+        if st.bad.contains(&n) {
+            about.push("failed its boot assessment".into());
+        } else if st.good.contains(&n) {
+            about.push("good".into());
+        }
+        let about = if about.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", about.join(", "))
+        };
+        out.push(Entry {
+            file: format!("{ENTRY_PREFIX}{n}.conf"),
+            generation: Some(n),
+            text: format!(
+                "# packagefs: generation {n} for one boot\ntitle packagefs generation {n}{about}\nsort-key packagefs-gen\nversion {n}\n{}",
+                body(options(Some(n)))
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// Writes `entries` into `dir` (each crash-safely, 0644) and removes the files of ours
+/// (`packagefs-gen-*.conf`) that are not among them. Returns the names removed.
+pub fn write_entries(dir: &std::path::Path, entries: &[Entry]) -> Result<Vec<String>, StateError> {
+    for e in entries {
+        let path = dir.join(&e.file);
+        // Unchanged entries are not rewritten (an ESP is FAT: spare it the writes).
+        if generation::read_state_file(&path, MAX_STATE).is_ok_and(|t| t == e.text) {
+            continue;
+        }
+        generation::write_atomic(&path, e.text.as_bytes())?;
+    }
+    let keep: BTreeSet<&str> = entries.iter().map(|e| e.file.as_str()).collect();
+    let mut removed = Vec::new();
+    let rd = std::fs::read_dir(dir).map_err(|source| StateError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for d in rd.filter_map(|d| d.ok()) {
+        let name = d.file_name().to_string_lossy().into_owned();
+        let ours = name
+            .strip_prefix(ENTRY_PREFIX)
+            .and_then(|r| r.strip_suffix(".conf"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if ours && !keep.contains(name.as_str()) {
+            std::fs::remove_file(d.path()).map_err(|source| StateError::Io {
+                path: d.path(),
+                source,
+            })?;
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    if !removed.is_empty() {
+        generation::sync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -588,10 +835,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_generation_that_does_not_open_whole_falls_back_and_says_which_package() {
-        let mut r = two_generations();
-        // Spoil generation 2's package in the pool (and packages/, its other copy).
+    /// Spoils the active package of the rig's newest generation in the pool (and in
+    /// packages/, its other copy), and forgets what was opened.
+    fn spoil_active(r: &mut Rig) {
         let id = r.sets[0][0].id();
         let pool = r.stack.layers[0].paths.pool_file(&id);
         let mut bytes = std::fs::read(&pool).unwrap();
@@ -604,12 +850,31 @@ mod tests {
             std::fs::write(&f, &bytes).unwrap();
         }
         r.opener = Opener::new(crate::tests::lab_keys());
+    }
+
+    #[test]
+    fn a_generation_that_does_not_open_whole_falls_back_and_says_which_package() {
+        let mut r = two_generations();
+        spoil_active(&mut r);
         let c = boot(&mut r, "");
         assert_eq!((c.n, c.how, c.frozen), (1, How::Fallback, true));
         let said = c.messages.join("\n");
+        // One line: which generation, which package and why, and what boots instead.
+        let line = c
+            .messages
+            .iter()
+            .find(|m| m.starts_with("generation 2 does not open whole ("))
+            .unwrap_or_else(|| panic!("{said}"));
         assert!(
-            said.contains("generation 2 does not open whole") && said.contains("a-2.0.0"),
-            "{said}"
+            line.contains("a-2.0.0")
+                && line.ends_with(
+                    "); falling back to generation 1, the newest earlier one that opens whole"
+                ),
+            "{line}"
+        );
+        assert_eq!(
+            c.messages.last().unwrap(),
+            "generation 1 is on trial: boot 1 of 3 (pkgtool bless marks it good)"
         );
         assert_eq!(r.generation(), Some(2), "the list stays for a repair");
         let st = state(&r);
@@ -633,5 +898,160 @@ mod tests {
             c.messages
         );
         assert_eq!(state(&r).trying, Some((2, 2)));
+    }
+    #[test]
+    fn tries_come_from_boot_conf_and_the_command_line_wins() {
+        let mut r = two_generations();
+        let paths = r.stack.layers[0].paths.clone();
+        std::fs::write(conf_file(&paths), "# tries of a new generation\ntries=5\n").unwrap();
+        let c = boot(&mut r, "");
+        assert!(
+            c.messages
+                .iter()
+                .any(|m| m.ends_with("boot 1 of 5 (pkgtool bless marks it good)")),
+            "{:?}",
+            c.messages
+        );
+        assert_eq!(state(&r).trying, Some((2, 4)));
+        // The command line wins; a trial under way counts from the lower number.
+        let c = boot(&mut r, "packagefs.tries=2");
+        assert_eq!(state(&r).trying, Some((2, 1)), "{:?}", c.messages);
+        assert!(
+            c.messages.iter().any(|m| m.contains("boot 1 of 2")),
+            "{:?}",
+            c.messages
+        );
+        // A bad line is a warning, ignored; the default holds.
+        std::fs::write(conf_file(&paths), "tries=zero\nretries=2\n").unwrap();
+        let (t, w) = configured_tries(&paths);
+        assert_eq!(t, None);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("line 1: tries=zero: tries must be 1 to 100: ignored"),
+            "{w:?}"
+        );
+        let c = boot(&mut r, "");
+        assert!(
+            c.messages
+                .iter()
+                .any(|m| m.contains("not tries=N: ignored")),
+            "{:?}",
+            c.messages
+        );
+        assert_eq!(c.n, 2);
+    }
+
+    #[test]
+    fn a_fallback_passes_over_a_generation_that_failed_its_assessment() {
+        let mut r = two_generations();
+        let v3 = r.lab.pkg(0, &m("a", "3.0.0", ""), &[("a", "3")]);
+        r.overwrite("a.hpkg", &std::fs::read(&v3.path).unwrap());
+        r.step();
+        assert_eq!(r.generation(), Some(3));
+        BootState {
+            bad: [2].into(),
+            ..Default::default()
+        }
+        .write(&r.stack.layers[0].paths)
+        .unwrap();
+        spoil_active(&mut r);
+        let c = boot(&mut r, "");
+        assert_eq!((c.n, c.how), (1, How::Fallback), "{:?}", c.messages);
+        assert!(
+            c.messages[0].starts_with("generation 3 does not open whole (layer system: a-3.0.0"),
+            "{:?}",
+            c.messages
+        );
+    }
+
+    #[test]
+    fn nothing_that_opens_whole_is_a_one_line_error_not_a_panic() {
+        let mut r = Rig::new();
+        r.drop_pkg("a.hpkg", "a", "1.0.0", "");
+        r.step();
+        spoil_active(&mut r);
+        let _lock = Lock::acquire(&r.stack.layers[0].paths).unwrap();
+        let e = choose(&r.stack, 0, &[], &parse_cmdline(""), &mut r.opener).unwrap_err();
+        let e = crate::stack::one_line(&e);
+        assert!(!e.contains('\n'), "{e}");
+        assert!(
+            e.contains(
+                "no generation up to 1 opens whole (generation 1 does not open whole (layer system: a-1.0.0"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bless_twice_says_so_and_without_a_boot_is_an_error() {
+        let mut r = two_generations();
+        let paths = r.stack.layers[0].paths.clone();
+        let e = bless(&paths).unwrap_err();
+        assert!(
+            crate::stack::one_line(&e).contains("no boot is recorded"),
+            "{e}"
+        );
+        boot(&mut r, "");
+        assert_eq!(
+            bless(&paths).unwrap(),
+            "generation 2 is good: this boot is blessed"
+        );
+        assert_eq!(bless(&paths).unwrap(), "generation 2 is good already");
+        let st = state(&r);
+        assert!(st.good.contains(&2) && st.trying.is_none(), "{st:?}");
+        // A good generation is not on trial at its next boot.
+        let c = boot(&mut r, "");
+        assert_eq!(c.messages, ["booting generation 2"]);
+    }
+    #[test]
+    fn boot_entries_pin_each_generation_and_stale_ones_go() {
+        let mut r = two_generations();
+        boot(&mut r, "");
+        bless(&r.stack.layers[0].paths).unwrap();
+        let spec = EntrySpec {
+            linux: "/vmlinuz".into(),
+            initrd: "/initrd.img".into(),
+            options: "console=ttyS0 ro".into(),
+        };
+        let paths = r.stack.layers[0].paths.clone();
+        let e = boot_entries(&paths, &spec).unwrap();
+        let files: Vec<&str> = e.iter().map(|e| e.file.as_str()).collect();
+        assert_eq!(
+            files,
+            [
+                "packagefs.conf",
+                "packagefs-gen-2.conf",
+                "packagefs-gen-1.conf"
+            ]
+        );
+        assert!(
+            e[0].text.contains("\noptions console=ttyS0 ro\n"),
+            "{}",
+            e[0].text
+        );
+        assert!(!e[0].text.contains("packagefs.generation"), "{}", e[0].text);
+        let g2 = &e[1].text;
+        assert!(g2.contains("\ntitle packagefs generation 2 ("), "{g2}");
+        assert!(g2.contains(", active, good)\n"), "{g2}");
+        assert!(g2.contains("\nversion 2\nlinux /vmlinuz\ninitrd /initrd.img\noptions console=ttyS0 ro packagefs.generation=2\n"), "{g2}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("packagefs-gen-9.conf"), "stale").unwrap();
+        std::fs::write(dir.path().join("other.conf"), "not ours").unwrap();
+        let removed = write_entries(dir.path(), &e).unwrap();
+        assert_eq!(removed, ["packagefs-gen-9.conf"]);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("packagefs-gen-1.conf")).unwrap(),
+            e[2].text
+        );
+        assert!(dir.path().join("other.conf").exists());
+        let bad = EntrySpec {
+            options: "a\nb".into(),
+            ..spec
+        };
+        let err = boot_entries(&paths, &bad).unwrap_err();
+        assert!(
+            err.to_string().contains("boot entry options: a line break"),
+            "{err}"
+        );
     }
 }

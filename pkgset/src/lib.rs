@@ -14,7 +14,10 @@
 //! - [`reconcile`]: what the files of `packages/` mean for the set (drops, updates in
 //!   place, deletions), decided by the same rules for the daemon and pkgtool;
 //! - [`generation`]: `active.list`, numbered generations, the pool's own copies and the
-//!   record of accounted-for files, written crash-safely.
+//!   record of accounted-for files, written crash-safely;
+//! - [`boot`]: the generation a machine boots (`packagefs.generation=N`, a fallback to
+//!   what opens whole), boot assessment (`state/boot`: tries, bless, the last good one
+//!   made active) and the boot loader entries of a layer.
 #![deny(missing_docs)]
 
 pub mod boot;

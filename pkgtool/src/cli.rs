@@ -83,6 +83,12 @@ pub enum Command {
         after_help = "Example:\n  pkgtool bless --layer /data/system --check-failed-units\n\nA machine booted from packages (packagefs -o boot) counts each boot of a generation not\nyet good; when its tries are used up, the last good generation boots instead, for good.\nBlessing ends the trial of the generation booted. --check-failed-units first asks\nsystemd for failed units and refuses to bless while there are any. See docs/boot.md."
     )]
     Bless(BlessArgs),
+    /// Write a Boot Loader Specification entry per generation of a layer (each pins it for one boot).
+    #[command(
+        name = "boot-entries",
+        after_help = "Example:\n  pkgtool boot-entries --layer /data/system --dir /boot/efi/loader/entries \\\n      --linux /vmlinuz --initrd /initrd.img --options \"console=ttyS0 quiet\"\n\nWrites packagefs-gen-N.conf for every generation N (title with N, its time and reason;\noptions with packagefs.generation=N: that generation boots once, uncounted) and\npackagefs.conf, the default entry without the pin (the active generation, under boot\nassessment). Entries packagefs-gen-*.conf of generations that are gone are removed.\nEach file is written atomically; run it again after every change of the layer."
+    )]
+    BootEntries(BootEntriesArgs),
     /// Delete all but the newest N generations and the pooled package files no kept generation names.
     #[command(after_help = "Example:\n  pkgtool gc --layer /pkg/system --keep 5")]
     Gc(GcArgs),
@@ -300,6 +306,29 @@ pub struct BlessArgs {
     /// Refuse while systemd lists failed units (`systemctl list-units --state=failed`).
     #[arg(long)]
     pub check_failed_units: bool,
+}
+
+/// `pkgtool boot-entries`.
+#[derive(Debug, Args)]
+pub struct BootEntriesArgs {
+    /// The layer booted from (its directory).
+    #[arg(long = "layer", value_name = "DIR")]
+    pub layer: PathBuf,
+    /// The boot loader's entries directory (loader/entries on the boot partition).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The kernel, as the boot loader names it (relative to its partition).
+    #[arg(long, value_name = "PATH")]
+    pub linux: String,
+    /// The initramfs, as the boot loader names it.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: String,
+    /// Kernel command line every entry gets (the pin is added).
+    #[arg(long, value_name = "OPTIONS", default_value = "")]
+    pub options: String,
+    /// Print what was written and removed as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `pkgtool gc`.

@@ -22,6 +22,9 @@ pub fn run(a: BlessArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if !a.layer.is_dir() {
+        bail!("layer {}: not a directory", a.layer.display());
+    }
     let layer = LayerPaths::new(&a.layer);
     let _as = AsOwner::enter(&layer);
     let _lock = Lock::acquire(&layer).map_err(|e| {

@@ -1,6 +1,7 @@
 //! One module per subcommand; each `run` calls the libraries and writes to `Out`.
 
 mod bless;
+mod boot_entries;
 mod build;
 mod cat;
 mod extract;
@@ -37,6 +38,7 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
         Command::Rollback(a) => set::rollback(a, out),
         Command::Gc(a) => set::gc(a, out),
         Command::Bless(a) => bless::run(a, out),
+        Command::BootEntries(a) => boot_entries::run(a, out),
         Command::Graft(a) => crate::graft::run(a, out),
     }
 }

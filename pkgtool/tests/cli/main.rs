@@ -4,6 +4,7 @@
 //! (`util::{doc, include, odd}`).
 
 mod bigfile;
+mod boot;
 mod build;
 mod corrupt;
 mod debian;

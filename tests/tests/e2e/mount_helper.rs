@@ -351,3 +351,70 @@ fn mount_t_fuse_packagefs_form_returns_once_live_and_umount_stops_the_daemon() {
     );
     assert_live_then_umount_ends_daemon(&h, status);
 }
+
+/// The initramfs form (`packagefs system=DIR /newroot -o boot,log=FILE`): the boot
+/// decisions reach the caller's stderr (the console) as `packagefs: ` lines although the
+/// detached daemon logs to its file, the log has them too, and the daemon's argv[0] is
+/// `@packagefs`.
+#[test]
+fn r12_boot_form_says_its_choice_on_the_callers_stderr_and_runs_as_at_packagefs() {
+    let s = stack();
+    let h = HelperMount::new();
+    let cmdline = h.dir.path().join("cmdline");
+    std::fs::write(&cmdline, "quiet packagefs.tries=2 packagefs.generation=x\n").unwrap();
+    let daemon_log = h.dir.path().join("daemon.log");
+    let mut opts = OsString::from("boot,boot_cmdline=");
+    opts.push(&cmdline);
+    opts.push(",log=");
+    opts.push(&daemon_log);
+    opts.push(",");
+    opts.push(keys_option(&s));
+    let status = h.run(
+        Command::new(packagefs())
+            .arg(layer_source(&s))
+            .arg(&h.mnt)
+            .arg("-o")
+            .arg(&opts),
+    );
+    assert!(status.success(), "{status}:\n{}", h.log());
+    assert_eq!(read(h.mnt.join("hello")), "hello from the helper form\n");
+    // The layer had no generation: the first is made from packages/, as at any mount.
+    let console = h.log();
+    assert!(
+        console.contains(
+            "packagefs: the system layer has no generation yet: its first is made from packages/\n"
+        ),
+        "console:\n{console}"
+    );
+    let pid = h.daemon_pid().expect("the detached daemon runs");
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(argv.starts_with(b"@packagefs\0"), "{argv:?}");
+    Command::new("umount").arg(&h.mnt).status().unwrap();
+    assert!(wait_until(DEADLINE, || h.daemon_pid().is_none()));
+
+    // The next boot has a generation, on trial, and says so on the console and in the log.
+    let status = h.run(
+        Command::new(packagefs())
+            .arg(layer_source(&s))
+            .arg(&h.mnt)
+            .arg("-o")
+            .arg({
+                let mut o = opts.clone();
+                o.push(",allow_other");
+                o
+            }),
+    );
+    assert!(status.success(), "{status}:\n{}", h.log());
+    let console = h.log();
+    for want in [
+        "packagefs: packagefs.generation=x: not a generation number: ignored, the active generation boots\n",
+        "packagefs: generation 1 is on trial: boot 1 of 2 (pkgtool bless marks it good)\n",
+    ] {
+        assert!(console.contains(want), "{want:?} on the console:\n{console}");
+    }
+    let log = std::fs::read_to_string(&daemon_log).unwrap();
+    assert!(
+        log.contains("generation 1 is on trial: boot 1 of 2"),
+        "the log file:\n{log}"
+    );
+}

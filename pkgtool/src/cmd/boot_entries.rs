@@ -1,0 +1,92 @@
+//! `pkgtool boot-entries`: a Boot Loader Specification entry per generation of a layer
+//! (`pkgset::boot::boot_entries`), each pinning it with `packagefs.generation=N`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail};
+use pkgset::boot::EntrySpec;
+use pkgset::generation::{LayerPaths, Lock};
+use pkgset::owner::AsOwner;
+use serde::Serialize;
+
+use crate::cli::BootEntriesArgs;
+use crate::output::Out;
+
+/// `--json`: what was written.
+#[derive(Serialize)]
+struct EntriesJson {
+    dir: String,
+    /// Every entry file, the default one first.
+    entries: Vec<EntryJson>,
+    /// Stale `packagefs-gen-*.conf` removed.
+    removed: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct EntryJson {
+    file: String,
+    generation: Option<u64>,
+}
+
+pub fn run(a: BootEntriesArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let layer = LayerPaths::new(&a.layer);
+    if !layer.state().is_dir() {
+        bail!(
+            "layer {}: no state/ directory: it has no generations",
+            a.layer.display()
+        );
+    }
+    let spec = EntrySpec {
+        linux: a.linux,
+        initrd: a.initrd,
+        options: a.options,
+    };
+    // Read the layer with its owner's rights and under its lock; write the entries (the
+    // boot partition is not the layer's) with ours.
+    let entries = {
+        let _as = AsOwner::enter(&layer);
+        let _lock = Lock::acquire(&layer).map_err(|e| {
+            anyhow!(
+                "cannot lock {}: {}",
+                a.layer.display(),
+                pkgset::stack::one_line(&e)
+            )
+        })?;
+        pkgset::boot::boot_entries(&layer, &spec)
+            .map_err(|e| anyhow!("{}", pkgset::stack::one_line(&e)))?
+    };
+    if entries.len() < 2 {
+        bail!("layer {}: no generations", a.layer.display());
+    }
+    let removed = pkgset::boot::write_entries(&a.dir, &entries)
+        .map_err(|e| anyhow!("cannot write boot entries: {}", pkgset::stack::one_line(&e)))?;
+    if a.json {
+        out.json(&EntriesJson {
+            dir: a.dir.display().to_string(),
+            entries: entries
+                .iter()
+                .map(|e| EntryJson {
+                    file: e.file.clone(),
+                    generation: e.generation,
+                })
+                .collect(),
+            removed,
+        })?;
+    } else {
+        let gens = entries.len() - 1;
+        writeln!(
+            out,
+            "{}: {} and {gens} generation entr{} written{}",
+            a.dir.display(),
+            pkgset::boot::DEFAULT_ENTRY,
+            if gens == 1 { "y" } else { "ies" },
+            if removed.is_empty() {
+                String::new()
+            } else {
+                format!("; removed {}", removed.join(" "))
+            }
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
