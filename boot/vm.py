@@ -229,14 +229,23 @@ done""", timeout=600)
 INSTALL = "pkgtool install %s --layer /data/system --trusted-keys /etc/packagefs/keys"
 
 
+def halt(vm):
+    """Ends a scenario: sync, then power off at once (see reboot)."""
+    vm.send("sync; systemctl poweroff --force --force\r")
+    vm.wait_exit(120)
+
+
 def reboot(vm, append=None):
     """Reboots: in place (the same qemu, the same kernel command line), or with a new
     command line (a power-off, then a new start)."""
     if append is None:
-        vm.send("systemctl reboot\r")
-        vm.expect(r"reboot: Restarting system|Rebooting", 180, "the reboot")
+        # A forced reboot (sync, then reboot(2)): systemd-shutdown's final kill can hang on
+        # this root (docs/boot.md, "Not yet done"); the layer's state is fsynced anyway.
+        vm.send("sync; systemctl reboot --force --force\r")
+        vm.expect(r"reboot: Restarting system", 180, "the reboot")
     else:
-        vm.poweroff()
+        vm.send("sync; systemctl poweroff --force --force\r")
+        vm.wait_exit(120)
         vm.start(append)
 
 
@@ -258,7 +267,7 @@ def scenario_update(vm):
     reboot(vm, "")
     vm.login()
     healthy(vm, "2.0.0")
-    vm.poweroff()
+    halt(vm)
 
 
 def scenario_assessment(vm):
@@ -287,7 +296,7 @@ def scenario_assessment(vm):
     vm.expect(r"booting generation 1\r?\n", BOOT_TIMEOUT, "an ordinary boot of generation 1")
     vm.login()
     healthy(vm, "1.0.0")
-    vm.poweroff()
+    halt(vm)
 
 
 def scenario_corrupt(vm):
@@ -301,15 +310,15 @@ def scenario_corrupt(vm):
            "$(ls /data/system/state/pool/*.hpkg | while read p; do pkgtool info $p 2>/dev/null | grep -q 'pkgfs-hello 2' && echo $p; done); do "
            "sz=$(stat -c %s $f); printf 'XXXXXXXX' | dd of=$f bs=1 seek=$((sz / 2)) conv=notrunc 2>/dev/null; done; sync")
     reboot(vm)
-    m = vm.expect(r"generation 2 does not open whole \(([^\r\n]*)\)", BOOT_TIMEOUT, "the damaged generation named")
+    m = vm.expect(r"generation 2 does not open whole \(([^\r\n]*?)\); falling back to generation 1",
+                  BOOT_TIMEOUT, "the damaged generation named, and the fallback")
     vm.say("the initramfs said: %s" % m.group(0).decode(errors="replace"))
     check(b"pkgfs-hello" in m.group(1), "the message does not name the package: %r" % m.group(1))
-    vm.expect(r"falling back to generation 1", 60, "the fallback")
     vm.login()
     healthy(vm, "1.0.0")
     _, st = vm.run("pkgtool status --layer /data/system")
     check("fallback" in st, "the boot record does not say fallback: %s" % st)
-    vm.poweroff()
+    halt(vm)
 
 
 def scenario_poweroff(vm):
