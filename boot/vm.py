@@ -281,7 +281,7 @@ def scenario_assessment(vm):
     reboot(vm)
     for k in (1, 2):
         vm.expect(r"generation 2 is on trial: boot %d of 2" % k, BOOT_TIMEOUT, "try %d of generation 2" % k)
-        vm.expect(r"pkgfs-breaker: failing this boot", BOOT_TIMEOUT, "the breaking unit")
+        vm.expect(r"systemctl status pkgfs-breaker\.service", BOOT_TIMEOUT, "the breaking unit's failure")
     vm.expect(r"generation 2 used up its 2 boot tries without a good boot: booting the last good generation, 1",
               BOOT_TIMEOUT, "the fallback to the last good generation")
     vm.login()
