@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
-use pkgset::generation::{LayerPaths, Lock};
+use pkgset::generation::LayerPaths;
 use pkgset::owner::AsOwner;
 
 use crate::cli::BlessArgs;
@@ -27,13 +27,7 @@ pub fn run(a: BlessArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     }
     let layer = LayerPaths::new(&a.layer);
     let _as = AsOwner::enter(&layer);
-    let _lock = Lock::acquire(&layer).map_err(|e| {
-        anyhow!(
-            "cannot lock {}: {}",
-            a.layer.display(),
-            pkgset::stack::one_line(&e)
-        )
-    })?;
+    let _lock = super::lock_layer(&layer)?;
     let said =
         pkgset::boot::bless(&layer).map_err(|e| anyhow!("{}", pkgset::stack::one_line(&e)))?;
     writeln!(out, "{said}")?;

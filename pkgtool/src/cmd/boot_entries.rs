@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
 use pkgset::boot::EntrySpec;
-use pkgset::generation::{LayerPaths, Lock};
+use pkgset::generation::LayerPaths;
 use pkgset::owner::AsOwner;
 use serde::Serialize;
 
@@ -46,13 +46,7 @@ pub fn run(a: BootEntriesArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     // boot partition is not the layer's) with ours.
     let entries = {
         let _as = AsOwner::enter(&layer);
-        let _lock = Lock::acquire(&layer).map_err(|e| {
-            anyhow!(
-                "cannot lock {}: {}",
-                a.layer.display(),
-                pkgset::stack::one_line(&e)
-            )
-        })?;
+        let _lock = super::lock_layer(&layer)?;
         pkgset::boot::boot_entries(&layer, &spec)
             .map_err(|e| anyhow!("{}", pkgset::stack::one_line(&e)))?
     };

@@ -47,3 +47,16 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
 pub fn open(path: &Path) -> anyhow::Result<Archive> {
     Archive::open(path).with_context(|| format!("cannot open {}", path.display()))
 }
+
+/// Takes a layer's lock, with a message that names the layer.
+pub fn lock_layer(
+    layer: &pkgset::generation::LayerPaths,
+) -> anyhow::Result<pkgset::generation::Lock> {
+    pkgset::generation::Lock::acquire(layer).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot lock {}: {}",
+            layer.dir.display(),
+            pkgset::stack::one_line(&e)
+        )
+    })
+}
