@@ -153,8 +153,9 @@ class VM:
             pass
 
     def poweroff(self):
-        self.send("systemctl poweroff\n")
-        self.wait_exit(180)
+        self.send("systemctl poweroff\r")
+        self.expect(r"reboot: Power down", 180, "the power-off")
+        self.wait_exit(30)
 
     def kill(self):
         if self.proc and self.proc.poll() is None:
@@ -230,22 +231,19 @@ INSTALL = "pkgtool install %s --layer /data/system --trusted-keys /etc/packagefs
 
 
 def halt(vm):
-    """Ends a scenario: sync, then power off at once (see reboot)."""
-    vm.send("sync; systemctl poweroff --force --force\r")
-    vm.wait_exit(120)
+    """Ends a scenario: a clean power-off (systemd stops everything, systemd-shutdown
+    remounts the data disk read-only, the VM powers off)."""
+    vm.poweroff()
 
 
 def reboot(vm, append=None):
-    """Reboots: in place (the same qemu, the same kernel command line), or with a new
-    command line (a power-off, then a new start)."""
+    """Reboots cleanly: in place (the same qemu, the same kernel command line), or with a
+    new command line (a clean power-off, then a new start)."""
     if append is None:
-        # A forced reboot (sync, then reboot(2)): systemd-shutdown's final kill can hang on
-        # this root (docs/boot.md, "Not yet done"); the layer's state is fsynced anyway.
-        vm.send("sync; systemctl reboot --force --force\r")
+        vm.send("systemctl reboot\r")
         vm.expect(r"reboot: Restarting system", 180, "the reboot")
     else:
-        vm.send("sync; systemctl poweroff --force --force\r")
-        vm.wait_exit(120)
+        vm.poweroff()
         vm.start(append)
 
 
@@ -329,7 +327,13 @@ def scenario_poweroff(vm):
     vm.start("")
     vm.login()
     healthy(vm, "1.0.0")
+    start = vm.log.tell()
     vm.poweroff()
+    with open(vm.log.name, "rb") as f:
+        f.seek(start)
+        shutdown = f.read().decode(errors="replace")
+    bad = [l for l in shutdown.splitlines() if "FAILED" in l or "timed out" in l.lower()]
+    check(not bad, "the shutdown reported failures: %s" % " | ".join(bad)[:600])
     fsck = subprocess.run(["e2fsck", "-fn", vm.disk], capture_output=True, text=True)
     check(fsck.returncode == 0, "e2fsck -fn of the data disk after power-off: exit %d: %s"
           % (fsck.returncode, (fsck.stdout + fsck.stderr).strip()[-400:]))
