@@ -23,6 +23,7 @@ mod readonly;
 mod refusal;
 mod setuid;
 mod trust;
+mod units;
 mod xattrs;
 
 use std::io;
