@@ -15,6 +15,7 @@
 //!   place, deletions), decided by the same rules for the daemon and pkgtool;
 //! - [`generation`]: `active.list`, numbered generations, the pool's own copies and the
 //!   record of accounted-for files, written crash-safely;
+//! - [`journal`]: the audit trail, one record for every change of a layer's set;
 //! - [`boot`]: the generation a machine boots (`packagefs.generation=N`, a fallback to
 //!   what opens whole), boot assessment (`state/boot`: tries, bless, the last good one
 //!   made active) and the boot loader entries of a layer.
@@ -22,6 +23,7 @@
 
 pub mod boot;
 pub mod generation;
+pub mod journal;
 pub mod owner;
 pub mod reconcile;
 pub mod resolve;
