@@ -281,9 +281,9 @@ impl Span {
 
 impl std::fmt::Display for Span {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.ms % 60_000 == 0 && self.ms > 0 {
+        if self.ms.is_multiple_of(60_000) && self.ms > 0 {
             write!(f, "{}min", self.ms / 60_000)
-        } else if self.ms % 1000 == 0 {
+        } else if self.ms.is_multiple_of(1000) {
             write!(f, "{}s", self.ms / 1000)
         } else {
             write!(f, "{}ms", self.ms)
