@@ -516,6 +516,30 @@ impl Filesystem for PackageFs {
                 self.handed_out(&v, n, a.ino);
                 reply.entry(&self.opts.ttl, &self.file_attr(&a), Generation(0))
             }
+            // A negative entry (node id 0): the kernel remembers that the name is absent
+            // for as long as it keeps a positive one, so the misses of library and unit
+            // search paths (ld.so, systemd, $PATH) cost one round trip, not one each
+            // time. A switch that makes the name appear invalidates it (view::diff).
+            Err(view::Error::NotFound) => {
+                let none = FileAttr {
+                    ino: INodeNo(0),
+                    size: 0,
+                    blocks: 0,
+                    atime: UNIX_EPOCH,
+                    mtime: UNIX_EPOCH,
+                    ctime: UNIX_EPOCH,
+                    crtime: UNIX_EPOCH,
+                    kind: FileType::RegularFile,
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: 4096,
+                    flags: 0,
+                };
+                reply.entry(&self.opts.ttl, &none, Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

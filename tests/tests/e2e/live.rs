@@ -995,3 +995,58 @@ fn a_package_spoiled_in_place_while_unmounted_changes_nothing_and_a_spoiled_pool
     );
     assert!(!log_lines(&log, &["not served", "app"]).is_empty(), "{log}");
 }
+
+/// A name looked up while absent is remembered absent by the kernel (a negative entry,
+/// which spares search paths a round trip per miss); a package that brings the name
+/// makes it appear at once, at any depth, and a rollback makes it vanish and come back.
+#[test]
+fn names_looked_up_while_absent_appear_when_a_package_brings_them() {
+    let s = Stack::new(&["system"]);
+    s.add("system", tree(&[("etc/base", "base\n")]).path(), "base");
+    let m = s.mount();
+    let layer = s.layer("system").path().to_owned();
+    let d = scratch();
+    // Looked up (and missed) before the package exists: twice, so the second miss is
+    // the kernel's own.
+    for _ in 0..2 {
+        assert!(!m.join("etc/new").exists());
+        assert!(!m.join("newdir/deep/file").exists());
+        assert!(!m.join("bin/tool").exists());
+    }
+    let p = build(
+        &s,
+        d.path(),
+        "brings",
+        "1.0.0",
+        &[
+            ("etc/new", "new\n"),
+            ("newdir/deep/file", "deep\n"),
+            ("bin/tool", "tool\n"),
+        ],
+    );
+    fs::copy(&p, layer.join("packages/brings.hpkg")).unwrap();
+    assert!(
+        wait_until(SOON, || m.join("etc/new").exists()
+            && m.join("newdir/deep/file").exists()
+            && m.join("bin/tool").exists()),
+        "a name missed before the drop did not appear: {}",
+        m.log()
+    );
+    assert_eq!(read(m.join("newdir/deep/file")), "deep\n");
+    // Rolled back: gone (a negative entry again); forward again: back.
+    let keys = s.keys().trusted().to_owned();
+    pkgtool_in(&layer, &keys, &["rollback"]);
+    assert!(
+        wait_until(SOON, || !m.join("etc/new").exists()),
+        "{}",
+        m.log()
+    );
+    assert!(!m.join("bin/tool").exists());
+    pkgtool_in(&layer, &keys, &["rollback", "--to", "2"]);
+    assert!(
+        wait_until(SOON, || m.join("etc/new").exists()),
+        "{}",
+        m.log()
+    );
+    assert_eq!(read(m.join("bin/tool")), "tool\n");
+}
