@@ -14,6 +14,7 @@ multi-user.target), MemTotal - MemAvailable, and the daemon's RSS.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -64,7 +65,9 @@ def boot_once(image, work, kind, disk_src, n):
 
 def main():
     image, plain, work, rounds, out = sys.argv[1:]
-    os.makedirs(work, exist_ok=True)
+    # Consoles of this run only (the VM appends to its log).
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
     results = []
     for n in range(int(rounds)):
         for kind, disk in (("packagefs", os.path.join(image, "disk.img")), ("plain", plain)):
