@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod cache;
+pub mod exec_cache;
 pub mod fuse;
 pub mod layers;
 pub mod live;
