@@ -43,7 +43,16 @@ the daemon runs as @packagefs, a root storage daemon systemd leaves running, and
 layers by descriptor, reachable after switch_root; boot_cmdline=FILE reads another
 command line than /proc/cmdline; see docs/boot.md and pkgtool bless),
 xattrs / noxattrs: always / never answer extended attributes; by default they are answered
-if a package active at mount has any, since answering costs `ls -l` a round trip per file)."
+if a package active at mount has any, since answering costs `ls -l` a round trip per file;
+exec_cache=DIR[,exec_cache_size=SIZE]: ELF executables and libraries, and files of 1 MiB or
+more opened 4 times, are decompressed once (in the background, each chunk checked) into DIR
+(created 0700; refused if a symlink, another user's, or open to others), named by the
+BLAKE3 of their bytes, kept across remounts and reboots within SIZE (default 1G, least
+recently used files that are not open go first), hashed whole at their first use by a
+daemon and then opened by FUSE passthrough: reads and page faults go from the kernel to
+the cache file, not through the daemon (Linux 6.9+, as root). Every file is then opened by
+the daemon (an OPEN round trip, which mounts without the cache do not pay).
+See README.md)."
 )]
 pub struct Args {
     /// Layer NAME=DIR, lowest first (repeatable).
@@ -104,7 +113,14 @@ pub struct Settings {
     pub boot: bool,
     /// `-o boot_cmdline=FILE`: where the kernel command line is read (default /proc/cmdline).
     pub boot_cmdline: PathBuf,
+    /// `-o exec_cache=DIR`: the exec cache served by passthrough.
+    pub exec_cache: Option<PathBuf>,
+    /// `-o exec_cache_size=SIZE`: its size limit in bytes.
+    pub exec_cache_size: u64,
 }
+
+/// The exec cache's size limit unless `-o exec_cache_size` says otherwise.
+pub const DEFAULT_EXEC_CACHE_SIZE: u64 = 1 << 30;
 
 impl Args {
     /// Turns the arguments into settings; the error is a one-line usage message.
@@ -146,6 +162,8 @@ impl Args {
         let mut auto_unmount = false;
         let mut boot = false;
         let mut boot_cmdline = PathBuf::from("/proc/cmdline");
+        let mut exec_cache = None;
+        let mut exec_cache_size = None;
         for opt in self
             .options
             .iter()
@@ -173,6 +191,8 @@ impl Args {
                 ("auto_unmount", None) => auto_unmount = true,
                 ("boot", None) => boot = true,
                 ("boot_cmdline", Some(v)) => boot_cmdline = PathBuf::from(v),
+                ("exec_cache", Some(v)) if !v.is_empty() => exec_cache = Some(PathBuf::from(v)),
+                ("exec_cache_size", Some(v)) => exec_cache_size = Some(parse_size(v)? as u64),
                 ("nosuid", None) => nosuid = true,
                 ("suid", None) => nosuid = false,
                 ("noexec", None) => mount_options.push(MountOption::NoExec),
@@ -203,6 +223,9 @@ impl Args {
         } else {
             MountOption::NoSuid
         });
+        if exec_cache_size.is_some() && exec_cache.is_none() {
+            return Err("exec_cache_size without exec_cache=DIR".into());
+        }
         if layer_specs.is_empty() {
             return Err("no layers: give at least one --layer NAME=DIR".into());
         }
@@ -249,6 +272,8 @@ impl Args {
             auto_unmount,
             boot,
             boot_cmdline,
+            exec_cache,
+            exec_cache_size: exec_cache_size.unwrap_or(DEFAULT_EXEC_CACHE_SIZE),
         })
     }
 }

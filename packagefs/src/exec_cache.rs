@@ -61,7 +61,7 @@ pub enum Error {
         reason: String,
     },
     /// An I/O error on a named file of the cache.
-    #[error("exec cache {}: {source}", path.display())]
+    #[error("exec cache {}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -70,7 +70,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Reading the package failed (a chunk that does not match its hash, say).
-    #[error("{0}")]
+    #[error(transparent)]
     Package(#[from] format::Error),
     /// The file is larger than the whole cache.
     #[error("{size} bytes do not fit in an exec cache of {max}")]
@@ -469,6 +469,15 @@ impl ExecCache {
         let v = self.read_key_file(&name)?;
         self.lock().keys.insert(*key, v);
         Some(v)
+    }
+
+    /// True if the cache holds an object for `key` of `size` bytes (not checked: that is
+    /// [`ExecCache::find`]'s job).
+    pub fn has(&self, key: &Key, size: u64) -> bool {
+        match self.digest_of(key) {
+            Some((d, s)) if s == size => self.lock().objects.contains_key(&d),
+            _ => false,
+        }
     }
 
     /// The object of the file with `key` (of `size` bytes), opened and checked, or `None`

@@ -17,5 +17,6 @@ pub mod fuse;
 pub mod layers;
 pub mod live;
 pub mod lookups;
+pub mod passthrough;
 pub mod view;
 pub mod watch;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use format::keys::TrustedKeys;
 use fuser::INodeNo;
+use packagefs::exec_cache::ExecCache;
 use packagefs::fuse::{package_has_xattrs, Options, PackageFs};
 use packagefs::layers;
 use packagefs::live::Live;
@@ -240,6 +241,13 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     if keys.is_empty() {
         warn!(dir = %s.trusted_keys.display(), "no trusted keys: every package will be refused");
     }
+    let exec_cache = match &s.exec_cache {
+        Some(dir) => Some(std::sync::Arc::new(ExecCache::open(
+            dir,
+            s.exec_cache_size,
+        )?)),
+        None => None,
+    };
     let (stack, shine, _layer_fds) = layer_stack(&s)?;
     for spec in &stack.layers {
         // A user's state/ made as root by an older packagefs is given back first: from
@@ -296,6 +304,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     let npkg = view.packages().len();
     let opts = Options {
         xattrs: s.xattrs,
+        exec_cache,
         ..Options::default()
     };
     let fs = PackageFs::new(view, s.cache_size, opts);

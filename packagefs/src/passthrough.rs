@@ -1,0 +1,409 @@
+//! Opens served from the exec cache by FUSE passthrough (`-o exec_cache=DIR`): which files
+//! qualify, the background fills, and the per-inode state the kernel requires.
+//!
+//! - **Which files**: ELF executables and shared objects (magic `\x7fELF`, `e_type` EXEC or
+//!   DYN; what `execve` and the dynamic loader map), and any file of at least
+//!   [`REREAD_MIN`] bytes opened [`REREAD_OPENS`] times in this daemon's life (data read
+//!   again and again: a compiler's headers are small and stay in the page cache anyway).
+//! - **Not cached yet**: the open is answered as without the cache (reads go through the
+//!   daemon) and the file is queued for the fill thread; it is never waited for.
+//! - **Cached**: the object is opened (and, at its first use in this daemon's life, hashed
+//!   whole; see `exec_cache`), registered with the kernel (`FUSE_DEV_IOC_BACKING_OPEN`) and
+//!   the open is answered with `FOPEN_PASSTHROUGH`: reads and page faults of that open go
+//!   from the kernel to the object and never reach the daemon.
+//! - **The kernel's rule**: an inode is open either through the daemon (cached I/O) or by
+//!   passthrough to one backing file, never both (a mixed open fails with EIO). So while an
+//!   inode has passthrough opens every new open of it is passthrough to the same object,
+//!   and while it has opens through the daemon every new open goes through the daemon; the
+//!   counts are kept here, from OPEN to RELEASE. The backing registration and the object
+//!   (which cannot be evicted meanwhile) are held until the inode's last passthrough open is
+//!   released (a mapped executable stays open until it is unmapped).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use format::archive::EntryId;
+use fuser::{BackingId, FileHandle, FopenFlags, ReplyOpen};
+use lru::LruCache;
+use tracing::{debug, info, warn};
+
+use crate::exec_cache::{key_of, ExecCache, Key, Opened};
+use crate::view::Package;
+
+/// Files of at least this size...
+pub const REREAD_MIN: u64 = 1 << 20;
+/// ... opened this many times are cached, ELF or not.
+pub const REREAD_OPENS: u32 = 4;
+
+/// The handle of an open served by passthrough.
+pub const FH_PASSTHROUGH: u64 = 1;
+/// The handle of an open served through the daemon.
+pub const FH_DAEMON: u64 = 2;
+
+/// The flags of a passthrough open: the kernel refuses (EIO) any but DIRECT_IO,
+/// PARALLEL_DIRECT_WRITES and NOFLUSH beside PASSTHROUGH (`FOPEN_PASSTHROUGH_MASK`); the page
+/// cache is the backing file's anyway.
+const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
+/// What is known of a package file.
+#[derive(Default)]
+struct Seen {
+    elf: Option<bool>,
+    opens: u32,
+    key: Option<Key>,
+}
+
+/// A backing file registered with the kernel, and the object it is.
+struct Backing {
+    id: BackingId,
+    _object: Opened,
+}
+
+#[derive(Default)]
+struct InodeOpens {
+    daemon: u32,
+    passthrough: u32,
+    backing: Option<Backing>,
+    /// Removed from the table: an open that finds this takes the table's entry again.
+    gone: bool,
+}
+
+struct Fill {
+    key: Key,
+    pkg: Arc<Package>,
+    entry: EntryId,
+    size: u64,
+}
+
+/// Counters, logged at unmount.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Opens answered with passthrough.
+    pub passthrough: AtomicU64,
+    /// Opens answered through the daemon.
+    pub daemon: AtomicU64,
+    /// Files filled into the cache.
+    pub filled: AtomicU64,
+    /// Objects hashed at their first use.
+    pub hashed: AtomicU64,
+}
+
+/// The passthrough side of the adapter.
+pub struct Passthrough {
+    cache: Arc<ExecCache>,
+    inodes: Mutex<HashMap<u64, Arc<Mutex<InodeOpens>>>>,
+    seen: Mutex<LruCache<([u8; 32], EntryId), Seen>>,
+    fills: SyncSender<Fill>,
+    pending: Arc<Mutex<HashSet<Key>>>,
+    /// The kernel refused a backing file (no CAP_SYS_ADMIN, a cache on a stacked file
+    /// system): every open goes through the daemon from then on.
+    off: AtomicBool,
+    /// Counters.
+    pub counters: Arc<Counters>,
+}
+
+impl Passthrough {
+    /// Serves opens from `cache`, with a fill thread of its own.
+    pub fn new(cache: Arc<ExecCache>) -> Passthrough {
+        let (tx, rx) = sync_channel::<Fill>(1024);
+        let pending: Arc<Mutex<HashSet<Key>>> = Arc::default();
+        let counters: Arc<Counters> = Arc::default();
+        {
+            let (cache, pending, counters) = (cache.clone(), pending.clone(), counters.clone());
+            std::thread::Builder::new()
+                .name("exec-fill".into())
+                .spawn(move || {
+                    // Filling is background work: below the readers' priority.
+                    // SAFETY: setpriority on this thread (a tid is a PRIO_PROCESS id on Linux).
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+                    let mut failed = HashSet::new();
+                    while let Ok(f) = rx.recv() {
+                        if !failed.contains(&f.key) && !cache.has(&f.key, f.size) {
+                            let t = std::time::Instant::now();
+                            match cache.fill(&f.key, &f.pkg.archive, f.entry, f.size) {
+                                Ok(d) => {
+                                    counters.filled.fetch_add(1, Ordering::Relaxed);
+                                    debug!(
+                                        package = %f.pkg.label(),
+                                        entry = f.entry,
+                                        "exec cache: filled {} ({} bytes) in {:?}",
+                                        crate::exec_cache::hex(&d),
+                                        f.size,
+                                        t.elapsed()
+                                    );
+                                }
+                                Err(e) => {
+                                    if !matches!(e, crate::exec_cache::Error::TooLarge { .. }) {
+                                        warn!(
+                                            package = %f.pkg.label(),
+                                            entry = f.entry,
+                                            "exec cache: cannot fill: {}; served through the daemon",
+                                            crate::layers::one_line(&e)
+                                        );
+                                    }
+                                    failed.insert(f.key);
+                                }
+                            }
+                        }
+                        pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&f.key);
+                    }
+                })
+                .expect("spawn the exec cache fill thread");
+        }
+        Passthrough {
+            cache,
+            inodes: Mutex::default(),
+            seen: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(8192).expect("nonzero"),
+            )),
+            fills: tx,
+            pending,
+            off: AtomicBool::new(false),
+            counters,
+        }
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Arc<ExecCache> {
+        &self.cache
+    }
+
+    fn inode(&self, ino: u64) -> Arc<Mutex<InodeOpens>> {
+        self.inodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ino)
+            .or_default()
+            .clone()
+    }
+
+    /// Answers the open of inode `ino`, file `entry` of `pkg` (`size` bytes). `head` gives
+    /// the file's first bytes (for the ELF check), when needed.
+    pub fn open(
+        &self,
+        ino: u64,
+        pkg: &Arc<Package>,
+        entry: EntryId,
+        size: u64,
+        head: impl FnOnce() -> Option<[u8; 18]>,
+        reply: ReplyOpen,
+    ) {
+        let slot = self.inode(ino);
+        let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *guard;
+        if st.gone {
+            // Released and removed from the table between the two locks: take it again.
+            drop(guard);
+            return self.open(ino, pkg, entry, size, head, reply);
+        }
+        if let Some(b) = &st.backing {
+            st.passthrough += 1;
+            self.counters.passthrough.fetch_add(1, Ordering::Relaxed);
+            return reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), PASSTHROUGH_FLAGS, &b.id);
+        }
+        if st.daemon == 0 && !self.off.load(Ordering::Relaxed) {
+            if let Some(key) = self.qualifies(pkg, entry, size, head) {
+                match self.cache.find(&key, size) {
+                    Some(object) => match reply.open_backing(&object.file) {
+                        Ok(id) => {
+                            if object.hashed {
+                                self.counters.hashed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            debug!(
+                                ino,
+                                package = %pkg.label(),
+                                entry,
+                                "exec cache: passthrough to {}",
+                                crate::exec_cache::hex(&object.digest)
+                            );
+                            st.passthrough = 1;
+                            self.counters.passthrough.fetch_add(1, Ordering::Relaxed);
+                            let b = st.backing.insert(Backing {
+                                id,
+                                _object: object,
+                            });
+                            return reply.opened_passthrough(
+                                FileHandle(FH_PASSTHROUGH),
+                                PASSTHROUGH_FLAGS,
+                                &b.id,
+                            );
+                        }
+                        Err(e) => {
+                            if !self.off.swap(true, Ordering::Relaxed) {
+                                warn!(
+                                    "exec cache {}: the kernel refuses its files as passthrough \
+                                     backing files ({e}); files are served through the daemon",
+                                    self.cache.path().display()
+                                );
+                            }
+                        }
+                    },
+                    None => self.queue(key, pkg, entry, size),
+                }
+            }
+        }
+        st.daemon += 1;
+        self.counters.daemon.fetch_add(1, Ordering::Relaxed);
+        reply.opened(FileHandle(FH_DAEMON), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    /// The release of an open of inode `ino` with handle `fh`.
+    pub fn release(&self, ino: u64, fh: u64) {
+        let mut table = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(slot) = table.get(&ino).cloned() else {
+            return;
+        };
+        let mut st = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if fh == FH_PASSTHROUGH {
+            st.passthrough = st.passthrough.saturating_sub(1);
+            if st.passthrough == 0 {
+                // Unregisters the backing file and lets the object be evicted again.
+                st.backing = None;
+            }
+        } else {
+            st.daemon = st.daemon.saturating_sub(1);
+        }
+        if st.passthrough == 0 && st.daemon == 0 {
+            st.gone = true;
+            table.remove(&ino);
+        }
+    }
+
+    /// The key of the file if it qualifies (see the module doc).
+    fn qualifies(
+        &self,
+        pkg: &Arc<Package>,
+        entry: EntryId,
+        size: u64,
+        head: impl FnOnce() -> Option<[u8; 18]>,
+    ) -> Option<Key> {
+        if size == 0 || size > self.cache.max_bytes() {
+            return None;
+        }
+        let id = (pkg.archive.id().0, entry);
+        let (elf, opens, key) = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let s = seen.get_or_insert_mut(id, Seen::default);
+            s.opens = s.opens.saturating_add(1);
+            (s.elf, s.opens, s.key)
+        };
+        let elf = match elf {
+            Some(e) => e,
+            None => {
+                let e = head().is_some_and(|h| is_elf_program(&h));
+                if let Some(s) = self
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&id)
+                {
+                    s.elf = Some(e);
+                }
+                e
+            }
+        };
+        if !elf && (opens < REREAD_OPENS || size < REREAD_MIN) {
+            return None;
+        }
+        if let Some(k) = key {
+            return Some(k);
+        }
+        let k = key_of(&pkg.archive, entry, size).ok()?;
+        if let Some(s) = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
+            s.key = Some(k);
+        }
+        Some(k)
+    }
+
+    fn queue(&self, key: Key, pkg: &Arc<Package>, entry: EntryId, size: u64) {
+        if !self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key)
+        {
+            return;
+        }
+        let job = Fill {
+            key,
+            pkg: pkg.clone(),
+            entry,
+            size,
+        };
+        // A full queue: the file is queued again at a later open.
+        if self.fills.try_send(job).is_err() {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        }
+    }
+
+    /// Logs the counters (at unmount), with the READ requests the daemon served.
+    pub fn log_counters(&self, daemon_reads: u64) {
+        let c = &self.counters;
+        let s = self.cache.stats();
+        info!(
+            passthrough_opens = c.passthrough.load(Ordering::Relaxed),
+            daemon_opens = c.daemon.load(Ordering::Relaxed),
+            daemon_reads,
+            filled = c.filled.load(Ordering::Relaxed),
+            hashed = c.hashed.load(Ordering::Relaxed),
+            objects = s.objects,
+            bytes = s.bytes,
+            "exec cache {}",
+            self.cache.path().display()
+        );
+    }
+}
+
+/// True for the first bytes of an ELF executable or shared object (`e_type` 2 or 3, in the
+/// file's own byte order).
+pub fn is_elf_program(h: &[u8; 18]) -> bool {
+    if h[..4] != *b"\x7fELF" {
+        return false;
+    }
+    let t = match h[5] {
+        1 => u16::from_le_bytes([h[16], h[17]]),
+        2 => u16::from_be_bytes([h[16], h[17]]),
+        _ => return false,
+    };
+    t == 2 || t == 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_programs_and_libraries_qualify_objects_and_text_do_not() {
+        let mut h = [0u8; 18];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[5] = 1;
+        for (t, want) in [(1u16, false), (2, true), (3, true), (4, false)] {
+            h[16..].copy_from_slice(&t.to_le_bytes());
+            assert_eq!(is_elf_program(&h), want, "e_type {t}");
+        }
+        h[5] = 2;
+        h[16..].copy_from_slice(&3u16.to_be_bytes());
+        assert!(is_elf_program(&h), "big-endian shared object");
+        h[5] = 3;
+        assert!(!is_elf_program(&h), "no byte order");
+        let mut text = [b'#'; 18];
+        text[1] = b'!';
+        assert!(!is_elf_program(&text));
+        // The real thing.
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        assert!(is_elf_program(exe[..18].try_into().unwrap()));
+    }
+}
