@@ -564,6 +564,7 @@ impl ExecCache {
         );
         let before = rustix::fs::fstat(&fd).ok()?;
         let mut file = File::from(fd);
+        let t = std::time::Instant::now();
         let got = match hash_file(&mut file) {
             Ok(h) => h,
             Err(e) => {
@@ -575,6 +576,10 @@ impl ExecCache {
             }
         };
         let after = rustix::fs::fstat(&file).ok()?;
+        debug!(
+            "exec cache: hashed {name} ({size} bytes) in {} us",
+            t.elapsed().as_micros()
+        );
         if got != digest || Ident::of(&before) != Ident::of(&after) {
             self.discard(&digest, &after, "does not match its hash");
             return None;
