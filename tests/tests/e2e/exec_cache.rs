@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{run_ok, run_packagefs, Mount, Stack, TestTree};
+use std::io::Read;
+
+use e2e::{run_ok, run_packagefs, Mount, Pkg, Stack, TestTree};
 
 /// The counters of the daemon's `exec cache` line at unmount.
 fn counters(m: &mut Mount) -> HashMap<String, u64> {
@@ -65,6 +67,25 @@ fn wait_for_log(m: &Mount, what: &str) {
     }
 }
 
+/// Repeats `action` until the daemon has logged an open by passthrough to the cache file of
+/// `bytes` (an open right after the fill may still go through the daemon: until the RELEASE
+/// of the earlier opens reaches it, see passthrough.rs).
+fn until_passthrough(m: &Mount, bytes: &[u8], mut action: impl FnMut()) {
+    let line = format!("passthrough to {}", blake3::hash(bytes).to_hex());
+    let t0 = Instant::now();
+    loop {
+        action();
+        if m.log().contains(&line) {
+            return;
+        }
+        assert!(t0.elapsed() < e2e::DEADLINE, "never opened by passthrough");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The daemon's log level: its counters, and a line per passthrough open.
+const LOG: &str = "info,packagefs::passthrough=debug";
+
 fn cat_stack() -> Stack {
     let t = TestTree::new();
     t.copy_from("bin/cat", "/bin/cat");
@@ -94,12 +115,12 @@ fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_c
 
     // 1. First run: through the daemon, and queued; the cache file appears, named by the
     // program's content hash; the second run is served by passthrough.
-    let mut m = s.builder().arg("-o").arg(&opt).start();
+    let mut m = s.builder().arg("-o").arg(&opt).env("RUST_LOG", LOG).start();
     run_cat(&m, &input, want);
     wait_for_object(&obj, &cat);
     let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o700, "a root-only directory");
-    run_cat(&m, &input, want);
+    until_passthrough(&m, &cat, || run_cat(&m, &input, want));
     let c = counters(&mut m);
     assert_eq!(c["filled"], 1, "{c:?}");
     assert!(c["daemon_opens"] >= 1 && c["daemon_reads"] >= 1, "{c:?}");
@@ -108,7 +129,7 @@ fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_c
 
     // 2. A remount (as after a reboot): hashed once, then every open is passthrough and no
     // read reaches the daemon (whose page cache is new with the mount).
-    let mut m = s.builder().arg("-o").arg(&opt).start();
+    let mut m = s.builder().arg("-o").arg(&opt).env("RUST_LOG", LOG).start();
     run_cat(&m, &input, want);
     run_cat(&m, &input, want);
     let c = counters(&mut m);
@@ -179,14 +200,33 @@ fn r15_a_cache_at_its_size_limit_evicts_what_is_not_open_and_keeps_working() {
         .builder()
         .arg("-o")
         .arg(format!("exec_cache={},exec_cache_size=4M", cache.display()))
-        .env("RUST_LOG", "info,packagefs::exec_cache=debug")
+        .env(
+            "RUST_LOG",
+            "info,packagefs::exec_cache=debug,packagefs::passthrough=debug",
+        )
         .start();
     let (la, lb) = (m.join("lib/liba.so"), m.join("lib/libb.so"));
     assert_eq!(std::fs::read(&la).unwrap(), a);
     wait_for_object(&object(&cache, &a), &a);
     // liba is open (by passthrough) while libb is filled: 6 MiB do not fit in 4, and the
     // only file not open, libb, goes.
-    let held = std::fs::File::open(&la).unwrap();
+    // (The open waits for the RELEASE of the read above to reach the daemon: until then,
+    // opens of the file go through the daemon, see passthrough.rs.)
+    let t0 = Instant::now();
+    let held = loop {
+        let f = std::fs::File::open(&la).unwrap();
+        if m.log()
+            .contains(&format!("passthrough to {}", blake3::hash(&a).to_hex()))
+        {
+            break f;
+        }
+        drop(f);
+        assert!(
+            t0.elapsed() < e2e::DEADLINE,
+            "liba is not opened by passthrough"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(std::fs::read(&lb).unwrap(), b);
     wait_for_log(&m, &format!("evicted {}", blake3::hash(&b).to_hex()));
     assert!(object(&cache, &a).exists(), "open: kept");
@@ -256,4 +296,60 @@ fn r15_a_cache_directory_that_is_a_symlink_or_open_to_others_is_refused_in_one_l
     }
     // Nothing was created behind the symlink.
     assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
+}
+
+#[test]
+fn r15_a_file_open_by_passthrough_keeps_its_bytes_across_a_generation_switch() {
+    let old = fake_library(3 << 20, 7);
+    let new = fake_library(3 << 20, 8);
+    let s = Stack::new(&["system"]);
+    let t1 = TestTree::new();
+    t1.file("lib/libx.so", &old);
+    s.add_pkg("system", "x1", Pkg::new(t1.path(), "x", "1.0.0"));
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("exec");
+    let mut m = s
+        .builder()
+        .arg("-o")
+        .arg(format!("exec_cache={}", cache.display()))
+        .env("RUST_LOG", LOG)
+        .start();
+    let lib = m.join("lib/libx.so");
+    assert_eq!(std::fs::read(&lib).unwrap(), old);
+    wait_for_object(&object(&cache, &old), &old);
+    // Open by passthrough (cached now), partly read.
+    let mut f = None;
+    until_passthrough(&m, &old, || f = Some(std::fs::File::open(&lib).unwrap()));
+    let mut f = f.unwrap();
+    let mut head = vec![0u8; 100_000];
+    f.read_exact(&mut head).unwrap();
+    // Version 2 is dropped in and replaces version 1.
+    let t2 = TestTree::new();
+    t2.file("lib/libx.so", &new);
+    s.add_pkg("system", "x2", Pkg::new(t2.path(), "x", "2.0.0"));
+    assert!(
+        e2e::wait_until(e2e::DEADLINE, || std::fs::read(&lib).ok().as_deref()
+            == Some(&new[..])),
+        "version 2 was not activated: {}",
+        m.log()
+    );
+    // The open file reads its old bytes to the end, even with the page cache dropped.
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).unwrap();
+    head.extend_from_slice(&rest);
+    assert!(head == old, "the old bytes changed");
+    drop(f);
+    // The new version gets its own cache file and is served by passthrough in turn.
+    wait_for_object(&object(&cache, &new), &new);
+    until_passthrough(&m, &new, || {
+        assert_eq!(std::fs::read(&lib).unwrap(), new);
+    });
+    assert!(
+        object(&cache, &old).exists(),
+        "the old one stays until evicted"
+    );
+    let c = counters(&mut m);
+    assert!(c["passthrough_opens"] >= 2, "{c:?}");
+    assert_eq!(c["filled"], 2, "{c:?}");
 }
