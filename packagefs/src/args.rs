@@ -316,3 +316,59 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     }
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        Args::try_parse_from(["packagefs"].iter().chain(args))
+            .map_err(|e| e.to_string())?
+            .settings()
+    }
+
+    #[test]
+    fn exec_cache_options() {
+        let s = settings(&["--layer", "system=/l", "/mnt"]).unwrap();
+        assert_eq!(s.exec_cache, None);
+        let s = settings(&[
+            "--layer",
+            "system=/l",
+            "-o",
+            "exec_cache=/var/cache/exec",
+            "/mnt",
+        ])
+        .unwrap();
+        assert_eq!(s.exec_cache, Some(PathBuf::from("/var/cache/exec")));
+        assert_eq!(s.exec_cache_size, DEFAULT_EXEC_CACHE_SIZE);
+        let s = settings(&[
+            "--layer",
+            "system=/l",
+            "-o",
+            "exec_cache=/c,exec_cache_size=2G",
+            "/mnt",
+        ])
+        .unwrap();
+        assert_eq!(s.exec_cache_size, 2 << 30);
+        // No unknown option reaches the kernel.
+        assert!(!s
+            .mount_options
+            .iter()
+            .any(|o| matches!(o, MountOption::CUSTOM(_))));
+        assert_eq!(
+            settings(&["--layer", "system=/l", "-o", "exec_cache_size=2G", "/mnt"]).unwrap_err(),
+            "exec_cache_size without exec_cache=DIR"
+        );
+        assert_eq!(
+            settings(&[
+                "--layer",
+                "system=/l",
+                "-o",
+                "exec_cache=/c,exec_cache_size=1M",
+                "/mnt"
+            ])
+            .unwrap_err(),
+            "cache size `1M` is below the minimum of 4M"
+        );
+    }
+}
