@@ -61,13 +61,60 @@ struct Backing {
     _object: Opened,
 }
 
-#[derive(Default)]
-struct InodeOpens {
+/// The opens of one inode the kernel holds, by kind: never both kinds at once (the
+/// kernel's rule, see the module doc). `B` is what holds a backing file.
+struct InodeOpens<B> {
     daemon: u32,
     passthrough: u32,
-    backing: Option<Backing>,
+    backing: Option<B>,
     /// Removed from the table: an open that finds this takes the table's entry again.
     gone: bool,
+}
+
+impl<B> Default for InodeOpens<B> {
+    fn default() -> Self {
+        InodeOpens {
+            daemon: 0,
+            passthrough: 0,
+            backing: None,
+            gone: false,
+        }
+    }
+}
+
+impl<B> InodeOpens<B> {
+    /// Decides an open: the inode's backing file while it has passthrough opens; else, if
+    /// it has no opens through the daemon, the one `try_backing` gives (if any). `None`:
+    /// through the daemon.
+    fn open(&mut self, try_backing: impl FnOnce() -> Option<B>) -> Option<&B> {
+        if self.backing.is_none() && self.daemon == 0 {
+            self.backing = try_backing();
+        }
+        match &self.backing {
+            Some(b) => {
+                self.passthrough += 1;
+                Some(b)
+            }
+            None => {
+                self.daemon += 1;
+                None
+            }
+        }
+    }
+
+    /// The release of an open of the kind given; true if the inode has no opens left. The
+    /// backing file is let go with the last passthrough open.
+    fn release(&mut self, passthrough: bool) -> bool {
+        if passthrough {
+            self.passthrough = self.passthrough.saturating_sub(1);
+            if self.passthrough == 0 {
+                self.backing = None;
+            }
+        } else {
+            self.daemon = self.daemon.saturating_sub(1);
+        }
+        self.passthrough == 0 && self.daemon == 0
+    }
 }
 
 struct Fill {
@@ -93,7 +140,7 @@ pub struct Counters {
 /// The passthrough side of the adapter.
 pub struct Passthrough {
     cache: Arc<ExecCache>,
-    inodes: Mutex<HashMap<u64, Arc<Mutex<InodeOpens>>>>,
+    inodes: Mutex<HashMap<u64, Arc<Mutex<InodeOpens<Backing>>>>>,
     seen: Mutex<LruCache<([u8; 32], EntryId), Seen>>,
     fills: SyncSender<Fill>,
     pending: Arc<Mutex<HashSet<Key>>>,
@@ -173,7 +220,7 @@ impl Passthrough {
         &self.cache
     }
 
-    fn inode(&self, ino: u64) -> Arc<Mutex<InodeOpens>> {
+    fn inode(&self, ino: u64) -> Arc<Mutex<InodeOpens<Backing>>> {
         self.inodes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -201,55 +248,66 @@ impl Passthrough {
             drop(guard);
             return self.open(ino, pkg, entry, size, head, reply);
         }
-        if let Some(b) = &st.backing {
-            st.passthrough += 1;
-            self.counters.passthrough.fetch_add(1, Ordering::Relaxed);
-            return reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), PASSTHROUGH_FLAGS, &b.id);
-        }
-        if st.daemon == 0 && !self.off.load(Ordering::Relaxed) {
-            if let Some(key) = self.qualifies(pkg, entry, size, head) {
-                match self.cache.find(&key, size) {
-                    Some(object) => match reply.open_backing(&object.file) {
-                        Ok(id) => {
-                            if object.hashed {
-                                self.counters.hashed.fetch_add(1, Ordering::Relaxed);
-                            }
-                            debug!(
-                                ino,
-                                package = %pkg.label(),
-                                entry,
-                                "exec cache: passthrough to {}",
-                                crate::exec_cache::hex(&object.digest)
-                            );
-                            st.passthrough = 1;
-                            self.counters.passthrough.fetch_add(1, Ordering::Relaxed);
-                            let b = st.backing.insert(Backing {
-                                id,
-                                _object: object,
-                            });
-                            return reply.opened_passthrough(
-                                FileHandle(FH_PASSTHROUGH),
-                                PASSTHROUGH_FLAGS,
-                                &b.id,
-                            );
-                        }
-                        Err(e) => {
-                            if !self.off.swap(true, Ordering::Relaxed) {
-                                warn!(
-                                    "exec cache {}: the kernel refuses its files as passthrough \
-                                     backing files ({e}); files are served through the daemon",
-                                    self.cache.path().display()
-                                );
-                            }
-                        }
-                    },
-                    None => self.queue(key, pkg, entry, size),
-                }
+        let backing = st.open(|| self.backing(ino, pkg, entry, size, head, &reply));
+        match backing {
+            Some(b) => {
+                self.counters.passthrough.fetch_add(1, Ordering::Relaxed);
+                reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), PASSTHROUGH_FLAGS, &b.id)
+            }
+            None => {
+                self.counters.daemon.fetch_add(1, Ordering::Relaxed);
+                reply.opened(FileHandle(FH_DAEMON), FopenFlags::FOPEN_KEEP_CACHE)
             }
         }
-        st.daemon += 1;
-        self.counters.daemon.fetch_add(1, Ordering::Relaxed);
-        reply.opened(FileHandle(FH_DAEMON), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    /// A backing file for an inode with no opens: the file's cache file, if it qualifies and
+    /// is cached (else it is queued for a fill), registered with the kernel.
+    fn backing(
+        &self,
+        ino: u64,
+        pkg: &Arc<Package>,
+        entry: EntryId,
+        size: u64,
+        head: impl FnOnce() -> Option<[u8; 18]>,
+        reply: &ReplyOpen,
+    ) -> Option<Backing> {
+        if self.off.load(Ordering::Relaxed) {
+            return None;
+        }
+        let key = self.qualifies(pkg, entry, size, head)?;
+        let Some(object) = self.cache.find(&key, size) else {
+            self.queue(key, pkg, entry, size);
+            return None;
+        };
+        match reply.open_backing(&object.file) {
+            Ok(id) => {
+                if object.hashed {
+                    self.counters.hashed.fetch_add(1, Ordering::Relaxed);
+                }
+                debug!(
+                    ino,
+                    package = %pkg.label(),
+                    entry,
+                    "exec cache: passthrough to {}",
+                    crate::exec_cache::hex(&object.digest)
+                );
+                Some(Backing {
+                    id,
+                    _object: object,
+                })
+            }
+            Err(e) => {
+                if !self.off.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "exec cache {}: the kernel refuses its files as passthrough backing \
+                         files ({e}); files are served through the daemon",
+                        self.cache.path().display()
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// The release of an open of inode `ino` with handle `fh`.
@@ -259,16 +317,9 @@ impl Passthrough {
             return;
         };
         let mut st = slot.lock().unwrap_or_else(|p| p.into_inner());
-        if fh == FH_PASSTHROUGH {
-            st.passthrough = st.passthrough.saturating_sub(1);
-            if st.passthrough == 0 {
-                // Unregisters the backing file and lets the object be evicted again.
-                st.backing = None;
-            }
-        } else {
-            st.daemon = st.daemon.saturating_sub(1);
-        }
-        if st.passthrough == 0 && st.daemon == 0 {
+        // The last passthrough release unregisters the backing file and lets the cache
+        // file be evicted again.
+        if st.release(fh == FH_PASSTHROUGH) {
             st.gone = true;
             table.remove(&ino);
         }
@@ -384,6 +435,46 @@ pub fn is_elf_program(h: &[u8; 18]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backing file that says when it is let go.
+    struct B(u32, Arc<AtomicBool>);
+    impl Drop for B {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_inode_is_never_open_both_ways_and_keeps_one_backing_file_while_open() {
+        let gone = Arc::new(AtomicBool::new(false));
+        let b = |n| {
+            let g = gone.clone();
+            move || Some(B(n, g))
+        };
+        let mut st = InodeOpens::<B>::default();
+        // The first open finds the file cached: passthrough to backing 1.
+        assert_eq!(st.open(b(1)).map(|x| x.0), Some(1));
+        // While it is open every open gets backing 1, whatever else there would be.
+        assert_eq!(st.open(|| panic!("not asked")).map(|x| x.0), Some(1));
+        assert_eq!(st.open(|| None).map(|x| x.0), Some(1));
+        assert!(!st.release(true));
+        assert!(!st.release(true));
+        assert!(!gone.load(Ordering::SeqCst), "held while open");
+        assert!(st.release(true), "no opens left");
+        assert!(gone.load(Ordering::SeqCst), "let go with the last release");
+        // Not cached: through the daemon; then, even once cached, through the daemon
+        // until the last such open is released.
+        assert!(st.open(|| None).is_none());
+        assert!(st
+            .open(|| panic!("not asked while open through the daemon"))
+            .is_none());
+        assert!(!st.release(false));
+        assert!(st.release(false));
+        gone.store(false, Ordering::SeqCst);
+        assert_eq!(st.open(b(2)).map(|x| x.0), Some(2));
+        assert!(st.release(true));
+        assert!(gone.load(Ordering::SeqCst));
+    }
 
     #[test]
     fn elf_programs_and_libraries_qualify_objects_and_text_do_not() {
