@@ -312,16 +312,25 @@ impl Passthrough {
 
     /// The release of an open of inode `ino` with handle `fh`.
     pub fn release(&self, ino: u64, fh: u64) {
-        let mut table = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(slot) = table.get(&ino).cloned() else {
-            return;
+        let slot = match self
+            .inodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+        {
+            Some(s) => s.clone(),
+            None => return,
         };
+        // (The table is not held while waiting for the inode: an open may be hashing.)
         let mut st = slot.lock().unwrap_or_else(|p| p.into_inner());
         // The last passthrough release unregisters the backing file and lets the cache
         // file be evicted again.
         if st.release(fh == FH_PASSTHROUGH) {
             st.gone = true;
-            table.remove(&ino);
+            let mut table = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+            if table.get(&ino).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                table.remove(&ino);
+            }
         }
     }
 
