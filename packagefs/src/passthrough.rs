@@ -17,7 +17,9 @@
 //!   and while it has opens through the daemon every new open goes through the daemon; the
 //!   counts are kept here, from OPEN to RELEASE. The backing registration and the object
 //!   (which cannot be evicted meanwhile) are held until the inode's last passthrough open is
-//!   released (a mapped executable stays open until it is unmapped).
+//!   released (a mapped executable stays open until it is unmapped). The kernel sends the
+//!   RELEASE after the close has returned, so an open that follows a close at once may still
+//!   count that open and go through the daemon: conservative, never a mixed open.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
