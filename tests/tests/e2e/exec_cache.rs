@@ -353,3 +353,50 @@ fn r15_a_file_open_by_passthrough_keeps_its_bytes_across_a_generation_switch() {
     assert!(c["passthrough_opens"] >= 2, "{c:?}");
     assert_eq!(c["filled"], 2, "{c:?}");
 }
+
+#[test]
+fn r15_a_daemon_killed_mid_fill_leaves_only_a_temp_file_which_the_next_one_sweeps() {
+    let big = fake_library(96 << 20, 5);
+    let t = TestTree::new();
+    t.file("lib/libbig.so", &big);
+    let s = Stack::new(&["system"]);
+    s.add("system", t.path(), "big");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("exec");
+    let opt = format!("exec_cache={}", cache.display());
+    let mut m = s.builder().arg("-o").arg(&opt).start();
+    let lib = m.join("lib/libbig.so");
+    // The first read queues the fill; the daemon is killed while it writes.
+    let mut f = std::fs::File::open(&lib).unwrap();
+    let mut head = [0u8; 4096];
+    f.read_exact(&mut head).unwrap();
+    drop(f);
+    let tmp = cache.join("tmp");
+    assert!(
+        e2e::wait_until(e2e::DEADLINE, || std::fs::read_dir(&tmp)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)),
+        "no fill began"
+    );
+    m.signal(libc::SIGKILL);
+    m.wait_exit(e2e::DEADLINE).expect("SIGKILL ends the daemon");
+    e2e::mount::lazy_unmount(m.path());
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    let obj = object(&cache, &big);
+    assert!(
+        !left.is_empty() && !obj.exists(),
+        "killed mid-fill: a temp file, no cache file"
+    );
+    drop(m);
+    // The next daemon sweeps the temp file, never uses it, and fills the file anew.
+    let m = s.builder().arg("-o").arg(&opt).start();
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "swept");
+    assert!(
+        m.log()
+            .contains("removed 1 temp files of interrupted fills"),
+        "{}",
+        m.log()
+    );
+    assert!(std::fs::read(m.join("lib/libbig.so")).unwrap() == big);
+    wait_for_object(&obj, &big);
+}
