@@ -25,9 +25,10 @@
 //!   Without fs-verity, this is what "never served once changed" costs: one full hash per
 //!   object per mount (measured in docs/benchmarks.md) and one `fstat` per open. A change
 //!   made while a file is open through passthrough is not seen until its next open.
-//! - **Size**: after each fill, the least recently used objects that are not open are
-//!   removed until the total is within the limit. Recency is kept in memory and, across
-//!   restarts, as each object's atime (set when it is first used in a daemon's life).
+//! - **Size**: before each fill (to make room) and after it, the least recently used objects
+//!   that are not open are removed until the total is within the limit. Recency is kept in
+//!   memory and, across restarts, as each object's atime (set at its first use in a
+//!   daemon's life).
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -158,6 +159,31 @@ struct State {
     total: u64,
     tick: u64,
     keys: HashMap<Key, (Digest, u64)>,
+}
+
+impl State {
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    /// The entry of object `d` of `size` bytes, made (and counted in the total) if it is
+    /// new: found in `data/` after the start (filled by another daemon sharing the cache,
+    /// or by this one's fill while an open found its key).
+    fn object(&mut self, d: Digest, size: u64, tick: u64) -> &mut Object {
+        match self.objects.entry(d) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.total += size;
+                v.insert(Object {
+                    size,
+                    used: tick,
+                    open: 0,
+                    verified: None,
+                })
+            }
+        }
+    }
 }
 
 /// Counters, for logs and tests.
@@ -501,7 +527,10 @@ impl ExecCache {
                 // Evicted (by another daemon sharing the cache, or by hand): fill again.
                 debug!("exec cache: object {name}: {e}");
                 self.forget_key(key);
-                self.lock().objects.remove(&digest).map(|o| o.size);
+                let mut s = self.lock();
+                if let Some(o) = s.objects.remove(&digest) {
+                    s.total -= o.size;
+                }
                 return None;
             }
         };
@@ -526,14 +555,8 @@ impl ExecCache {
         // Checked already in this daemon's life, and unchanged since: one fstat.
         {
             let mut s = self.lock();
-            s.tick += 1;
-            let tick = s.tick;
-            let o = s.objects.entry(digest).or_insert(Object {
-                size,
-                used: tick,
-                open: 0,
-                verified: None,
-            });
+            let tick = s.next_tick();
+            let o = s.object(digest, size, tick);
             if o.verified == Some(Ident::of(&st)) {
                 o.open += 1;
                 o.used = tick;
@@ -585,14 +608,8 @@ impl ExecCache {
             return None;
         }
         let mut s = self.lock();
-        s.tick += 1;
-        let tick = s.tick;
-        let o = s.objects.entry(digest).or_insert(Object {
-            size,
-            used: tick,
-            open: 0,
-            verified: None,
-        });
+        let tick = s.next_tick();
+        let o = s.object(digest, size, tick);
         o.verified = Some(Ident::of(&after));
         o.open += 1;
         o.used = tick;
@@ -645,6 +662,9 @@ impl ExecCache {
                 max: self.max_bytes,
             });
         }
+        // Room first: the data files stay within the size even while this one is written
+        // (if what is open allows).
+        self.evict_to(self.max_bytes - size);
         let tmp_name = format!(
             "{}-{}",
             std::process::id(),
@@ -724,28 +744,12 @@ impl ExecCache {
         self.write_key(key, &digest, size)?;
         {
             let mut s = self.lock();
-            s.tick += 1;
-            let tick = s.tick;
+            let tick = s.next_tick();
             s.keys.insert(*key, (digest, size));
-            match s.objects.get_mut(&digest) {
-                Some(o) => {
-                    o.used = tick;
-                    if verified.is_some() {
-                        o.verified = verified;
-                    }
-                }
-                None => {
-                    s.total += size;
-                    s.objects.insert(
-                        digest,
-                        Object {
-                            size,
-                            used: tick,
-                            open: 0,
-                            verified,
-                        },
-                    );
-                }
+            let o = s.object(digest, size, tick);
+            o.used = tick;
+            if verified.is_some() {
+                o.verified = verified;
             }
         }
         self.evict();
@@ -788,8 +792,14 @@ impl ExecCache {
     /// Removes least recently used objects that are not open until the total is within
     /// the limit (or only open ones are left).
     fn evict(&self) {
+        self.evict_to(self.max_bytes);
+    }
+
+    /// Removes least recently used objects that are not open until the total is at most
+    /// `target` bytes (or only open ones are left).
+    fn evict_to(&self, target: u64) {
         let mut s = self.lock();
-        while s.total > self.max_bytes {
+        while s.total > target {
             let Some((d, size)) = s
                 .objects
                 .iter()
@@ -1089,6 +1099,41 @@ mod tests {
         drop(c);
         let c = ExecCache::open(&dir, 2 << 20).unwrap();
         assert_eq!(c.stats().objects, 1);
+    }
+
+    #[test]
+    fn files_filled_by_another_daemon_count_toward_the_size_once_found() {
+        let (_t, dir) = cache_dir();
+        let pk = tempfile::tempdir().unwrap();
+        let ps: Vec<_> = (0..3)
+            .map(|i| package(pk.path(), 3 << 19, 30 + i))
+            .collect();
+        let keyed: Vec<_> = ps
+            .iter()
+            .map(|p| {
+                let (e, size) = entry(p, "bin/a");
+                (key_of(&p.archive, e, size).unwrap(), e, size)
+            })
+            .collect();
+        let mine = Arc::new(ExecCache::open(&dir, 4 << 20).unwrap());
+        let other = Arc::new(ExecCache::open(&dir, 4 << 20).unwrap());
+        for i in 0..2 {
+            let (k, e, s) = keyed[i];
+            other.fill(&k, &ps[i].archive, e, s).unwrap();
+        }
+        assert_eq!(mine.stats().bytes, 0, "not seen yet");
+        for (k, _, s) in &keyed[..2] {
+            assert!(mine.find(k, *s).is_some());
+        }
+        assert_eq!(mine.stats().bytes, 3 << 20, "counted once found");
+        let (k, e, s) = keyed[2];
+        mine.fill(&k, &ps[2].archive, e, s).unwrap();
+        assert!(mine.stats().bytes <= 4 << 20);
+        let on_disk: u64 = std::fs::read_dir(dir.join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(on_disk <= 4 << 20, "{on_disk} bytes on disk");
     }
 
     #[test]

@@ -199,8 +199,6 @@ pub struct PackageFs {
     /// Opens served from the exec cache; `None` without one, or when the kernel offers no
     /// passthrough (decided at INIT).
     passthrough: Option<Passthrough>,
-    /// READ requests of files served (logged at unmount with the exec cache's counters).
-    reads: std::sync::atomic::AtomicU64,
 }
 
 impl PackageFs {
@@ -227,7 +225,6 @@ impl PackageFs {
         let xattrs = opts.xattrs.unwrap_or_else(|| view_has_xattrs(&view));
         PackageFs {
             passthrough: opts.exec_cache.clone().map(Passthrough::new),
-            reads: std::sync::atomic::AtomicU64::new(0),
             xattrs,
             no_open: false,
             no_opendir: false,
@@ -256,6 +253,11 @@ impl PackageFs {
     /// Whether extended attributes are answered (see `Options::xattrs`).
     pub fn xattrs(&self) -> bool {
         self.xattrs
+    }
+
+    /// What to log of the exec cache when the daemon ends (`None` without one).
+    pub fn exec_report(&self) -> Option<crate::passthrough::Report> {
+        self.passthrough.as_ref().map(Passthrough::report)
     }
 
     /// The chunk cache.
@@ -522,6 +524,9 @@ impl Filesystem for PackageFs {
                 // btrfs, tmpfs; not overlayfs), and this mount may be a layer of an overlay.
                 let _ = config.set_max_stack_depth(1);
                 granted |= InitFlags::FUSE_PASSTHROUGH;
+                pt.counters
+                    .active
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 // Passthrough is chosen at OPEN: the daemon opens every file.
                 self.no_open = false;
                 info!("exec cache {dir}: files are opened by the daemon; cached ELF files and files read again and again are served by passthrough");
@@ -663,19 +668,16 @@ impl Filesystem for PackageFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(pt) = &self.passthrough {
+            pt.counters
+                .reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let f = match self.file_ref(ino.0) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
         self.read_file((ino.0, req.pid()), &f, offset, size, reply);
-    }
-
-    fn destroy(&mut self) {
-        if let Some(pt) = &self.passthrough {
-            pt.log_counters(self.reads.load(std::sync::atomic::Ordering::Relaxed));
-        }
     }
 
     // flush, fsync and fsyncdir: nothing is ever written, so there is nothing to flush or

@@ -308,6 +308,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
         ..Options::default()
     };
     let fs = PackageFs::new(view, s.cache_size, opts);
+    let exec_report = fs.exec_report();
     let xattrs = fs.xattrs();
     if !xattrs {
         info!("no active package has extended attributes: they are not served (-o xattrs serves them)");
@@ -431,7 +432,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     );
     notify_ready(npkg);
 
-    match rx.recv() {
+    let result = match rx.recv() {
         Ok(Event::Signal(sig)) => {
             info!(signal = sig, "unmounting");
             let r = if own_mount {
@@ -460,7 +461,11 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
             r.map_err(|e| anyhow::anyhow!("FUSE session failed: {e}"))
         }
         Err(_) => Ok(()),
+    };
+    if let Some(r) = &exec_report {
+        r.log();
     }
+    result
 }
 
 /// Names the packages activated by a switch whose extended attributes the mount does not

@@ -133,10 +133,44 @@ pub struct Counters {
     pub passthrough: AtomicU64,
     /// Opens answered through the daemon.
     pub daemon: AtomicU64,
+    /// READ requests of files served by the daemon.
+    pub reads: AtomicU64,
     /// Files filled into the cache.
     pub filled: AtomicU64,
     /// Objects hashed at their first use.
     pub hashed: AtomicU64,
+    /// The kernel took passthrough at INIT.
+    pub active: AtomicBool,
+}
+
+/// What the daemon logs of the exec cache when it ends (kept by `main` apart from the
+/// file system, which may not be dropped when the daemon exits).
+#[derive(Debug, Clone)]
+pub struct Report {
+    counters: Arc<Counters>,
+    cache: Arc<ExecCache>,
+}
+
+impl Report {
+    /// Logs the counters in one line, if the mount used the exec cache.
+    pub fn log(&self) {
+        let c = &self.counters;
+        if !c.active.load(Ordering::Relaxed) {
+            return;
+        }
+        let s = self.cache.stats();
+        info!(
+            passthrough_opens = c.passthrough.load(Ordering::Relaxed),
+            daemon_opens = c.daemon.load(Ordering::Relaxed),
+            daemon_reads = c.reads.load(Ordering::Relaxed),
+            filled = c.filled.load(Ordering::Relaxed),
+            hashed = c.hashed.load(Ordering::Relaxed),
+            objects = s.objects,
+            bytes = s.bytes,
+            "exec cache {}",
+            self.cache.path().display()
+        );
+    }
 }
 
 /// The passthrough side of the adapter.
@@ -411,21 +445,12 @@ impl Passthrough {
         }
     }
 
-    /// Logs the counters (at unmount), with the READ requests the daemon served.
-    pub fn log_counters(&self, daemon_reads: u64) {
-        let c = &self.counters;
-        let s = self.cache.stats();
-        info!(
-            passthrough_opens = c.passthrough.load(Ordering::Relaxed),
-            daemon_opens = c.daemon.load(Ordering::Relaxed),
-            daemon_reads,
-            filled = c.filled.load(Ordering::Relaxed),
-            hashed = c.hashed.load(Ordering::Relaxed),
-            objects = s.objects,
-            bytes = s.bytes,
-            "exec cache {}",
-            self.cache.path().display()
-        );
+    /// What to log at the end.
+    pub fn report(&self) -> Report {
+        Report {
+            counters: self.counters.clone(),
+            cache: self.cache.clone(),
+        }
     }
 }
 
