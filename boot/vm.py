@@ -153,8 +153,9 @@ class VM:
             pass
 
     def poweroff(self):
-        self.send("systemctl poweroff\n")
-        self.wait_exit(180)
+        self.send("systemctl poweroff\r")
+        self.expect(r"reboot: Power down", 180, "the power-off")
+        self.wait_exit(30)
 
     def kill(self):
         if self.proc and self.proc.poll() is None:
@@ -211,6 +212,7 @@ def scenario_basic(vm):
     vm.run("touch /var/boot-test-was-here /root/x /home/x")
     _, out = vm.run("touch /usr/bin/x", check=False)
     check("Read-only" in out, "writing to /usr/bin did not fail as read-only: %s" % out)
+    host_unit(vm)
     # A program of every package that has one, with --version.
     _, out = vm.run(r"""for p in $(ls /data/system/packages); do
   for b in $(pkgtool list /data/system/packages/$p 2>/dev/null | awk '$NF ~ /^(usr\/)?s?bin\/[^\/]+$/ {print "/"$NF}' | head -n 5); do
@@ -223,29 +225,69 @@ done""", timeout=600)
     for need in ("bash", "coreutils", "util-linux", "procps", "systemd"):
         check(any(re.match(r"ok %s-\d" % re.escape(need), l) for l in oks),
               "no program of %s answered --version: %s" % (need, out[-500:]))
-    # (The power-off is scenario 5's: see docs/boot.md, "Not yet done".)
+    halt(vm)
+
+
+UNIT = "packagefs@run-pkg.service"
+
+
+def host_unit(vm):
+    """The host unit of dist/systemd/, run by the real systemd: packagefs@mnt.service
+    serves a layer of its own at /run/pkg (Type=notify, hardened, restarted when killed)."""
+    _, out = vm.run("systemd-analyze verify %s 2>&1" % UNIT)
+    check(out.strip() == "", "systemd-analyze verify %s: %s" % (UNIT, out.strip()))
+    vm.run("set -e; mkdir -p /run/pk/tree/bin /run/pk/keys /run/pk/layer/packages; cd /run/pk; "
+           "printf '#!/bin/sh\\necho unit-hello 1\\n' > tree/bin/unit-hello; chmod 755 tree/bin/unit-hello; "
+           "pkgtool keygen t >/dev/null; cp t.pub keys/; "
+           "echo '{\"name\": \"unit-hello\", \"version\": \"1.0.0\"}' > m.json; "
+           "pkgtool build tree -o layer/packages/unit-hello.hpkg --key t.key --manifest m.json -q >/dev/null; "
+           "mkdir -p /run/systemd/system/%s.d; "
+           "printf '[Service]\\nEnvironment=LAYERS=system=/run/pk/layer OPTIONS=allow_other,trusted_keys=/run/pk/keys\\n' "
+           "> /run/systemd/system/%s.d/test.conf; systemctl daemon-reload" % (UNIT, UNIT))
+    code, out = vm.run("systemctl start %s" % UNIT, timeout=180, check=False)
+    if code != 0:
+        _, log = vm.run("journalctl -b -u %s -o cat --no-pager | tail -n 12" % UNIT, check=False)
+        raise Failed("systemctl start %s: exit %d: %s" % (UNIT, code, log.strip().replace("\n", " | ")))
+    _, st = vm.run("systemctl show -p Type,ActiveState,SubState,MainPID %s" % UNIT)
+    check("Type=notify" in st and "ActiveState=active" in st and "SubState=running" in st,
+          "%s is not an active notify service: %s" % (UNIT, st.strip().replace("\n", " ")))
+    pid = re.search(r"MainPID=(\d+)", st).group(1)
+    _, t = vm.run("findmnt -n -o FSTYPE /run/pkg")
+    check(t.strip() == "fuse.packagefs", "/run/pkg is %r, not a packagefs view" % t.strip())
+    _, out = vm.run("setpriv --reuid=65534 --regid=65534 --clear-groups /run/pkg/bin/unit-hello")
+    check(out.strip() == "unit-hello 1", "another user ran /run/pkg/bin/unit-hello: %r" % out.strip())
+    _, nnp = vm.run("grep -E '^(NoNewPrivs|CapBnd):' /proc/%s/status" % pid)
+    check(re.search(r"NoNewPrivs:\s+1", nnp) and "000001ffffffffff" not in nnp,
+          "the daemon runs without its hardening: %s" % nnp.strip().replace("\n", " "))
+    # Killed, it is restarted, and the new daemon clears the dead mount.
+    vm.run("kill -9 %s" % pid)
+    vm.run("for i in $(seq 120); do [ \"$(systemctl show -p NRestarts --value %s)\" = 1 ] && "
+           "systemctl is-active -q %s && break; sleep 0.5; done; systemctl is-active %s" % (UNIT, UNIT, UNIT))
+    _, out = vm.run("/run/pkg/bin/unit-hello")
+    check(out.strip() == "unit-hello 1", "after the restart /run/pkg/bin/unit-hello says %r" % out.strip())
+    vm.run("systemctl stop %s" % UNIT)
+    code, _ = vm.run("findmnt /run/pkg", check=False)
+    check(code != 0, "stopping %s left /run/pkg mounted" % UNIT)
+    vm.say("packagefs@.service: verified, notify, hardened, restarted after SIGKILL, stopped")
 
 
 INSTALL = "pkgtool install %s --layer /data/system --trusted-keys /etc/packagefs/keys"
 
 
 def halt(vm):
-    """Ends a scenario: sync, then power off at once (see reboot)."""
-    vm.send("sync; systemctl poweroff --force --force\r")
-    vm.wait_exit(120)
+    """Ends a scenario: a clean power-off (systemd stops everything, systemd-shutdown
+    remounts the data disk read-only, the VM powers off)."""
+    vm.poweroff()
 
 
 def reboot(vm, append=None):
-    """Reboots: in place (the same qemu, the same kernel command line), or with a new
-    command line (a power-off, then a new start)."""
+    """Reboots cleanly: in place (the same qemu, the same kernel command line), or with a
+    new command line (a clean power-off, then a new start)."""
     if append is None:
-        # A forced reboot (sync, then reboot(2)): systemd-shutdown's final kill can hang on
-        # this root (docs/boot.md, "Not yet done"); the layer's state is fsynced anyway.
-        vm.send("sync; systemctl reboot --force --force\r")
+        vm.send("systemctl reboot\r")
         vm.expect(r"reboot: Restarting system", 180, "the reboot")
     else:
-        vm.send("sync; systemctl poweroff --force --force\r")
-        vm.wait_exit(120)
+        vm.poweroff()
         vm.start(append)
 
 
@@ -329,7 +371,13 @@ def scenario_poweroff(vm):
     vm.start("")
     vm.login()
     healthy(vm, "1.0.0")
+    start = vm.log.tell()
     vm.poweroff()
+    with open(vm.log.name, "rb") as f:
+        f.seek(start)
+        shutdown = f.read().decode(errors="replace")
+    bad = [l for l in shutdown.splitlines() if "FAILED" in l or "timed out" in l.lower()]
+    check(not bad, "the shutdown reported failures: %s" % " | ".join(bad)[:600])
     fsck = subprocess.run(["e2fsck", "-fn", vm.disk], capture_output=True, text=True)
     check(fsck.returncode == 0, "e2fsck -fn of the data disk after power-off: exit %d: %s"
           % (fsck.returncode, (fsck.stdout + fsck.stderr).strip()[-400:]))

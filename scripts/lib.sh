@@ -20,12 +20,14 @@ PACKAGEFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 #   python3         the random-read driver of scripts/bench
 #   build-essential the C compiler and linker that cargo needs (zstd-sys, linking)
 #   ca-certificates TLS roots so cargo can fetch crates
+#   systemd         systemd-analyze verify and systemd-fstab-generator, which check the
+#                   units of dist/systemd/ and the fstab form (tests/tests/e2e/units.rs)
 # The graft tests and the demo also fetch .deb files with `apt-get download` (apt and
 # dpkg-deb come with every Debian system; nothing to install).
 # shellcheck disable=SC2034 # used by the scripts that source this file
 PACKAGEFS_APT_DEPS=(
 	fuse3 squashfs-tools squashfuse erofs-utils fuse-overlayfs attr hyperfine python3
-	build-essential ca-certificates
+	build-essential ca-certificates systemd
 )
 
 if [[ -t 1 && -z "${NO_COLOR:-}" && "${TERM:-dumb}" != dumb ]]; then

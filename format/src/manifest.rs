@@ -163,14 +163,167 @@ pub struct Require {
     pub version: VersionReq,
 }
 
-/// A service a package declares: a name and the program that runs it.
+/// A service a package declares: its systemd unit (shipped in the package) and how its
+/// health is judged after a start (see [`Health`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     /// The service name, unique within the package.
     pub name: String,
-    /// The program, as a relative path inside the package (for example `bin/compositor`).
+    /// The program, as a relative path inside the package (for example `bin/compositor`);
+    /// informational when the package ships a unit.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub exec: String,
+    /// The unit file, a relative path inside the package ending in `.service`; empty:
+    /// `lib/systemd/system/NAME.service` (see [`Service::unit_path`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unit: String,
+    /// How the service's health is judged after it starts.
+    #[serde(default, skip_serializing_if = "Health::is_default")]
+    pub health: Health,
+}
+
+impl Service {
+    /// The unit file's path inside the package.
+    pub fn unit_path(&self) -> String {
+        if self.unit.is_empty() {
+            format!("lib/systemd/system/{}.service", self.name)
+        } else {
+            self.unit.clone()
+        }
+    }
+
+    /// The unit's name, as systemd knows it (`web.service`).
+    pub fn unit_name(&self) -> String {
+        let p = self.unit_path();
+        p.rsplit('/').next().unwrap_or(&p).to_owned()
+    }
+}
+
+/// When a started service counts as ready.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ready {
+    /// Once systemd reports the unit active (for `Type=notify` units, that is after the
+    /// service sent `READY=1`).
+    #[default]
+    Started,
+    /// Only after `READY=1`: the unit must be `Type=notify` (checked when it starts).
+    Notify,
+}
+
+/// How a service's health is judged after a start (an update is rolled back when any
+/// check fails): it must be ready, its health command (if any) must succeed within
+/// `timeout`, its watchdog (if any) must not fire, and it must stay up, without a
+/// restart, for `stable`; all within `deadline` of its start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Health {
+    /// When the service counts as ready.
+    pub ready: Ready,
+    /// A command that exits 0 when the service is healthy: argv, the program an absolute
+    /// path or a relative path inside the package; empty: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// The longest one run of `command` may take.
+    pub timeout: Span,
+    /// The service's watchdog interval (`WatchdogSec=`), if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<Span>,
+    /// How long the service must stay up without a restart.
+    pub stable: Span,
+    /// The time from the start by which every check must have passed.
+    pub deadline: Span,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            ready: Ready::Started,
+            command: Vec::new(),
+            timeout: Span::secs(10),
+            watchdog: None,
+            stable: Span::secs(5),
+            deadline: Span::secs(30),
+        }
+    }
+}
+
+impl Health {
+    fn is_default(&self) -> bool {
+        *self == Health::default()
+    }
+}
+
+/// The most arguments a health command may have.
+pub const MAX_HEALTH_ARGS: usize = 64;
+
+/// A time span in a manifest, written as systemd writes them: a whole number and a unit,
+/// `ms`, `s` or `min` (`500ms`, `5s`, `2min`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Span {
+    /// Milliseconds.
+    pub ms: u64,
+}
+
+impl Span {
+    /// `n` seconds.
+    pub const fn secs(n: u64) -> Span {
+        Span { ms: n * 1000 }
+    }
+
+    /// As a [`std::time::Duration`].
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ms)
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ms.is_multiple_of(60_000) && self.ms > 0 {
+            write!(f, "{}min", self.ms / 60_000)
+        } else if self.ms.is_multiple_of(1000) {
+            write!(f, "{}s", self.ms / 1000)
+        } else {
+            write!(f, "{}ms", self.ms)
+        }
+    }
+}
+
+impl From<Span> for String {
+    fn from(s: Span) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for Span {
+    type Error = String;
+    fn try_from(s: String) -> Result<Span, String> {
+        let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+        let (num, unit) = s.split_at(digits);
+        let per = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "min" => 60_000,
+            _ => {
+                return Err(format!(
+                    "{} is not a time span: a whole number and ms, s or min (\"5s\")",
+                    shown(&s)
+                ))
+            }
+        };
+        num.parse::<u64>()
+            .ok()
+            .filter(|_| num.len() <= 9)
+            .map(|n| Span { ms: n * per })
+            .ok_or_else(|| {
+                format!(
+                    "{} is not a time span: a whole number and ms, s or min (\"5s\")",
+                    shown(&s)
+                )
+            })
+    }
 }
 
 /// A manifest that does not parse or does not validate.
@@ -340,7 +493,79 @@ impl Manifest {
                     format!("{} is already declared (services[{j}])", shown(&s.name)),
                 ));
             }
-            check_exec(&s.exec).map_err(|r| ManifestError::new(field("exec"), r))?;
+            if !s.exec.is_empty() {
+                check_exec(&s.exec).map_err(|r| ManifestError::new(field("exec"), r))?;
+            }
+            if !s.unit.is_empty() {
+                check_exec(&s.unit).map_err(|r| ManifestError::new(field("unit"), r))?;
+                let file = s.unit.rsplit('/').next().unwrap_or("");
+                if file.len() <= ".service".len() || !file.ends_with(".service") {
+                    return Err(ManifestError::new(
+                        field("unit"),
+                        format!("{} must name a unit file NAME.service", shown(&s.unit)),
+                    ));
+                }
+            }
+            s.health.validate(&field("health"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Health {
+    /// `command`: at most [`MAX_HEALTH_ARGS`] single-line arguments, the program a path;
+    /// `timeout` 100ms to 10min; `watchdog` 1s to 1h; `stable` at most 10min; `deadline`
+    /// 1s to 1h and longer than `stable`.
+    fn validate(&self, at: &str) -> Result<(), ManifestError> {
+        let field = |sub: &str| format!("{at}.{sub}");
+        if self.command.len() > MAX_HEALTH_ARGS {
+            return Err(ManifestError::new(
+                field("command"),
+                format!(
+                    "has {} arguments, more than the limit of {MAX_HEALTH_ARGS}",
+                    self.command.len()
+                ),
+            ));
+        }
+        for (i, a) in self.command.iter().enumerate() {
+            let f = format!("{}[{i}]", field("command"));
+            check_line(a, MAX_EXEC_BYTES).map_err(|r| ManifestError::new(f.clone(), r))?;
+            if i == 0 {
+                match a.strip_prefix('/') {
+                    Some(abs) if !abs.is_empty() => check_exec(abs)
+                        .map_err(|r| ManifestError::new(f, format!("(absolute) {r}")))?,
+                    _ => check_exec(a).map_err(|r| ManifestError::new(f, r))?,
+                }
+            }
+        }
+        let range = |name: &str, v: Span, lo: u64, hi: u64| {
+            if v.ms < lo || v.ms > hi {
+                Err(ManifestError::new(
+                    field(name),
+                    format!(
+                        "{v} is out of range: {} to {}",
+                        Span { ms: lo },
+                        Span { ms: hi }
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        range("timeout", self.timeout, 100, 600_000)?;
+        if let Some(w) = self.watchdog {
+            range("watchdog", w, 1000, 3_600_000)?;
+        }
+        range("stable", self.stable, 0, 600_000)?;
+        range("deadline", self.deadline, 1000, 3_600_000)?;
+        if self.deadline <= self.stable {
+            return Err(ManifestError::new(
+                field("deadline"),
+                format!(
+                    "{} must be longer than the stability window ({})",
+                    self.deadline, self.stable
+                ),
+            ));
         }
         Ok(())
     }
@@ -625,6 +850,13 @@ fn check_shape(bytes: &[u8]) -> Result<(), ManifestError> {
             }
         }
     }
+    if let Some(Value::Array(services)) = root.get("services") {
+        for (i, s) in services.iter().enumerate() {
+            if let Some(h) = s.get("health").filter(|h| !h.is_object()) {
+                return Err(not_object(format!("services[{i}].health"), h));
+            }
+        }
+    }
     if let Some(origin) = root.get("origin") {
         if !origin.is_object() {
             return Err(not_object("origin".to_owned(), origin));
@@ -795,7 +1027,9 @@ mod tests {
             m.services,
             [Service {
                 name: "compositor".into(),
-                exec: "bin/compositor".into()
+                exec: "bin/compositor".into(),
+                unit: String::new(),
+                health: Health::default(),
             }]
         );
         assert_eq!(m.os, Some(VersionReq::parse(">=1.0").unwrap()));
@@ -989,11 +1223,6 @@ mod tests {
                 "missing requires api",
                 edited("/requires/1/api", None),
                 "requires[1].api",
-            ),
-            (
-                "missing service exec",
-                edited("/services/0/exec", None),
-                "services[0].exec",
             ),
             (
                 "unknown top field",
@@ -1217,11 +1446,6 @@ mod tests {
                 "services[0].exec",
             ),
             (
-                "empty exec",
-                set("/services/0/exec", json!("")),
-                "services[0].exec",
-            ),
-            (
                 "NUL exec",
                 set("/services/0/exec", json!("bin/a\u{0}b")),
                 "services[0].exec",
@@ -1236,6 +1460,96 @@ mod tests {
                 set("/services/0/exec", json!(long(256))),
                 "services[0].exec",
             ),
+            // Units and health.
+            (
+                "unit not a .service",
+                set(
+                    "/services/0/unit",
+                    json!("lib/systemd/system/compositor.socket"),
+                ),
+                "services[0].unit",
+            ),
+            (
+                "unit outside the package",
+                set("/services/0/unit", json!("../compositor.service")),
+                "services[0].unit",
+            ),
+            (
+                "unit named only .service",
+                set("/services/0/unit", json!("lib/.service")),
+                "services[0].unit",
+            ),
+            (
+                "health not an object",
+                set("/services/0/health", json!("yes")),
+                "services[0].health",
+            ),
+            (
+                "unknown health field",
+                set("/services/0/health", json!({"retries": 3})),
+                "services[0].health.retries",
+            ),
+            (
+                "bad readiness",
+                set("/services/0/health", json!({"ready": "listening"})),
+                "services[0].health.ready",
+            ),
+            (
+                "timeout without a unit",
+                set("/services/0/health", json!({"timeout": "5"})),
+                "services[0].health.timeout",
+            ),
+            (
+                "timeout with a fraction",
+                set("/services/0/health", json!({"timeout": "1.5s"})),
+                "services[0].health.timeout",
+            ),
+            (
+                "timeout too long",
+                set("/services/0/health", json!({"timeout": "11min"})),
+                "services[0].health.timeout",
+            ),
+            (
+                "timeout too short",
+                set("/services/0/health", json!({"timeout": "10ms"})),
+                "services[0].health.timeout",
+            ),
+            (
+                "watchdog too short",
+                set("/services/0/health", json!({"watchdog": "500ms"})),
+                "services[0].health.watchdog",
+            ),
+            (
+                "deadline not after the stability window",
+                set(
+                    "/services/0/health",
+                    json!({"stable": "30s", "deadline": "30s"}),
+                ),
+                "services[0].health.deadline",
+            ),
+            (
+                "health command a number",
+                set("/services/0/health", json!({"command": [1]})),
+                "services[0].health.command[0]",
+            ),
+            (
+                "health command outside the package",
+                set("/services/0/health", json!({"command": ["../bin/check"]})),
+                "services[0].health.command[0]",
+            ),
+            (
+                "health command with a line break",
+                set(
+                    "/services/0/health",
+                    json!({"command": ["bin/check", "a\nb"]}),
+                ),
+                "services[0].health.command[1]",
+            ),
+            (
+                "health command too long",
+                set("/services/0/health", json!({"command": vec!["x"; 65]})),
+                "services[0].health.command",
+            ),
         ];
         assert!(cases.len() >= 25);
         for (what, json, field) in cases {
@@ -1248,6 +1562,68 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_service_needs_no_exec_when_it_ships_a_unit() {
+        // exec is informational since services ship their units: absent or empty is fine.
+        for json in [
+            edited("/services/0/exec", None),
+            set("/services/0/exec", serde_json::json!("")),
+        ] {
+            let m = Manifest::from_json(&json).unwrap();
+            assert_eq!(m.services[0].exec, "");
+            assert_eq!(m.services[0].unit_name(), "compositor.service");
+        }
+    }
+
+    #[test]
+    fn services_with_units_and_health_round_trip() {
+        let m = Manifest::from_json(
+            br#"{"name": "web", "version": "1.0.0", "services": [
+                {"name": "web", "unit": "lib/systemd/system/pkgfs-web.service",
+                 "health": {"ready": "notify", "command": ["bin/web-check", "--port", "8080"],
+                            "timeout": "2s", "watchdog": "10s", "stable": "3s", "deadline": "1min"}},
+                {"name": "plain"}
+            ]}"#,
+        )
+        .unwrap();
+        let s = &m.services[0];
+        assert_eq!(
+            (s.unit_name().as_str(), s.health.ready),
+            ("pkgfs-web.service", Ready::Notify)
+        );
+        assert_eq!(s.health.command, ["bin/web-check", "--port", "8080"]);
+        assert_eq!(
+            (s.health.timeout.ms, s.health.watchdog.unwrap().ms),
+            (2000, 10_000)
+        );
+        assert_eq!((s.health.stable.ms, s.health.deadline.ms), (3000, 60_000));
+        // Defaults: the unit under lib/systemd/system, started is ready, 10s, 5s, 30s.
+        let p = &m.services[1];
+        assert_eq!(p.unit_path(), "lib/systemd/system/plain.service");
+        assert_eq!(p.health, Health::default());
+        assert_eq!(
+            (
+                p.health.timeout.ms,
+                p.health.stable.ms,
+                p.health.deadline.ms
+            ),
+            (10_000, 5000, 30_000)
+        );
+        let again = Manifest::from_json(&m.to_json()).unwrap();
+        assert_eq!(again, m);
+        let text = String::from_utf8(m.to_json()).unwrap();
+        assert!(
+            text.contains("\"deadline\": \"1min\"")
+                && !text.contains("\"plain\",\n      \"health\""),
+            "{text}"
+        );
+        // An absolute health program is allowed (curl from the system).
+        Manifest::from_json(
+            br#"{"name": "w", "version": "1.0.0", "services": [{"name": "w", "health": {"command": ["/usr/bin/curl", "-fsS", "http://127.0.0.1:8080/"]}}]}"#,
+        )
+        .unwrap();
     }
 
     fn error_text(json: &[u8]) -> String {
@@ -1405,6 +1781,8 @@ mod tests {
         m.services.push(Service {
             name: "helper".into(),
             exec: "bin/../x".into(),
+            unit: String::new(),
+            health: Health::default(),
         });
         assert_eq!(m.validate().unwrap_err().field, "services[1].exec");
     }
@@ -1515,6 +1893,8 @@ mod tests {
                         exec: parts.into_iter()
                             .map(|p| if p == "." || p == ".." { format!("{p}x") } else { p })
                             .collect::<Vec<_>>().join("/"),
+                        unit: String::new(),
+                        health: Health::default(),
                     }).collect(),
                     name: own,
                     version,

@@ -376,7 +376,7 @@ pub fn choose(
                 .collect();
             match reconcile::newest_whole(stack, l, &sets, &good, opener) {
                 Ok(c) => {
-                    generation::switch_to(&paths, c.n)?;
+                    generation::switch_to(&paths, c.n, "boot-assessment", &why)?;
                     msgs.push(format!(
                         "{why}: booting the last good generation, {}, and making it the active one",
                         c.n
@@ -433,10 +433,11 @@ pub fn choose(
             .next()
             .filter(|s| s.0 == target)
             .map_or("does not open whole".to_string(), |s| skip_text(&s.1));
-        msgs.push(format!(
+        let fallback = format!(
             "generation {target} {reason}; falling back to generation {}, the newest earlier one that opens whole",
             chosen.n
-        ));
+        );
+        msgs.push(fallback.clone());
         for (n, r) in skipped {
             msgs.push(format!("generation {n} {} either", skip_text(r)));
         }
@@ -447,6 +448,18 @@ pub fn choose(
         if how != How::Pinned {
             how = How::Fallback;
         }
+        // The audit trail: this boot serves another set than the one asked for.
+        let mut rec = crate::journal::Record::new("boot-fallback", &fallback);
+        rec.before = Some(target);
+        rec.after = Some(chosen.n);
+        rec.verdict = "fallback".into();
+        if let (Ok(Some(from)), Ok(Some(to))) = (
+            generation::read_list(&paths.generation_list(target)),
+            generation::read_list(&paths.generation_list(chosen.n)),
+        ) {
+            rec = rec.between(Some(&from), &to);
+        }
+        crate::journal::append(&paths, &rec)?;
     }
     let n = chosen.n;
 
@@ -797,11 +810,19 @@ mod tests {
         assert_eq!(r.generation(), Some(1), "the rollback is permanent");
         let st = state(&r);
         assert!(st.bad.contains(&2) && st.trying.is_none(), "{st:?}");
+        // The audit trail has it, with the reason.
+        let h = crate::journal::read(&r.stack.layers[0].paths).unwrap();
+        let last = h.records.last().unwrap();
+        assert_eq!(
+            (last.kind.as_str(), last.before, last.after),
+            ("boot-assessment", Some(2), Some(1))
+        );
+        assert!(last.reason.contains("used up its 3 boot tries"), "{last:?}");
         // And stays so: the next boot is an ordinary boot of generation 1.
         let c = boot(&mut r, "");
         assert_eq!((c.n, c.how), (1, How::Active));
         // Generation 2 made active again by hand is not retried on its own...
-        crate::generation::switch_to(&r.stack.layers[0].paths, 2).unwrap();
+        crate::generation::switch_to(&r.stack.layers[0].paths, 2, "rollback", "t").unwrap();
         let c = boot(&mut r, "");
         assert_eq!(c.n, 1, "{:?}", c.messages);
         assert!(c
@@ -809,7 +830,7 @@ mod tests {
             .join(" ")
             .contains("failed its boot assessment before"));
         // ...but a pinned boot of it that is blessed makes it good again.
-        crate::generation::switch_to(&r.stack.layers[0].paths, 2).unwrap();
+        crate::generation::switch_to(&r.stack.layers[0].paths, 2, "rollback", "t").unwrap();
         let c = boot(&mut r, "packagefs.generation=2");
         assert_eq!(c.n, 2);
         bless(&r.stack.layers[0].paths).unwrap();
@@ -877,6 +898,21 @@ mod tests {
             "generation 1 is on trial: boot 1 of 3 (pkgtool bless marks it good)"
         );
         assert_eq!(r.generation(), Some(2), "the list stays for a repair");
+        let h = crate::journal::read(&r.stack.layers[0].paths).unwrap();
+        let last = h.records.last().unwrap();
+        assert_eq!(
+            (
+                last.kind.as_str(),
+                last.before,
+                last.after,
+                last.verdict.as_str()
+            ),
+            ("boot-fallback", Some(2), Some(1), "fallback")
+        );
+        assert!(
+            last.reason.contains("a-2.0.0") && last.removed == ["a-2.0.0"],
+            "{last:?}"
+        );
         let st = state(&r);
         assert_eq!(st.booted, Some((1, How::Fallback)));
         assert!(st.note.unwrap().contains("did not open whole"));

@@ -428,6 +428,7 @@ pub fn commit(
     files: &dyn Fn(&PackageId) -> Option<PathBuf>,
 ) -> Result<u64, StateError> {
     let n = generation_numbers(layer)?.last().copied().unwrap_or(0) + 1;
+    let before = read_list(&layer.active_list()).ok().flatten();
     let mut copies = Vec::new();
     for e in &list.entries {
         if let Some(c) = retain(layer, &e.id, files(&e.id).as_deref())? {
@@ -442,13 +443,39 @@ pub fn commit(
     write_atomic(&layer.generation_list(n), text.as_bytes())?;
     sync_dir(&layer.generations())?;
     write_atomic(&layer.active_list(), text.as_bytes())?;
+    let rec = crate::journal::Record::new(kind_of(reason), reason).between(before.as_ref(), &list);
+    crate::journal::append(layer, &rec)?;
     Ok(n)
+}
+
+/// The kind of a change, for the audit trail, from a generation's reason (`install +a`,
+/// `remove -b`, `dropped a.hpkg; deleted b.hpkg`, `first generation from packages/`).
+fn kind_of(reason: &str) -> &'static str {
+    match reason.split_whitespace().next().unwrap_or("") {
+        "install" => "install",
+        "remove" => "remove",
+        "update" => "update",
+        "dropped" | "deleted" => "packages",
+        "first" => "first",
+        "adopt" | "adopted" => "adopt",
+        "rollback" => "rollback",
+        _ => "change",
+    }
 }
 
 /// Makes generation `n` the active set again (a rollback): `active.list` becomes a copy of
 /// its list. Every package it names is in the pool.
-pub fn switch_to(layer: &LayerPaths, n: u64) -> Result<ActiveList, StateError> {
+///
+/// `kind` and `reason` go to the audit trail ([`crate::journal`]): `rollback` by a user,
+/// `boot-assessment` when spent boot tries took the machine back, `health-rollback`.
+pub fn switch_to(
+    layer: &LayerPaths,
+    n: u64,
+    kind: &str,
+    reason: &str,
+) -> Result<ActiveList, StateError> {
     let path = layer.generation_list(n);
+    let before = read_list(&layer.active_list()).ok().flatten();
     let list = read_list(&path)?.ok_or_else(|| StateError::NoGeneration(n, layer.dir.clone()))?;
     for e in &list.entries {
         let f = layer.pool_file(&e.id);
@@ -463,6 +490,8 @@ pub fn switch_to(layer: &LayerPaths, n: u64) -> Result<ActiveList, StateError> {
         }
     }
     write_atomic(&layer.active_list(), list.to_text().as_bytes())?;
+    let rec = crate::journal::Record::new(kind, reason).between(before.as_ref(), &list);
+    crate::journal::append(layer, &rec)?;
     Ok(list)
 }
 
@@ -694,6 +723,13 @@ pub fn gc(layer: &LayerPaths, keep: usize, also_keep: &[u64]) -> Result<Vec<u64>
         }
     }
     sync_dir(&layer.state())?;
+    if !removed.is_empty() {
+        let mut rec = crate::journal::Record::new("gc", &format!("kept the newest {keep}"));
+        rec.before = active;
+        rec.after = active;
+        rec.deleted_generations = removed.clone();
+        crate::journal::append(layer, &rec)?;
+    }
     Ok(removed)
 }
 
@@ -758,7 +794,7 @@ mod tests {
         assert_eq!(active.meta["reason"], "install p3");
         // the package files disappear from packages/: the pool still has them
         fs::remove_dir_all(layer.packages()).unwrap();
-        let back = switch_to(&layer, 1).unwrap();
+        let back = switch_to(&layer, 1, "rollback", "t").unwrap();
         assert!(back.same_packages(&list(&[&p[0]])));
         assert_eq!(
             read_list(&layer.active_list())
@@ -768,7 +804,7 @@ mod tests {
             Some(1)
         );
         assert!(matches!(
-            switch_to(&layer, 9),
+            switch_to(&layer, 9, "rollback", "t"),
             Err(StateError::NoGeneration(9, _))
         ));
         // gc keeping 1 keeps generation 3 and the active generation 1
@@ -777,7 +813,7 @@ mod tests {
         assert_eq!(generation_numbers(&layer).unwrap(), [1, 3]);
         assert!(layer.pool_file(&p[0].id()).exists());
         assert!(layer.pool_file(&p[2].id()).exists());
-        switch_to(&layer, 3).unwrap();
+        switch_to(&layer, 3, "rollback", "t").unwrap();
         // also_keep keeps generation 1 (say, the newest one that opens whole)
         assert!(gc(&layer, 1, &[1]).unwrap().is_empty());
         gc(&layer, 1, &[]).unwrap();

@@ -15,6 +15,8 @@
 //!   place, deletions), decided by the same rules for the daemon and pkgtool;
 //! - [`generation`]: `active.list`, numbered generations, the pool's own copies and the
 //!   record of accounted-for files, written crash-safely;
+//! - [`services`]: the services a change of a set stops and starts, in dependency order;
+//! - [`journal`]: the audit trail, one record for every change of a layer's set;
 //! - [`boot`]: the generation a machine boots (`packagefs.generation=N`, a fallback to
 //!   what opens whole), boot assessment (`state/boot`: tries, bless, the last good one
 //!   made active) and the boot loader entries of a layer.
@@ -22,9 +24,11 @@
 
 pub mod boot;
 pub mod generation;
+pub mod journal;
 pub mod owner;
 pub mod reconcile;
 pub mod resolve;
+pub mod services;
 pub mod set;
 pub mod stack;
 

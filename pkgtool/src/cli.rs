@@ -83,6 +83,11 @@ pub enum Command {
         after_help = "Example:\n  pkgtool bless --layer /data/system --check-failed-units\n\nA machine booted from packages (packagefs -o boot) counts each boot of a generation not\nyet good; when its tries are used up, the last good generation boots instead, for good.\nBlessing ends the trial of the generation booted. --check-failed-units first asks\nsystemd for failed units and refuses to bless while there are any. See docs/boot.md."
     )]
     Bless(BlessArgs),
+    /// Show a layer's audit trail: every change of its set, who made it, why, and how it ended.
+    #[command(
+        after_help = "Example:\n  pkgtool history --layer /data/system\n  pkgtool history --layer /pkg/system --last 5 --json\n\nEvery change of the set appends one record to state/journal, whoever made it: pkgtool\n(install, remove, rollback, gc), the daemon taking up files dropped into packages/, a\nboot that fell back to an earlier generation, boot assessment giving up on one. A line:\ntime, generations (before -> after), kind, user (and sudo's user), verdict, packages\nadded (+) and removed (-). A torn or damaged record is skipped and counted, never fatal.\nThe records also go to the systemd journal: journalctl MESSAGE_ID=5f0c2c8e7a0b4d3c9a6e2b1f4d8c7a10"
+    )]
+    History(HistoryArgs),
     /// Write a Boot Loader Specification entry per generation of a layer (each pins it for one boot).
     #[command(
         name = "boot-entries",
@@ -306,6 +311,20 @@ pub struct BlessArgs {
     /// Refuse while systemd lists failed units (`systemctl list-units --state=failed`).
     #[arg(long)]
     pub check_failed_units: bool,
+}
+
+/// `pkgtool history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The layer (its directory).
+    #[arg(long = "layer", value_name = "DIR")]
+    pub layer: PathBuf,
+    /// Only the newest N records.
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+    /// Print the records as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `pkgtool boot-entries`.

@@ -5,6 +5,7 @@ mod boot_entries;
 mod build;
 mod cat;
 mod extract;
+mod history;
 mod info;
 mod keygen;
 mod list;
@@ -39,6 +40,7 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
         Command::Gc(a) => set::gc(a, out),
         Command::Bless(a) => bless::run(a, out),
         Command::BootEntries(a) => boot_entries::run(a, out),
+        Command::History(a) => history::run(a, out),
         Command::Graft(a) => crate::graft::run(a, out),
     }
 }

@@ -1018,9 +1018,14 @@ pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             _ => bail!("layer {name}: no earlier generation opens whole"),
         },
     };
-    generation::switch_to(paths, target)?;
-    drop(lock);
     let from = current.map_or("?".to_string(), |c| c.to_string());
+    generation::switch_to(
+        paths,
+        target,
+        "rollback",
+        &format!("rollback from generation {from} to {target}"),
+    )?;
+    drop(lock);
     if a.layer.json {
         report_change(out, true, &stack, top, &p, Some(target))?;
     } else {

@@ -11,6 +11,7 @@ mod debian;
 mod errors;
 mod extract;
 mod graft;
+mod history;
 mod info;
 mod keygen;
 mod limits;

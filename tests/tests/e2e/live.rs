@@ -131,6 +131,37 @@ fn dropped_packages_appear_and_deleted_ones_vanish() {
         .unwrap()
         .count();
     assert!(gens >= 7, "{gens} generations");
+    // ... and one record of the audit trail, made by the daemon.
+    let h = pkgset::journal::read(&pkgset::generation::LayerPaths::new(&layer)).unwrap();
+    assert_eq!(
+        h.records.len(),
+        gens,
+        "one record per generation: {:?}",
+        h.records
+    );
+    let drops: Vec<_> = h.records.iter().filter(|r| r.kind == "packages").collect();
+    assert!(
+        drops.len() >= 6,
+        "the drops and deletions are not recorded as such: {drops:?}"
+    );
+    for r in &drops {
+        assert!(
+            r.who.command.contains("packagefs"),
+            "a drop recorded as made by another program than the daemon: {r:?}"
+        );
+    }
+    assert!(
+        drops
+            .iter()
+            .any(|r| r.reason == "deleted via-mv.hpkg" && r.removed == ["via-mv-1.0.0"]),
+        "the deletion of via-mv.hpkg is not in the trail: {drops:?}"
+    );
+    assert!(
+        drops
+            .iter()
+            .any(|r| r.added == ["via-cp-1.1.0"] && r.removed == ["via-cp-1.0.0"]),
+        "the update of via-cp is not in the trail: {drops:?}"
+    );
 }
 
 #[test]

@@ -24,6 +24,7 @@ mod readonly;
 mod refusal;
 mod setuid;
 mod trust;
+mod units;
 mod xattrs;
 
 use std::io;
