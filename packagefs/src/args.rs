@@ -43,7 +43,16 @@ the daemon runs as @packagefs, a root storage daemon systemd leaves running, and
 layers by descriptor, reachable after switch_root; boot_cmdline=FILE reads another
 command line than /proc/cmdline; see docs/boot.md and pkgtool bless),
 xattrs / noxattrs: always / never answer extended attributes; by default they are answered
-if a package active at mount has any, since answering costs `ls -l` a round trip per file)."
+if a package active at mount has any, since answering costs `ls -l` a round trip per file;
+exec_cache=DIR[,exec_cache_size=SIZE]: ELF executables and libraries, and files of 1 MiB or
+more opened 4 times, are decompressed once (in the background, each chunk checked) into DIR
+(created 0700; refused if a symlink, another user's, or open to others), named by the
+BLAKE3 of their bytes, kept across remounts and reboots within SIZE (default 1G, least
+recently used files that are not open go first), hashed whole at their first use by a
+daemon and then opened by FUSE passthrough: reads and page faults go from the kernel to
+the cache file, not through the daemon (Linux 6.9+, as root). Every file is then opened by
+the daemon (an OPEN round trip, which mounts without the cache do not pay).
+See README.md)."
 )]
 pub struct Args {
     /// Layer NAME=DIR, lowest first (repeatable).
@@ -104,7 +113,14 @@ pub struct Settings {
     pub boot: bool,
     /// `-o boot_cmdline=FILE`: where the kernel command line is read (default /proc/cmdline).
     pub boot_cmdline: PathBuf,
+    /// `-o exec_cache=DIR`: the exec cache served by passthrough.
+    pub exec_cache: Option<PathBuf>,
+    /// `-o exec_cache_size=SIZE`: its size limit in bytes.
+    pub exec_cache_size: u64,
 }
+
+/// The exec cache's size limit unless `-o exec_cache_size` says otherwise.
+pub const DEFAULT_EXEC_CACHE_SIZE: u64 = 1 << 30;
 
 impl Args {
     /// Turns the arguments into settings; the error is a one-line usage message.
@@ -146,6 +162,8 @@ impl Args {
         let mut auto_unmount = false;
         let mut boot = false;
         let mut boot_cmdline = PathBuf::from("/proc/cmdline");
+        let mut exec_cache = None;
+        let mut exec_cache_size = None;
         for opt in self
             .options
             .iter()
@@ -173,6 +191,8 @@ impl Args {
                 ("auto_unmount", None) => auto_unmount = true,
                 ("boot", None) => boot = true,
                 ("boot_cmdline", Some(v)) => boot_cmdline = PathBuf::from(v),
+                ("exec_cache", Some(v)) if !v.is_empty() => exec_cache = Some(PathBuf::from(v)),
+                ("exec_cache_size", Some(v)) => exec_cache_size = Some(parse_size(v)? as u64),
                 ("nosuid", None) => nosuid = true,
                 ("suid", None) => nosuid = false,
                 ("noexec", None) => mount_options.push(MountOption::NoExec),
@@ -203,6 +223,9 @@ impl Args {
         } else {
             MountOption::NoSuid
         });
+        if exec_cache_size.is_some() && exec_cache.is_none() {
+            return Err("exec_cache_size without exec_cache=DIR".into());
+        }
         if layer_specs.is_empty() {
             return Err("no layers: give at least one --layer NAME=DIR".into());
         }
@@ -249,6 +272,8 @@ impl Args {
             auto_unmount,
             boot,
             boot_cmdline,
+            exec_cache,
+            exec_cache_size: exec_cache_size.unwrap_or(DEFAULT_EXEC_CACHE_SIZE),
         })
     }
 }
@@ -290,4 +315,60 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         return Err(format!("cache size `{s}` is below the minimum of 4M"));
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        Args::try_parse_from(["packagefs"].iter().chain(args))
+            .map_err(|e| e.to_string())?
+            .settings()
+    }
+
+    #[test]
+    fn exec_cache_options() {
+        let s = settings(&["--layer", "system=/l", "/mnt"]).unwrap();
+        assert_eq!(s.exec_cache, None);
+        let s = settings(&[
+            "--layer",
+            "system=/l",
+            "-o",
+            "exec_cache=/var/cache/exec",
+            "/mnt",
+        ])
+        .unwrap();
+        assert_eq!(s.exec_cache, Some(PathBuf::from("/var/cache/exec")));
+        assert_eq!(s.exec_cache_size, DEFAULT_EXEC_CACHE_SIZE);
+        let s = settings(&[
+            "--layer",
+            "system=/l",
+            "-o",
+            "exec_cache=/c,exec_cache_size=2G",
+            "/mnt",
+        ])
+        .unwrap();
+        assert_eq!(s.exec_cache_size, 2 << 30);
+        // No unknown option reaches the kernel.
+        assert!(!s
+            .mount_options
+            .iter()
+            .any(|o| matches!(o, MountOption::CUSTOM(_))));
+        assert_eq!(
+            settings(&["--layer", "system=/l", "-o", "exec_cache_size=2G", "/mnt"]).unwrap_err(),
+            "exec_cache_size without exec_cache=DIR"
+        );
+        assert_eq!(
+            settings(&[
+                "--layer",
+                "system=/l",
+                "-o",
+                "exec_cache=/c,exec_cache_size=1M",
+                "/mnt"
+            ])
+            .unwrap_err(),
+            "cache size `1M` is below the minimum of 4M"
+        );
+    }
 }

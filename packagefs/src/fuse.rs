@@ -7,7 +7,9 @@
 //!
 //! Files and directories are opened by the kernel alone (`open` and `opendir` answer ENOSYS
 //! once, on kernels that support it): a file read costs a LOOKUP and its READs, no OPEN,
-//! FLUSH or RELEASE. A file open across a generation switch stays readable through the
+//! FLUSH or RELEASE. With an exec cache (`-o exec_cache=DIR`) and a kernel that offers FUSE
+//! passthrough, files are opened by the daemon instead (an OPEN and a RELEASE per open), so
+//! that an open of a cached file can be answered with passthrough (`passthrough.rs`). A file open across a generation switch stays readable through the
 //! kernel's lookup count (`lookups`); a listing across one, through its offsets (`dir_at`).
 
 use std::cell::RefCell;
@@ -31,7 +33,9 @@ use lru::LruCache;
 use tracing::{debug, error, info, warn};
 
 use crate::cache::{Chunk, ChunkCache};
+use crate::exec_cache::ExecCache;
 use crate::lookups::Lookups;
+use crate::passthrough::Passthrough;
 use crate::view::{self, Node, NodeAttr, Package, View};
 
 /// Tunables of the adapter.
@@ -52,6 +56,8 @@ pub struct Options {
     /// `ls -lR` about 7 times faster. `None`: on if any package of the first view has an
     /// xattr (a package with xattrs activated later then needs `-o xattrs` or a remount).
     pub xattrs: Option<bool>,
+    /// The exec cache whose files are served by passthrough (`-o exec_cache=DIR`).
+    pub exec_cache: Option<Arc<ExecCache>>,
 }
 
 /// True if an entry of package `p` has an extended attribute.
@@ -72,6 +78,7 @@ impl Default for Options {
             max_read: 1 << 20,
             prefetch_threads: 2,
             xattrs: None,
+            exec_cache: None,
         }
     }
 }
@@ -189,6 +196,9 @@ pub struct PackageFs {
     /// carry nothing: reads and listings are served by inode and offset either way.
     no_open: bool,
     no_opendir: bool,
+    /// Opens served from the exec cache; `None` without one, or when the kernel offers no
+    /// passthrough (decided at INIT).
+    passthrough: Option<Passthrough>,
 }
 
 impl PackageFs {
@@ -214,6 +224,7 @@ impl PackageFs {
         });
         let xattrs = opts.xattrs.unwrap_or_else(|| view_has_xattrs(&view));
         PackageFs {
+            passthrough: opts.exec_cache.clone().map(Passthrough::new),
             xattrs,
             no_open: false,
             no_opendir: false,
@@ -242,6 +253,11 @@ impl PackageFs {
     /// Whether extended attributes are answered (see `Options::xattrs`).
     pub fn xattrs(&self) -> bool {
         self.xattrs
+    }
+
+    /// What to log of the exec cache when the daemon ends (`None` without one).
+    pub fn exec_report(&self) -> Option<crate::passthrough::Report> {
+        self.passthrough.as_ref().map(Passthrough::report)
     }
 
     /// The chunk cache.
@@ -285,6 +301,20 @@ impl PackageFs {
             rdev: 0,
             blksize: 4096,
             flags: 0,
+        }
+    }
+
+    /// The file of inode `ino`: in the current view, or held by the kernel after its package
+    /// left the view.
+    fn file_ref(&self, ino: u64) -> Result<FileRef, Errno> {
+        let v = self.view();
+        match v.node(ino).and_then(|n| v.file(n)) {
+            Ok((pkg, entry)) => Ok(FileRef { pkg, entry }),
+            Err(e) => match self.lookups.get(ino) {
+                // Its package left the view, but the kernel still holds the inode.
+                Some((pkg, entry)) => Ok(FileRef { pkg, entry }),
+                None => Err(errno(&e)),
+            },
         }
     }
 
@@ -483,10 +513,28 @@ impl Filesystem for PackageFs {
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_SPLICE_WRITE
             | InitFlags::FUSE_SPLICE_MOVE;
-        let granted = wanted & config.capabilities();
+        let mut granted = wanted & config.capabilities();
         self.no_open = config
             .capabilities()
             .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        if let Some(pt) = &self.passthrough {
+            let dir = pt.cache().path().display().to_string();
+            if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
+                // Backing files on a file system that is not itself stacked (ext4, xfs,
+                // btrfs, tmpfs; not overlayfs), and this mount may be a layer of an overlay.
+                let _ = config.set_max_stack_depth(1);
+                granted |= InitFlags::FUSE_PASSTHROUGH;
+                pt.counters
+                    .active
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                // Passthrough is chosen at OPEN: the daemon opens every file.
+                self.no_open = false;
+                info!("exec cache {dir}: files are opened by the daemon; cached ELF files and files read again and again are served by passthrough");
+            } else {
+                warn!("exec cache {dir} unused: the kernel offers no FUSE passthrough (Linux 6.9+, CONFIG_FUSE_PASSTHROUGH)");
+                self.passthrough = None;
+            }
+        }
         self.no_opendir = config
             .capabilities()
             .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
@@ -581,16 +629,56 @@ impl Filesystem for PackageFs {
     /// `lookups`). The kernel then keeps cached pages across opens (`FOPEN_KEEP_CACHE`
     /// is its default for this mode), as the content under an inode never changes. A
     /// kernel without zero-message opens gets an empty handle: reads go by inode anyway.
-    fn open(&self, _req: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    ///
+    /// With an exec cache, the daemon opens files (see `passthrough.rs`).
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         // (Never sent for writing: the mount is read-only; kept for the first open.)
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
+        }
+        if let Some(pt) = &self.passthrough {
+            let f = match self.file_ref(ino.0) {
+                Ok(f) => f,
+                Err(e) => return reply.error(e),
+            };
+            let Ok(size) = f.pkg.archive.attr(f.entry).map(|a| a.size) else {
+                return reply.error(Errno::EIO);
+            };
+            let head = || {
+                let mut h = [0u8; 18];
+                let spans = f.pkg.archive.file_spans(f.entry, 0, 18).ok()?;
+                let mut n = 0;
+                for s in &spans {
+                    let (data, r) = self.span(&f, s).ok()?;
+                    h[n..n + r.len()].copy_from_slice(&data[r.clone()]);
+                    n += r.len();
+                }
+                (n == 18).then_some(h)
+            };
+            return pt.open(ino.0, &f.pkg, f.entry, size, head, reply);
         }
         if self.no_open {
             reply.error(Errno::ENOSYS);
         } else {
             reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
         }
+    }
+
+    /// Only opens made by the daemon are released (with an exec cache).
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let Some(pt) = &self.passthrough {
+            pt.release(ino.0, fh.0);
+        }
+        reply.ok();
     }
 
     fn read(
@@ -604,16 +692,15 @@ impl Filesystem for PackageFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let v = self.view();
-        let f = match v.node(ino.0).and_then(|n| v.file(n)) {
-            Ok((pkg, entry)) => FileRef { pkg, entry },
-            Err(e) => match self.lookups.get(ino.0) {
-                // Its package left the view, but the kernel still holds the inode.
-                Some((pkg, entry)) => FileRef { pkg, entry },
-                None => return reply.error(errno(&e)),
-            },
+        if let Some(pt) = &self.passthrough {
+            pt.counters
+                .reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let f = match self.file_ref(ino.0) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
         };
-        drop(v);
         self.read_file((ino.0, req.pid()), &f, offset, size, reply);
     }
 

@@ -12,9 +12,11 @@
 #![deny(missing_docs)]
 
 pub mod cache;
+pub mod exec_cache;
 pub mod fuse;
 pub mod layers;
 pub mod live;
 pub mod lookups;
+pub mod passthrough;
 pub mod view;
 pub mod watch;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use format::keys::TrustedKeys;
 use fuser::INodeNo;
+use packagefs::exec_cache::ExecCache;
 use packagefs::fuse::{package_has_xattrs, Options, PackageFs};
 use packagefs::layers;
 use packagefs::live::Live;
@@ -240,6 +241,13 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     if keys.is_empty() {
         warn!(dir = %s.trusted_keys.display(), "no trusted keys: every package will be refused");
     }
+    let exec_cache = match &s.exec_cache {
+        Some(dir) => Some(std::sync::Arc::new(ExecCache::open(
+            dir,
+            s.exec_cache_size,
+        )?)),
+        None => None,
+    };
     let (stack, shine, _layer_fds) = layer_stack(&s)?;
     for spec in &stack.layers {
         // A user's state/ made as root by an older packagefs is given back first: from
@@ -296,9 +304,11 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     let npkg = view.packages().len();
     let opts = Options {
         xattrs: s.xattrs,
+        exec_cache,
         ..Options::default()
     };
     let fs = PackageFs::new(view, s.cache_size, opts);
+    let exec_report = fs.exec_report();
     let xattrs = fs.xattrs();
     if !xattrs {
         info!("no active package has extended attributes: they are not served (-o xattrs serves them)");
@@ -422,7 +432,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     );
     notify_ready(npkg);
 
-    match rx.recv() {
+    let result = match rx.recv() {
         Ok(Event::Signal(sig)) => {
             info!(signal = sig, "unmounting");
             let r = if own_mount {
@@ -451,7 +461,11 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
             r.map_err(|e| anyhow::anyhow!("FUSE session failed: {e}"))
         }
         Err(_) => Ok(()),
+    };
+    if let Some(r) = &exec_report {
+        r.log();
     }
+    result
 }
 
 /// Names the packages activated by a switch whose extended attributes the mount does not

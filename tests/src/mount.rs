@@ -102,6 +102,11 @@ impl MountBuilder {
         if let Some(t) = &self.trusted {
             cmd.arg("--trusted-keys").arg(t);
         }
+        // E2E_EXEC_CACHE=1: the whole suite with an exec cache per mount (passthrough opens).
+        if std::env::var_os("E2E_EXEC_CACHE").is_some() {
+            cmd.arg("-o")
+                .arg(format!("exec_cache={}", dir.path().join("exec").display()));
+        }
         cmd.args(&self.args)
             .arg(&mountpoint)
             .env("RUST_LOG", "info")

@@ -10,6 +10,7 @@ mod corruption;
 mod dead_mounts;
 mod errors;
 mod exec;
+mod exec_cache;
 mod graft;
 mod inodes;
 mod layers;

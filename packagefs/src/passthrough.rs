@@ -1,0 +1,536 @@
+//! Opens served from the exec cache by FUSE passthrough (`-o exec_cache=DIR`): which files
+//! qualify, the background fills, and the per-inode state the kernel requires.
+//!
+//! - **Which files**: ELF executables and shared objects (magic `\x7fELF`, `e_type` EXEC or
+//!   DYN; what `execve` and the dynamic loader map), and any file of at least
+//!   [`REREAD_MIN`] bytes opened [`REREAD_OPENS`] times in this daemon's life (data read
+//!   again and again: a compiler's headers are small and stay in the page cache anyway).
+//! - **Not cached yet**: the open is answered as without the cache (reads go through the
+//!   daemon) and the file is queued for the fill thread; it is never waited for.
+//! - **Cached**: the object is opened (and, at its first use in this daemon's life, hashed
+//!   whole; see `exec_cache`), registered with the kernel (`FUSE_DEV_IOC_BACKING_OPEN`) and
+//!   the open is answered with `FOPEN_PASSTHROUGH`: reads and page faults of that open go
+//!   from the kernel to the object and never reach the daemon.
+//! - **The kernel's rule**: an inode is open either through the daemon (cached I/O) or by
+//!   passthrough to one backing file, never both (a mixed open fails with EIO). So while an
+//!   inode has passthrough opens every new open of it is passthrough to the same object,
+//!   and while it has opens through the daemon every new open goes through the daemon; the
+//!   counts are kept here, from OPEN to RELEASE. The backing registration and the object
+//!   (which cannot be evicted meanwhile) are held until the inode's last passthrough open is
+//!   released (a mapped executable stays open until it is unmapped). The kernel sends the
+//!   RELEASE after the close has returned, so an open that follows a close at once may still
+//!   count that open and go through the daemon: conservative, never a mixed open.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use format::archive::EntryId;
+use fuser::{BackingId, FileHandle, FopenFlags, ReplyOpen};
+use lru::LruCache;
+use tracing::{debug, info, warn};
+
+use crate::exec_cache::{key_of, ExecCache, Key, Opened};
+use crate::view::Package;
+
+/// Files of at least this size...
+pub const REREAD_MIN: u64 = 1 << 20;
+/// ... opened this many times are cached, ELF or not.
+pub const REREAD_OPENS: u32 = 4;
+
+/// The handle of an open served by passthrough.
+pub const FH_PASSTHROUGH: u64 = 1;
+/// The handle of an open served through the daemon.
+pub const FH_DAEMON: u64 = 2;
+
+/// The flags of a passthrough open: the kernel refuses (EIO) any but DIRECT_IO,
+/// PARALLEL_DIRECT_WRITES and NOFLUSH beside PASSTHROUGH (`FOPEN_PASSTHROUGH_MASK`); the page
+/// cache is the backing file's anyway.
+const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
+/// What is known of a package file.
+#[derive(Default)]
+struct Seen {
+    elf: Option<bool>,
+    opens: u32,
+    key: Option<Key>,
+}
+
+/// A backing file registered with the kernel, and the object it is.
+struct Backing {
+    id: BackingId,
+    _object: Opened,
+}
+
+/// The opens of one inode the kernel holds, by kind: never both kinds at once (the
+/// kernel's rule, see the module doc). `B` is what holds a backing file.
+struct InodeOpens<B> {
+    daemon: u32,
+    passthrough: u32,
+    backing: Option<B>,
+    /// Removed from the table: an open that finds this takes the table's entry again.
+    gone: bool,
+}
+
+impl<B> Default for InodeOpens<B> {
+    fn default() -> Self {
+        InodeOpens {
+            daemon: 0,
+            passthrough: 0,
+            backing: None,
+            gone: false,
+        }
+    }
+}
+
+impl<B> InodeOpens<B> {
+    /// Decides an open: the inode's backing file while it has passthrough opens; else, if
+    /// it has no opens through the daemon, the one `try_backing` gives (if any). `None`:
+    /// through the daemon.
+    fn open(&mut self, try_backing: impl FnOnce() -> Option<B>) -> Option<&B> {
+        if self.backing.is_none() && self.daemon == 0 {
+            self.backing = try_backing();
+        }
+        match &self.backing {
+            Some(b) => {
+                self.passthrough += 1;
+                Some(b)
+            }
+            None => {
+                self.daemon += 1;
+                None
+            }
+        }
+    }
+
+    /// The release of an open of the kind given; true if the inode has no opens left. The
+    /// backing file is let go with the last passthrough open.
+    fn release(&mut self, passthrough: bool) -> bool {
+        if passthrough {
+            self.passthrough = self.passthrough.saturating_sub(1);
+            if self.passthrough == 0 {
+                self.backing = None;
+            }
+        } else {
+            self.daemon = self.daemon.saturating_sub(1);
+        }
+        self.passthrough == 0 && self.daemon == 0
+    }
+}
+
+struct Fill {
+    key: Key,
+    pkg: Arc<Package>,
+    entry: EntryId,
+    size: u64,
+}
+
+/// Counters, logged at unmount.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Opens answered with passthrough.
+    pub passthrough: AtomicU64,
+    /// Opens answered through the daemon.
+    pub daemon: AtomicU64,
+    /// READ requests of files served by the daemon.
+    pub reads: AtomicU64,
+    /// Files filled into the cache.
+    pub filled: AtomicU64,
+    /// Objects hashed at their first use.
+    pub hashed: AtomicU64,
+    /// The kernel took passthrough at INIT.
+    pub active: AtomicBool,
+}
+
+/// What the daemon logs of the exec cache when it ends (kept by `main` apart from the
+/// file system, which may not be dropped when the daemon exits).
+#[derive(Debug, Clone)]
+pub struct Report {
+    counters: Arc<Counters>,
+    cache: Arc<ExecCache>,
+}
+
+impl Report {
+    /// Logs the counters in one line, if the mount used the exec cache.
+    pub fn log(&self) {
+        let c = &self.counters;
+        if !c.active.load(Ordering::Relaxed) {
+            return;
+        }
+        let s = self.cache.stats();
+        info!(
+            passthrough_opens = c.passthrough.load(Ordering::Relaxed),
+            daemon_opens = c.daemon.load(Ordering::Relaxed),
+            daemon_reads = c.reads.load(Ordering::Relaxed),
+            filled = c.filled.load(Ordering::Relaxed),
+            hashed = c.hashed.load(Ordering::Relaxed),
+            objects = s.objects,
+            bytes = s.bytes,
+            "exec cache {}",
+            self.cache.path().display()
+        );
+    }
+}
+
+/// The passthrough side of the adapter.
+pub struct Passthrough {
+    cache: Arc<ExecCache>,
+    inodes: Mutex<HashMap<u64, Arc<Mutex<InodeOpens<Backing>>>>>,
+    seen: Mutex<LruCache<([u8; 32], EntryId), Seen>>,
+    fills: SyncSender<Fill>,
+    pending: Arc<Mutex<HashSet<Key>>>,
+    /// The kernel refused a backing file (no CAP_SYS_ADMIN, a cache on a stacked file
+    /// system): every open goes through the daemon from then on.
+    off: AtomicBool,
+    /// Counters.
+    pub counters: Arc<Counters>,
+}
+
+impl Passthrough {
+    /// Serves opens from `cache`, with a fill thread of its own.
+    pub fn new(cache: Arc<ExecCache>) -> Passthrough {
+        let (tx, rx) = sync_channel::<Fill>(1024);
+        let pending: Arc<Mutex<HashSet<Key>>> = Arc::default();
+        let counters: Arc<Counters> = Arc::default();
+        {
+            let (cache, pending, counters) = (cache.clone(), pending.clone(), counters.clone());
+            std::thread::Builder::new()
+                .name("exec-fill".into())
+                .spawn(move || {
+                    // Filling is background work: below the readers' priority.
+                    // SAFETY: setpriority on this thread (a tid is a PRIO_PROCESS id on Linux).
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+                    let mut failed = HashSet::new();
+                    while let Ok(f) = rx.recv() {
+                        if !failed.contains(&f.key) && !cache.has(&f.key, f.size) {
+                            let t = std::time::Instant::now();
+                            match cache.fill(&f.key, &f.pkg.archive, f.entry, f.size) {
+                                Ok(d) => {
+                                    counters.filled.fetch_add(1, Ordering::Relaxed);
+                                    debug!(
+                                        package = %f.pkg.label(),
+                                        entry = f.entry,
+                                        "exec cache: filled {} ({} bytes) in {:?}",
+                                        crate::exec_cache::hex(&d),
+                                        f.size,
+                                        t.elapsed()
+                                    );
+                                }
+                                Err(e) => {
+                                    if !matches!(e, crate::exec_cache::Error::TooLarge { .. }) {
+                                        warn!(
+                                            package = %f.pkg.label(),
+                                            entry = f.entry,
+                                            "exec cache: cannot fill: {}; served through the daemon",
+                                            crate::layers::one_line(&e)
+                                        );
+                                    }
+                                    failed.insert(f.key);
+                                }
+                            }
+                        }
+                        pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&f.key);
+                    }
+                })
+                .expect("spawn the exec cache fill thread");
+        }
+        Passthrough {
+            cache,
+            inodes: Mutex::default(),
+            seen: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(8192).expect("nonzero"),
+            )),
+            fills: tx,
+            pending,
+            off: AtomicBool::new(false),
+            counters,
+        }
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Arc<ExecCache> {
+        &self.cache
+    }
+
+    fn inode(&self, ino: u64) -> Arc<Mutex<InodeOpens<Backing>>> {
+        self.inodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ino)
+            .or_default()
+            .clone()
+    }
+
+    /// Answers the open of inode `ino`, file `entry` of `pkg` (`size` bytes). `head` gives
+    /// the file's first bytes (for the ELF check), when needed.
+    pub fn open(
+        &self,
+        ino: u64,
+        pkg: &Arc<Package>,
+        entry: EntryId,
+        size: u64,
+        head: impl FnOnce() -> Option<[u8; 18]>,
+        reply: ReplyOpen,
+    ) {
+        let slot = self.inode(ino);
+        let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *guard;
+        if st.gone {
+            // Released and removed from the table between the two locks: take it again.
+            drop(guard);
+            return self.open(ino, pkg, entry, size, head, reply);
+        }
+        let backing = st.open(|| self.backing(ino, pkg, entry, size, head, &reply));
+        match backing {
+            Some(b) => {
+                self.counters.passthrough.fetch_add(1, Ordering::Relaxed);
+                reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), PASSTHROUGH_FLAGS, &b.id)
+            }
+            None => {
+                self.counters.daemon.fetch_add(1, Ordering::Relaxed);
+                reply.opened(FileHandle(FH_DAEMON), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+        }
+    }
+
+    /// A backing file for an inode with no opens: the file's cache file, if it qualifies and
+    /// is cached (else it is queued for a fill), registered with the kernel.
+    fn backing(
+        &self,
+        ino: u64,
+        pkg: &Arc<Package>,
+        entry: EntryId,
+        size: u64,
+        head: impl FnOnce() -> Option<[u8; 18]>,
+        reply: &ReplyOpen,
+    ) -> Option<Backing> {
+        if self.off.load(Ordering::Relaxed) {
+            return None;
+        }
+        let key = self.qualifies(pkg, entry, size, head)?;
+        let Some(object) = self.cache.find(&key, size) else {
+            self.queue(key, pkg, entry, size);
+            return None;
+        };
+        match reply.open_backing(&object.file) {
+            Ok(id) => {
+                if object.hashed {
+                    self.counters.hashed.fetch_add(1, Ordering::Relaxed);
+                }
+                debug!(
+                    ino,
+                    package = %pkg.label(),
+                    entry,
+                    "exec cache: passthrough to {}",
+                    crate::exec_cache::hex(&object.digest)
+                );
+                Some(Backing {
+                    id,
+                    _object: object,
+                })
+            }
+            Err(e) => {
+                if !self.off.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "exec cache {}: the kernel refuses its files as passthrough backing \
+                         files ({e}); files are served through the daemon",
+                        self.cache.path().display()
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// The release of an open of inode `ino` with handle `fh`.
+    pub fn release(&self, ino: u64, fh: u64) {
+        let slot = match self
+            .inodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+        {
+            Some(s) => s.clone(),
+            None => return,
+        };
+        // (The table is not held while waiting for the inode: an open may be hashing.)
+        let mut st = slot.lock().unwrap_or_else(|p| p.into_inner());
+        // The last passthrough release unregisters the backing file and lets the cache
+        // file be evicted again.
+        if st.release(fh == FH_PASSTHROUGH) {
+            st.gone = true;
+            let mut table = self.inodes.lock().unwrap_or_else(|p| p.into_inner());
+            if table.get(&ino).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                table.remove(&ino);
+            }
+        }
+    }
+
+    /// The key of the file if it qualifies (see the module doc).
+    fn qualifies(
+        &self,
+        pkg: &Arc<Package>,
+        entry: EntryId,
+        size: u64,
+        head: impl FnOnce() -> Option<[u8; 18]>,
+    ) -> Option<Key> {
+        if size == 0 || size > self.cache.max_bytes() {
+            return None;
+        }
+        let id = (pkg.archive.id().0, entry);
+        let (elf, opens, key) = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let s = seen.get_or_insert_mut(id, Seen::default);
+            s.opens = s.opens.saturating_add(1);
+            (s.elf, s.opens, s.key)
+        };
+        let elf = match elf {
+            Some(e) => e,
+            None => {
+                let e = head().is_some_and(|h| is_elf_program(&h));
+                if let Some(s) = self
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&id)
+                {
+                    s.elf = Some(e);
+                }
+                e
+            }
+        };
+        if !elf && (opens < REREAD_OPENS || size < REREAD_MIN) {
+            return None;
+        }
+        if let Some(k) = key {
+            return Some(k);
+        }
+        let k = key_of(&pkg.archive, entry, size).ok()?;
+        if let Some(s) = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
+            s.key = Some(k);
+        }
+        Some(k)
+    }
+
+    fn queue(&self, key: Key, pkg: &Arc<Package>, entry: EntryId, size: u64) {
+        if !self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key)
+        {
+            return;
+        }
+        let job = Fill {
+            key,
+            pkg: pkg.clone(),
+            entry,
+            size,
+        };
+        // A full queue: the file is queued again at a later open.
+        if self.fills.try_send(job).is_err() {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        }
+    }
+
+    /// What to log at the end.
+    pub fn report(&self) -> Report {
+        Report {
+            counters: self.counters.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+/// True for the first bytes of an ELF executable or shared object (`e_type` 2 or 3, in the
+/// file's own byte order).
+pub fn is_elf_program(h: &[u8; 18]) -> bool {
+    if h[..4] != *b"\x7fELF" {
+        return false;
+    }
+    let t = match h[5] {
+        1 => u16::from_le_bytes([h[16], h[17]]),
+        2 => u16::from_be_bytes([h[16], h[17]]),
+        _ => return false,
+    };
+    t == 2 || t == 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backing file that says when it is let go.
+    struct B(u32, Arc<AtomicBool>);
+    impl Drop for B {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_inode_is_never_open_both_ways_and_keeps_one_backing_file_while_open() {
+        let gone = Arc::new(AtomicBool::new(false));
+        let b = |n| {
+            let g = gone.clone();
+            move || Some(B(n, g))
+        };
+        let mut st = InodeOpens::<B>::default();
+        // The first open finds the file cached: passthrough to backing 1.
+        assert_eq!(st.open(b(1)).map(|x| x.0), Some(1));
+        // While it is open every open gets backing 1, whatever else there would be.
+        assert_eq!(st.open(|| panic!("not asked")).map(|x| x.0), Some(1));
+        assert_eq!(st.open(|| None).map(|x| x.0), Some(1));
+        assert!(!st.release(true));
+        assert!(!st.release(true));
+        assert!(!gone.load(Ordering::SeqCst), "held while open");
+        assert!(st.release(true), "no opens left");
+        assert!(gone.load(Ordering::SeqCst), "let go with the last release");
+        // Not cached: through the daemon; then, even once cached, through the daemon
+        // until the last such open is released.
+        assert!(st.open(|| None).is_none());
+        assert!(st
+            .open(|| panic!("not asked while open through the daemon"))
+            .is_none());
+        assert!(!st.release(false));
+        assert!(st.release(false));
+        gone.store(false, Ordering::SeqCst);
+        assert_eq!(st.open(b(2)).map(|x| x.0), Some(2));
+        assert!(st.release(true));
+        assert!(gone.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn elf_programs_and_libraries_qualify_objects_and_text_do_not() {
+        let mut h = [0u8; 18];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[5] = 1;
+        for (t, want) in [(1u16, false), (2, true), (3, true), (4, false)] {
+            h[16..].copy_from_slice(&t.to_le_bytes());
+            assert_eq!(is_elf_program(&h), want, "e_type {t}");
+        }
+        h[5] = 2;
+        h[16..].copy_from_slice(&3u16.to_be_bytes());
+        assert!(is_elf_program(&h), "big-endian shared object");
+        h[5] = 3;
+        assert!(!is_elf_program(&h), "no byte order");
+        let mut text = [b'#'; 18];
+        text[1] = b'!';
+        assert!(!is_elf_program(&text));
+        // The real thing.
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        assert!(is_elf_program(exe[..18].try_into().unwrap()));
+    }
+}
