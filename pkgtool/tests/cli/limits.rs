@@ -5,7 +5,6 @@
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,28 +48,43 @@ impl Measured {
 /// Runs `pkgtool ARGS` with its address space limited to `as_limit` bytes (so a regression
 /// fails the test with an allocation error instead of eating the machine), kills it if it
 /// is still running after `deadline` (the test then fails, naming the hang), and measures it.
-// The child is reaped by `wait4` (which gives its rusage), not by `Child::wait`.
+///
+/// The peak RSS is that of pkgtool alone: a process forked from this test binary starts
+/// with the binary's resident pages counted as its own (`ru_maxrss` keeps them through
+/// exec), and other tests running beside this one made that up to 66 MB. So pkgtool is
+/// started by a small launcher (`python3`), whose fork of itself is the process measured;
+/// it writes that child's `ru_maxrss` to a file and exits with its status.
+// The child is reaped by `wait4`, not by `Child::wait`.
 #[allow(clippy::zombie_processes)]
 fn run_measured(args: &[&std::ffi::OsStr], as_limit: u64, deadline: Duration) -> Measured {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
+    const LAUNCHER: &str = r#"
+import ctypes, os, resource, signal, sys
+limit, report = int(sys.argv[1]), sys.argv[2]
+pid = os.fork()
+if pid == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # dies with the launcher
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.execv(sys.argv[3], sys.argv[3:])
+_, status, ru = os.wait4(pid, 0)
+with open(report, "w") as f:
+    f.write(str(ru.ru_maxrss))
+if os.WIFSIGNALED(status):
+    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+sys.exit(os.WEXITSTATUS(status))
+"#;
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(LAUNCHER)
+        .arg(as_limit.to_string())
+        .arg(report.path())
+        .arg(BIN)
+        .args(args)
         .env_remove("SOURCE_DATE_EPOCH")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: as_limit,
-                rlim_max: as_limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let start = Instant::now();
     let mut child = cmd.spawn().expect("spawn pkgtool");
     let pid = child.id() as libc::pid_t;
@@ -116,11 +130,16 @@ fn run_measured(args: &[&std::ffi::OsStr], as_limit: u64, deadline: Duration) ->
         std::thread::sleep(Duration::from_millis(5));
     }
     let elapsed = start.elapsed();
+    let stderr = err.join().unwrap();
+    let max_rss_kib = fs::read_to_string(report.path())
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the launcher measured nothing (is python3 there?): {stderr}"));
     Measured {
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-        max_rss_kib: ru.ru_maxrss,
+        stderr,
+        max_rss_kib,
         elapsed,
     }
 }

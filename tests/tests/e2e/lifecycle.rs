@@ -202,9 +202,18 @@ fn auto_unmount_alone_takes_a_sigkilled_daemons_mount_away() {
         m.entry(),
         m.log()
     );
+    // The watcher says so after it has unmounted: wait for its line, then count.
+    let said =
+        |log: &str| e2e::log_lines(log, &["auto_unmount", &m.path().to_string_lossy()]).len();
+    assert!(
+        e2e::wait_until(DEADLINE, || said(&m.log()) > 0),
+        "no line says the mount was taken away:\n{}",
+        m.log()
+    );
+    std::thread::sleep(Duration::from_millis(200));
     let log = m.log();
     assert_eq!(
-        e2e::log_lines(&log, &["auto_unmount", &m.path().to_string_lossy()]).len(),
+        said(&log),
         1,
         "one line says the mount was taken away:\n{log}"
     );
