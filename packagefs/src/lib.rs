@@ -1,7 +1,7 @@
 //! packagefs: layers of signed package archives mounted as one read-only union view.
 //!
 //! ```text
-//! live::Live::start(stack, keys)  ─► the active sets (pkgset) ─► View (one per generation)
+//! live::Live::start(stack, opener)  ─► the active sets (pkgset) ─► View (one per generation)
 //! watch::Watcher (inotify)        ─► live::Event ─► Live::apply ─► next View | refused
 //! view::diff(old, new)            ─► the kernel cache entries to invalidate
 //! fuse::PackageFs { ViewSlot, ChunkCache, Lookups }: the thin FUSE adapter (main.rs mounts it)

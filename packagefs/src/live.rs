@@ -22,7 +22,6 @@ use std::time::SystemTime;
 
 use format::active_list::ActiveList;
 use format::archive::PackageId;
-use format::keys::TrustedKeys;
 use pkgset::generation::{self, Lock};
 use pkgset::owner::AsOwner;
 use pkgset::reconcile;
@@ -111,9 +110,12 @@ impl Live {
     /// `pin`: a layer and the generation it serves for this boot whatever its
     /// `active.list` says (`-o boot`: pinned on the kernel command line, or a fallback);
     /// that layer is left alone until the daemon ends.
+    ///
+    /// `opener` holds the packages opened (and checked) so far, so that a boot's choice of
+    /// generation, which opened them, does not pay for it twice.
     pub fn start(
         stack: Stack,
-        keys: TrustedKeys,
+        opener: Opener,
         shine: Shine,
         pin: Option<(usize, u64)>,
     ) -> anyhow::Result<(Live, View)> {
@@ -121,7 +123,7 @@ impl Live {
         let n = stack.layers.len();
         let mut live = Live {
             layers,
-            opener: Opener::new(keys),
+            opener,
             shine,
             inos: DirInos::default(),
             slots: HashMap::new(),

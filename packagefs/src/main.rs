@@ -263,15 +263,17 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
         }
     }
     record_stack(&s, &stack);
+    // The boot's choice opens and checks the packages; the first view reuses them.
+    let mut opener = pkgset::Opener::new(keys.clone());
     let pin = if s.boot {
-        boot_choice(&s, &stack, &keys)?
+        boot_choice(&s, &stack, &mut opener)?
     } else {
         None
     };
     // Watch before loading, so no change between the two goes unseen.
     let mut watcher = Watcher::new(&stack)
         .map_err(|e| anyhow::anyhow!("cannot watch the layer directories: {e}"))?;
-    let (mut live, view) = Live::start(stack, keys, shine, pin)?;
+    let (mut live, view) = Live::start(stack, opener, shine, pin)?;
     // One line per package, up to a few dozen; a whole system's set (a root file system
     // of a hundred packages) is one line, and each package is at debug level.
     let each = view.packages().len() <= 32;
@@ -546,7 +548,7 @@ fn layer_stack(s: &args::Settings) -> anyhow::Result<(Stack, Shine, Vec<std::fs:
 fn boot_choice(
     s: &args::Settings,
     stack: &Stack,
-    keys: &TrustedKeys,
+    opener: &mut pkgset::Opener,
 ) -> anyhow::Result<Option<(usize, u64)>> {
     let text = std::fs::read_to_string(&s.boot_cmdline).unwrap_or_else(|e| {
         warn!(
@@ -564,8 +566,7 @@ fn boot_choice(
             layers::one_line(&e)
         )
     })?;
-    let mut opener = pkgset::Opener::new(keys.clone());
-    let choice = pkgset::boot::choose(stack, 0, &[], &cmd, &mut opener);
+    let choice = pkgset::boot::choose(stack, 0, &[], &cmd, opener);
     let console = Console::new();
     let say = |m: &str| console.say(m);
     match choice {
