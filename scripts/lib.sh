@@ -186,3 +186,28 @@ human_bytes() {
 		printf (i == 1 ? "%d %s" : "%.1f %s"), n, u[i]
 	}'
 }
+
+# choose_boot_accel KERNEL WORKDIR: sets and exports BOOT_ACCEL (unless set already) for
+# the qemu boots of scripts/boot-test and scripts/bench-boot: kvm if a KVM guest of KERNEL
+# gets as far as its first console line within 20 s, else tcg. Some hosts offer /dev/kvm
+# under nested virtualization where a guest's early boot takes minutes (every page-table
+# write exits); software emulation is faster there.
+choose_boot_accel() {
+	local kernel=$1 log="$2/kvm-probe.log"
+	if [[ -z ${BOOT_ACCEL:-} ]]; then
+		BOOT_ACCEL=tcg
+		if [[ -r /dev/kvm && -w /dev/kvm ]]; then
+			rm -f "$log"
+			timeout 20 qemu-system-x86_64 -accel kvm -cpu host -m 256 -display none -vga none \
+				-nodefaults -no-user-config -serial "file:$log" -no-reboot \
+				-kernel "$kernel" -append "console=ttyS0 panic=-1 init=/nonexistent" \
+				>/dev/null 2>&1 || true
+			if grep -aq 'Linux version' "$log" 2>/dev/null; then
+				BOOT_ACCEL=kvm
+			else
+				warn "/dev/kvm is there but a KVM guest did not reach its first console line in 20 s: using software emulation (TCG)"
+			fi
+		fi
+	fi
+	export BOOT_ACCEL
+}

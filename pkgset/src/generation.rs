@@ -54,7 +54,7 @@ pub enum StateError {
     NoGeneration(u64, PathBuf),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
     move |source| StateError::Io {
         path: path.to_owned(),
         source,

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use format::active_list::ActiveList;
 use serde::{Deserialize, Serialize};
 
-use crate::generation::{sync_dir, LayerPaths, StateError};
+use crate::generation::{io_err, sync_dir, LayerPaths, StateError};
 
 /// The systemd journal's MESSAGE_ID of a record of this trail (`journalctl
 /// MESSAGE_ID=...` lists every change of every layer).
@@ -263,13 +263,6 @@ fn clip(s: &str, max: usize) -> String {
         one
     } else {
         one.chars().take(max).collect::<String>() + "..."
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
-    move |source| StateError::Io {
-        path: path.to_owned(),
-        source,
     }
 }
 
