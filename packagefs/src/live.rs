@@ -80,6 +80,8 @@ pub struct Live {
     known: Vec<Option<String>>,
     /// Per layer: serves a pinned generation for this boot, changes nothing.
     frozen: Vec<bool>,
+    /// Per layer: the list last written to `state/served`.
+    published: Vec<Option<String>>,
     /// Per layer: file names events reported, and whether their writer closed them.
     hints: Vec<HashMap<String, bool>>,
     /// Messages logged already: a retry does not log them again.
@@ -132,6 +134,7 @@ impl Live {
             lists: Vec::new(),
             known: vec![None; n],
             frozen: vec![false; n],
+            published: vec![None; n],
             hints: vec![HashMap::new(); n],
             said: HashSet::new(),
             retry: false,
@@ -457,6 +460,29 @@ impl Live {
             }
             if self.sets.iter().map(|s| ids(s)).collect::<Vec<_>>() == before {
                 break;
+            }
+        }
+    }
+
+    /// Writes each layer's served list to `state/served` when it changed since the last
+    /// time (`pkgtool update` waits for the view to serve the generation it switched to
+    /// before it starts services). A layer pinned for this boot publishes nothing: a
+    /// switch takes effect at the next boot, and a waiting pkgtool says so.
+    pub fn publish_served(&mut self) {
+        for l in 0..self.stack.layers.len() {
+            if self.frozen[l] {
+                continue;
+            }
+            let text = self.lists[l].as_ref().map(|list| list.to_text());
+            if text.is_none() || text == self.published[l] {
+                continue;
+            }
+            let spec = self.stack.layers[l].clone();
+            let _as = AsOwner::enter(&spec.paths);
+            let body = text.clone().unwrap_or_default();
+            match generation::write_atomic(&spec.paths.served(), body.as_bytes()) {
+                Ok(()) => self.published[l] = text,
+                Err(e) => self.warn_once(l, format!("cannot write state/served: {}", one_line(&e))),
             }
         }
     }

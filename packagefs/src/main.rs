@@ -368,6 +368,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
         .name("live".into())
         .spawn(move || {
             let t = Instant::now();
+            live.publish_served();
             live.warm();
             tracing::debug!("kept generations' packages opened in {:?}", t.elapsed());
             loop {
@@ -419,6 +420,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
                         layers::one_line(e.as_ref())
                     ),
                 }
+                live.publish_served();
             }
         })?;
 

@@ -305,6 +305,9 @@ pub fn choose(
         return Ok(None);
     };
     let mut msgs: Vec<String> = cmd.warnings.clone();
+    // An update the last shutdown interrupted is undone before anything is chosen: its
+    // generation never passed its health checks.
+    msgs.extend(crate::update::undo_at_boot(&paths));
     let (mut st, warning) = BootState::read(&paths);
     msgs.extend(warning);
     let (conf_tries, conf_warnings) = configured_tries(&paths);

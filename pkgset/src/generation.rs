@@ -101,6 +101,24 @@ impl LayerPaths {
     pub fn pool_file(&self, id: &PackageId) -> PathBuf {
         self.pool().join(format!("{id}.hpkg"))
     }
+    /// `state/served`: the list the running daemon serves for the layer, written by the
+    /// daemon after each switch of its view (`pkgtool update` waits for it).
+    pub fn served(&self) -> PathBuf {
+        self.state().join("served")
+    }
+
+    /// `state/transaction`: the record of an update in progress (see
+    /// [`crate::update::TxnRecord`]).
+    pub fn transaction(&self) -> PathBuf {
+        self.state().join("transaction")
+    }
+
+    /// `state/transaction.lock`: held by the process running an update for as long as it
+    /// runs; a record whose lock is free was left by a process that died.
+    pub fn transaction_lock(&self) -> PathBuf {
+        self.state().join("transaction.lock")
+    }
+
     /// `state/seen`: the files of `packages/` the active set has accounted for.
     pub fn seen(&self) -> PathBuf {
         self.state().join("seen")

@@ -16,6 +16,8 @@
 //! - [`generation`]: `active.list`, numbered generations, the pool's own copies and the
 //!   record of accounted-for files, written crash-safely;
 //! - [`services`]: the services a change of a set stops and starts, in dependency order;
+//! - [`capabilities`]: what those services may do, and the policy of who may ask for what;
+//! - [`update`]: one update as a transaction: stop, switch, start, check health, undo;
 //! - [`journal`]: the audit trail, one record for every change of a layer's set;
 //! - [`boot`]: the generation a machine boots (`packagefs.generation=N`, a fallback to
 //!   what opens whole), boot assessment (`state/boot`: tries, bless, the last good one
@@ -23,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod boot;
+pub mod capabilities;
 pub mod generation;
 pub mod journal;
 pub mod owner;
@@ -31,6 +34,7 @@ pub mod resolve;
 pub mod services;
 pub mod set;
 pub mod stack;
+pub mod update;
 
 pub use resolve::{resolve, Want};
 pub use set::{check, Candidate, Graph, Problem, Refused};

@@ -132,6 +132,7 @@ impl FileKey {
 #[derive(Debug)]
 pub struct Opener {
     keys: TrustedKeys,
+    policy: crate::capabilities::Policy,
     files: HashMap<FileKey, (PathBuf, Result<Arc<Archive>, String>)>,
 }
 
@@ -140,7 +141,17 @@ impl Opener {
     pub fn new(keys: TrustedKeys) -> Opener {
         Opener {
             keys,
+            policy: crate::capabilities::Policy::unrestricted(),
             files: HashMap::new(),
+        }
+    }
+
+    /// An opener trusting `keys` within `policy`: a package asking for more than its
+    /// signer may is refused like an untrusted one ([`crate::capabilities`]).
+    pub fn with_policy(keys: TrustedKeys, policy: crate::capabilities::Policy) -> Opener {
+        Opener {
+            policy,
+            ..Opener::new(keys)
         }
     }
 
@@ -187,6 +198,7 @@ impl Opener {
         // Trust first: an unsigned or untrusted file costs its header and trailer.
         let r = Archive::from_file_trusted(file, path, &self.keys)
             .map_err(|e| one_line(&e))
+            .and_then(|a| self.policy.check(&a, &self.keys).map(|()| a))
             .map(Arc::new);
         self.files.insert(key, (path.to_owned(), r.clone()));
         r
@@ -213,6 +225,7 @@ impl Opener {
             }
         }
         let keys = &self.keys;
+        let policy = &self.policy;
         // Each worker opens with this thread's identity (a user's layer: the user's).
         let (uid, gid) = crate::owner::current();
         let opened: Vec<(FileKey, &PathBuf, Result<Archive, String>)> = todo
@@ -221,7 +234,8 @@ impl Opener {
                 let _as = crate::owner::AsOwner::of(uid, gid);
                 let r = crate::owner::open_in_layer(p)
                     .map_err(|e| format!("{}: {e}", p.display()))
-                    .and_then(|f| Archive::from_file_trusted(f, p, keys).map_err(|e| one_line(&e)));
+                    .and_then(|f| Archive::from_file_trusted(f, p, keys).map_err(|e| one_line(&e)))
+                    .and_then(|a| policy.check(&a, keys).map(|()| a));
                 (key, p, r)
             })
             .collect();
