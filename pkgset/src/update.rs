@@ -420,11 +420,15 @@ impl Update {
         let reason = format!("{}: {why}", self.rec.command);
         let mut back_checks = Vec::new();
         let mut verdict = "rolled-back".to_string();
+        let mut lists = None;
         if let Some(from) = self.rec.from {
             let lock = generation::Lock::acquire(&self.paths).map_err(|e| e.to_string())?;
-            let list = generation::switch_to(&self.paths, from, "health-rollback-switch", &reason);
+            let switched = switch_back(&self.paths, from);
             drop(lock);
-            if let Err(e) = list {
+            if let Ok(l) = &switched {
+                lists = Some(l.clone());
+            }
+            if let Err(e) = switched {
                 verdict = format!("failed: cannot switch back to generation {from}: {e}");
             } else {
                 let again = wait_served(&self.paths, from, self.opts.served_timeout)
@@ -448,6 +452,9 @@ impl Update {
             c
         }));
         let mut rec = Record::new("health-rollback", &reason);
+        if let Some((before, after)) = &lists {
+            rec = rec.between(before.as_ref(), after);
+        }
         rec.before = Some(to);
         rec.after = self.rec.from;
         rec.stopped = stopped.iter().chain(started.iter()).cloned().collect();
@@ -750,6 +757,26 @@ fn advance(sm: &mut dyn Services, w: &mut Watch, checks: &mut Vec<Check>) -> Opt
     }
 }
 
+/// Makes generation `n` active again without a journal record of its own (the caller
+/// writes one that says why): the lists before and after.
+fn switch_back(paths: &LayerPaths, n: u64) -> Result<(Option<ActiveList>, ActiveList), String> {
+    let list = generation::read_list(&paths.generation_list(n))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("generation {n} is gone"))?;
+    for e in &list.entries {
+        if !paths.pool_file(&e.id).exists() {
+            return Err(format!(
+                "package {} of generation {n} is missing from the pool",
+                e.label
+            ));
+        }
+    }
+    let before = generation::read_list(&paths.active_list()).ok().flatten();
+    generation::write_atomic(&paths.active_list(), list.to_text().as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok((before, list))
+}
+
 /// Undoes a transaction left by a process that died: the generation it started from is
 /// made active again (if another is), and with a service manager its new services stop
 /// and its old ones start. One journal record, `interrupted-update`; the record is
@@ -779,16 +806,11 @@ pub fn recover(
     let mut rec = Record::new("interrupted-update", &reason);
     rec.before = active;
     rec.after = t.from.or(active);
-    let switch_back = t.from.is_some() && t.from != active;
-    if switch_back {
+    let go_back = t.from.is_some() && t.from != active;
+    if go_back {
         let from = t.from.unwrap_or(0);
         let _l = generation::Lock::acquire(paths).map_err(|e| e.to_string())?;
-        let list = generation::read_list(&paths.generation_list(from))
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("generation {from} is gone"))?;
-        let before = generation::read_list(&paths.active_list()).ok().flatten();
-        generation::write_atomic(&paths.active_list(), list.to_text().as_bytes())
-            .map_err(|e| e.to_string())?;
+        let (before, list) = switch_back(paths, from)?;
         rec = rec.between(before.as_ref(), &list);
         rec.kind = "interrupted-update".into();
     }
@@ -844,21 +866,10 @@ pub fn undo_at_boot(paths: &LayerPaths) -> Option<String> {
     rec.before = active;
     rec.after = from.or(active);
     if let Some(f) = from.filter(|f| Some(*f) != active) {
-        match generation::read_list(&paths.generation_list(f)) {
-            Ok(Some(list)) => {
-                let before = generation::read_list(&paths.active_list()).ok().flatten();
-                if let Err(e) =
-                    generation::write_atomic(&paths.active_list(), list.to_text().as_bytes())
-                {
-                    return Some(format!("an interrupted update could not be undone: {e}"));
-                }
-                rec = rec.between(before.as_ref(), &list);
-            }
-            _ => {
-                rec.verdict = format!(
-                    "kept generation {}: generation {f} is gone",
-                    active.unwrap_or(0)
-                );
+        match switch_back(paths, f) {
+            Ok((before, list)) => rec = rec.between(before.as_ref(), &list),
+            Err(e) => {
+                rec.verdict = format!("kept generation {}: {e}", active.unwrap_or(0));
             }
         }
     }

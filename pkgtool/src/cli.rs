@@ -60,6 +60,12 @@ pub enum Command {
         after_help = "Example:\n  pkgtool install hello-1.0.0.hpkg --layer /pkg/system\n  pkgtool install app.hpkg --layer system=/pkg/system --layer user=/home/u/pkg\n\nThe last --layer is the one changed; the ones before it are the layers below it, whose\nactive packages may meet requirements. Packages in the layer's packages/ that are not\nactive may be activated to meet requirements. A package replaces the active package of\nits name (also an older version: an explicit downgrade). Refused whole, with the reason,\nif the new set would break the invariant."
     )]
     Install(InstallArgs),
+    /// Install new versions of packages as one transaction over their services: stop,
+    /// switch, start, check health, roll back by itself on failure.
+    #[command(
+        after_help = "Example:\n  pkgtool update web-2.0.0.hpkg --layer /data/system\n  pkgtool update web-2.0.0.hpkg --layer /data/system --dry-run\n\nThe services affected are those of the packages added, removed or replaced, and of the\npackages that require them. The plan is written to state/transaction before anything\nstops; they are stopped (dependents first), the generation is switched, systemd reloads,\nthey start (providers first) and must pass their health checks (the manifest's `health`:\nready, health command, watchdog, stable) within their deadline (default 30 s). On any\nfailure the previous generation comes back with its services, and pkgtool exits 1 with\nthe service and the check that failed. An update interrupted (killed, power cut) is\nundone by the next pkgtool run or at the next boot. `install`, `remove` and `rollback`\ndo the same when they affect services. Every step is in `pkgtool history`."
+    )]
+    Update(InstallArgs),
     /// Remove packages from a layer, refusing to leave others broken unless --force.
     #[command(
         after_help = "Example:\n  pkgtool remove hello --layer /pkg/system\n  pkgtool remove core.io --layer /pkg/system --force   # also removes what needs it, named\n\nThe package files leave packages/; earlier generations keep them in state/pool/."
@@ -226,6 +232,24 @@ pub struct TrustArgs {
     /// Trust the *.pub keys in this directory [default: /etc/packagefs/keys].
     #[arg(long, value_name = "DIR")]
     pub trusted_keys: Option<PathBuf>,
+    /// The policy of which capabilities each key's packages may ask for
+    /// [default: /etc/packagefs/policy; none: every trusted key is unrestricted].
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+/// How a set-changing command treats the services of the packages it changes.
+#[derive(Debug, Args, Default)]
+pub struct ServiceArgs {
+    /// Change the set but leave services alone (no stop, start or health check).
+    #[arg(long)]
+    pub no_restart: bool,
+    /// Print the change and the services it would stop and start; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where the layer is served (default: found in /proc/self/mountinfo).
+    #[arg(long, value_name = "DIR")]
+    pub view: Option<PathBuf>,
 }
 
 /// The layers a package-set command works on, lowest first; the last is the one changed.
@@ -263,6 +287,8 @@ pub struct InstallArgs {
     pub packages: Vec<PathBuf>,
     #[command(flatten)]
     pub layer: LayerArgs,
+    #[command(flatten)]
+    pub svc: ServiceArgs,
 }
 
 /// `pkgtool remove`.
@@ -276,6 +302,8 @@ pub struct RemoveArgs {
     pub force: bool,
     #[command(flatten)]
     pub layer: LayerArgs,
+    #[command(flatten)]
+    pub svc: ServiceArgs,
 }
 
 /// `pkgtool status`.
@@ -300,6 +328,8 @@ pub struct RollbackArgs {
     pub to: Option<u64>,
     #[command(flatten)]
     pub layer: LayerArgs,
+    #[command(flatten)]
+    pub svc: ServiceArgs,
 }
 
 /// `pkgtool bless`.

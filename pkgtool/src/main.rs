@@ -16,6 +16,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Run as a systemd generator (a link named packagefs-generator to pkgtool).
+    let args: Vec<String> = std::env::args().collect();
+    if args
+        .first()
+        .is_some_and(|a| a.rsplit('/').next() == Some("packagefs-generator"))
+    {
+        return cmd::services::generator(&args);
+    }
     let cli = cli::Cli::parse();
     let stdout = io::stdout();
     let mut out = output::Out::new(stdout.lock());

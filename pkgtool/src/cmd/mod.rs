@@ -9,6 +9,7 @@ mod history;
 mod info;
 mod keygen;
 mod list;
+pub mod services;
 mod set;
 mod verify;
 
@@ -33,6 +34,7 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
         Command::Verify(a) => verify::run(a, out),
         Command::Resolve(a) => set::resolve(a, out),
         Command::Install(a) => set::install(a, out),
+        Command::Update(a) => set::install(a, out),
         Command::Remove(a) => set::remove(a, out),
         Command::Status(a) => set::status(a, out),
         Command::Generations(a) => set::generations(a, out),

@@ -2,6 +2,7 @@
 //! `rollback`, `gc`. Each is a thin layer over `pkgset` (the same library the daemon uses):
 //! load the stack, plan the change, commit it under the layer's lock, report.
 
+use crate::cmd::services;
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
@@ -96,7 +97,9 @@ fn opener(trust: &TrustArgs) -> anyhow::Result<Opener> {
     };
     let keys = TrustedKeys::load_dir(&dir)
         .with_context(|| format!("cannot load trusted keys from {}", dir.display()))?;
-    Ok(Opener::new(keys))
+    let policy =
+        pkgset::capabilities::load_policy(trust.policy.as_deref()).map_err(|e| anyhow!(e))?;
+    Ok(Opener::with_policy(keys, policy))
 }
 
 fn warn_refused(refused: &[Refusal]) {
@@ -439,6 +442,8 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let paths = &stack.layers[top].paths;
     let pkgdir = paths.packages();
     fs::create_dir_all(&pkgdir).with_context(|| format!("cannot create {}", pkgdir.display()))?;
+    let ctx = services::Ctx::new(&a.svc, &paths.dir);
+    services::settle(paths, &ctx)?;
     let lock = Lock::acquire(paths)?;
     let mut loaded = stack.load_all(top, &mut op)?;
     commit_initial(&stack, &mut loaded, top, &mut op)?;
@@ -481,6 +486,15 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         report_change(out, a.layer.json, &stack, top, &p, None)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let reason = format!("install {}", p.summary());
+    let splan = services::plan_of(&stack.names(), &loaded.sets, &p.sets);
+    if a.svc.dry_run {
+        writeln!(out, "would {reason}")?;
+        services::print_plan(out, &splan)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let from = loaded.lists[top].as_ref().and_then(|l| l.generation());
+    let mut run = services::Run::begin(out, &ctx, paths, &splan, from, &reason)?;
     // Copy the new packages into packages/ (unless they are there already).
     let before: HashSet<_> = loaded.sets[top].iter().map(|c| c.id()).collect();
     let mut copied: Vec<PathBuf> = Vec::new();
@@ -503,7 +517,6 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let reason = format!("install {}", p.summary());
     let committed =
         result.and_then(|_| Ok(stack.commit_pooled(&mut p, &reason, &now_utc(), &mut op)?));
     let n = match committed {
@@ -512,9 +525,11 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             for f in &copied {
                 let _ = fs::remove_file(f);
             }
+            run.abort();
             return Err(e);
         }
     };
+    run.switched(n)?;
     // Files of replaced packages leave the drop zone (the pool keeps them for rollbacks).
     let gone: HashSet<_> = loaded.sets[top]
         .iter()
@@ -526,6 +541,7 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     // Let a waiting packagefs in before tearing down a thousand open archives.
     drop(lock);
     report_change(out, a.layer.json, &stack, top, &p, n)?;
+    run.finish(out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -553,7 +569,10 @@ pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let top = stack.layers.len() - 1;
     let mut op = opener(&a.layer.trust)?;
     let _as = AsOwner::enter(&stack.layers[top].paths);
-    let lock = Lock::acquire(&stack.layers[top].paths)?;
+    let paths = &stack.layers[top].paths;
+    let ctx = services::Ctx::new(&a.svc, &paths.dir);
+    services::settle(paths, &ctx)?;
+    let lock = Lock::acquire(paths)?;
     let mut loaded = stack.load_all(top, &mut op)?;
     commit_initial(&stack, &mut loaded, top, &mut op)?;
     reconcile_top(&stack, &mut loaded, top, &mut op)?;
@@ -607,8 +626,23 @@ pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         );
     }
     let reason = format!("remove {}", p.summary());
-    let ns = stack.commit_pooled(&mut p, &reason, &now_utc(), &mut op)?;
+    let splan = services::plan_of(&stack.names(), &loaded.sets, &p.sets);
+    if a.svc.dry_run {
+        writeln!(out, "would {reason}")?;
+        services::print_plan(out, &splan)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let from = loaded.lists[top].as_ref().and_then(|l| l.generation());
+    let mut run = services::Run::begin(out, &ctx, paths, &splan, from, &reason)?;
+    let ns = match stack.commit_pooled(&mut p, &reason, &now_utc(), &mut op) {
+        Ok(ns) => ns,
+        Err(e) => {
+            run.abort();
+            return Err(e.into());
+        }
+    };
     let n = ns.iter().find(|(l, _)| *l == top).map(|(_, n)| *n);
+    run.switched(n)?;
     let gone: HashSet<_> = loaded.sets[top]
         .iter()
         .map(|c| c.id())
@@ -619,6 +653,7 @@ pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     record_files(&stack, top, &p, &mut op)?;
     drop(lock);
     report_change(out, a.layer.json, &stack, top, &p, n)?;
+    run.finish(out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -956,6 +991,8 @@ pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let _as = AsOwner::enter(&stack.layers[top].paths);
     let paths = &stack.layers[top].paths;
     let name = &stack.layers[top].name;
+    let ctx = services::Ctx::new(&a.svc, &paths.dir);
+    services::settle(paths, &ctx)?;
     let lock = Lock::acquire(paths)?;
     // A rollback must work when the active set is damaged, even when its list is
     // unreadable: then it only needs the layers below.
@@ -1019,12 +1056,19 @@ pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         },
     };
     let from = current.map_or("?".to_string(), |c| c.to_string());
-    generation::switch_to(
-        paths,
-        target,
-        "rollback",
-        &format!("rollback from generation {from} to {target}"),
-    )?;
+    let reason = format!("rollback from generation {from} to {target}");
+    let splan = services::plan_of(&stack.names(), &sets, &p.sets);
+    if a.svc.dry_run {
+        writeln!(out, "would {reason}: {}", p.summary())?;
+        services::print_plan(out, &splan)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut run = services::Run::begin(out, &ctx, paths, &splan, current, &reason)?;
+    if let Err(e) = generation::switch_to(paths, target, "rollback", &reason) {
+        run.abort();
+        return Err(e.into());
+    }
+    run.switched(Some(target))?;
     drop(lock);
     if a.layer.json {
         report_change(out, true, &stack, top, &p, Some(target))?;
@@ -1035,6 +1079,7 @@ pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             p.summary()
         )?;
     }
+    run.finish(out)?;
     Ok(ExitCode::SUCCESS)
 }
 
