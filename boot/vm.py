@@ -9,6 +9,7 @@ prints goes to WORK_DIR/SCENARIO.console.log. Exit status 0: the scenario passed
 failed, with one line saying what was expected and what came instead.
 """
 
+import json
 import os
 import re
 import select
@@ -394,9 +395,100 @@ def scenario_poweroff(vm):
           "pkgtool status on the host: exit %d: %s" % (st.returncode, (st.stdout + st.stderr)[-400:]))
     vm.say("host: " + st.stdout.splitlines()[0])
 
+UPDATE = ("pkgtool update %s --layer /data/system --trusted-keys /etc/packagefs/keys "
+          "--policy /etc/packagefs/policy")
+WEB_GET = ("bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080 && printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3 "
+           "&& cat <&3' | tail -n 1")
+
+
+def web(vm):
+    """What pkgfs-web answers on 127.0.0.1:8080 (the body), or "" if nothing answers."""
+    _, out = vm.run(WEB_GET, check=False)
+    return out.strip()
+
+
+def started_at(vm, unit):
+    _, out = vm.run("systemctl show -p ExecMainStartTimestampMonotonic,MainPID --value %s" % unit)
+    return out.split()
+
+
+def scenario_services(vm):
+    """6. Updates over services: healthy, unhealthy (rolled back by itself), crash, policy."""
+    vm.start("")
+    vm.login()
+    healthy(vm, "1.0.0")
+    hello = started_at(vm, "pkgfs-hello.service")
+    gen0 = generation(vm)
+    # 1. version 1: planned, started, checked.
+    _, out = vm.run(UPDATE % "/data/incoming/pkgfs-web-1.0.0.hpkg", timeout=180)
+    vm.say("update 1.0.0: " + " | ".join(l for l in out.splitlines() if l.startswith("services:")))
+    check("services: start pkgfs-web.service (pkgfs-web-1.0.0)" in out, "no start in the plan: %s" % out)
+    check("services: pkgfs-web.service health ok" in out and "services: healthy" in out,
+          "version 1 was not found healthy: %s" % out[-600:])
+    check(web(vm) == "pkgfs-web 1.0.0", "pkgfs-web 1.0.0 does not answer: %r" % web(vm))
+    gen1 = generation(vm)
+    # The generator's drop-in is what systemd applies.
+    _, dropin = vm.run("systemctl cat pkgfs-web.service")
+    check("zz-packagefs-capabilities.conf" in dropin and "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX" in dropin,
+          "pkgfs-web has no capability drop-in: %s" % dropin[-600:])
+    # 2. version 2 dies 3 s after its start, inside its 8 s stability window.
+    rc, out = vm.run(UPDATE % "/data/incoming/pkgfs-web-2.0.0.hpkg", timeout=240, check=False)
+    last = [l for l in out.splitlines() if l.strip()][-1]
+    vm.say("update 2.0.0: exit %d: %s" % (rc, last))
+    check(rc == 1, "the unhealthy update exited %d: %s" % (rc, out[-600:]))
+    check(re.search(r"rolled back to generation %d: .*pkgfs-web.service: stable: it stopped" % gen1, last),
+          "the reason does not name the service and the check: %r" % last)
+    check(generation(vm) == gen1, "the rollback did not make generation %d active again" % gen1)
+    check(web(vm) == "pkgfs-web 1.0.0", "version 1 does not answer after the rollback: %r" % web(vm))
+    _, hist = vm.run("pkgtool history --layer /data/system --last 3")
+    vm.say("history: " + " | ".join(hist.strip().splitlines()))
+    check("health-rollback" in hist and "stable" in hist, "history lacks the rollback: %s" % hist)
+    _, js = vm.run("pkgtool history --layer /data/system --json --last 1")
+    rec = json.loads(js)["records"][-1]
+    check(rec["kind"] == "health-rollback" and any(c["check"] == "stable" and not c["ok"] for c in rec["checks"]),
+          "the journal record lacks the failed check: %s" % js[-600:])
+    # 3. version 3: healthy, stays.
+    vm.run(UPDATE % "/data/incoming/pkgfs-web-3.0.0.hpkg", timeout=180)
+    check(web(vm) == "pkgfs-web 3.0.0", "pkgfs-web 3.0.0 does not answer: %r" % web(vm))
+    gen3 = generation(vm)
+    check(started_at(vm, "pkgfs-hello.service") == hello,
+          "an unrelated service was restarted: %s -> %s" % (hello, started_at(vm, "pkgfs-hello.service")))
+    # 5. capabilities within the policy, and beyond it.
+    vm.run(UPDATE % "/data/incoming/pkgfs-cap-1.0.0.hpkg", timeout=180)
+    _, pid = vm.run("systemctl show -p MainPID --value pkgfs-cap.service")
+    _, status = vm.run("grep ^Cap /proc/%s/status" % pid.strip())
+    caps = dict(l.split(":\t") for l in status.strip().splitlines())
+    vm.say("pkgfs-cap: " + ", ".join("%s %s" % kv for kv in sorted(caps.items())))
+    for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+        check(caps.get(k) == "0000000000000400",
+              "pkgfs-cap %s is %s, not exactly CAP_NET_BIND_SERVICE" % (k, caps.get(k)))
+    rc, out = vm.run(UPDATE % "/data/incoming/pkgfs-admin-1.0.0.hpkg", check=False)
+    vm.say("pkgfs-admin: exit %d: %s" % (rc, out.strip()[-300:]))
+    check(rc == 1 and "sys.admin" in out and "policy" in out, "pkgfs-admin was not refused by the policy: %s" % out)
+    check(generation(vm) == gen3 + 1, "the refused install changed the set")
+    # 4. an update killed between the switch and the start: undone at the next boot.
+    rc, out = vm.run("PKGTOOL_FAULT=kill-after-switch " + UPDATE % "/data/incoming/pkgfs-web-1.0.0.hpkg",
+                     timeout=180, check=False)
+    check(rc == 137, "the update was not killed: exit %d: %s" % (rc, out[-400:]))
+    check(web(vm) == "", "pkgfs-web still answers after its stop: %r" % web(vm))
+    reboot(vm)
+    vm.expect(r"an update interrupted by the last shutdown .* was undone", BOOT_TIMEOUT,
+              "the boot's message about the interrupted update")
+    vm.login()
+    vm.run("systemctl is-system-running --wait", check=False)
+    check(web(vm) == "pkgfs-web 3.0.0", "after the reboot pkgfs-web answers %r, not 3.0.0" % web(vm))
+    check(generation(vm) == gen3 + 1, "the boot did not undo the interrupted update")
+    _, hist = vm.run("pkgtool history --layer /data/system --last 2")
+    vm.say("history: " + " | ".join(hist.strip().splitlines()))
+    check("interrupted-update" in hist, "history does not say what happened: %s" % hist)
+    vm.run("test ! -e /data/system/state/transaction")
+    vm.say("generations %d -> %d -> %d; the unrelated service kept pid %s" % (gen0, gen1, gen3, hello[1]))
+    halt(vm)
+
 
 SCENARIOS = {"basic": scenario_basic, "update": scenario_update, "assessment": scenario_assessment,
-             "corrupt": scenario_corrupt, "poweroff": scenario_poweroff}
+             "corrupt": scenario_corrupt, "poweroff": scenario_poweroff,
+             "services": scenario_services}
 
 
 def main():

@@ -31,7 +31,8 @@ there is an error.
 -o takes FUSE options (allow_other, allow_root, nosuid, nodev, noexec, fsname=...,
 auto_unmount: a watcher process unmounts the mount if the daemon dies without unmounting
 it, with no need for allow_other or allow_root; default_permissions is always on) and
-packagefs options (layer=NAME=DIR, trusted_keys=DIR, cache_size=SIZE, threads=N,
+packagefs options (layer=NAME=DIR, trusted_keys=DIR, policy=FILE (which capabilities
+each key's packages may ask for; docs/services.md), cache_size=SIZE, threads=N,
 log=FILE: where a detached daemon logs (/dev/kmsg: one kernel log record per line, with
 its level), boot: the root file system of a machine (the initramfs form: the lowest
 layer's generation is chosen by packagefs.generation=N on the kernel command line, this
@@ -86,6 +87,9 @@ pub struct Settings {
     pub layers: Vec<LayerDir>,
     /// Trusted keys directory.
     pub trusted_keys: PathBuf,
+    /// The capability policy (`-o policy=FILE`, default /etc/packagefs/policy; a missing
+    /// file: every trusted key is unrestricted).
+    pub policy: PathBuf,
     /// Cache size in bytes.
     pub cache_size: usize,
     /// FUSE worker threads.
@@ -127,6 +131,7 @@ impl Args {
     pub fn settings(self) -> Result<Settings, String> {
         let mut layer_specs = self.layers.clone();
         let mut trusted_keys = self.trusted_keys.clone();
+        let mut policy = PathBuf::from(pkgset::capabilities::DEFAULT_PATH);
         let mut cache_size = parse_size(&self.cache_size)?;
         let mut threads = self.threads;
         let (mountpoint, source) = match self.positional.as_slice() {
@@ -177,6 +182,7 @@ impl Args {
             match (k, v) {
                 ("layer", Some(v)) => layer_specs.push(v.to_owned()),
                 ("trusted_keys", Some(v)) => trusted_keys = PathBuf::from(v),
+                ("policy", Some(v)) => policy = PathBuf::from(v),
                 ("cache_size", Some(v)) => cache_size = parse_size(v)?,
                 ("threads", Some(v)) => {
                     threads = Some(
@@ -261,6 +267,7 @@ impl Args {
         Ok(Settings {
             layers,
             trusted_keys,
+            policy,
             cache_size,
             threads,
             mountpoint,

@@ -264,7 +264,8 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     }
     record_stack(&s, &stack);
     // The boot's choice opens and checks the packages; the first view reuses them.
-    let mut opener = pkgset::Opener::new(keys.clone());
+    let policy = pkgset::capabilities::Policy::load(&s.policy).map_err(|e| anyhow::anyhow!(e))?;
+    let mut opener = pkgset::Opener::with_policy(keys.clone(), policy);
     let pin = if s.boot {
         boot_choice(&s, &stack, &mut opener)?
     } else {

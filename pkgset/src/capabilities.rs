@@ -657,6 +657,69 @@ mod tests {
     }
 
     #[test]
+    fn the_opener_refuses_a_package_asking_for_more_than_its_signer_may() {
+        use crate::tests::{lab_keys, m, Lab};
+        let mut lab = Lab::new();
+        let unit = "[Service]\nExecStart=/usr/bin/web\nDynamicUser=yes\n";
+        let svc = r#""services":[{"name":"web"}]"#;
+        let web = |lab: &mut Lab, caps: &str, files: &[(&str, &str)]| {
+            let extra = format!(r#""capabilities":[{caps}],{svc}"#);
+            lab.pkg(0, &m("web", "1.0.0", &extra), files).path
+        };
+        let ok = web(
+            &mut lab,
+            r#""net.bind""#,
+            &[("lib/systemd/system/web.service", unit)],
+        );
+        let admin = web(
+            &mut lab,
+            r#""sys.admin""#,
+            &[("lib/systemd/system/web.service", unit)],
+        );
+        let no_unit = web(&mut lab, r#""net.bind""#, &[("bin/web", "x")]);
+        let extra_unit = web(
+            &mut lab,
+            r#""net.bind""#,
+            &[
+                ("lib/systemd/system/web.service", unit),
+                ("lib/systemd/system/other.service", unit),
+            ],
+        );
+        let root_unit = web(
+            &mut lab,
+            r#""net.bind""#,
+            &[(
+                "lib/systemd/system/web.service",
+                "[Service]\nExecStart=/x\n",
+            )],
+        );
+        let policy = Policy::parse("lab net.bind net.listen\n").unwrap();
+        let mut op = crate::Opener::with_policy(lab_keys(), policy);
+        assert!(op.open_given(&ok).is_ok());
+        let e = op.open_given(&admin).unwrap_err();
+        assert!(
+            e.starts_with("it asks for capabilities sys.admin that the policy does not allow packages signed by key lab (allowed: net.bind, net.listen)"),
+            "{e}"
+        );
+        let e = op.open_given(&no_unit).unwrap_err();
+        assert_eq!(
+            e,
+            "services[0].unit: lib/systemd/system/web.service: not in the package"
+        );
+        let e = op.open_given(&extra_unit).unwrap_err();
+        assert!(
+            e.starts_with("lib/systemd/system/other.service: only the units"),
+            "{e}"
+        );
+        let e = op.open_given(&root_unit).unwrap_err();
+        assert!(e.contains("runs as root"), "{e}");
+        // Unrestricted, the same packages open (but a unit must still be there).
+        let mut op = crate::Opener::new(lab_keys());
+        assert!(op.open_given(&admin).is_ok() && op.open_given(&extra_unit).is_ok());
+        assert!(op.open_given(&no_unit).is_err());
+    }
+
+    #[test]
     fn a_restricted_unit_runs_as_a_user_without_privileged_commands() {
         let ok = "[Unit]\nDescription=x\n[Service]\nExecStart=/usr/bin/web\nDynamicUser=yes\n";
         assert_eq!(check_unit(ok), Ok(()));

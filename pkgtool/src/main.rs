@@ -17,11 +17,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     // Run as a systemd generator (a link named packagefs-generator to pkgtool).
-    let args: Vec<String> = std::env::args().collect();
-    if args
-        .first()
-        .is_some_and(|a| a.rsplit('/').next() == Some("packagefs-generator"))
-    {
+    // (args_os: other arguments may be file names that are not UTF-8.)
+    if std::env::args_os().next().is_some_and(|a| {
+        std::path::Path::new(&a).file_name() == Some(std::ffi::OsStr::new("packagefs-generator"))
+    }) {
+        let args: Vec<String> = std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         return cmd::services::generator(&args);
     }
     let cli = cli::Cli::parse();
