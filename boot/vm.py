@@ -398,7 +398,7 @@ def scenario_poweroff(vm):
 UPDATE = ("pkgtool update %s --layer /data/system --trusted-keys /etc/packagefs/keys "
           "--policy /etc/packagefs/policy")
 WEB_GET = ("bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080 && printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3 "
-           "&& cat <&3' | tail -n 1")
+           "&& cat <&3' 2>/dev/null | tail -n 1")
 
 
 def web(vm):
@@ -481,6 +481,10 @@ def scenario_services(vm):
     _, hist = vm.run("pkgtool history --layer /data/system --last 2")
     vm.say("history: " + " | ".join(hist.strip().splitlines()))
     check("interrupted-update" in hist, "history does not say what happened: %s" % hist)
+    # The boot's generator gave the service its drop-in (nothing in /run survived).
+    _, dropin = vm.run("systemctl cat pkgfs-web.service")
+    check("/run/systemd/generator/pkgfs-web.service.d/zz-packagefs-capabilities.conf" in dropin,
+          "the generator wrote no drop-in at boot: %s" % dropin[-600:])
     vm.run("test ! -e /data/system/state/transaction")
     vm.say("generations %d -> %d -> %d; the unrelated service kept pid %s" % (gen0, gen1, gen3, hello[1]))
     halt(vm)

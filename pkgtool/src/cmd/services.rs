@@ -446,20 +446,27 @@ pub fn generator(args: &[String]) -> ExitCode {
         eprintln!("packagefs-generator: expected the output directory");
         return ExitCode::from(2);
     };
+    let n = generate_into(Path::new(out));
+    if std::env::var_os("PACKAGEFS_GENERATOR_VERBOSE").is_some() {
+        eprintln!("packagefs-generator: {n} services");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Writes the drop-ins (and, for views not at `/`, the unit links) of every view's active
+/// services under `out`; the number of services.
+pub fn generate_into(out: &Path) -> usize {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut n = 0;
     for v in views(&info) {
         for (_, dir) in &v.layers {
-            match generate_layer(Path::new(out), &v.at, dir) {
+            match generate_layer(out, &v.at, dir) {
                 Ok(k) => n += k,
                 Err(e) => eprintln!("packagefs-generator: layer {}: {e}", dir.display()),
             }
         }
     }
-    if std::env::var_os("PACKAGEFS_GENERATOR_VERBOSE").is_some() {
-        eprintln!("packagefs-generator: {n} services");
-    }
-    ExitCode::SUCCESS
+    n
 }
 
 fn generate_layer(out: &Path, view: &Path, dir: &Path) -> anyhow::Result<usize> {

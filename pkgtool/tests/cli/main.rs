@@ -18,6 +18,7 @@ mod limits;
 mod pipe;
 mod repro;
 mod roundtrip;
+mod services;
 mod sets;
 mod trust;
 mod usage;
