@@ -486,7 +486,7 @@ def scenario_services(vm):
     check("/run/systemd/generator/pkgfs-web.service.d/zz-packagefs-capabilities.conf" in dropin,
           "the generator wrote no drop-in at boot: %s" % dropin[-600:])
     vm.run("test ! -e /data/system/state/transaction")
-    vm.say("generations %d -> %d -> %d; the unrelated service kept pid %s" % (gen0, gen1, gen3, hello[1]))
+    vm.say("generations %d -> %d -> %d; the unrelated service kept its start (%s)" % (gen0, gen1, gen3, " ".join(hello)))
     halt(vm)
 
 

@@ -75,7 +75,14 @@ impl Who {
             .join(" ");
         Who {
             uid,
-            user: user_name(uid).unwrap_or_else(|| uid.to_string()),
+            // uid 0 is root even where there is no /etc/passwd (an initramfs).
+            user: user_name(uid).unwrap_or_else(|| {
+                if uid == 0 {
+                    "root".into()
+                } else {
+                    uid.to_string()
+                }
+            }),
             sudo_user: std::env::var("SUDO_USER").ok().filter(|s| !s.is_empty()),
             command: clip(&command, 1024),
         }

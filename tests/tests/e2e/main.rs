@@ -22,6 +22,7 @@ mod parallel;
 mod permissions;
 mod readonly;
 mod refusal;
+mod services;
 mod setuid;
 mod trust;
 mod units;
