@@ -32,5 +32,6 @@ pub mod archive;
 pub mod error;
 pub mod keys;
 pub mod manifest;
+pub mod text;
 
 pub use error::{Error, Result};

@@ -107,7 +107,7 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  apt-get download hello libc6 libgcc-s1 gcc-12-base\n  pkgtool graft deb *.deb -o packages/ --key alice.key\n  pkgtool graft tar app-1.2.tar.xz --name app --version 1.2 --prefix opt/app -o app.hpkg --key alice.key\n  pkgtool graft dir ./tree --name my.tools --version 1.0.0 -o my.tools.hpkg --key alice.key\n\nSee docs/grafting.md for how names, versions and dependencies are mapped."
     )]
-    Graft(crate::graft::GraftArgs),
+    Graft(crate::cmd::graft::GraftArgs),
 }
 
 /// `pkgtool keygen`.

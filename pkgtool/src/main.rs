@@ -6,7 +6,6 @@
 
 mod cli;
 mod cmd;
-mod graft;
 mod output;
 mod progress;
 

@@ -132,31 +132,7 @@ pub fn utc_time(secs: i64) -> String {
     )
 }
 
-/// A path or name for display: control characters and backslash escaped (`\n`, `\t`, `\\`,
-/// `\ooo`); invalid UTF-8 bytes as `\ooo`.
-pub fn escape(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => s.push_str("\\\\"),
-                '\n' => s.push_str("\\n"),
-                '\t' => s.push_str("\\t"),
-                c if c.is_control() => {
-                    let mut b = [0; 4];
-                    for x in c.encode_utf8(&mut b).bytes() {
-                        s.push_str(&format!("\\{x:03o}"));
-                    }
-                }
-                c => s.push(c),
-            }
-        }
-        for x in chunk.invalid() {
-            s.push_str(&format!("\\{x:03o}"));
-        }
-    }
-    s
-}
+pub use format::text::escape;
 
 /// A path inside a package for messages, of bounded length however deep or long it is:
 /// each component escaped and, past 64 characters, cut in its middle; a path of more than

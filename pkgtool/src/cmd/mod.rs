@@ -5,6 +5,7 @@ mod boot_entries;
 mod build;
 mod cat;
 mod extract;
+pub mod graft;
 mod history;
 mod info;
 mod keygen;
@@ -43,7 +44,7 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
         Command::Bless(a) => bless::run(a, out),
         Command::BootEntries(a) => boot_entries::run(a, out),
         Command::History(a) => history::run(a, out),
-        Command::Graft(a) => crate::graft::run(a, out),
+        Command::Graft(a) => graft::run(a, out),
     }
 }
 

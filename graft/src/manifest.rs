@@ -4,14 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use anyhow::anyhow;
 use format::manifest::{Manifest, Origin, Provide, Require};
 use semver::{Version, VersionReq};
 
 use super::control::{manifest_name, parse_relations, relation_text, Atom, Relation};
 use super::deb::DebInfo;
 use super::version::{comparator, DebVersion, Op};
-use super::TreeArgs;
+use crate::{GraftError, TreeSpec};
 
 /// A package's manifest, what to call its file, and what to warn about.
 #[derive(Debug, Clone)]
@@ -501,19 +500,22 @@ fn break_cycles(ms: &mut [Mapped]) {
 }
 
 /// The manifest of `graft tar` / `graft dir`.
-pub fn tree_manifest(t: &TreeArgs, from: &str) -> anyhow::Result<Manifest> {
+pub fn tree_manifest(t: &TreeSpec, from: &str) -> Result<Manifest, GraftError> {
     let (version, original) = match Version::parse(&t.version) {
         Ok(v) => (v, String::new()),
         Err(_) => {
-            let d = DebVersion::parse(&t.version).map_err(|e| anyhow!("--version: {e}"))?;
+            let d = DebVersion::parse(&t.version).map_err(|reason| GraftError::Spec {
+                option: "--version",
+                reason,
+            })?;
             (d.to_semver(), t.version.clone())
         }
     };
     let requires = t
         .requires
         .iter()
-        .map(|r| super::parse_require(r))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|r| crate::parse_require(r))
+        .collect::<Result<Vec<_>, _>>()?;
     let m = Manifest {
         name: t.name.clone(),
         version,
@@ -531,13 +533,16 @@ pub fn tree_manifest(t: &TreeArgs, from: &str) -> anyhow::Result<Manifest> {
         }),
     };
     m.validate().map_err(|e| {
-        let opt = match e.field.as_str() {
+        let option = match e.field.as_str() {
             "name" => "--name",
             "summary" => "--summary",
             f if f.starts_with("requires") => "--require",
             _ => "manifest",
         };
-        anyhow!("{opt}: {}", e.reason)
+        GraftError::Spec {
+            option,
+            reason: e.reason,
+        }
     })?;
     Ok(m)
 }

@@ -64,9 +64,9 @@ impl Codec {
             .map(|(_, c)| *c)
     }
 
-    /// The codec whose magic number starts `head`, or `None` for a plain tar (its
-    /// `ustar` magic at offset 257); unknown data gives `Err`.
-    pub fn sniff(head: &[u8]) -> Result<Codec, ()> {
+    /// The codec whose magic number starts `head` ([`Codec::None`] for a plain tar: its
+    /// `ustar` magic at offset 257); `None` for unknown data.
+    pub fn sniff(head: &[u8]) -> Option<Codec> {
         let codec = if head.starts_with(&[0x1f, 0x8b]) {
             Codec::Gzip
         } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
@@ -82,9 +82,9 @@ impl Codec {
         {
             Codec::Lzma
         } else {
-            return Err(());
+            return None;
         };
-        Ok(codec)
+        Some(codec)
     }
 
     /// The usual name, for messages.
@@ -182,7 +182,7 @@ mod tests {
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
         for (codec, packed) in all_codecs(&data) {
-            assert_eq!(Codec::sniff(&packed), Ok(codec), "{}", codec.name());
+            assert_eq!(Codec::sniff(&packed), Some(codec), "{}", codec.name());
             let mut out = Vec::new();
             codec
                 .reader(&packed[..])
@@ -200,9 +200,9 @@ mod tests {
         }
         let mut tar = vec![0u8; 512];
         tar[257..262].copy_from_slice(b"ustar");
-        assert_eq!(Codec::sniff(&tar), Ok(Codec::None));
-        assert_eq!(Codec::sniff(b"BZ3v1"), Err(()));
-        assert_eq!(Codec::sniff(b""), Err(()));
+        assert_eq!(Codec::sniff(&tar), Some(Codec::None));
+        assert_eq!(Codec::sniff(b"BZ3v1"), None);
+        assert_eq!(Codec::sniff(b""), None);
     }
 
     #[test]

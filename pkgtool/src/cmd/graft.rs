@@ -1,39 +1,32 @@
-//! `pkgtool graft`: signed packages from other ecosystems' packages (docs/grafting.md).
+//! `pkgtool graft`: signed packages from other ecosystems' packages (docs/grafting.md). The
+//! `graft` library builds each tree and manifest; this command signs and writes them.
 //!
 //! ```text
-//! graft deb A.deb B.deb -o OUT/   control files (all) -> manifests (batch: alternatives,
-//!                                 cycles) -> data.tar of each -> Tree -> write_archive
+//! graft deb A.deb B.deb -o OUT/   graft::Debs::plan -> Debs::build(i) -> write_archive
 //!                                 into a staging directory -> renamed into OUT/ at the end
-//! graft tar X.tar.xz -o X.hpkg    tar entries -> Tree -> write_archive
-//! graft dir DIR -o X.hpkg         directory walk (descriptors only) -> Tree -> write_archive
+//! graft tar X.tar.xz -o X.hpkg    graft::graft_tree(Tar) -> write_archive
+//! graft dir DIR -o X.hpkg         graft::graft_tree(Dir) -> write_archive
 //! ```
 //!
 //! All input is read and checked before anything is written, and a failure leaves no
 //! output file: archives are written to temporary files and renamed into place last.
-
-pub mod compress;
-pub mod control;
-pub mod deb;
-pub mod manifest;
-pub mod tarball;
-pub mod version;
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use format::archive::writer::write_archive;
 use format::archive::{BuildOptions, Compression, Tree};
 use format::keys::SecretKey;
-use format::manifest::{Manifest, Origin, Require};
+use format::manifest::{Manifest, Origin};
+use graft::{Debs, Input, Stats, TreeSpec};
 use serde::Serialize;
 
 use crate::output::{human_size, Out};
 use crate::progress::bytes_bar;
-use tarball::{Options, Stats};
 
 /// `pkgtool graft`.
 #[derive(Debug, Args)]
@@ -407,51 +400,24 @@ impl Drop for OutDir {
 
 fn graft_debs(a: &DebArgs) -> anyhow::Result<Vec<Grafted>> {
     let (key, opts) = setup(&a.build)?;
-    // 1. Every control file, before anything is built.
-    let mut infos = Vec::new();
-    for p in &a.debs {
-        let info = deb::read_control(p).map_err(|e| anyhow!("{}: {e}", p.display()))?;
-        infos.push(info);
-    }
     let ignore: HashSet<String> = a
         .ignore_depends
         .iter()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect();
-    for n in &ignore {
-        control::check_deb_name(n).map_err(|e| anyhow!("--ignore-depends: {e}"))?;
-    }
-    // 2. Manifests, with the batch in view.
-    let mut mapped = manifest::map_batch(&infos, &ignore)
-        .map_err(|(i, e)| anyhow!("{}: {e}", infos[i].path.display()))?;
-    let mut names = HashSet::new();
-    for (info, m) in infos.iter().zip(&mapped) {
-        if !names.insert(m.file_name.clone()) {
-            bail!(
-                "{}: another input also grafts {} {}: give each package once",
-                info.path.display(),
-                info.package,
-                info.version
-            );
-        }
-    }
-    // 3. Build each into a staging directory inside OUTDIR.
+    // 1. Every control file and manifest, before anything is built.
+    let mut debs = Debs::plan(&a.debs, &ignore)?;
+    // 2. Build each into a staging directory inside OUTDIR.
     let mut outdir = OutDir::new(&a.output)?;
     let staging = tempfile::Builder::new()
         .prefix(".graft-")
         .tempdir_in(&a.output)
         .with_context(|| format!("cannot create a directory in {}", a.output.display()))?;
     let mut results = Vec::new();
-    for (info, m) in infos.iter().zip(mapped.iter_mut()) {
-        let mut b = tarball::Builder::new(Options {
-            prefix: Vec::new(),
-            strip_docs: a.build.strip_docs,
-        });
-        deb::read_data(&info.path, &mut b).map_err(|e| anyhow!("{}: {e}", info.path.display()))?;
-        let built = b
-            .finish()
-            .map_err(|e| anyhow!("{}: {}: {e}", info.path.display(), info.data_member))?;
+    for i in 0..debs.infos.len() {
+        let built = debs.build(i, a.build.strip_docs)?;
+        let m = &mut debs.mapped[i];
         let tmp = staging.path().join(&m.file_name);
         let fin = a.output.join(&m.file_name);
         let g = write_one(
@@ -462,15 +428,15 @@ fn graft_debs(a: &DebArgs) -> anyhow::Result<Vec<Grafted>> {
             &a.build,
             &tmp,
             &fin,
-            &info.path,
+            &debs.infos[i].path,
             built.stats.clone(),
             std::mem::take(&mut m.warnings),
         )?;
         results.push((tmp, fin, g));
     }
-    // 4. Everything built: move into place, providers before the packages that need
+    // 3. Everything built: move into place, providers before the packages that need
     //    them, so a daemon watching OUTDIR (a layer's packages/) sees valid sets only.
-    for i in manifest::install_order(&mapped) {
+    for i in debs.install_order() {
         let (tmp, fin, _) = &results[i];
         std::fs::rename(tmp, fin)
             .with_context(|| format!("cannot move the package to {}", fin.display()))?;
@@ -486,37 +452,19 @@ fn graft_debs(a: &DebArgs) -> anyhow::Result<Vec<Grafted>> {
     Ok(out)
 }
 
-enum Input<'a> {
-    Tar(&'a Path),
-    Dir(&'a Path),
-}
-
 fn graft_tree(t: &TreeArgs, flags: &BuildFlags, input: Input) -> anyhow::Result<Grafted> {
     let (key, opts) = setup(flags)?;
-    let (from, path) = match input {
-        Input::Tar(p) => ("tar", p),
-        Input::Dir(p) => ("dir", p),
+    let spec = TreeSpec {
+        name: t.name.clone(),
+        version: t.version.clone(),
+        summary: t.summary.clone(),
+        requires: t.requires.clone(),
+        prefix: t.prefix.clone(),
     };
-    let manifest = manifest::tree_manifest(t, from)?;
-    let prefix = match &t.prefix {
-        Some(p) => Options::parse_prefix(p).map_err(|e| anyhow!(e))?,
-        None => Vec::new(),
+    let (manifest, built) = graft::graft_tree(&spec, input, flags.strip_docs)?;
+    let path = match input {
+        Input::Tar(p) | Input::Dir(p) => p,
     };
-    let mut b = tarball::Builder::new(Options {
-        prefix,
-        strip_docs: flags.strip_docs,
-    });
-    match input {
-        Input::Tar(p) => read_tarball(p, &mut b).map_err(|e| anyhow!("{}: {e}", p.display()))?,
-        Input::Dir(p) => tarball::read_dir(p, &mut b).map_err(|e| {
-            if e.starts_with(&p.display().to_string()) {
-                anyhow!(e)
-            } else {
-                anyhow!("{}: {e}", p.display())
-            }
-        })?,
-    }
-    let built = b.finish().map_err(|e| anyhow!("{}: {e}", path.display()))?;
     write_one(
         &built.tree,
         &manifest,
@@ -529,61 +477,4 @@ fn graft_tree(t: &TreeArgs, flags: &BuildFlags, input: Input) -> anyhow::Result<
         built.stats.clone(),
         Vec::new(),
     )
-}
-
-/// Reads a tarball, its compression taken from the name or else the data. The file is
-/// opened once (a regular file, never blocking on a FIFO) and rewound after sniffing.
-fn read_tarball(p: &Path, b: &mut tarball::Builder) -> Result<(), String> {
-    use compress::{Codec, Counting};
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = format::archive::open_regular(p).map_err(|e| e.to_string())?;
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let codec = match Codec::of_file_name(&name) {
-        Some(c) => c,
-        None => {
-            let mut head = vec![0u8; 512];
-            let n = (&mut f)
-                .take(512)
-                .read(&mut head)
-                .map_err(|e| e.to_string())?;
-            head.truncate(n);
-            f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-            Codec::sniff(&head).map_err(|()| {
-                "unknown compression: neither the name (.tar, .tar.gz, .tar.xz, .tar.zst, \
-                 .tar.bz2, .tar.lzma) nor the data say how it is packed"
-                    .to_owned()
-            })?
-        }
-    };
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
-    let mut counted = Counting::new(std::io::BufReader::new(f));
-    let mut dec = codec.reader(&mut counted).map_err(|e| e.to_string())?;
-    let result = tarball::read_tar(&mut dec, b);
-    drop(dec);
-    result.map_err(|e| {
-        // A decoder that failed at the very end of the file ran out of data.
-        if codec != Codec::None && counted.count >= len && !e.contains("truncated") {
-            format!("truncated: the {} data ends early ({e})", codec.name())
-        } else {
-            e
-        }
-    })
-}
-
-/// A requirement of `--require API [RANGE]`.
-fn parse_require(s: &str) -> anyhow::Result<Require> {
-    let s = s.trim();
-    let (api, range) = match s.split_once(char::is_whitespace) {
-        Some((a, r)) => (a, r.trim()),
-        None => (s, "*"),
-    };
-    let version = semver::VersionReq::parse(range)
-        .map_err(|e| anyhow!("--require {s:?}: invalid semver range {range:?}: {e}"))?;
-    Ok(Require {
-        api: api.to_owned(),
-        version,
-    })
 }

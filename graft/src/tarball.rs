@@ -20,7 +20,7 @@ use format::archive::tree::Meta;
 use format::archive::{Content, NodeId, Tree};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
-use crate::output::escape;
+use format::text::escape;
 
 /// The directories `--strip-docs` leaves out, relative to the package root.
 pub const STRIPPED_DIRS: [&str; 4] = [
