@@ -27,9 +27,56 @@ pub fn escape(bytes: &[u8]) -> String {
     s
 }
 
+/// Parses a size as the command lines take it: `1048576`, `512K`, `64M`, `1G` (also `KB`,
+/// `KiB`, ...; all powers of 1024). The error is one line, naming the text.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => {
+            let m: u64 = match t[i..].to_ascii_lowercase().as_str() {
+                "b" => 1,
+                "k" | "kb" | "kib" => 1 << 10,
+                "m" | "mb" | "mib" => 1 << 20,
+                "g" | "gb" | "gib" => 1 << 30,
+                "t" | "tb" | "tib" => 1 << 40,
+                other => {
+                    return Err(format!(
+                        "size `{s}`: unknown suffix `{other}` (use K, M, G or T)"
+                    ))
+                }
+            };
+            (&t[..i], m)
+        }
+        None => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size `{s}` is not a number"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size `{s}` is too large"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::{escape, parse_size};
+
+    #[test]
+    fn sizes_take_binary_suffixes_and_refuse_the_rest_in_one_line() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size(" 2g "), Ok(2 << 30));
+        assert_eq!(
+            parse_size("3X"),
+            Err("size `3X`: unknown suffix `x` (use K, M, G or T)".into())
+        );
+        assert_eq!(parse_size("M"), Err("size `M` is not a number".into()));
+        assert_eq!(
+            parse_size("99999999999T"),
+            Err("size `99999999999T` is too large".into())
+        );
+    }
 
     #[test]
     fn control_characters_backslashes_and_bad_bytes_are_escaped() {

@@ -240,11 +240,7 @@ impl Args {
             let (name, dir) = spec
                 .split_once('=')
                 .ok_or_else(|| format!("layer `{spec}`: expected NAME=DIR"))?;
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            {
+            if !pkgset::stack::is_layer_name(name) {
                 return Err(format!(
                     "layer `{spec}`: the name must be letters, digits, '.', '-' or '_'"
                 ));
@@ -297,27 +293,10 @@ impl Settings {
     }
 }
 
-/// Parses `64M`, `512K`, `1G`, `1048576`.
+/// A cache size: `64M`, `512K`, `1G`, `1048576` ([`format::text::parse_size`]), at least 4M.
 pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let (num, mult) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => {
-            let m: usize = match t[i..].to_ascii_lowercase().as_str() {
-                "k" | "kb" | "kib" => 1 << 10,
-                "m" | "mb" | "mib" => 1 << 20,
-                "g" | "gb" | "gib" => 1 << 30,
-                other => return Err(format!("size `{s}`: unknown suffix `{other}`")),
-            };
-            (&t[..i], m)
-        }
-        None => (t, 1),
-    };
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("size `{s}` is not a number"))?;
-    let v = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("size `{s}` is too large"))?;
+    let v = usize::try_from(format::text::parse_size(s)?)
+        .map_err(|_| format!("size `{s}` is too large"))?;
     if v < 4 << 20 {
         return Err(format!("cache size `{s}` is below the minimum of 4M"));
     }

@@ -57,11 +57,7 @@ impl LayerSpec {
                 (name.to_owned(), s)
             }
         };
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        {
+        if !is_layer_name(&name) {
             return Err(format!(
                 "{s}: a layer name is letters, digits, `-`, `_` and `.`"
             ));
@@ -71,6 +67,15 @@ impl LayerSpec {
         }
         Ok(LayerSpec::new(&name, dir))
     }
+}
+
+/// The rule for layer names (`system`, `user.alice`): not empty; ASCII letters, digits,
+/// `-`, `_` and `.`. pkgtool and packagefs both check names by it.
+pub fn is_layer_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// A package file that is not usable, and why (one line).
@@ -253,19 +258,22 @@ impl Opener {
     }
 }
 
-/// An error and its sources on one line.
+/// An error and its sources on one line: each source once (not when the message already
+/// ends with it), separated by `: `, newlines as spaces. Every binary prints errors so.
 pub fn one_line(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
         let t = c.to_string();
-        if !s.ends_with(&t) {
-            s.push_str(": ");
+        if !t.is_empty() && !s.ends_with(&t) {
+            if !s.is_empty() {
+                s.push_str(": ");
+            }
             s.push_str(&t);
         }
         src = c.source();
     }
-    s
+    s.replace('\n', " ")
 }
 
 /// The active set of one layer as loaded from disk.

@@ -390,29 +390,15 @@ pub struct GcArgs {
     pub layer: LayerArgs,
 }
 
-fn parse_compression(s: &str) -> Result<Compression, String> {
+/// `--compression`: see [`Compression`]'s `FromStr`.
+pub fn parse_compression(s: &str) -> Result<Compression, String> {
     s.parse()
 }
 
-/// Parses `65536`, `64K`, `64KiB`, `1M`, `1MiB`.
+/// A chunk size: `65536`, `64K`, `64KiB`, `1M`, `1MiB` ([`format::text::parse_size`]), a
+/// power of two from 64K to 1M.
 pub fn parse_size(s: &str) -> Result<u32, String> {
-    let t = s.trim();
-    let (num, mult) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => {
-            let m = match t[i..].to_ascii_lowercase().as_str() {
-                "k" | "kb" | "kib" => 1024u64,
-                "m" | "mb" | "mib" => 1024 * 1024,
-                "b" => 1,
-                other => return Err(format!("unknown size suffix `{other}` (use K or M)")),
-            };
-            (&t[..i], m)
-        }
-        None => (t, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size"))?;
-    let v = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))?;
+    let v = format::text::parse_size(s)?;
     if !v.is_power_of_two() || !(64 * 1024..=1024 * 1024).contains(&v) {
         return Err(format!(
             "chunk size {s} must be a power of two from 64K to 1M"

@@ -48,20 +48,9 @@ impl Write for Out<'_> {
     }
 }
 
-/// An error and its causes on one line, each cause once, separated by `: `.
+/// An error and its causes on one line ([`pkgset::stack::one_line`]).
 pub fn one_line(e: &anyhow::Error) -> String {
-    let mut s = String::new();
-    for (i, c) in e.chain().enumerate() {
-        let t = c.to_string();
-        if t.is_empty() || s.ends_with(&t) {
-            continue;
-        }
-        if i > 0 {
-            s.push_str(": ");
-        }
-        s.push_str(&t);
-    }
-    s.replace('\n', " ")
+    pkgset::stack::one_line(e.as_ref())
 }
 
 /// `1.5 MiB`-style sizes.
@@ -109,27 +98,9 @@ pub fn mode_string(kind: format::archive::Kind, perm: u32) -> String {
     s
 }
 
-/// `YYYY-MM-DD HH:MM:SS` in UTC.
+/// `YYYY-MM-DD HH:MM:SS` in UTC ([`pkgset::stack::utc`] with a space, as `tar tv` shows).
 pub fn utc_time(secs: i64) -> String {
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    pkgset::stack::utc(secs).replace('T', " ").replace('Z', "")
 }
 
 pub use format::text::escape;

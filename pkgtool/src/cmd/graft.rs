@@ -94,7 +94,7 @@ pub struct BuildFlags {
     pub unsigned: bool,
     /// zstd[:LEVEL] (1-22), zlib[:LEVEL] (0-9), lz4 or none. lz4 costs less CPU to read
     /// than zstd and makes larger packages, which need format 1.1 readers.
-    #[arg(long, default_value_t = Compression::default(), value_parser = parse_compression)]
+    #[arg(long, default_value_t = Compression::default(), value_parser = crate::cli::parse_compression)]
     pub compression: Compression,
     /// Chunk size: a power of two from 64K to 1M (suffixes K, M, KiB, MiB).
     #[arg(long, default_value = "256K", value_parser = crate::cli::parse_size)]
@@ -176,10 +176,6 @@ pub struct DirArgs {
     pub tree: TreeArgs,
     #[command(flatten)]
     pub build: BuildFlags,
-}
-
-fn parse_compression(s: &str) -> Result<Compression, String> {
-    s.parse()
 }
 
 /// The result of one graft, as `--json` prints it.
