@@ -27,7 +27,7 @@ PACKAGEFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 # shellcheck disable=SC2034 # used by the scripts that source this file
 PACKAGEFS_APT_DEPS=(
 	fuse3 squashfs-tools squashfuse erofs-utils fuse-overlayfs attr hyperfine python3
-	build-essential ca-certificates systemd
+	build-essential ca-certificates systemd libcap2-bin
 )
 
 if [[ -t 1 && -z "${NO_COLOR:-}" && "${TERM:-dumb}" != dumb ]]; then

@@ -345,6 +345,53 @@ fn round_trip_odd_tree() {
 }
 
 #[test]
+fn list_escapes_odd_names_as_its_help_says() {
+    // Fixed strings, written by hand from `pkgtool list --help` ("control characters and
+    // backslashes escaped (\n, \t, \\, \ooo)"), not computed by code.
+    let r = pkgtool(["list"]).arg(&odd().pkg).ok();
+    let lines: BTreeSet<&str> = r.stdout_str().lines().collect();
+    for want in [
+        r"names/with space",
+        r"names/new\nline",
+        r"names/tab\there",
+        r"names/back\\slash",
+        r"names/ctrl\001\177",
+        "names/ünïcödé-日本語-😀",
+        r"names/bad-\377\376-utf8",
+        r"names/-leading-dash",
+        r"names/--",
+        r#"names/quote"'"#,
+        r"names/dir\nwith\\odd name",
+    ] {
+        assert!(
+            lines.contains(want),
+            "`pkgtool list` lacks the line {want:?}"
+        );
+        assert!(
+            lines.contains(escape_check(want).as_str()),
+            "the tests' own escape disagrees with {want:?}"
+        );
+    }
+}
+
+/// The test-side escape applied to the unescaped form of a fixed string: both must agree.
+fn escape_check(fixed: &str) -> String {
+    let raw = fixed
+        .replace(r"\\", "\u{0}")
+        .replace(r"\n", "\n")
+        .replace(r"\t", "\t")
+        .replace(r"\001", "\u{1}")
+        .replace(r"\177", "\u{7f}")
+        .replace("\u{0}", "\\");
+    let mut bytes = raw.into_bytes();
+    // The two invalid bytes, written as \377\376 in the fixed string.
+    if let Some(i) = bytes.windows(8).position(|w| w == br"\377\376") {
+        bytes.splice(i..i + 8, [0xff, 0xfe]);
+    }
+    escape(&bytes)
+}
+
+#[test]
 fn round_trip_usr_share_doc() {
     let b = doc();
     let entries = walk(&b.src);
