@@ -480,7 +480,7 @@ impl Live {
             let spec = self.stack.layers[l].clone();
             let _as = AsOwner::enter(&spec.paths);
             let body = text.clone().unwrap_or_default();
-            match generation::write_atomic(&spec.paths.served(), body.as_bytes()) {
+            match write_served(&spec.paths.served(), body.as_bytes()) {
                 Ok(()) => self.published[l] = text,
                 Err(e) => self.warn_once(l, format!("cannot write state/served: {}", one_line(&e))),
             }
@@ -709,6 +709,31 @@ impl Live {
 }
 
 /// A state file's text, if it is a readable regular file.
+/// Replaces `state/served` (through `served.new`, never following a link). No fsync: it
+/// says what a running daemon serves, which a crash makes moot; and no `.tmp-*` name, which
+/// would belong to the writers that hold the layer's lock.
+fn write_served(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_file_name("served.new");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&tmp)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "state/served.new is not a regular file",
+        ));
+    }
+    f.write_all(bytes)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
 fn read_text(path: &std::path::Path) -> Option<String> {
     generation::read_state_file(path, format::active_list::MAX_LEN as u64).ok()
 }
