@@ -396,3 +396,6 @@ impl Notifier {
         write_fd(self.0.as_raw_fd(), &parts)
     }
 }
+
+#[cfg(test)]
+mod tests;
