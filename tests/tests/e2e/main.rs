@@ -23,6 +23,7 @@ mod permissions;
 mod readonly;
 mod refusal;
 mod setuid;
+mod transport;
 mod trust;
 mod units;
 mod xattrs;
