@@ -119,9 +119,14 @@ impl MountBuilder {
         }
         // E2E_IO_URING=on: every mount over the ring (not with E2E_EXEC_CACHE, whose
         // passthrough opens go over /dev/fuse).
+        let exec_cache = std::env::var_os("E2E_EXEC_CACHE").is_some()
+            || self
+                .args
+                .iter()
+                .any(|a| a.as_bytes().windows(11).any(|w| w == b"exec_cache="));
         let transport = self.transport.or_else(|| {
             let env = std::env::var_os("E2E_IO_URING")?;
-            (env == "on" && std::env::var_os("E2E_EXEC_CACHE").is_none()).then_some(Transport::Ring)
+            (env == "on" && !exec_cache).then_some(Transport::Ring)
         });
         let ring = match transport {
             Some(t) => {

@@ -7,7 +7,7 @@
 //! [`NoRing`], which waits for the ring tests to finish. `E2E_IO_URING=on` runs every mount
 //! of the suite over the ring (see [`MountBuilder`](crate::MountBuilder)).
 
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// The fuse module's switch.
 pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -19,6 +19,8 @@ pub enum Transport {
     DevFuse,
     /// FUSE over io_uring (`-o io_uring=on`).
     Ring,
+    /// Whatever the kernel offers (`-o io_uring=auto`), with the switch as it is.
+    Auto,
 }
 
 impl Transport {
@@ -27,6 +29,7 @@ impl Transport {
         match self {
             Transport::DevFuse => "io_uring=off",
             Transport::Ring => "io_uring=on",
+            Transport::Auto => "io_uring=auto",
         }
     }
 
@@ -34,7 +37,7 @@ impl Transport {
     pub fn log_line(self) -> &'static str {
         match self {
             Transport::DevFuse => "FUSE transport: /dev/fuse",
-            Transport::Ring => "FUSE transport: io_uring",
+            Transport::Ring | Transport::Auto => "FUSE transport: io_uring",
         }
     }
 }
@@ -52,9 +55,25 @@ pub fn unavailable() -> Option<String> {
     }
 }
 
-static USERS: RwLock<()> = RwLock::new(());
-/// (ring tests holding a switch, the value found before the first).
-static STATE: Mutex<(usize, Option<String>)> = Mutex::new((0, None));
+/// Who holds the switch: ring tests (any number, also nested: a test holding one mounts
+/// with another) or one test that needs it off.
+struct State {
+    ring_users: usize,
+    exclusive: bool,
+    /// The value found before the first ring user.
+    before: Option<String>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    ring_users: 0,
+    exclusive: false,
+    before: None,
+});
+static CHANGED: Condvar = Condvar::new();
+
+fn lock() -> MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn set(v: &str) {
     if let Err(e) = std::fs::write(ENABLE_URING, v) {
@@ -70,9 +89,7 @@ fn get() -> String {
 
 /// `enable_uring` on while held (see the module's doc).
 #[derive(Debug)]
-pub struct RingSwitch {
-    _users: RwLockReadGuard<'static, ()>,
-}
+pub struct RingSwitch(());
 
 impl RingSwitch {
     /// Turns the ring on, or `None` (with the reason printed) where there is none.
@@ -83,55 +100,61 @@ impl RingSwitch {
             );
             return None;
         }
-        let users = USERS.read().unwrap_or_else(|p| p.into_inner());
-        let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
-        if st.0 == 0 {
-            st.1 = Some(get());
+        let mut st = lock();
+        while st.exclusive {
+            st = CHANGED.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if st.ring_users == 0 {
+            st.before = Some(get());
             set("Y");
         }
-        st.0 += 1;
-        Some(RingSwitch { _users: users })
+        st.ring_users += 1;
+        Some(RingSwitch(()))
     }
 }
 
 impl Drop for RingSwitch {
     fn drop(&mut self) {
-        let mut st = STATE.lock().unwrap_or_else(|p| p.into_inner());
-        st.0 -= 1;
-        if st.0 == 0 {
-            if let Some(v) = st.1.take() {
+        let mut st = lock();
+        st.ring_users -= 1;
+        if st.ring_users == 0 {
+            if let Some(v) = st.before.take() {
                 set(&v);
             }
+            CHANGED.notify_all();
         }
     }
 }
 
-/// `enable_uring` off while held, with no ring test running (see the module's doc).
+/// `enable_uring` off while held, with no ring test running (see the module's doc). A
+/// test holding it must not mount over the ring (give its mounts a transport).
 #[derive(Debug)]
 pub struct NoRing {
-    _users: RwLockWriteGuard<'static, ()>,
     before: String,
 }
 
 impl NoRing {
     /// Turns the ring off, or `None` where the kernel has no switch (then it is off).
     pub fn hold() -> Option<NoRing> {
-        let users = USERS.write().unwrap_or_else(|p| p.into_inner());
         if unavailable().is_some() {
             return None;
         }
+        let mut st = lock();
+        while st.exclusive || st.ring_users > 0 {
+            st = CHANGED.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.exclusive = true;
         let before = get();
         set("N");
-        Some(NoRing {
-            _users: users,
-            before,
-        })
+        Some(NoRing { before })
     }
 }
 
 impl Drop for NoRing {
     fn drop(&mut self) {
         set(&self.before);
+        lock().exclusive = false;
+        CHANGED.notify_all();
     }
 }
 

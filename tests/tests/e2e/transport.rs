@@ -38,7 +38,7 @@ fn switch() -> String {
 fn auto_serves_over_one_ring_per_cpu_when_the_kernel_offers_it() {
     let Some(_on) = RingSwitch::on() else { return };
     let s = stack();
-    let m = s.builder().arg("-o").arg("io_uring=auto").start();
+    let m = s.builder().transport(Transport::Auto).start();
     assert_transport(&m, Transport::Ring);
     assert_eq!(crate::read(m.join("etc/motd")), "over the ring\n");
     // One queue thread per possible CPU (the kernel's num_possible_cpus()).
@@ -54,7 +54,7 @@ fn auto_serves_over_one_ring_per_cpu_when_the_kernel_offers_it() {
         "logged once"
     );
     // Off: /dev/fuse, through fuser's session, even with the ring offered.
-    let m = s.builder().arg("-o").arg("io_uring=off").start();
+    let m = s.builder().transport(Transport::DevFuse).start();
     assert!(m
         .log()
         .contains("FUSE transport: /dev/fuse (-o io_uring=off)"));
@@ -69,7 +69,7 @@ fn without_the_ring_auto_uses_dev_fuse_and_on_fails_in_one_line() {
     }
     let off = NoRing::hold();
     let s = stack();
-    let m = s.builder().start();
+    let m = s.builder().transport(Transport::Auto).start();
     assert_transport(&m, Transport::DevFuse);
     assert_eq!(crate::read(m.join("etc/motd")), "over the ring\n");
     drop(m);
