@@ -82,8 +82,7 @@ pub enum Transport {
 pub struct Session {
     fs: Arc<PackageFs>,
     fd: Arc<OwnedFd>,
-    acl: SessionACL,
-    owner: u32,
+    allowed: ring::Allowed,
     threads: usize,
     bufsize: usize,
     /// The transport chosen at INIT.
@@ -240,9 +239,16 @@ impl Session {
         };
         reply(raw, h.unique, Ok(abi::bytes(&out))).map_err(Error::Init)?;
         let fs = Arc::new(fs);
+        // SAFETY: geteuid cannot fail.
+        let owner = unsafe { libc::geteuid() };
+        let allowed = ring::Allowed {
+            owner,
+            all: acl == SessionACL::All,
+            root: acl == SessionACL::RootAndOwner,
+        };
         let transport = if use_ring {
             let payload = ring::payload_size(max_write, max_pages);
-            let n = ring::start(fs.clone(), raw, payload).map_err(Error::Ring)?;
+            let n = ring::start(fs.clone(), raw, payload, allowed).map_err(Error::Ring)?;
             info!(
                 queues = n,
                 depth = ring::DEPTH,
@@ -253,13 +259,10 @@ impl Session {
             info!("FUSE transport: /dev/fuse ({})", why_not());
             Transport::DevFuse
         };
-        // SAFETY: geteuid cannot fail.
-        let owner = unsafe { libc::geteuid() };
         Ok(Session {
             fs,
             fd: Arc::new(fd),
-            acl,
-            owner,
+            allowed,
             threads,
             bufsize,
             transport,
@@ -295,14 +298,6 @@ impl Session {
         r
     }
 
-    fn allowed(&self, h: &InHeader) -> bool {
-        match self.acl {
-            SessionACL::All => true,
-            SessionACL::RootAndOwner => h.uid == self.owner || h.uid == 0,
-            SessionACL::Owner => h.uid == self.owner,
-        }
-    }
-
     fn serve_dev(&self) -> io::Result<()> {
         let raw = self.fd.as_raw_fd();
         let mut buf = vec![0u8; self.bufsize];
@@ -336,7 +331,7 @@ impl Session {
                 h.opcode,
                 op::FORGET | op::BATCH_FORGET | op::INTERRUPT | op::DESTROY
             );
-            if !exempt && !self.allowed(&h) {
+            if !exempt && !self.allowed.allows(h.uid) {
                 reply(raw, h.unique, Err(Errno::EACCES))?;
                 continue;
             }

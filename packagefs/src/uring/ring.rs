@@ -16,6 +16,26 @@ use super::decode::decode;
 use super::serve::{serve, Done, Out};
 use crate::fuse::PackageFs;
 
+/// Which users the session serves (`-o allow_root`: the kernel lets everyone through
+/// and the daemon refuses all but its owner and root; `allow_other`: everyone; neither:
+/// the kernel lets only the owner through).
+#[derive(Debug, Clone, Copy)]
+pub struct Allowed {
+    /// The user the daemon runs as.
+    pub owner: u32,
+    /// Everyone (`allow_other`).
+    pub all: bool,
+    /// Root too (`allow_root`).
+    pub root: bool,
+}
+
+impl Allowed {
+    /// Whether requests of `uid` are served.
+    pub fn allows(self, uid: u32) -> bool {
+        self.all || uid == self.owner || (self.root && uid == 0)
+    }
+}
+
 /// Entries per queue.
 pub const DEPTH: usize = 8;
 
@@ -74,14 +94,19 @@ fn command(
 
 /// Starts the queue threads on `/dev/fuse` descriptor `fd`. Returns once every queue has
 /// registered its entries (or with the first error).
-pub fn start(fs: Arc<PackageFs>, fd: RawFd, payload: usize) -> std::io::Result<usize> {
+pub fn start(
+    fs: Arc<PackageFs>,
+    fd: RawFd,
+    payload: usize,
+    allowed: Allowed,
+) -> std::io::Result<usize> {
     let n = queue_count();
     let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     for qid in 0..n {
         let (fs, tx) = (fs.clone(), tx.clone());
         std::thread::Builder::new()
             .name(format!("fuse-ring-{qid}"))
-            .spawn(move || queue(fs, fd, qid, payload, tx))?;
+            .spawn(move || queue(fs, fd, qid, payload, allowed, tx))?;
     }
     drop(tx);
     for _ in 0..n {
@@ -116,6 +141,7 @@ fn queue(
     fd: RawFd,
     qid: usize,
     payload: usize,
+    allowed: Allowed,
     started: std::sync::mpsc::Sender<std::io::Result<()>>,
 ) {
     pin(qid);
@@ -207,7 +233,7 @@ fn queue(
                 }
             }
             let Some(ent) = ents.get_mut(i) else { continue };
-            let commit_id = answer(&fs, ent);
+            let commit_id = answer(&fs, ent, allowed);
             let sqe = command(abi::URING_CMD_COMMIT_AND_FETCH, req(commit_id), None, i);
             // SAFETY: as above; there is one SQE slot per entry.
             let _ = unsafe { ring.submission().push(&sqe) };
@@ -227,7 +253,7 @@ fn queue(
 }
 
 /// Answers the request in `ent` in place; returns the commit id to send it with.
-fn answer(fs: &PackageFs, ent: &mut Entry) -> u64 {
+fn answer(fs: &PackageFs, ent: &mut Entry, allowed: Allowed) -> u64 {
     let hb = &ent.header;
     let h: InHeader = abi::read(&hb[..abi::URING_IN_OUT_HEADER_SZ]).unwrap_or_default();
     let io_off = abi::URING_IN_OUT_HEADER_SZ + abi::URING_OP_IN_OUT_SZ;
@@ -240,6 +266,8 @@ fn answer(fs: &PackageFs, ent: &mut Entry) -> u64 {
     ent.input.extend_from_slice(&ent.payload[..n]);
     let mut out = Out::new(&mut ent.payload);
     let r = match decode(&h, &op_in, &ent.input) {
+        // (The requests exempt from the check travel over /dev/fuse.)
+        Ok(_) if !allowed.allows(h.uid) => Err(fuser::Errno::EACCES),
         Ok(op) => match serve(fs, &h, op, &mut out) {
             Done::Reply(r) => r,
             // (FORGET and INTERRUPT travel over /dev/fuse.)
