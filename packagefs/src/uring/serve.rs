@@ -59,7 +59,7 @@ impl<'a> Out<'a> {
 pub enum Done {
     /// Send the reply (the body in `Out`, or the error).
     Reply(Result<(), Errno>),
-    /// Send nothing (FORGET, INTERRUPT).
+    /// Send nothing (FORGET).
     Nothing,
 }
 
@@ -191,7 +191,9 @@ pub fn serve(fs: &PackageFs, h: &abi::InHeader, op: Op, out: &mut Out) -> Done {
             }
             return Done::Nothing;
         }
-        Op::Interrupt => return Done::Nothing,
+        // ENOSYS, as fuser answers: the kernel sends no more interrupts (requests here
+        // end quickly by themselves).
+        Op::Interrupt => Err(Errno::ENOSYS),
         // INIT is answered by the session; a second one is an error.
         Op::Init(_) => Err(Errno::EIO),
         Op::Destroy => Ok(()),
