@@ -52,8 +52,12 @@ BLAKE3 of their bytes, kept across remounts and reboots within SIZE (default 1G,
 recently used files that are not open go first), hashed whole at their first use by a
 daemon and then opened by FUSE passthrough: reads and page faults go from the kernel to
 the cache file, not through the daemon (Linux 6.9+, as root). Every file is then opened by
-the daemon (an OPEN round trip, which mounts without the cache do not pay).
-See README.md)."
+the daemon (an OPEN round trip, which mounts without the cache do not pay);
+io_uring=auto|on|off: the kernel's FUSE io_uring transport (Linux 6.14+, as root), one
+queue per CPU, a request served on the CPU that made it: auto (default) uses it when the
+kernel offers it (the fuse module's enable_uring, which the daemon never changes), else
+/dev/fuse; on fails with one line if it is not offered; off always uses /dev/fuse; not
+with exec_cache, whose passthrough opens go over /dev/fuse. See README.md)."
 )]
 pub struct Args {
     /// Layer NAME=DIR, lowest first (repeatable).
@@ -121,6 +125,8 @@ pub struct Settings {
     pub exec_cache: Option<PathBuf>,
     /// `-o exec_cache_size=SIZE`: its size limit in bytes.
     pub exec_cache_size: u64,
+    /// `-o io_uring=auto|on|off`: the kernel's FUSE io_uring transport.
+    pub io_uring: packagefs::uring::Mode,
 }
 
 /// The exec cache's size limit unless `-o exec_cache_size` says otherwise.
@@ -169,6 +175,7 @@ impl Args {
         let mut boot_cmdline = PathBuf::from("/proc/cmdline");
         let mut exec_cache = None;
         let mut exec_cache_size = None;
+        let mut io_uring = packagefs::uring::Mode::Auto;
         for opt in self
             .options
             .iter()
@@ -199,6 +206,7 @@ impl Args {
                 ("boot_cmdline", Some(v)) => boot_cmdline = PathBuf::from(v),
                 ("exec_cache", Some(v)) if !v.is_empty() => exec_cache = Some(PathBuf::from(v)),
                 ("exec_cache_size", Some(v)) => exec_cache_size = Some(parse_size(v)? as u64),
+                ("io_uring", Some(v)) => io_uring = v.parse()?,
                 ("nosuid", None) => nosuid = true,
                 ("suid", None) => nosuid = false,
                 ("noexec", None) => mount_options.push(MountOption::NoExec),
@@ -277,6 +285,7 @@ impl Args {
             boot_cmdline,
             exec_cache,
             exec_cache_size: exec_cache_size.unwrap_or(DEFAULT_EXEC_CACHE_SIZE),
+            io_uring,
         })
     }
 }

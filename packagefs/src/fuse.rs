@@ -325,14 +325,21 @@ impl PackageFs {
         }
     }
 
-    /// Answers a read: straight from the chunk when one chunk holds the range (no copy),
-    /// else through a buffer kept per worker thread (no allocation).
-    fn read_file(&self, stream: (u64, u32), f: &FileRef, offset: u64, size: u32, reply: ReplyData) {
+    /// Answers a read: `answer` gets the bytes straight from the chunk when one chunk holds
+    /// the range (no copy), else through a buffer kept per worker thread (no allocation).
+    fn read_file(
+        &self,
+        stream: (u64, u32),
+        f: &FileRef,
+        offset: u64,
+        size: u32,
+        answer: impl FnOnce(Result<&[u8], Errno>),
+    ) {
         thread_local! {
             static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
         let Ok(spans) = f.pkg.archive.file_spans(f.entry, offset, size as u64) else {
-            return reply.error(Errno::EIO);
+            return answer(Err(Errno::EIO));
         };
         let total: u64 = spans.iter().map(|s| s.len as u64).sum();
         // Read-ahead first, so that the prefetch threads decompress the next chunks while
@@ -344,19 +351,19 @@ impl PackageFs {
         for s in &spans {
             match self.span(f, s) {
                 Ok(p) => parts.push(p),
-                Err(e) => return reply.error(e),
+                Err(e) => return answer(Err(e)),
             }
         }
         match &parts[..] {
-            [] => reply.data(&[]),
-            [(data, r)] => reply.data(&data[r.clone()]),
+            [] => answer(Ok(&[])),
+            [(data, r)] => answer(Ok(&data[r.clone()])),
             _ => OUT.with(|cell| {
                 let mut out = cell.borrow_mut();
                 out.clear();
                 for (data, r) in &parts {
                     out.extend_from_slice(&data[r.clone()]);
                 }
-                reply.data(&out);
+                answer(Ok(&out));
                 // A buffer grown by a rare huge request is not kept.
                 if out.capacity() > 2 * self.opts.max_read as usize {
                     *out = Vec::new();
@@ -494,17 +501,74 @@ fn errno(e: &view::Error) -> Errno {
 }
 
 fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
-    if size == 0 {
-        reply.size(data.len() as u32);
-    } else if data.len() <= size as usize {
-        reply.data(data);
-    } else {
-        reply.error(Errno::ERANGE);
+    match xattr_answer(data, size) {
+        Ok(Xattr::Size(n)) => reply.size(n),
+        Ok(Xattr::Data(d)) => reply.data(d),
+        Err(e) => reply.error(e),
     }
 }
 
-impl Filesystem for PackageFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+/// Where a directory listing puts its entries: fuser's reply, or the io_uring transport's
+/// buffer. `entry` returns true when the buffer is full (the entry was not added).
+pub(crate) trait DirSink {
+    /// Adds one entry (with `off`, the offset of the entry after it).
+    fn entry(&mut self, ino: u64, off: u64, kind: Kind, name: &[u8]) -> bool;
+}
+
+/// Where a READDIRPLUS listing puts its entries (see `DirSink`).
+pub(crate) trait DirPlusSink {
+    /// Adds one entry with its attributes, valid for `ttl`.
+    fn entry(&mut self, off: u64, name: &[u8], ttl: Duration, attr: &NodeAttr) -> bool;
+}
+
+impl DirSink for ReplyDirectory {
+    fn entry(&mut self, ino: u64, off: u64, kind: Kind, name: &[u8]) -> bool {
+        self.add(INodeNo(ino), off, file_type(kind), OsStr::from_bytes(name))
+    }
+}
+
+/// fuser's READDIRPLUS reply, with the attribute conversion it needs.
+struct PlusReply<'a>(&'a PackageFs, ReplyDirectoryPlus);
+
+impl DirPlusSink for PlusReply<'_> {
+    fn entry(&mut self, off: u64, name: &[u8], ttl: Duration, a: &NodeAttr) -> bool {
+        self.1.add(
+            INodeNo(a.ino),
+            off,
+            OsStr::from_bytes(name),
+            &ttl,
+            &self.0.file_attr(a),
+            Generation(0),
+        )
+    }
+}
+
+/// What a GETXATTR or LISTXATTR answers: the size the caller must allow, or the bytes.
+pub(crate) enum Xattr<'a> {
+    /// The caller asked for the size only (its buffer size is 0).
+    Size(u32),
+    /// The value, which fits the caller's buffer.
+    Data(&'a [u8]),
+}
+
+/// The answer to a GETXATTR or LISTXATTR of `data` into a buffer of `size` bytes.
+pub(crate) fn xattr_answer(data: &[u8], size: u32) -> Result<Xattr<'_>, Errno> {
+    if size == 0 {
+        Ok(Xattr::Size(data.len() as u32))
+    } else if data.len() <= size as usize {
+        Ok(Xattr::Data(data))
+    } else {
+        Err(Errno::ERANGE)
+    }
+}
+
+/// The requests of the file system, answered in domain types: each transport (fuser's
+/// `/dev/fuse` session below, the io_uring transport in `uring`) decodes a request, calls
+/// one of these and encodes the answer.
+impl PackageFs {
+    /// Chooses the INIT capabilities out of those the kernel `offered`; decides whether
+    /// the kernel opens files and directories itself and whether passthrough is used.
+    pub(crate) fn negotiate(&mut self, offered: InitFlags) -> InitFlags {
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
@@ -513,16 +577,11 @@ impl Filesystem for PackageFs {
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_SPLICE_WRITE
             | InitFlags::FUSE_SPLICE_MOVE;
-        let mut granted = wanted & config.capabilities();
-        self.no_open = config
-            .capabilities()
-            .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        let mut granted = wanted & offered;
+        self.no_open = offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         if let Some(pt) = &self.passthrough {
             let dir = pt.cache().path().display().to_string();
-            if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
-                // Backing files on a file system that is not itself stacked (ext4, xfs,
-                // btrfs, tmpfs; not overlayfs), and this mount may be a layer of an overlay.
-                let _ = config.set_max_stack_depth(1);
+            if offered.contains(InitFlags::FUSE_PASSTHROUGH) {
                 granted |= InitFlags::FUSE_PASSTHROUGH;
                 pt.counters
                     .active
@@ -535,14 +594,7 @@ impl Filesystem for PackageFs {
                 self.passthrough = None;
             }
         }
-        self.no_opendir = config
-            .capabilities()
-            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
-        if let Err(missing) = config.add_capabilities(granted) {
-            debug!("kernel refused capabilities {missing:?}");
-        }
-        let _ = config.set_max_readahead(self.opts.max_read);
-        let _ = config.set_max_write(self.opts.max_read);
+        self.no_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         info!(
             capabilities = ?granted,
             missing = ?(wanted - granted),
@@ -550,25 +602,303 @@ impl Filesystem for PackageFs {
             kernel_opens_dirs = self.no_opendir,
             "FUSE session initialised"
         );
-        Ok(())
+        granted
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    /// Largest read (and write) request to negotiate.
+    pub(crate) fn max_read(&self) -> u32 {
+        self.opts.max_read
+    }
+
+    /// Whether opens are answered with passthrough (an exec cache the kernel can serve).
+    pub fn uses_passthrough(&self) -> bool {
+        self.passthrough.is_some()
+    }
+
+    /// The entry `name` in directory `parent`: its attributes, or `None` for an absent
+    /// name, answered with a negative entry (node id 0): the kernel remembers that the
+    /// name is absent for as long as it keeps a positive one, so the misses of library and
+    /// unit search paths (ld.so, systemd, $PATH) cost one round trip, not one each time.
+    /// A switch that makes the name appear invalidates it (view::diff).
+    pub(crate) fn do_lookup(&self, parent: u64, name: &[u8]) -> Result<Option<NodeAttr>, Errno> {
         let v = self.view();
         let r = v
-            .node(parent.0)
-            .and_then(|p| v.lookup(p, name.as_bytes()))
+            .node(parent)
+            .and_then(|p| v.lookup(p, name))
             .and_then(|n| v.attr(n).map(|a| (n, a)));
         match r {
             Ok((n, a)) => {
                 self.handed_out(&v, n, a.ino);
-                reply.entry(&self.opts.ttl, &self.file_attr(&a), Generation(0))
+                Ok(Some(a))
             }
-            // A negative entry (node id 0): the kernel remembers that the name is absent
-            // for as long as it keeps a positive one, so the misses of library and unit
-            // search paths (ld.so, systemd, $PATH) cost one round trip, not one each
-            // time. A switch that makes the name appear invalidates it (view::diff).
-            Err(view::Error::NotFound) => {
+            Err(view::Error::NotFound) => Ok(None),
+            Err(e) => Err(errno(&e)),
+        }
+    }
+
+    /// Entry and attribute time to live.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.opts.ttl
+    }
+
+    /// The kernel dropped `nlookup` references to `ino`.
+    pub(crate) fn do_forget(&self, ino: u64, nlookup: u64) {
+        self.lookups.forget(ino, nlookup);
+    }
+
+    /// The attributes of `ino` and their time to live.
+    pub(crate) fn do_getattr(&self, ino: u64) -> Result<(NodeAttr, Duration), Errno> {
+        let v = self.view();
+        match v.node(ino).and_then(|n| v.attr(n)) {
+            Ok(a) => Ok((a, self.opts.ttl)),
+            Err(e) => match self
+                .lookups
+                .get(ino)
+                .and_then(|(p, e)| held_attr(ino, &p, e))
+            {
+                // A file whose package left the view while the kernel holds it (open).
+                Some(a) => Ok((a, Duration::ZERO)),
+                None => Err(errno(&e)),
+            },
+        }
+    }
+
+    /// The target of symbolic link `ino`.
+    pub(crate) fn do_readlink(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        let v = self.view();
+        v.node(ino)
+            .and_then(|n| v.read_link(n))
+            .map(|t| t.to_vec())
+            .map_err(|e| errno(&e))
+    }
+
+    /// An OPEN without the exec cache (see `open`): ENOSYS where the kernel can open files
+    /// itself, else an empty handle: (fh, open flags).
+    pub(crate) fn do_open(&self, flags: i32) -> Result<(u64, u32), Errno> {
+        // (Never sent for writing: the mount is read-only; kept for the first open.)
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(Errno::EROFS);
+        }
+        if self.no_open {
+            Err(Errno::ENOSYS)
+        } else {
+            Ok((0, FopenFlags::FOPEN_KEEP_CACHE.bits()))
+        }
+    }
+
+    /// An OPENDIR (see `opendir`): (fh, open flags).
+    pub(crate) fn do_opendir(&self) -> Result<(u64, u32), Errno> {
+        if self.no_opendir {
+            Err(Errno::ENOSYS)
+        } else {
+            let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR;
+            Ok((0, flags.bits()))
+        }
+    }
+
+    /// A RELEASE of handle `fh` of `ino`.
+    pub(crate) fn do_release(&self, ino: u64, fh: u64) {
+        if let Some(pt) = &self.passthrough {
+            pt.release(ino, fh);
+        }
+    }
+
+    /// A READ of `size` bytes at `offset` of `ino` by process `pid`: `answer` gets the bytes.
+    pub(crate) fn do_read(
+        &self,
+        pid: u32,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        answer: impl FnOnce(Result<&[u8], Errno>),
+    ) {
+        if let Some(pt) = &self.passthrough {
+            pt.counters
+                .reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        match self.file_ref(ino) {
+            Ok(f) => self.read_file((ino, pid), &f, offset, size, answer),
+            Err(e) => answer(Err(e)),
+        }
+    }
+
+    /// A READDIR of `ino` from `offset` into `sink`.
+    pub(crate) fn do_readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        sink: &mut impl DirSink,
+    ) -> Result<(), Errno> {
+        let (v, node, epoch, mut off) = self.dir_at(ino, offset)?;
+        let (v, node) = (&v, &node);
+        let cookie = |pos: u64| dir_cookie(epoch, pos);
+        if off == 0 {
+            if sink.entry(ino, cookie(1), Kind::Dir, b".") {
+                return Ok(());
+            }
+            off = 1;
+        }
+        if off == 1 {
+            let parent = v.parent(*node).map(|p| v.ino(p)).unwrap_or(ino);
+            if sink.entry(parent, cookie(2), Kind::Dir, b"..") {
+                return Ok(());
+            }
+            off = 2;
+        }
+        let entries = v
+            .read_dir(*node, (off - 2) as usize)
+            .map_err(|e| errno(&e))?;
+        for (i, (name, child)) in entries.into_iter().enumerate() {
+            let kind = match v.attr(child) {
+                Ok(a) => a.kind,
+                Err(_) => Kind::File,
+            };
+            if sink.entry(v.ino(child), cookie(off + i as u64 + 1), kind, name) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// A READDIRPLUS of `ino` from `offset` into `sink`.
+    pub(crate) fn do_readdirplus(
+        &self,
+        ino: u64,
+        offset: u64,
+        sink: &mut impl DirPlusSink,
+    ) -> Result<(), Errno> {
+        let (v, node, epoch, mut off) = self.dir_at(ino, offset)?;
+        let (v, node) = (&v, &node);
+        let cookie = |pos: u64| dir_cookie(epoch, pos);
+        let ttl = self.opts.ttl;
+        if off < 2 {
+            // "." and ".." carry attributes too; the kernel does not add lookups for them.
+            let nodes = [(*node, "."), (v.parent(*node).unwrap_or(*node), "..")];
+            for (k, (n, name)) in nodes.iter().enumerate().skip(off as usize) {
+                let Ok(a) = v.attr(*n) else { continue };
+                if sink.entry(cookie(k as u64 + 1), name.as_bytes(), ttl, &a) {
+                    return Ok(());
+                }
+            }
+            off = 2;
+        }
+        let entries = v
+            .read_dir(*node, (off - 2) as usize)
+            .map_err(|e| errno(&e))?;
+        for (i, (name, child)) in entries.into_iter().enumerate() {
+            let a = match v.attr(child) {
+                Ok(a) => a,
+                Err(e) => {
+                    errno(&e);
+                    continue;
+                }
+            };
+            if sink.entry(cookie(off + i as u64 + 1), name, ttl, &a) {
+                break;
+            }
+            self.handed_out(v, child, a.ino);
+        }
+        Ok(())
+    }
+
+    /// STATFS: (blocks of 4 KiB, files).
+    pub(crate) fn do_statfs(&self) -> (u64, u64) {
+        let (bytes, files) = self.view().totals();
+        (bytes.div_ceil(4096), files)
+    }
+
+    /// The value of extended attribute `name` of `ino`.
+    pub(crate) fn do_getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, Errno> {
+        if !self.xattrs {
+            return Err(Errno::ENOSYS);
+        }
+        let v = self.view();
+        match v.node(ino).and_then(|n| v.xattrs(n)) {
+            Ok(xs) => match xs.iter().find(|(k, _)| *k == name) {
+                Some((_, val)) => Ok(val.to_vec()),
+                None => Err(Errno::NO_XATTR),
+            },
+            Err(e) => Err(errno(&e)),
+        }
+    }
+
+    /// The names of the extended attributes of `ino`, each ending in a NUL byte.
+    pub(crate) fn do_listxattr(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        if !self.xattrs {
+            return Err(Errno::ENOSYS);
+        }
+        let v = self.view();
+        match v.node(ino).and_then(|n| v.xattrs(n)) {
+            Ok(xs) => {
+                let mut list = Vec::new();
+                for (k, _) in xs {
+                    list.extend_from_slice(k);
+                    list.push(0);
+                }
+                Ok(list)
+            }
+            Err(e) => Err(errno(&e)),
+        }
+    }
+
+    /// ACCESS of `ino` with `mask` (R_OK, W_OK, X_OK) by `uid`:`gid`.
+    pub(crate) fn do_access(&self, uid: u32, gid: u32, ino: u64, mask: i32) -> Result<(), Errno> {
+        let v = self.view();
+        let a = v.node(ino).and_then(|n| v.attr(n)).map_err(|e| errno(&e))?;
+        if mask & libc::W_OK != 0 {
+            return Err(Errno::EROFS);
+        }
+        // Everything is owned by root:root.
+        let granted = if uid == 0 {
+            // root may read anything, and execute if any execute bit is set (or a directory)
+            let x = a.kind == Kind::Dir || a.perm & 0o111 != 0;
+            libc::R_OK | if x { libc::X_OK } else { 0 }
+        } else {
+            let bits = if gid == 0 {
+                (a.perm >> 3) & 7
+            } else {
+                a.perm & 7
+            };
+            let mut g = 0;
+            if bits & 4 != 0 {
+                g |= libc::R_OK;
+            }
+            if bits & 1 != 0 {
+                g |= libc::X_OK;
+            }
+            g
+        };
+        let want = mask & (libc::R_OK | libc::X_OK);
+        if want & !granted == 0 {
+            Ok(())
+        } else {
+            Err(Errno::EACCES)
+        }
+    }
+}
+
+impl Filesystem for PackageFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let granted = self.negotiate(config.capabilities());
+        if granted.contains(InitFlags::FUSE_PASSTHROUGH) {
+            // Backing files on a file system that is not itself stacked (ext4, xfs,
+            // btrfs, tmpfs; not overlayfs), and this mount may be a layer of an overlay.
+            let _ = config.set_max_stack_depth(1);
+        }
+        if let Err(missing) = config.add_capabilities(granted) {
+            debug!("kernel refused capabilities {missing:?}");
+        }
+        let _ = config.set_max_readahead(self.opts.max_read);
+        let _ = config.set_max_write(self.opts.max_read);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.do_lookup(parent.0, name.as_bytes()) {
+            Ok(Some(a)) => reply.entry(&self.opts.ttl, &self.file_attr(&a), Generation(0)),
+            // A negative entry: see `do_lookup`.
+            Ok(None) => {
                 let none = FileAttr {
                     ino: INodeNo(0),
                     size: 0,
@@ -588,37 +918,27 @@ impl Filesystem for PackageFs {
                 };
                 reply.entry(&self.opts.ttl, &none, Generation(0))
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
     // (fuser's default batch_forget calls this for each inode; it cannot be overridden
     // anyway: its argument type is private.)
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.lookups.forget(ino.0, nlookup);
+        self.do_forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let v = self.view();
-        match v.node(ino.0).and_then(|n| v.attr(n)) {
-            Ok(a) => reply.attr(&self.opts.ttl, &self.file_attr(&a)),
-            Err(e) => match self
-                .lookups
-                .get(ino.0)
-                .and_then(|(p, e)| held_attr(ino.0, &p, e))
-            {
-                // A file whose package left the view while the kernel holds it (open).
-                Some(a) => reply.attr(&Duration::ZERO, &self.file_attr(&a)),
-                None => reply.error(errno(&e)),
-            },
+        match self.do_getattr(ino.0) {
+            Ok((a, ttl)) => reply.attr(&ttl, &self.file_attr(&a)),
+            Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let v = self.view();
-        match v.node(ino.0).and_then(|n| v.read_link(n)) {
-            Ok(t) => reply.data(t),
-            Err(e) => reply.error(errno(&e)),
+        match self.do_readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -657,10 +977,9 @@ impl Filesystem for PackageFs {
             };
             return pt.open(ino.0, &f.pkg, f.entry, size, head, reply);
         }
-        if self.no_open {
-            reply.error(Errno::ENOSYS);
-        } else {
-            reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        match self.do_open(flags.0) {
+            Ok((fh, f)) => reply.opened(FileHandle(fh), FopenFlags::from_bits_retain(f)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -675,9 +994,7 @@ impl Filesystem for PackageFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some(pt) = &self.passthrough {
-            pt.release(ino.0, fh.0);
-        }
+        self.do_release(ino.0, fh.0);
         reply.ok();
     }
 
@@ -692,16 +1009,10 @@ impl Filesystem for PackageFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        if let Some(pt) = &self.passthrough {
-            pt.counters
-                .reads
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        let f = match self.file_ref(ino.0) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
-        self.read_file((ino.0, req.pid()), &f, offset, size, reply);
+        self.do_read(req.pid(), ino.0, offset, size, |r| match r {
+            Ok(data) => reply.data(data),
+            Err(e) => reply.error(e),
+        });
     }
 
     // flush, fsync and fsyncdir: nothing is ever written, so there is nothing to flush or
@@ -745,11 +1056,9 @@ impl Filesystem for PackageFs {
     /// The kernel then caches listings (`FOPEN_CACHE_DIR`, its default in that mode) until
     /// a switch invalidates them.
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.no_opendir {
-            reply.error(Errno::ENOSYS);
-        } else {
-            let flags = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR;
-            reply.opened(FileHandle(0), flags);
+        match self.do_opendir() {
+            Ok((fh, f)) => reply.opened(FileHandle(fh), FopenFlags::from_bits_retain(f)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -761,44 +1070,10 @@ impl Filesystem for PackageFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (v, node, epoch, mut off) = match self.dir_at(ino.0, offset) {
-            Ok(x) => x,
-            Err(e) => return reply.error(e),
-        };
-        let (v, node) = (&v, &node);
-        let cookie = |pos: u64| dir_cookie(epoch, pos);
-        if off == 0 {
-            if reply.add(ino, cookie(1), FileType::Directory, ".") {
-                return reply.ok();
-            }
-            off = 1;
+        match self.do_readdir(ino.0, offset, &mut reply) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        if off == 1 {
-            let parent = v.parent(*node).map(|p| v.ino(p)).unwrap_or(ino.0);
-            if reply.add(INodeNo(parent), cookie(2), FileType::Directory, "..") {
-                return reply.ok();
-            }
-            off = 2;
-        }
-        let entries = match v.read_dir(*node, (off - 2) as usize) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        for (i, (name, child)) in entries.into_iter().enumerate() {
-            let kind = match v.attr(child) {
-                Ok(a) => file_type(a.kind),
-                Err(_) => FileType::RegularFile,
-            };
-            if reply.add(
-                INodeNo(v.ino(child)),
-                cookie(off + i as u64 + 1),
-                kind,
-                OsStr::from_bytes(name),
-            ) {
-                break;
-            }
-        }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -807,94 +1082,31 @@ impl Filesystem for PackageFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let (v, node, epoch, mut off) = match self.dir_at(ino.0, offset) {
-            Ok(x) => x,
-            Err(e) => return reply.error(e),
-        };
-        let (v, node) = (&v, &node);
-        let cookie = |pos: u64| dir_cookie(epoch, pos);
-        let ttl = self.opts.ttl;
-        if off < 2 {
-            // "." and ".." carry attributes too; the kernel does not add lookups for them.
-            let nodes = [(*node, "."), (v.parent(*node).unwrap_or(*node), "..")];
-            for (k, (n, name)) in nodes.iter().enumerate().skip(off as usize) {
-                let Ok(a) = v.attr(*n) else { continue };
-                if reply.add(
-                    INodeNo(a.ino),
-                    cookie(k as u64 + 1),
-                    name,
-                    &ttl,
-                    &self.file_attr(&a),
-                    Generation(0),
-                ) {
-                    return reply.ok();
-                }
-            }
-            off = 2;
+        let mut sink = PlusReply(self, reply);
+        match self.do_readdirplus(ino.0, offset, &mut sink) {
+            Ok(()) => sink.1.ok(),
+            Err(e) => sink.1.error(e),
         }
-        let entries = match v.read_dir(*node, (off - 2) as usize) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        for (i, (name, child)) in entries.into_iter().enumerate() {
-            let a = match v.attr(child) {
-                Ok(a) => a,
-                Err(e) => {
-                    errno(&e);
-                    continue;
-                }
-            };
-            if reply.add(
-                INodeNo(a.ino),
-                cookie(off + i as u64 + 1),
-                OsStr::from_bytes(name),
-                &ttl,
-                &self.file_attr(&a),
-                Generation(0),
-            ) {
-                break;
-            }
-            self.handed_out(v, child, a.ino);
-        }
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let (bytes, files) = self.view().totals();
-        reply.statfs(bytes.div_ceil(4096), 0, 0, files, 0, 4096, 255, 4096);
+        let (blocks, files) = self.do_statfs();
+        reply.statfs(blocks, 0, 0, files, 0, 4096, 255, 4096);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if !self.xattrs {
-            return reply.error(Errno::ENOSYS);
-        }
-        let v = self.view();
-        match v.node(ino.0).and_then(|n| v.xattrs(n)) {
-            Ok(xs) => match xs.iter().find(|(k, _)| *k == name.as_bytes()) {
-                Some((_, val)) => xattr_reply(val, size, reply),
-                None => reply.error(Errno::NO_XATTR),
-            },
-            Err(e) => reply.error(errno(&e)),
+        match self.do_getxattr(ino.0, name.as_bytes()) {
+            Ok(v) => xattr_reply(&v, size, reply),
+            Err(e) => reply.error(e),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if !self.xattrs {
-            return reply.error(Errno::ENOSYS);
-        }
-        let v = self.view();
-        match v.node(ino.0).and_then(|n| v.xattrs(n)) {
-            Ok(xs) => {
-                let mut list = Vec::new();
-                for (k, _) in xs {
-                    list.extend_from_slice(k);
-                    list.push(0);
-                }
-                xattr_reply(&list, size, reply);
-            }
-            Err(e) => reply.error(errno(&e)),
+        match self.do_listxattr(ino.0) {
+            Ok(v) => xattr_reply(&v, size, reply),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -917,39 +1129,9 @@ impl Filesystem for PackageFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let v = self.view();
-        let a = match v.node(ino.0).and_then(|n| v.attr(n)) {
-            Ok(a) => a,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        if mask.contains(AccessFlags::W_OK) {
-            return reply.error(Errno::EROFS);
-        }
-        // Everything is owned by root:root.
-        let granted = if req.uid() == 0 {
-            // root may read anything, and execute if any execute bit is set (or a directory)
-            let x = a.kind == Kind::Dir || a.perm & 0o111 != 0;
-            libc::R_OK | if x { libc::X_OK } else { 0 }
-        } else {
-            let bits = if req.gid() == 0 {
-                (a.perm >> 3) & 7
-            } else {
-                a.perm & 7
-            };
-            let mut g = 0;
-            if bits & 4 != 0 {
-                g |= libc::R_OK;
-            }
-            if bits & 1 != 0 {
-                g |= libc::X_OK;
-            }
-            g
-        };
-        let want = mask.bits() & (libc::R_OK | libc::X_OK);
-        if want & !granted == 0 {
-            reply.ok()
-        } else {
-            reply.error(Errno::EACCES)
+        match self.do_access(req.uid(), req.gid(), ino.0, mask.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
     }
 

@@ -18,5 +18,6 @@ pub mod layers;
 pub mod live;
 pub mod lookups;
 pub mod passthrough;
+pub mod uring;
 pub mod view;
 pub mod watch;

@@ -19,6 +19,7 @@ use packagefs::exec_cache::ExecCache;
 use packagefs::fuse::{package_has_xattrs, Options, PackageFs};
 use packagefs::layers;
 use packagefs::live::Live;
+use packagefs::uring;
 use packagefs::view::{diff, Inval, Shine, View};
 use packagefs::watch::Watcher;
 use pkgset::{LayerSpec, Stack};
@@ -195,6 +196,62 @@ fn log_filter(env: Option<String>) -> tracing_subscriber::EnvFilter {
     })
 }
 
+/// The FUSE session serving the mount: fuser's over `/dev/fuse`, or the daemon's own
+/// (`uring`), which uses the kernel's io_uring transport when INIT offers it.
+enum Serving {
+    Fuser(Box<fuser::Session<PackageFs>>),
+    Own(uring::Session),
+}
+
+/// Invalidations for the kernel, through the session serving the mount.
+enum Notify {
+    Fuser(fuser::Notifier),
+    Own(uring::Notifier),
+}
+
+impl Notify {
+    fn inval_entry(&self, parent: u64, name: &[u8]) -> std::io::Result<()> {
+        match self {
+            Notify::Fuser(n) => n.inval_entry(INodeNo(parent), std::ffi::OsStr::from_bytes(name)),
+            Notify::Own(n) => n.inval_entry(parent, name),
+        }
+    }
+
+    fn inval_inode(&self, ino: u64) -> std::io::Result<()> {
+        match self {
+            Notify::Fuser(n) => n.inval_inode(INodeNo(ino), 0, 0),
+            Notify::Own(n) => n.inval_inode(ino),
+        }
+    }
+}
+
+/// Whether to serve the mount with the daemon's own session, which can use the ring
+/// (`-o io_uring`): logs the choice when it is `/dev/fuse` through fuser, and fails for
+/// `-o io_uring=on` where the kernel cannot offer the ring. The kernel's switch is read,
+/// never written.
+fn want_ring(s: &args::Settings, passthrough: bool) -> anyhow::Result<bool> {
+    use uring::Mode;
+    match s.io_uring {
+        Mode::Off => {
+            info!("FUSE transport: /dev/fuse (-o io_uring=off)");
+            Ok(false)
+        }
+        Mode::On if passthrough => anyhow::bail!(
+            "-o io_uring=on: not with -o exec_cache (passthrough opens are served over /dev/fuse)"
+        ),
+        Mode::Auto if passthrough => {
+            info!("FUSE transport: /dev/fuse (-o exec_cache serves opens by passthrough over /dev/fuse)");
+            Ok(false)
+        }
+        Mode::On if uring::kernel_enabled() != Some(true) => Err(uring::Error::NotOffered.into()),
+        Mode::Auto if uring::kernel_enabled() != Some(true) => {
+            info!("FUSE transport: /dev/fuse ({})", uring::why_not());
+            Ok(false)
+        }
+        Mode::On | Mode::Auto => Ok(true),
+    }
+}
+
 enum Event {
     Signal(i32),
     Ended(std::io::Result<()>),
@@ -320,20 +377,34 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     let cannot =
         |e: std::io::Error| anyhow::anyhow!("cannot mount on {}: {e}", s.mountpoint.display());
     mounting.store(true, std::sync::atomic::Ordering::SeqCst);
+    let ring = want_ring(&s, fs.uses_passthrough())?;
     let (mut session, own_mount) =
         match mount::mount(&s.mountpoint, &s.mount_options, s.acl).map_err(cannot)? {
+            // Our own session: INIT chooses the ring if the kernel offers it.
+            Some(fd) if ring => match uring::Session::init(fs, fd, s.io_uring, s.acl, s.threads) {
+                Ok(session) => (Serving::Own(session), true),
+                Err(e) => {
+                    lazy_unmount(&s.mountpoint);
+                    return Err(e.into());
+                }
+            },
             Some(fd) => {
                 // Mounted as fuse.packagefs; if the handshake fails, take the mount away.
                 match fuser::Session::from_fd(fs, fd, s.acl, s.config()) {
-                    Ok(session) => (session, true),
+                    Ok(session) => (Serving::Fuser(Box::new(session)), true),
                     Err(e) => {
                         lazy_unmount(&s.mountpoint);
                         return Err(cannot(e));
                     }
                 }
             }
+            None if s.io_uring == uring::Mode::On => {
+                anyhow::bail!("-o io_uring=on needs the daemon to mount as root")
+            }
             None => (
-                fuser::Session::new(fs, &s.mountpoint, &s.config()).map_err(cannot)?,
+                Serving::Fuser(Box::new(
+                    fuser::Session::new(fs, &s.mountpoint, &s.config()).map_err(cannot)?,
+                )),
                 false,
             ),
         };
@@ -354,14 +425,19 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut unmounter = session.unmount_callable();
-    let notifier = session.notifier();
+    let (mut unmounter, notifier) = match &mut session {
+        Serving::Fuser(f) => (Some(f.unmount_callable()), Notify::Fuser(f.notifier())),
+        Serving::Own(o) => (None, Notify::Own(o.notifier())),
+    };
     let slot = fs_slot;
 
     std::thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || {
-            let r = session.run();
+            let r = match session {
+                Serving::Fuser(f) => f.run(),
+                Serving::Own(o) => o.run(),
+            };
             let _ = tx.send(Event::Ended(r));
         })?;
 
@@ -400,11 +476,8 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
                         for i in &inval {
                             // ENOENT: the kernel had nothing cached for it.
                             let _ = match i {
-                                Inval::Entry { parent, name } => notifier.inval_entry(
-                                    INodeNo(*parent),
-                                    std::ffi::OsStr::from_bytes(name),
-                                ),
-                                Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                                Inval::Entry { parent, name } => notifier.inval_entry(*parent, name),
+                                Inval::Inode(ino) => notifier.inval_inode(*ino),
                             };
                         }
                         info!(
@@ -440,10 +513,9 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     let result = match rx.recv() {
         Ok(Event::Signal(sig)) => {
             info!(signal = sig, "unmounting");
-            let r = if own_mount {
-                mount::unmount(&s.mountpoint)
-            } else {
-                unmounter.unmount()
+            let r = match &mut unmounter {
+                Some(u) if !own_mount => u.unmount(),
+                _ => mount::unmount(&s.mountpoint),
             };
             match r {
                 Ok(()) => {

@@ -27,6 +27,7 @@ pub mod mount;
 pub mod mountinfo;
 pub mod pkg;
 pub mod tree;
+pub mod uring;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

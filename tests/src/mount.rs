@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::mountinfo::{self, MountEntry};
+use crate::uring::{RingSwitch, Transport};
 use crate::{packagefs, Keys, Layer, DEADLINE};
 
 /// The options of one daemon run.
@@ -22,6 +23,7 @@ pub struct MountBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     mountpoint: Option<PathBuf>,
+    transport: Option<Transport>,
 }
 
 /// The daemon exited before its mount appeared.
@@ -70,6 +72,14 @@ impl MountBuilder {
         self
     }
 
+    /// Serve the mount over this transport (`-o io_uring=off|on`; for the ring, with
+    /// `enable_uring` on while the mount lives). Without it the daemon's default (auto)
+    /// applies, or `E2E_IO_URING=on` for the whole suite.
+    pub fn transport(mut self, t: Transport) -> Self {
+        self.transport = Some(t);
+        self
+    }
+
     /// Mount here instead of in a fresh temporary directory.
     pub fn mountpoint(mut self, p: impl AsRef<Path>) -> Self {
         self.mountpoint = Some(p.as_ref().to_path_buf());
@@ -107,6 +117,28 @@ impl MountBuilder {
             cmd.arg("-o")
                 .arg(format!("exec_cache={}", dir.path().join("exec").display()));
         }
+        // E2E_IO_URING=on: every mount over the ring (not with E2E_EXEC_CACHE, whose
+        // passthrough opens go over /dev/fuse).
+        let exec_cache = std::env::var_os("E2E_EXEC_CACHE").is_some()
+            || self
+                .args
+                .iter()
+                .any(|a| a.as_bytes().windows(11).any(|w| w == b"exec_cache="));
+        let transport = self.transport.or_else(|| {
+            let env = std::env::var_os("E2E_IO_URING")?;
+            (env == "on" && !exec_cache).then_some(Transport::Ring)
+        });
+        let ring = match transport {
+            Some(t) => {
+                cmd.arg("-o").arg(t.option());
+                if t == Transport::Ring {
+                    RingSwitch::on()
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
         cmd.args(&self.args)
             .arg(&mountpoint)
             .env("RUST_LOG", "info")
@@ -123,6 +155,7 @@ impl MountBuilder {
             status: None,
             mountpoint,
             log_path,
+            _ring: ring,
             _dir: dir,
         }
     }
@@ -156,6 +189,8 @@ pub struct Mount {
     status: Option<ExitStatus>,
     mountpoint: PathBuf,
     log_path: PathBuf,
+    /// `enable_uring` held on while a mount over the ring lives.
+    _ring: Option<RingSwitch>,
     _dir: TempDir,
 }
 

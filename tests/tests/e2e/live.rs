@@ -59,109 +59,111 @@ fn pkgtool_in(layer: &Path, keys: &Path, args: &[&str]) -> String {
 
 #[test]
 fn dropped_packages_appear_and_deleted_ones_vanish() {
-    let s = Stack::new(&["system"]);
-    let base = s.add("system", tree(&[("etc/base", "base\n")]).path(), "base");
-    let m = s.mount();
-    let layer = s.layer("system").path().to_owned();
-    let pk = layer.join("packages");
-    let d = scratch();
-    assert_eq!(read(m.join("etc/base")), "base\n");
-    assert!(active_list(&layer).contains("# generation: 1"));
+    e2e::uring::each(|tr| {
+        let s = Stack::new(&["system"]);
+        let base = s.add("system", tree(&[("etc/base", "base\n")]).path(), "base");
+        let m = s.builder().transport(tr).start();
+        let layer = s.layer("system").path().to_owned();
+        let pk = layer.join("packages");
+        let d = scratch();
+        assert_eq!(read(m.join("etc/base")), "base\n");
+        assert!(active_list(&layer).contains("# generation: 1"));
 
-    // cp, mv and ln, each seen within the deadline
-    let a = build(&s, d.path(), "via-cp", "1.0.0", &[("etc/cp", "copied\n")]);
-    let b = build(&s, d.path(), "via-mv", "1.0.0", &[("etc/mv", "moved\n")]);
-    let c = build(&s, d.path(), "via-ln", "1.0.0", &[("etc/ln", "linked\n")]);
-    let t = Instant::now();
-    fs::copy(&a, pk.join("via-cp.hpkg")).unwrap();
-    assert!(
-        wait_until(SOON, || m.join("etc/cp").exists()),
-        "cp: {}",
-        m.log()
-    );
-    let latency = t.elapsed();
-    fs::rename(&b, pk.join("via-mv.hpkg")).unwrap();
-    assert!(
-        wait_until(SOON, || m.join("etc/mv").exists()),
-        "mv: {}",
-        m.log()
-    );
-    fs::hard_link(&c, pk.join("via-ln.hpkg")).unwrap();
-    assert!(
-        wait_until(SOON, || m.join("etc/ln").exists()),
-        "ln: {}",
-        m.log()
-    );
-    assert_eq!(read(m.join("etc/cp")), "copied\n");
-    assert_eq!(read(m.join("etc/mv")), "moved\n");
-    assert_eq!(read(m.join("etc/ln")), "linked\n");
-    eprintln!("drop-to-visible latency (cp): {latency:?}");
-    let list = active_list(&layer);
-    for n in ["base-1.0.0", "via-cp-1.0.0", "via-mv-1.0.0", "via-ln-1.0.0"] {
-        assert!(list.contains(n), "{n} not in active.list:\n{list}");
-    }
-    // a newer version replaces the active one
-    let cp2 = build(
-        &s,
-        d.path(),
-        "via-cp",
-        "1.1.0",
-        &[("etc/cp", "copied, v1.1\n")],
-    );
-    fs::copy(&cp2, pk.join("via-cp-1.1.hpkg")).unwrap();
-    assert!(wait_until(SOON, || read(m.join("etc/cp")) == "copied, v1.1\n"));
-    // an older one dropped later does not
-    fs::copy(&a, pk.join("via-cp-old.hpkg")).unwrap();
-    assert!(wait_until(SOON, || !log_lines(
-        &m.log(),
-        &["not activated", "not newer than the active via-cp-1.1.0"]
-    )
-    .is_empty()));
-    assert_eq!(read(m.join("etc/cp")), "copied, v1.1\n");
-
-    // deleting a file deactivates its package
-    fs::remove_file(pk.join("via-mv.hpkg")).unwrap();
-    assert!(wait_until(SOON, || !m.join("etc/mv").exists()));
-    fs::remove_file(&base).unwrap();
-    assert!(wait_until(SOON, || !m.join("etc/base").exists()));
-    assert!(m.join("etc/ln").exists());
-    assert!(!active_list(&layer).contains("via-mv"));
-    // every change is a generation
-    let gens = fs::read_dir(layer.join("state/generations"))
-        .unwrap()
-        .count();
-    assert!(gens >= 7, "{gens} generations");
-    // ... and one record of the audit trail, made by the daemon.
-    let h = pkgset::journal::read(&pkgset::generation::LayerPaths::new(&layer)).unwrap();
-    assert_eq!(
-        h.records.len(),
-        gens,
-        "one record per generation: {:?}",
-        h.records
-    );
-    let drops: Vec<_> = h.records.iter().filter(|r| r.kind == "packages").collect();
-    assert!(
-        drops.len() >= 6,
-        "the drops and deletions are not recorded as such: {drops:?}"
-    );
-    for r in &drops {
+        // cp, mv and ln, each seen within the deadline
+        let a = build(&s, d.path(), "via-cp", "1.0.0", &[("etc/cp", "copied\n")]);
+        let b = build(&s, d.path(), "via-mv", "1.0.0", &[("etc/mv", "moved\n")]);
+        let c = build(&s, d.path(), "via-ln", "1.0.0", &[("etc/ln", "linked\n")]);
+        let t = Instant::now();
+        fs::copy(&a, pk.join("via-cp.hpkg")).unwrap();
         assert!(
-            r.who.command.contains("packagefs"),
-            "a drop recorded as made by another program than the daemon: {r:?}"
+            wait_until(SOON, || m.join("etc/cp").exists()),
+            "cp: {}",
+            m.log()
         );
-    }
-    assert!(
-        drops
-            .iter()
-            .any(|r| r.reason == "deleted via-mv.hpkg" && r.removed == ["via-mv-1.0.0"]),
-        "the deletion of via-mv.hpkg is not in the trail: {drops:?}"
-    );
-    assert!(
-        drops
-            .iter()
-            .any(|r| r.added == ["via-cp-1.1.0"] && r.removed == ["via-cp-1.0.0"]),
-        "the update of via-cp is not in the trail: {drops:?}"
-    );
+        let latency = t.elapsed();
+        fs::rename(&b, pk.join("via-mv.hpkg")).unwrap();
+        assert!(
+            wait_until(SOON, || m.join("etc/mv").exists()),
+            "mv: {}",
+            m.log()
+        );
+        fs::hard_link(&c, pk.join("via-ln.hpkg")).unwrap();
+        assert!(
+            wait_until(SOON, || m.join("etc/ln").exists()),
+            "ln: {}",
+            m.log()
+        );
+        assert_eq!(read(m.join("etc/cp")), "copied\n");
+        assert_eq!(read(m.join("etc/mv")), "moved\n");
+        assert_eq!(read(m.join("etc/ln")), "linked\n");
+        eprintln!("drop-to-visible latency (cp): {latency:?}");
+        let list = active_list(&layer);
+        for n in ["base-1.0.0", "via-cp-1.0.0", "via-mv-1.0.0", "via-ln-1.0.0"] {
+            assert!(list.contains(n), "{n} not in active.list:\n{list}");
+        }
+        // a newer version replaces the active one
+        let cp2 = build(
+            &s,
+            d.path(),
+            "via-cp",
+            "1.1.0",
+            &[("etc/cp", "copied, v1.1\n")],
+        );
+        fs::copy(&cp2, pk.join("via-cp-1.1.hpkg")).unwrap();
+        assert!(wait_until(SOON, || read(m.join("etc/cp")) == "copied, v1.1\n"));
+        // an older one dropped later does not
+        fs::copy(&a, pk.join("via-cp-old.hpkg")).unwrap();
+        assert!(wait_until(SOON, || !log_lines(
+            &m.log(),
+            &["not activated", "not newer than the active via-cp-1.1.0"]
+        )
+        .is_empty()));
+        assert_eq!(read(m.join("etc/cp")), "copied, v1.1\n");
+
+        // deleting a file deactivates its package
+        fs::remove_file(pk.join("via-mv.hpkg")).unwrap();
+        assert!(wait_until(SOON, || !m.join("etc/mv").exists()));
+        fs::remove_file(&base).unwrap();
+        assert!(wait_until(SOON, || !m.join("etc/base").exists()));
+        assert!(m.join("etc/ln").exists());
+        assert!(!active_list(&layer).contains("via-mv"));
+        // every change is a generation
+        let gens = fs::read_dir(layer.join("state/generations"))
+            .unwrap()
+            .count();
+        assert!(gens >= 7, "{gens} generations");
+        // ... and one record of the audit trail, made by the daemon.
+        let h = pkgset::journal::read(&pkgset::generation::LayerPaths::new(&layer)).unwrap();
+        assert_eq!(
+            h.records.len(),
+            gens,
+            "one record per generation: {:?}",
+            h.records
+        );
+        let drops: Vec<_> = h.records.iter().filter(|r| r.kind == "packages").collect();
+        assert!(
+            drops.len() >= 6,
+            "the drops and deletions are not recorded as such: {drops:?}"
+        );
+        for r in &drops {
+            assert!(
+                r.who.command.contains("packagefs"),
+                "a drop recorded as made by another program than the daemon: {r:?}"
+            );
+        }
+        assert!(
+            drops
+                .iter()
+                .any(|r| r.reason == "deleted via-mv.hpkg" && r.removed == ["via-mv-1.0.0"]),
+            "the deletion of via-mv.hpkg is not in the trail: {drops:?}"
+        );
+        assert!(
+            drops
+                .iter()
+                .any(|r| r.added == ["via-cp-1.1.0"] && r.removed == ["via-cp-1.0.0"]),
+            "the update of via-cp is not in the trail: {drops:?}"
+        );
+    });
 }
 
 #[test]
@@ -420,40 +422,42 @@ fn rollback_under_eight_readers_has_no_errors_and_no_torn_reads() {
 
 #[test]
 fn a_file_held_open_across_a_switch_reads_its_old_bytes_to_the_end() {
-    let s = Stack::new(&["system"]);
-    // several chunks (64 KiB each) so the rest is read after the switch, not from cache
-    let old: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    let t = TestTree::new();
-    t.file("share/blob", old.clone());
-    let file = s.add_pkg(
-        "system",
-        "blob",
-        Pkg::new(t.path(), "blob", "1.0.0").chunk_size("64K"),
-    );
-    let m = s.mount();
-    let mut f = fs::File::open(m.join("share/blob")).unwrap();
-    let mut head = vec![0u8; 100_000];
-    f.read_exact(&mut head).unwrap();
-    // the package file is deleted: its package leaves the view
-    fs::remove_file(&file).unwrap();
-    assert!(
-        wait_until(SOON, || !m.join("share/blob").exists()),
-        "{}",
-        m.log()
-    );
-    // drop the kernel's page cache too, so the rest really comes from the daemon
-    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
-    let mut rest = Vec::new();
-    f.read_to_end(&mut rest).unwrap();
-    head.extend_from_slice(&rest);
-    assert_eq!(head.len(), old.len());
-    assert!(head == old, "the old bytes changed");
-    f.seek(SeekFrom::Start(2_500_000)).unwrap();
-    let mut tail = vec![0u8; 1000];
-    f.read_exact(&mut tail).unwrap();
-    assert_eq!(tail, old[2_500_000..2_501_000]);
+    e2e::uring::each(|tr| {
+        let s = Stack::new(&["system"]);
+        // several chunks (64 KiB each) so the rest is read after the switch, not from cache
+        let old: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let t = TestTree::new();
+        t.file("share/blob", old.clone());
+        let file = s.add_pkg(
+            "system",
+            "blob",
+            Pkg::new(t.path(), "blob", "1.0.0").chunk_size("64K"),
+        );
+        let m = s.builder().transport(tr).start();
+        let mut f = fs::File::open(m.join("share/blob")).unwrap();
+        let mut head = vec![0u8; 100_000];
+        f.read_exact(&mut head).unwrap();
+        // the package file is deleted: its package leaves the view
+        fs::remove_file(&file).unwrap();
+        assert!(
+            wait_until(SOON, || !m.join("share/blob").exists()),
+            "{}",
+            m.log()
+        );
+        // drop the kernel's page cache too, so the rest really comes from the daemon
+        fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+        let mut rest = Vec::new();
+        f.read_to_end(&mut rest).unwrap();
+        head.extend_from_slice(&rest);
+        assert_eq!(head.len(), old.len());
+        assert!(head == old, "the old bytes changed");
+        f.seek(SeekFrom::Start(2_500_000)).unwrap();
+        let mut tail = vec![0u8; 1000];
+        f.read_exact(&mut tail).unwrap();
+        assert_eq!(tail, old[2_500_000..2_501_000]);
+    });
 }
 
 #[test]
@@ -760,57 +764,59 @@ fn a_rollback_right_after_a_big_install_is_not_undone_by_late_events() {
 
 #[test]
 fn a_directory_listing_begun_before_a_switch_lists_every_entry_once() {
-    let s = Stack::new(&["system"]);
-    let t = TestTree::new();
-    for i in 0..3000 {
-        t.file(format!("d/f{i:04}"), "x");
-    }
-    s.add_pkg("system", "big", Pkg::new(t.path(), "big", "1.0.0"));
-    let m = s.mount();
-    let d = scratch();
-    // 100 names that sort before every name listed so far, and one after
-    let mut files: Vec<(String, String)> = (0..100)
-        .map(|i| (format!("d/a{i:03}"), "y".to_string()))
-        .collect();
-    files.push(("d/z".into(), "z".into()));
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let extra = build(&s, d.path(), "extra", "1.0.0", &refs);
+    e2e::uring::each(|tr| {
+        let s = Stack::new(&["system"]);
+        let t = TestTree::new();
+        for i in 0..3000 {
+            t.file(format!("d/f{i:04}"), "x");
+        }
+        s.add_pkg("system", "big", Pkg::new(t.path(), "big", "1.0.0"));
+        let m = s.builder().transport(tr).start();
+        let d = scratch();
+        // 100 names that sort before every name listed so far, and one after
+        let mut files: Vec<(String, String)> = (0..100)
+            .map(|i| (format!("d/a{i:03}"), "y".to_string()))
+            .collect();
+        files.push(("d/z".into(), "z".into()));
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let extra = build(&s, d.path(), "extra", "1.0.0", &refs);
 
-    let mut it = fs::read_dir(m.join("d")).unwrap();
-    let mut names: Vec<String> = Vec::new();
-    for _ in 0..200 {
-        names.push(
-            it.next()
-                .unwrap()
-                .unwrap()
-                .file_name()
-                .into_string()
-                .unwrap(),
+        let mut it = fs::read_dir(m.join("d")).unwrap();
+        let mut names: Vec<String> = Vec::new();
+        for _ in 0..200 {
+            names.push(
+                it.next()
+                    .unwrap()
+                    .unwrap()
+                    .file_name()
+                    .into_string()
+                    .unwrap(),
+            );
+        }
+        // the switch, in the middle of the listing
+        fs::copy(&extra, s.layer("system").path().join("packages/extra.hpkg")).unwrap();
+        assert!(
+            wait_until(SOON, || m.join("d/a000").exists()),
+            "{}",
+            m.log()
         );
-    }
-    // the switch, in the middle of the listing
-    fs::copy(&extra, s.layer("system").path().join("packages/extra.hpkg")).unwrap();
-    assert!(
-        wait_until(SOON, || m.join("d/a000").exists()),
-        "{}",
-        m.log()
-    );
-    names.extend(it.map(|e| e.unwrap().file_name().into_string().unwrap()));
-    let mut sorted = names.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(sorted.len(), names.len(), "entries listed twice");
-    let old: Vec<&String> = names.iter().filter(|n| n.starts_with('f')).collect();
-    assert_eq!(
-        old.len(),
-        3000,
-        "entries present before and after were skipped"
-    );
-    // a listing begun after the switch sees the new set
-    assert_eq!(fs::read_dir(m.join("d")).unwrap().count(), 3101);
+        names.extend(it.map(|e| e.unwrap().file_name().into_string().unwrap()));
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "entries listed twice");
+        let old: Vec<&String> = names.iter().filter(|n| n.starts_with('f')).collect();
+        assert_eq!(
+            old.len(),
+            3000,
+            "entries present before and after were skipped"
+        );
+        // a listing begun after the switch sees the new set
+        assert_eq!(fs::read_dir(m.join("d")).unwrap().count(), 3101);
+    });
 }
 
 #[test]
@@ -1001,52 +1007,54 @@ fn a_package_spoiled_in_place_while_unmounted_changes_nothing_and_a_spoiled_pool
 /// makes it appear at once, at any depth, and a rollback makes it vanish and come back.
 #[test]
 fn names_looked_up_while_absent_appear_when_a_package_brings_them() {
-    let s = Stack::new(&["system"]);
-    s.add("system", tree(&[("etc/base", "base\n")]).path(), "base");
-    let m = s.mount();
-    let layer = s.layer("system").path().to_owned();
-    let d = scratch();
-    // Looked up (and missed) before the package exists: twice, so the second miss is
-    // the kernel's own.
-    for _ in 0..2 {
-        assert!(!m.join("etc/new").exists());
-        assert!(!m.join("newdir/deep/file").exists());
+    e2e::uring::each(|tr| {
+        let s = Stack::new(&["system"]);
+        s.add("system", tree(&[("etc/base", "base\n")]).path(), "base");
+        let m = s.builder().transport(tr).start();
+        let layer = s.layer("system").path().to_owned();
+        let d = scratch();
+        // Looked up (and missed) before the package exists: twice, so the second miss is
+        // the kernel's own.
+        for _ in 0..2 {
+            assert!(!m.join("etc/new").exists());
+            assert!(!m.join("newdir/deep/file").exists());
+            assert!(!m.join("bin/tool").exists());
+        }
+        let p = build(
+            &s,
+            d.path(),
+            "brings",
+            "1.0.0",
+            &[
+                ("etc/new", "new\n"),
+                ("newdir/deep/file", "deep\n"),
+                ("bin/tool", "tool\n"),
+            ],
+        );
+        fs::copy(&p, layer.join("packages/brings.hpkg")).unwrap();
+        assert!(
+            wait_until(SOON, || m.join("etc/new").exists()
+                && m.join("newdir/deep/file").exists()
+                && m.join("bin/tool").exists()),
+            "a name missed before the drop did not appear: {}",
+            m.log()
+        );
+        assert_eq!(read(m.join("newdir/deep/file")), "deep\n");
+        // Rolled back: gone (a negative entry again); forward again: back.
+        let keys = s.keys().trusted().to_owned();
+        pkgtool_in(&layer, &keys, &["rollback"]);
+        assert!(
+            wait_until(SOON, || !m.join("etc/new").exists()),
+            "{}",
+            m.log()
+        );
         assert!(!m.join("bin/tool").exists());
-    }
-    let p = build(
-        &s,
-        d.path(),
-        "brings",
-        "1.0.0",
-        &[
-            ("etc/new", "new\n"),
-            ("newdir/deep/file", "deep\n"),
-            ("bin/tool", "tool\n"),
-        ],
-    );
-    fs::copy(&p, layer.join("packages/brings.hpkg")).unwrap();
-    assert!(
-        wait_until(SOON, || m.join("etc/new").exists()
-            && m.join("newdir/deep/file").exists()
-            && m.join("bin/tool").exists()),
-        "a name missed before the drop did not appear: {}",
-        m.log()
-    );
-    assert_eq!(read(m.join("newdir/deep/file")), "deep\n");
-    // Rolled back: gone (a negative entry again); forward again: back.
-    let keys = s.keys().trusted().to_owned();
-    pkgtool_in(&layer, &keys, &["rollback"]);
-    assert!(
-        wait_until(SOON, || !m.join("etc/new").exists()),
-        "{}",
-        m.log()
-    );
-    assert!(!m.join("bin/tool").exists());
-    pkgtool_in(&layer, &keys, &["rollback", "--to", "2"]);
-    assert!(
-        wait_until(SOON, || m.join("etc/new").exists()),
-        "{}",
-        m.log()
-    );
-    assert_eq!(read(m.join("bin/tool")), "tool\n");
+        pkgtool_in(&layer, &keys, &["rollback", "--to", "2"]);
+        assert!(
+            wait_until(SOON, || m.join("etc/new").exists()),
+            "{}",
+            m.log()
+        );
+        assert_eq!(read(m.join("bin/tool")), "tool\n");
+    });
 }

@@ -24,6 +24,7 @@ mod readonly;
 mod refusal;
 mod services;
 mod setuid;
+mod transport;
 mod trust;
 mod units;
 mod xattrs;

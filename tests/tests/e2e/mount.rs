@@ -8,6 +8,7 @@ use std::process::Command;
 
 use e2e::fixtures::{self, SharedPkg};
 use e2e::tree::walk;
+use e2e::uring::{self, Transport};
 use e2e::Mount;
 
 fn mount_alone(p: &SharedPkg) -> Mount {
@@ -15,6 +16,27 @@ fn mount_alone(p: &SharedPkg) -> Mount {
         .layer("system", &p.layer)
         .trusting(fixtures::keys())
         .start()
+}
+
+/// `p` mounted alone, served over transport `t` (which the daemon says it chose).
+fn mount_over(p: &SharedPkg, t: Transport) -> Mount {
+    let m = Mount::builder()
+        .layer("system", &p.layer)
+        .trusting(fixtures::keys())
+        .transport(t)
+        .start();
+    assert_transport(&m, t);
+    m
+}
+
+/// The daemon of `m` logged that it serves over `t`.
+pub(crate) fn assert_transport(m: &Mount, t: Transport) {
+    let log = m.log();
+    assert!(
+        log.contains(t.log_line()),
+        "{t:?}: the daemon did not log {:?}:\n{log}",
+        t.log_line()
+    );
 }
 
 /// `diff -r --no-dereference SRC MNT` reports nothing.
@@ -102,17 +124,21 @@ fn assert_metadata_matches(src: &Path, mnt: &Path) {
 #[test]
 fn doc_tree_reads_back_identical_to_its_source() {
     let p = fixtures::doc();
-    let m = mount_alone(p);
-    assert_diff_clean(&p.source, m.path());
-    assert_metadata_matches(&p.source, m.path());
+    uring::each(|t| {
+        let m = mount_over(p, t);
+        assert_diff_clean(&p.source, m.path());
+        assert_metadata_matches(&p.source, m.path());
+    });
 }
 
 #[test]
 fn include_tree_reads_back_identical_to_its_source() {
     let p = fixtures::include();
-    let m = mount_alone(p);
-    assert_diff_clean(&p.source, m.path());
-    assert_metadata_matches(&p.source, m.path());
+    uring::each(|t| {
+        let m = mount_over(p, t);
+        assert_diff_clean(&p.source, m.path());
+        assert_metadata_matches(&p.source, m.path());
+    });
 }
 
 #[test]
@@ -193,8 +219,11 @@ fn unusual_names_and_deep_paths_read_back_identical() {
         .symlink("dangling", "/nonexistent/target");
     let s = e2e::Stack::new(&["system"]);
     s.add("system", t.path(), "names");
-    let m = s.mount();
-    assert_diff_clean(t.path(), m.path());
-    assert_metadata_matches(t.path(), m.path());
-    assert_eq!(std::fs::read(m.join(deep.join("f"))).unwrap(), b"deep\n");
+    uring::each(|tr| {
+        let m = s.builder().transport(tr).start();
+        assert_transport(&m, tr);
+        assert_diff_clean(t.path(), m.path());
+        assert_metadata_matches(t.path(), m.path());
+        assert_eq!(std::fs::read(m.join(deep.join("f"))).unwrap(), b"deep\n");
+    });
 }

@@ -48,24 +48,46 @@ fn nobody_reads(m: &Mount) -> (bool, bool, bool) {
 
 #[test]
 fn other_users_cannot_enter_a_mount_without_allow_other() {
-    let s = private_stack();
-    let m = s.mount();
-    assert_eq!(nobody_reads(&m), (false, false, false));
+    e2e::uring::each(|tr| {
+        let s = private_stack();
+        let m = s.builder().transport(tr).start();
+        assert_eq!(nobody_reads(&m), (false, false, false));
+    });
+}
+
+#[test]
+fn allow_root_lets_root_in_and_no_other_user() {
+    // The kernel lets every user through (allow_root is its allow_other); the daemon
+    // refuses all but its owner and root, over either transport.
+    e2e::uring::each(|tr| {
+        let s = private_stack();
+        let m = s
+            .builder()
+            .arg("-o")
+            .arg("allow_root")
+            .transport(tr)
+            .start();
+        assert_eq!(nobody_reads(&m), (false, false, false), "{tr:?}");
+        assert_eq!(crate::read(m.join("public")), "for everyone\n");
+    });
 }
 
 #[test]
 fn allow_other_with_default_permissions_enforces_file_modes() {
-    let s = private_stack();
-    let m = s
-        .builder()
-        .arg("-o")
-        .arg("allow_other,default_permissions")
-        .start();
-    assert_eq!(
-        nobody_reads(&m),
-        (true, false, false),
-        "(public, secret, private/inside) readable by nobody"
-    );
+    e2e::uring::each(|tr| {
+        let s = private_stack();
+        let m = s
+            .builder()
+            .arg("-o")
+            .arg("allow_other,default_permissions")
+            .transport(tr)
+            .start();
+        assert_eq!(
+            nobody_reads(&m),
+            (true, false, false),
+            "(public, secret, private/inside) readable by nobody"
+        );
+    });
 }
 
 #[test]

@@ -41,107 +41,113 @@ fn libc_result(r: libc::c_int) -> io::Result<()> {
 
 #[test]
 fn creating_entries_fails_with_erofs() {
-    let s = stack();
-    let m = s.mount();
-    assert_errno(fs::File::create(m.join("new")), EROFS, "create a file");
-    assert_errno(
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(m.join("etc/new")),
-        EROFS,
-        "O_CREAT|O_EXCL",
-    );
-    assert_errno(fs::create_dir(m.join("newdir")), EROFS, "mkdir");
-    assert_errno(
-        std::os::unix::fs::symlink("x", m.join("newlink")),
-        EROFS,
-        "symlink",
-    );
-    assert_errno(
-        fs::hard_link(m.join("etc/conf"), m.join("etc/hard")),
-        EROFS,
-        "link",
-    );
-    let fifo = cpath(&m.join("fifo"));
-    // SAFETY: valid C string.
-    assert_errno(
-        libc_result(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }),
-        EROFS,
-        "mkfifo",
-    );
-    assert!(!m.join("new").exists() && !m.join("newdir").exists());
+    e2e::uring::each(|tr| {
+        let s = stack();
+        let m = s.builder().transport(tr).start();
+        assert_errno(fs::File::create(m.join("new")), EROFS, "create a file");
+        assert_errno(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(m.join("etc/new")),
+            EROFS,
+            "O_CREAT|O_EXCL",
+        );
+        assert_errno(fs::create_dir(m.join("newdir")), EROFS, "mkdir");
+        assert_errno(
+            std::os::unix::fs::symlink("x", m.join("newlink")),
+            EROFS,
+            "symlink",
+        );
+        assert_errno(
+            fs::hard_link(m.join("etc/conf"), m.join("etc/hard")),
+            EROFS,
+            "link",
+        );
+        let fifo = cpath(&m.join("fifo"));
+        // SAFETY: valid C string.
+        assert_errno(
+            libc_result(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }),
+            EROFS,
+            "mkfifo",
+        );
+        assert!(!m.join("new").exists() && !m.join("newdir").exists());
+    });
 }
 
 #[test]
 fn changing_existing_entries_fails_with_erofs() {
-    let s = stack();
-    let m = s.mount();
-    let conf = m.join("etc/conf");
-    assert_errno(
-        OpenOptions::new().write(true).open(&conf),
-        EROFS,
-        "open O_WRONLY",
-    );
-    assert_errno(
-        OpenOptions::new().read(true).write(true).open(&conf),
-        EROFS,
-        "open O_RDWR",
-    );
-    assert_errno(
-        OpenOptions::new().append(true).open(&conf),
-        EROFS,
-        "open O_APPEND",
-    );
-    assert_errno(fs::File::create(&conf), EROFS, "open O_TRUNC");
-    let c = cpath(&conf);
-    // SAFETY: valid C strings / arguments below.
-    assert_errno(
-        libc_result(unsafe { libc::truncate(c.as_ptr(), 0) }),
-        EROFS,
-        "truncate",
-    );
-    assert_errno(fs::remove_file(&conf), EROFS, "unlink");
-    assert_errno(fs::remove_file(m.join("link")), EROFS, "unlink a symlink");
-    assert_errno(fs::remove_dir(m.join("emptydir")), EROFS, "rmdir (empty)");
-    assert_errno(fs::remove_dir(m.join("dir")), EROFS, "rmdir (not empty)");
-    assert_errno(
-        fs::rename(&conf, m.join("etc/renamed")),
-        EROFS,
-        "rename a file",
-    );
-    assert_errno(
-        fs::rename(m.join("dir"), m.join("dir2")),
-        EROFS,
-        "rename a dir",
-    );
-    assert_errno(
-        fs::set_permissions(&conf, fs::Permissions::from_mode(0o777)),
-        EROFS,
-        "chmod",
-    );
-    assert_errno(
-        libc_result(unsafe { libc::chown(c.as_ptr(), 1, 1) }),
-        EROFS,
-        "chown",
-    );
-    assert_errno(
-        libc_result(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) }),
-        EROFS,
-        "utimensat (touch)",
-    );
-    assert_errno(
-        libc_result(unsafe { libc::access(c.as_ptr(), libc::W_OK) }),
-        EROFS,
-        "access W_OK",
-    );
-    // nothing changed
-    assert_eq!(read(&conf), "original\n");
-    assert_eq!(
-        fs::metadata(&conf).unwrap().permissions().mode() & 0o7777,
-        0o644
-    );
-    assert!(m.join("dir/inner").exists() && m.join("emptydir").is_dir());
+    e2e::uring::each(|tr| {
+        let s = stack();
+        let m = s.builder().transport(tr).start();
+        let conf = m.join("etc/conf");
+        assert_errno(
+            OpenOptions::new().write(true).open(&conf),
+            EROFS,
+            "open O_WRONLY",
+        );
+        assert_errno(
+            OpenOptions::new().read(true).write(true).open(&conf),
+            EROFS,
+            "open O_RDWR",
+        );
+        assert_errno(
+            OpenOptions::new().append(true).open(&conf),
+            EROFS,
+            "open O_APPEND",
+        );
+        assert_errno(fs::File::create(&conf), EROFS, "open O_TRUNC");
+        let c = cpath(&conf);
+        // SAFETY: valid C strings / arguments below.
+        assert_errno(
+            libc_result(unsafe { libc::truncate(c.as_ptr(), 0) }),
+            EROFS,
+            "truncate",
+        );
+        assert_errno(fs::remove_file(&conf), EROFS, "unlink");
+        assert_errno(fs::remove_file(m.join("link")), EROFS, "unlink a symlink");
+        assert_errno(fs::remove_dir(m.join("emptydir")), EROFS, "rmdir (empty)");
+        assert_errno(fs::remove_dir(m.join("dir")), EROFS, "rmdir (not empty)");
+        assert_errno(
+            fs::rename(&conf, m.join("etc/renamed")),
+            EROFS,
+            "rename a file",
+        );
+        assert_errno(
+            fs::rename(m.join("dir"), m.join("dir2")),
+            EROFS,
+            "rename a dir",
+        );
+        assert_errno(
+            fs::set_permissions(&conf, fs::Permissions::from_mode(0o777)),
+            EROFS,
+            "chmod",
+        );
+        assert_errno(
+            libc_result(unsafe { libc::chown(c.as_ptr(), 1, 1) }),
+            EROFS,
+            "chown",
+        );
+        assert_errno(
+            libc_result(unsafe {
+                libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0)
+            }),
+            EROFS,
+            "utimensat (touch)",
+        );
+        assert_errno(
+            libc_result(unsafe { libc::access(c.as_ptr(), libc::W_OK) }),
+            EROFS,
+            "access W_OK",
+        );
+        // nothing changed
+        assert_eq!(read(&conf), "original\n");
+        assert_eq!(
+            fs::metadata(&conf).unwrap().permissions().mode() & 0o7777,
+            0o644
+        );
+        assert!(m.join("dir/inner").exists() && m.join("emptydir").is_dir());
+    });
 }
 
 #[test]
@@ -191,19 +197,21 @@ fn shell_redirection_touch_and_setfattr_fail_and_leave_the_file_unchanged() {
 /// console of a machine booted from packages.
 #[test]
 fn terminal_ioctls_get_enotty_quietly() {
-    let s = stack();
-    let m = s.mount();
-    let f = fs::File::open(m.join("etc/conf")).unwrap();
-    for _ in 0..3 {
-        // SAFETY: valid descriptor; isatty only reads.
-        let r = unsafe { libc::isatty(std::os::fd::AsRawFd::as_raw_fd(&f)) };
-        let err = io::Error::last_os_error();
-        assert_eq!(r, 0, "isatty of a package file");
-        assert_eq!(err.raw_os_error(), Some(libc::ENOTTY), "{err}");
-    }
-    let log = m.log();
-    assert!(
-        !log.contains("ioctl"),
-        "the daemon logged the ioctls:\n{log}"
-    );
+    e2e::uring::each(|tr| {
+        let s = stack();
+        let m = s.builder().transport(tr).start();
+        let f = fs::File::open(m.join("etc/conf")).unwrap();
+        for _ in 0..3 {
+            // SAFETY: valid descriptor; isatty only reads.
+            let r = unsafe { libc::isatty(std::os::fd::AsRawFd::as_raw_fd(&f)) };
+            let err = io::Error::last_os_error();
+            assert_eq!(r, 0, "isatty of a package file");
+            assert_eq!(err.raw_os_error(), Some(libc::ENOTTY), "{err}");
+        }
+        let log = m.log();
+        assert!(
+            !log.contains("ioctl"),
+            "the daemon logged the ioctls:\n{log}"
+        );
+    });
 }

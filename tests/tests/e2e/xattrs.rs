@@ -44,85 +44,91 @@ fn list(p: &std::path::Path) -> BTreeSet<String> {
 
 #[test]
 fn user_xattrs_of_source_files_are_visible() {
-    let s = stack();
-    let m = s.mount();
-    let f = m.join("f");
-    assert_eq!(
-        get(&f, "user.mime_type").as_deref(),
-        Some(&b"text/plain"[..])
-    );
-    assert_eq!(get(&f, "user.empty").as_deref(), Some(&b""[..]));
-    assert_eq!(
-        get(&f, "user.binary").as_deref(),
-        Some(&[0, 1, 2, 255, 0][..])
-    );
-    let big: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
-    assert_eq!(get(&f, "user.big"), Some(big));
-    assert_eq!(
-        list(&f),
-        ["user.big", "user.binary", "user.empty", "user.mime_type"]
-            .map(String::from)
-            .into_iter()
-            .collect()
-    );
-    assert_eq!(
-        get(&m.join("u"), "user.origin").as_deref(),
-        Some(&b"user layer"[..])
-    );
+    e2e::uring::each(|tr| {
+        let s = stack();
+        let m = s.builder().transport(tr).start();
+        let f = m.join("f");
+        assert_eq!(
+            get(&f, "user.mime_type").as_deref(),
+            Some(&b"text/plain"[..])
+        );
+        assert_eq!(get(&f, "user.empty").as_deref(), Some(&b""[..]));
+        assert_eq!(
+            get(&f, "user.binary").as_deref(),
+            Some(&[0, 1, 2, 255, 0][..])
+        );
+        let big: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(get(&f, "user.big"), Some(big));
+        assert_eq!(
+            list(&f),
+            ["user.big", "user.binary", "user.empty", "user.mime_type"]
+                .map(String::from)
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(
+            get(&m.join("u"), "user.origin").as_deref(),
+            Some(&b"user layer"[..])
+        );
+    });
 }
 
 #[test]
 fn directory_xattrs_are_visible_and_merged_directories_show_the_top_layers() {
-    let s = stack();
-    let m = s.mount();
-    assert_eq!(
-        get(&m.join("d"), "user.dir").as_deref(),
-        Some(&b"on a directory"[..])
-    );
-    assert_eq!(
-        get(&m.join("merged"), "user.layer").as_deref(),
-        Some(&b"user"[..])
-    );
-    assert_eq!(
-        list(&m.join("merged")),
-        BTreeSet::from(["user.layer".to_string()])
-    );
+    e2e::uring::each(|tr| {
+        let s = stack();
+        let m = s.builder().transport(tr).start();
+        assert_eq!(
+            get(&m.join("d"), "user.dir").as_deref(),
+            Some(&b"on a directory"[..])
+        );
+        assert_eq!(
+            get(&m.join("merged"), "user.layer").as_deref(),
+            Some(&b"user"[..])
+        );
+        assert_eq!(
+            list(&m.join("merged")),
+            BTreeSet::from(["user.layer".to_string()])
+        );
+    });
 }
 
 #[test]
 fn absent_xattr_gives_enodata_and_a_plain_file_lists_none() {
-    let s = stack();
-    let m = s.mount();
-    assert_eq!(get(&m.join("f"), "user.nope"), None);
-    assert!(list(&m.join("plain")).is_empty());
-    // the raw call: ENODATA, and ERANGE for a too small buffer
-    let p = std::ffi::CString::new(m.join("f").as_os_str().as_encoded_bytes()).unwrap();
-    let name = std::ffi::CString::new("user.nope").unwrap();
-    let mut buf = [0u8; 64];
-    // SAFETY: valid C strings and buffer.
-    let r = unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    assert_eq!(r, -1);
-    assert_errno::<()>(
-        Err(std::io::Error::last_os_error()),
-        libc::ENODATA,
-        "getxattr",
-    );
-    let name = std::ffi::CString::new("user.mime_type").unwrap();
-    // SAFETY: as above, with a 2-byte buffer.
-    let r = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 2) };
-    assert_eq!(r, -1);
-    assert_errno::<()>(
-        Err(std::io::Error::last_os_error()),
-        libc::ERANGE,
-        "getxattr",
-    );
+    e2e::uring::each(|tr| {
+        let s = stack();
+        let m = s.builder().transport(tr).start();
+        assert_eq!(get(&m.join("f"), "user.nope"), None);
+        assert!(list(&m.join("plain")).is_empty());
+        // the raw call: ENODATA, and ERANGE for a too small buffer
+        let p = std::ffi::CString::new(m.join("f").as_os_str().as_encoded_bytes()).unwrap();
+        let name = std::ffi::CString::new("user.nope").unwrap();
+        let mut buf = [0u8; 64];
+        // SAFETY: valid C strings and buffer.
+        let r = unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert_eq!(r, -1);
+        assert_errno::<()>(
+            Err(std::io::Error::last_os_error()),
+            libc::ENODATA,
+            "getxattr",
+        );
+        let name = std::ffi::CString::new("user.mime_type").unwrap();
+        // SAFETY: as above, with a 2-byte buffer.
+        let r = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 2) };
+        assert_eq!(r, -1);
+        assert_errno::<()>(
+            Err(std::io::Error::last_os_error()),
+            libc::ERANGE,
+            "getxattr",
+        );
+    });
 }
 
 /// A package with xattrs dropped into a mount that started without any: with `-o xattrs`
