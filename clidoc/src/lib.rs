@@ -137,6 +137,7 @@ mod tests {
     fn demo() -> clap::Command {
         clap::Command::new("demo")
             .version("2.5.0")
+            .propagate_version(true)
             .about("A demo")
             .subcommand(
                 clap::Command::new("graft")
