@@ -22,12 +22,15 @@ PACKAGEFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 #   ca-certificates TLS roots so cargo can fetch crates
 #   systemd         systemd-analyze verify and systemd-fstab-generator, which check the
 #                   units of dist/systemd/ and the fstab form (tests/tests/e2e/units.rs)
+#   dpkg-dev        dpkg-shlibdeps, which computes the .deb's Depends (scripts/package)
+#   man-db          man -l, which renders the packaged man pages (tests/tests/e2e/package.rs)
+#   lintian         checks the .deb that scripts/package builds (its errors are fatal)
 # The graft tests and the demo also fetch .deb files with `apt-get download` (apt and
 # dpkg-deb come with every Debian system; nothing to install).
 # shellcheck disable=SC2034 # used by the scripts that source this file
 PACKAGEFS_APT_DEPS=(
 	fuse3 squashfs-tools squashfuse erofs-utils fuse-overlayfs attr hyperfine python3
-	build-essential ca-certificates systemd libcap2-bin
+	build-essential ca-certificates systemd libcap2-bin dpkg-dev man-db lintian
 )
 
 if [[ -t 1 && -z "${NO_COLOR:-}" && "${TERM:-dumb}" != dumb ]]; then

@@ -40,6 +40,12 @@ fn main() -> ExitCode {
     let sigset = block_signals();
     tune_malloc();
     raise_nofile();
+    // Build time only (scripts/package): the man page and completions. Not a clap
+    // argument, so that the page and completions do not show it.
+    if let Some(dir) = clidoc::requested() {
+        use clap::CommandFactory;
+        return clidoc::run("packagefs", args::Args::command(), &dir);
+    }
     let args = args::Args::parse();
     let settings = match args.settings() {
         Ok(s) => s,

@@ -19,7 +19,7 @@ pub struct Cli {
 pub enum Command {
     /// Generate a signing key pair: NAME.key (secret, mode 0600) and NAME.pub.
     #[command(
-        after_help = "Example:\n  pkgtool keygen alice          # writes alice.key and alice.pub, prints the key id"
+        after_help = "Example:\n  pkgtool keygen alice          # writes alice.key and alice.pub, prints the key id\n  pkgtool keygen keys/alice     # writes keys/alice.key and keys/alice.pub (like ssh-keygen -f)\n\nThe key is named after the last component of NAME (alice); its directory must exist.\nExisting files are never overwritten."
     )]
     Keygen(KeygenArgs),
     /// Build a signed package from a directory tree.
@@ -113,9 +113,11 @@ pub enum Command {
 /// `pkgtool keygen`.
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
-    /// Key name: NAME.key and NAME.pub are written.
-    pub name: String,
-    /// Directory to write the key files to.
+    /// Key name or path: NAME.key and NAME.pub are written (keys/alice: keys/alice.key and
+    /// keys/alice.pub, a key named alice).
+    #[arg(value_name = "NAME")]
+    pub name: PathBuf,
+    /// Directory NAME is relative to.
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
 }

@@ -25,6 +25,12 @@ fn main() -> ExitCode {
             .collect();
         return cmd::services::generator(&args);
     }
+    // Build time only (scripts/package): the man pages and completions. Not a clap
+    // argument, so that the pages and completions do not show it.
+    if let Some(dir) = clidoc::requested() {
+        use clap::CommandFactory;
+        return clidoc::run("pkgtool", cli::Cli::command(), &dir);
+    }
     let cli = cli::Cli::parse();
     let stdout = io::stdout();
     let mut out = output::Out::new(stdout.lock());

@@ -1,19 +1,58 @@
-//! `pkgtool keygen NAME`.
+//! `pkgtool keygen NAME`, where NAME may be a path (`keys/alice`), as `ssh-keygen -f` takes.
 
 use std::io::Write;
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use format::keys::SecretKey;
 
 use crate::cli::KeygenArgs;
 use crate::output::Out;
 
 pub fn run(a: KeygenArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let key = SecretKey::generate(&a.name).context("cannot generate key")?;
-    let (secret, public) = key.save(&a.dir).context("cannot write key")?;
+    let (dir, name) = split(&a.dir, &a.name)?;
+    let key = SecretKey::generate(name).context("cannot generate key")?;
+    let (secret, public) = key.save(&dir).context("cannot write key")?;
     writeln!(out, "key id:     {}", key.public().id())?;
     writeln!(out, "secret key: {} (keep it private)", secret.display())?;
     writeln!(out, "public key: {}", public.display())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `keys/alice` under `--dir D`: the files go to `D/keys`, the key is named `alice`.
+fn split<'a>(dir: &Path, name: &'a Path) -> anyhow::Result<(PathBuf, &'a str)> {
+    let Some(Component::Normal(last)) = name.components().next_back() else {
+        bail!(
+            "cannot generate key: {}: not a key name or a path ending in one",
+            name.display()
+        );
+    };
+    let Some(last) = last.to_str() else {
+        bail!(
+            "cannot generate key: {}: the key name is not UTF-8",
+            name.display()
+        );
+    };
+    match name.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => Ok((dir.join(parent), last)),
+        _ => Ok((dir.to_owned(), last)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_names_the_directory_and_the_key() {
+        let (d, n) = split(Path::new("."), Path::new("keys/alice")).unwrap();
+        assert_eq!((d, n), (PathBuf::from("./keys"), "alice"));
+        let (d, n) = split(Path::new("out"), Path::new("bob")).unwrap();
+        assert_eq!((d, n), (PathBuf::from("out"), "bob"));
+        let (d, n) = split(Path::new("."), Path::new("/etc/packagefs/keys/c")).unwrap();
+        assert_eq!((d, n), (PathBuf::from("/etc/packagefs/keys"), "c"));
+        assert!(split(Path::new("."), Path::new("keys/..")).is_err());
+        assert!(split(Path::new("."), Path::new("/")).is_err());
+    }
 }

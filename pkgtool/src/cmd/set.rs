@@ -91,15 +91,38 @@ fn with_recorded_stack(specs: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// The packages of a layer are trusted as the daemon trusts them: by the keys of
+/// `--trusted-keys DIR`, else of /etc/packagefs/keys, the daemon's default too. No key at
+/// all is an error that says where pkgtool looked, rather than every package refused.
 fn opener(trust: &TrustArgs) -> anyhow::Result<Opener> {
-    let Some(dir) = crate::cmd::verify::keys_dir(trust.trusted_keys.as_deref()) else {
-        bail!("no trusted keys: pass --trusted-keys DIR (or install keys in {DEFAULT_KEYS_DIR})");
-    };
-    let keys = TrustedKeys::load_dir(&dir)
-        .with_context(|| format!("cannot load trusted keys from {}", dir.display()))?;
+    let keys = trusted_keys(trust.trusted_keys.as_deref())?;
     let policy =
         pkgset::capabilities::load_policy(trust.policy.as_deref()).map_err(|e| anyhow!(e))?;
     Ok(Opener::with_policy(keys, policy))
+}
+
+fn trusted_keys(given: Option<&Path>) -> anyhow::Result<TrustedKeys> {
+    let dir = given.unwrap_or(Path::new(DEFAULT_KEYS_DIR));
+    let looked = if given.is_some() {
+        "--trusted-keys"
+    } else {
+        "the default, as for packagefs, since no --trusted-keys was given"
+    };
+    if given.is_none() && !dir.exists() {
+        bail!(
+            "no trusted keys: {} does not exist ({looked}): pass --trusted-keys DIR, the keys the layer is mounted with (packagefs -o trusted_keys=DIR)",
+            dir.display()
+        );
+    }
+    let keys = TrustedKeys::load_dir(dir)
+        .with_context(|| format!("cannot load trusted keys from {}", dir.display()))?;
+    if keys.is_empty() {
+        bail!(
+            "no trusted keys: no *.pub file in {} ({looked}): copy the signers' .pub files there or pass --trusted-keys DIR",
+            dir.display()
+        );
+    }
+    Ok(keys)
 }
 
 fn warn_refused(refused: &[Refusal]) {

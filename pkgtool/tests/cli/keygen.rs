@@ -59,3 +59,49 @@ fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
         .fails(1)
         .one_line_error();
 }
+
+#[test]
+fn r14_keygen_takes_a_path_like_ssh_keygen_f() {
+    let s = Scratch::new();
+    fs::create_dir(s.join("keys")).unwrap();
+    let r = pkgtool(["keygen"]).arg(s.join("keys/alice")).ok();
+    let secret = s.join("keys/alice.key");
+    let public = s.join("keys/alice.pub");
+    assert!(
+        r.stdout_str()
+            .contains(&format!("secret key: {}", secret.display())),
+        "{}",
+        r.stdout_str()
+    );
+    assert_eq!(
+        fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The key is named after the last component, not the path.
+    let text = fs::read_to_string(&public).unwrap();
+    assert!(text.trim_end().ends_with(" alice"), "{text}");
+    assert!(!text.contains("keys/"), "{text}");
+    // Relative to --dir, and the same name cannot be written twice.
+    fs::create_dir(s.join("d")).unwrap();
+    fs::create_dir(s.join("d/sub")).unwrap();
+    pkgtool(["keygen", "sub/bob", "--dir"])
+        .arg(s.join("d"))
+        .ok();
+    assert!(s.join("d/sub/bob.key").is_file() && s.join("d/sub/bob.pub").is_file());
+    pkgtool(["keygen"])
+        .arg(s.join("keys/alice"))
+        .fails(1)
+        .one_line_error()
+        .stderr_contains("alice.key");
+    // A directory that does not exist, and a path without a name.
+    pkgtool(["keygen"])
+        .arg(s.join("nowhere/carol"))
+        .fails(1)
+        .one_line_error()
+        .stderr_contains("nowhere");
+    pkgtool(["keygen"])
+        .arg(s.join("keys/.."))
+        .fails(1)
+        .one_line_error()
+        .stderr_contains("not a key name");
+}

@@ -448,3 +448,107 @@ fn bad_layers_and_keys_are_one_line_errors() {
         .arg(r.layer("system"))
         .fails(2);
 }
+
+/// Without --trusted-keys the set commands trust /etc/packagefs/keys, as the daemon does;
+/// when it has no key they say where they looked. /etc is an overlay in a private mount
+/// namespace here, so the host's /etc/packagefs is neither read nor changed.
+#[test]
+fn r14_without_trusted_keys_the_default_directory_is_named() {
+    let mut r = Repo::new();
+    let pkg = r.pkg("hello", "1.0.0", "", &[("hello", "hi\n")]);
+    let scratch = r.s.join("etc-overlay");
+    fs::create_dir(&scratch).unwrap();
+    let script = r#"
+        set -u
+        pkgtool=$1 scratch=$2 layer=$3 pub=$4 pkg=$5
+        # upper and work on a tmpfs: an overlay cannot have its upper on an overlay (/ in
+        # a container)
+        mount -t tmpfs tmpfs "$scratch" || exit 90
+        mkdir "$scratch/upper" "$scratch/work"
+        mount -t overlay overlay -o "lowerdir=/etc,upperdir=$scratch/upper,workdir=$scratch/work" /etc ||
+            exit 91
+        rm -rf /etc/packagefs
+        echo "== missing"
+        "$pkgtool" install "$pkg" --layer "$layer" 2>&1; echo "exit $?"
+        mkdir -p /etc/packagefs/keys
+        echo "== empty"
+        "$pkgtool" install "$pkg" --layer "$layer" 2>&1; echo "exit $?"
+        cp "$pub" /etc/packagefs/keys/
+        echo "== with the signer's key"
+        "$pkgtool" install "$pkg" --layer "$layer" 2>&1; echo "exit $?"
+        "$pkgtool" status --layer "$layer" 2>&1; echo "exit $?"
+    "#;
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(env!("CARGO_BIN_EXE_pkgtool"))
+        .arg(&scratch)
+        .arg(r.layer("system"))
+        .arg(&r.key.public)
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let section = |name: &str| {
+        text.split("== ")
+            .find(|s| s.starts_with(name))
+            .unwrap_or_else(|| panic!("no section {name} in:\n{text}"))
+            .to_owned()
+    };
+    let missing = section("missing");
+    assert!(
+        missing.contains(
+            "pkgtool: no trusted keys: /etc/packagefs/keys does not exist (the default, as for packagefs, since no --trusted-keys was given)"
+        ) && missing.ends_with("exit 1\n"),
+        "{missing}"
+    );
+    let empty = section("empty");
+    assert!(
+        empty.contains(
+            "pkgtool: no trusted keys: no *.pub file in /etc/packagefs/keys (the default"
+        ) && empty.ends_with("exit 1\n"),
+        "{empty}"
+    );
+    let with_key = section("with the signer's key");
+    assert_eq!(
+        with_key.matches("exit 0\n").count(),
+        2,
+        "install and status with the default keys:\n{with_key}"
+    );
+    assert!(
+        r.active("system").contains("hello"),
+        "{}",
+        r.active("system")
+    );
+}
+
+#[test]
+fn r14_an_empty_trusted_keys_directory_is_named() {
+    let r = Repo::new();
+    let empty = r.s.join("empty-keys");
+    fs::create_dir(&empty).unwrap();
+    pkgtool(["status", "--layer"])
+        .arg(r.layer("system"))
+        .arg("--trusted-keys")
+        .arg(&empty)
+        .fails(1)
+        .one_line_error()
+        .stderr_contains(&format!(
+            "no trusted keys: no *.pub file in {} (--trusted-keys)",
+            empty.display()
+        ));
+}

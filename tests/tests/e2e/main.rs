@@ -18,6 +18,7 @@ mod lifecycle;
 mod live;
 mod mount;
 mod mount_helper;
+mod package;
 mod parallel;
 mod permissions;
 mod readonly;
