@@ -5,13 +5,20 @@ mod boot_entries;
 mod build;
 mod cat;
 mod extract;
+mod gc;
+mod generations;
 pub mod graft;
 mod history;
 mod info;
+mod install;
 mod keygen;
 mod list;
+mod remove;
+mod resolve;
+mod rollback;
 pub mod services;
 mod set;
+mod status;
 mod verify;
 
 use std::path::Path;
@@ -33,14 +40,14 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
         Command::Cat(a) => cat::run(a, out),
         Command::Extract(a) => extract::run(a, out),
         Command::Verify(a) => verify::run(a, out),
-        Command::Resolve(a) => set::resolve(a, out),
-        Command::Install(a) => set::install(a, out),
-        Command::Update(a) => set::install(a, out),
-        Command::Remove(a) => set::remove(a, out),
-        Command::Status(a) => set::status(a, out),
-        Command::Generations(a) => set::generations(a, out),
-        Command::Rollback(a) => set::rollback(a, out),
-        Command::Gc(a) => set::gc(a, out),
+        Command::Resolve(a) => resolve::resolve(a, out),
+        Command::Install(a) => install::install(a, out),
+        Command::Update(a) => install::install(a, out),
+        Command::Remove(a) => remove::remove(a, out),
+        Command::Status(a) => status::status(a, out),
+        Command::Generations(a) => generations::generations(a, out),
+        Command::Rollback(a) => rollback::rollback(a, out),
+        Command::Gc(a) => gc::gc(a, out),
         Command::Bless(a) => bless::run(a, out),
         Command::BootEntries(a) => boot_entries::run(a, out),
         Command::History(a) => history::run(a, out),
