@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use format::active_list::ActiveList;
 use format::archive::PackageId;
@@ -29,7 +29,9 @@ use pkgset::stack::{is_package_name, list_of, now_utc, one_line};
 use pkgset::{plan, Candidate, Change, Opener, Stack};
 use tracing::{debug, error, info, warn};
 
-use crate::view::{DirInos, Layer, Package, Shine, View};
+use crate::fuse::{package_has_xattrs, ViewSlot};
+use crate::view::{diff, DirInos, Inval, Layer, Package, Shine, View};
+use crate::watch::Watcher;
 
 /// What the watcher saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +96,90 @@ pub struct Live {
     /// How long the last `apply` waited for the layers' locks (a writer finishing: its
     /// fsyncs of the state directory).
     pub lock_wait: std::time::Duration,
+}
+
+/// The live loop (the daemon's thread `live`): publishes what the view serves, then, for
+/// every batch of the watcher's events, applies it ([`Live::apply`]); a new view is swapped
+/// into `slot`, the kernel is told which names and inodes changed ([`diff`]), and
+/// `state/served` follows. Returns only if watching fails.
+pub fn run(
+    mut live: Live,
+    mut watcher: Watcher,
+    slot: &ViewSlot,
+    xattrs: bool,
+    invalidate: &dyn Fn(&Inval) -> std::io::Result<()>,
+) {
+    let t = Instant::now();
+    live.publish_served();
+    live.warm();
+    debug!("kept generations' packages opened in {:?}", t.elapsed());
+    loop {
+        let batch = match watcher.next_batch(
+            Duration::from_millis(20),
+            Duration::from_millis(500),
+            live.needs_retry().then_some(Duration::from_secs(1)),
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                error!("watching the layers failed: {e}; live updates stop");
+                return;
+            }
+        };
+        let t = Instant::now();
+        match live.apply(batch) {
+            Ok(Some(view)) => {
+                let old = slot.swap(view);
+                let new = slot.load();
+                if !xattrs {
+                    warn_unserved_xattrs(&old, &new);
+                }
+                log_conflicts(&new);
+                let inval = diff(&old, &new);
+                debug!("diff in {:?}", t.elapsed());
+                for i in &inval {
+                    // ENOENT: the kernel had nothing cached for it.
+                    let _ = invalidate(i);
+                }
+                info!(
+                    packages = new.packages().len(),
+                    invalidated = inval.len(),
+                    "view switched in {} ms ({} ms of it waiting for the writer to release the layer lock)",
+                    t.elapsed().as_millis(),
+                    live.lock_wait.as_millis()
+                );
+            }
+            Ok(None) => {}
+            Err(e) => error!("cannot apply the layers' changes: {}", one_line(e.as_ref())),
+        }
+        live.publish_served();
+    }
+}
+
+/// Names the packages activated by a switch whose extended attributes the mount does not
+/// serve (it was mounted without any; the kernel remembers that for the whole mount).
+fn warn_unserved_xattrs(old: &View, new: &View) {
+    let before: std::collections::HashSet<u32> = old.packages().iter().map(|p| p.slot).collect();
+    for p in new.packages() {
+        if !before.contains(&p.slot) && package_has_xattrs(p) {
+            warn!(
+                package = %p.label(),
+                "has extended attributes, which this mount does not serve (it was mounted \
+                 when no package had any); remount, or mount with -o xattrs, to see them"
+            );
+        }
+    }
+}
+
+/// Warns of each path two packages of one layer both provide.
+pub fn log_conflicts(view: &View) {
+    for c in view.conflicts() {
+        warn!(
+            layer = %c.layer,
+            path = %c.path,
+            "conflict: {} and {} both provide it; showing {}",
+            c.winner, c.loser, c.winner
+        );
+    }
 }
 
 /// Ids of a set.

@@ -16,11 +16,11 @@ use clap::Parser;
 use format::keys::TrustedKeys;
 use fuser::INodeNo;
 use packagefs::exec_cache::ExecCache;
-use packagefs::fuse::{package_has_xattrs, Options, PackageFs};
+use packagefs::fuse::{Options, PackageFs};
 use packagefs::layers;
 use packagefs::live::Live;
 use packagefs::uring;
-use packagefs::view::{diff, Inval, Shine, View};
+use packagefs::view::{Inval, Shine};
 use packagefs::watch::Watcher;
 use pkgset::{LayerSpec, Stack};
 use tracing::{error, info, warn};
@@ -335,9 +335,9 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
         None
     };
     // Watch before loading, so no change between the two goes unseen.
-    let mut watcher = Watcher::new(&stack)
+    let watcher = Watcher::new(&stack)
         .map_err(|e| anyhow::anyhow!("cannot watch the layer directories: {e}"))?;
-    let (mut live, view) = Live::start(stack, opener, shine, pin)?;
+    let (live, view) = Live::start(stack, opener, shine, pin)?;
     // One line per package, up to a few dozen; a whole system's set (a root file system
     // of a hundred packages) is one line, and each package is at debug level.
     let each = view.packages().len() <= 32;
@@ -366,7 +366,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
             info!(layer = %spec.name, "activated {k} packages (RUST_LOG=debug names each)");
         }
     }
-    log_conflicts(&view);
+    packagefs::live::log_conflicts(&view);
     let npkg = view.packages().len();
     let opts = Options {
         xattrs: s.xattrs,
@@ -450,58 +450,10 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("live".into())
         .spawn(move || {
-            let t = Instant::now();
-            live.publish_served();
-            live.warm();
-            tracing::debug!("kept generations' packages opened in {:?}", t.elapsed());
-            loop {
-                let batch = match watcher
-                    .next_batch(
-                        Duration::from_millis(20),
-                        Duration::from_millis(500),
-                        live.needs_retry().then_some(Duration::from_secs(1)),
-                    )
-                {
-                    Ok(b) => b,
-                    Err(e) => {
-                        error!("watching the layers failed: {e}; live updates stop");
-                        return;
-                    }
-                };
-                let t = Instant::now();
-                match live.apply(batch) {
-                    Ok(Some(view)) => {
-                        let old = slot.swap(view);
-                        let new = slot.load();
-                        if !xattrs {
-                            warn_unserved_xattrs(&old, &new);
-                        }
-                        log_conflicts(&new);
-                        let inval = diff(&old, &new);
-                        tracing::debug!("diff in {:?}", t.elapsed());
-                        for i in &inval {
-                            // ENOENT: the kernel had nothing cached for it.
-                            let _ = match i {
-                                Inval::Entry { parent, name } => notifier.inval_entry(*parent, name),
-                                Inval::Inode(ino) => notifier.inval_inode(*ino),
-                            };
-                        }
-                        info!(
-                            packages = new.packages().len(),
-                            invalidated = inval.len(),
-                            "view switched in {} ms ({} ms of it waiting for the writer to release the layer lock)",
-                            t.elapsed().as_millis(),
-                            live.lock_wait.as_millis()
-                        );
-                    }
-                    Ok(None) => {}
-                    Err(e) => error!(
-                        "cannot apply the layers' changes: {}",
-                        layers::one_line(e.as_ref())
-                    ),
-                }
-                live.publish_served();
-            }
+            packagefs::live::run(live, watcher, &slot, xattrs, &|i: &Inval| match i {
+                Inval::Entry { parent, name } => notifier.inval_entry(*parent, name),
+                Inval::Inode(ino) => notifier.inval_inode(*ino),
+            })
         })?;
 
     raise_readahead(&s.mountpoint);
@@ -549,32 +501,6 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
         r.log();
     }
     result
-}
-
-/// Names the packages activated by a switch whose extended attributes the mount does not
-/// serve (it was mounted without any; the kernel remembers that for the whole mount).
-fn warn_unserved_xattrs(old: &View, new: &View) {
-    let before: std::collections::HashSet<u32> = old.packages().iter().map(|p| p.slot).collect();
-    for p in new.packages() {
-        if !before.contains(&p.slot) && package_has_xattrs(p) {
-            warn!(
-                package = %p.label(),
-                "has extended attributes, which this mount does not serve (it was mounted \
-                 when no package had any); remount, or mount with -o xattrs, to see them"
-            );
-        }
-    }
-}
-
-fn log_conflicts(view: &View) {
-    for c in view.conflicts() {
-        warn!(
-            layer = %c.layer,
-            path = %c.path,
-            "conflict: {} and {} both provide it; showing {}",
-            c.winner, c.loser, c.winner
-        );
-    }
 }
 
 /// The layers as the daemon reaches them, and their shine-through links. A layer directory
