@@ -257,8 +257,8 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Decides from the arguments and the machine: services are managed when systemd runs,
-    /// a view serves the layer, and `--no-restart` is not given.
+    /// Decides from the arguments and the machine: services are managed when pkgtool runs
+    /// as root, systemd runs, a view serves the layer, and `--no-restart` is not given.
     pub fn new(a: &ServiceArgs, layer: &Path) -> Ctx {
         let fault = std::env::var("PKGTOOL_FAULT")
             .ok()
@@ -267,6 +267,13 @@ impl Ctx {
             return Ctx {
                 managed: None,
                 why_not: "--no-restart: services are left as they are".into(),
+            };
+        }
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ctx {
+                managed: None,
+                why_not: "not root: the system's services are left as they are".into(),
             };
         }
         if !systemd_running() {
