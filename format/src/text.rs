@@ -56,9 +56,37 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size `{s}` is too large"))
 }
 
+/// Undoes the kernel's `\ooo` escapes of `/proc/self/mountinfo` (space, tab, newline and
+/// backslash in mount points and sources); other text is kept as it is.
+pub fn unescape_octal(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{escape, parse_size};
+    use super::{escape, parse_size, unescape_octal};
+
+    #[test]
+    fn mountinfo_octal_escapes_are_undone() {
+        assert_eq!(unescape_octal(r"/run/my\040pkg"), b"/run/my pkg");
+        assert_eq!(unescape_octal(r"a\134b\011"), b"a\\b\t");
+        assert_eq!(unescape_octal(r"plain\08"), b"plain\\08");
+    }
 
     #[test]
     fn sizes_take_binary_suffixes_and_refuse_the_rest_in_one_line() {

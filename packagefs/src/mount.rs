@@ -186,30 +186,15 @@ fn parse_mountinfo_line(l: &str) -> Option<MountEntry> {
     Some(MountEntry {
         id: f.first()?.parse().ok()?,
         dev: f.get(2)?.to_string(),
-        point: PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(f.get(4)?))),
+        point: PathBuf::from(std::ffi::OsStr::from_bytes(&format::text::unescape_octal(
+            f.get(4)?,
+        ))),
         fstype: f.get(dash + 1)?.to_string(),
-        source: String::from_utf8_lossy(&unescape(f.get(dash + 2).unwrap_or(&""))).into_owned(),
+        source: String::from_utf8_lossy(&format::text::unescape_octal(
+            f.get(dash + 2).unwrap_or(&""),
+        ))
+        .into_owned(),
     })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// The topmost mount at exactly `point` (canonical), the one a path walk reaches.

@@ -1028,6 +1028,20 @@ mod tests {
         .unwrap()
     }
 
+    /// The daemon, following switches: copies `active.list` to `state/served` every 10 ms,
+    /// `rounds` times.
+    fn follow(paths: &LayerPaths, rounds: u32) -> std::thread::JoinHandle<()> {
+        let paths = paths.clone();
+        std::thread::spawn(move || {
+            for _ in 0..rounds {
+                if let Ok(t) = fs::read(paths.active_list()) {
+                    let _ = fs::write(paths.served(), t);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    }
+
     fn graph(set: &[Candidate]) -> crate::Graph {
         crate::check(&["system".into()], set).unwrap()
     }
@@ -1131,15 +1145,7 @@ mod tests {
         sm.serve();
         u.switched(n).unwrap();
         // The daemon follows the switch back as soon as it is written.
-        let paths = f.paths.clone();
-        let follower = std::thread::spawn(move || {
-            for _ in 0..200 {
-                if let Ok(t) = fs::read(paths.active_list()) {
-                    let _ = fs::write(paths.served(), t);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
+        let follower = follow(&f.paths, 200);
         let out = u.finish(&mut sm).unwrap();
         follower.join().unwrap();
         let why = out.failure.expect("rolled back");
@@ -1193,15 +1199,7 @@ mod tests {
         sm.serve();
         u.switched(n).unwrap();
         // The old version's check fails too: the record says so.
-        let paths = f.paths.clone();
-        let follower = std::thread::spawn(move || {
-            for _ in 0..600 {
-                if let Ok(t) = fs::read(paths.active_list()) {
-                    let _ = fs::write(paths.served(), t);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
+        let follower = follow(&f.paths, 600);
         let out = u.finish(&mut sm).unwrap();
         follower.join().unwrap();
         let why = out.failure.unwrap();
@@ -1259,15 +1257,7 @@ mod tests {
         };
         assert_eq!((t.phase, t.to), (Phase::Switched, Some(2)));
         sm.ops.clear();
-        let paths = f.paths.clone();
-        let follower = std::thread::spawn(move || {
-            for _ in 0..100 {
-                if let Ok(t) = fs::read(paths.active_list()) {
-                    let _ = fs::write(paths.served(), t);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
+        let follower = follow(&f.paths, 100);
         let rec = recover(
             &f.paths,
             t,

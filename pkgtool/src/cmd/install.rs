@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -153,13 +152,11 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     }
     let reason = format!("install {}", p.summary());
     let splan = services::plan_of(&stack.names(), &loaded.sets, &p.sets);
-    if a.svc.dry_run {
-        writeln!(out, "would {reason}")?;
-        services::print_plan(out, &splan)?;
-        return Ok(ExitCode::SUCCESS);
-    }
     let from = loaded.lists[top].as_ref().and_then(|l| l.generation());
-    let mut run = services::Run::begin(out, &ctx, paths, &splan, from, &reason)?;
+    let Some(mut run) = services::Run::start(out, &ctx, paths, &splan, from, &reason, &reason)?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
     // Copy the new packages into packages/ (unless they are there already).
     let before: HashSet<_> = loaded.sets[top].iter().map(|c| c.id()).collect();
     let mut copied: Vec<PathBuf> = Vec::new();

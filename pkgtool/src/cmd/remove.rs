@@ -1,7 +1,6 @@
 //! `pkgtool remove`: packages out of a layer, refusing to leave others broken unless --force.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
@@ -78,13 +77,11 @@ pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     }
     let reason = format!("remove {}", p.summary());
     let splan = services::plan_of(&stack.names(), &loaded.sets, &p.sets);
-    if a.svc.dry_run {
-        writeln!(out, "would {reason}")?;
-        services::print_plan(out, &splan)?;
-        return Ok(ExitCode::SUCCESS);
-    }
     let from = loaded.lists[top].as_ref().and_then(|l| l.generation());
-    let mut run = services::Run::begin(out, &ctx, paths, &splan, from, &reason)?;
+    let Some(mut run) = services::Run::start(out, &ctx, paths, &splan, from, &reason, &reason)?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let ns = match stack.commit_pooled(&mut p, &reason, &now_utc(), &mut op) {
         Ok(ns) => ns,
         Err(e) => {

@@ -87,12 +87,11 @@ pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let from = current.map_or("?".to_string(), |c| c.to_string());
     let reason = format!("rollback from generation {from} to {target}");
     let splan = services::plan_of(&stack.names(), &sets, &p.sets);
-    if a.svc.dry_run {
-        writeln!(out, "would {reason}: {}", p.summary())?;
-        services::print_plan(out, &splan)?;
+    let would = format!("{reason}: {}", p.summary());
+    let Some(mut run) = services::Run::start(out, &ctx, paths, &splan, current, &reason, &would)?
+    else {
         return Ok(ExitCode::SUCCESS);
-    }
-    let mut run = services::Run::begin(out, &ctx, paths, &splan, current, &reason)?;
+    };
     if let Err(e) = generation::switch_to(paths, target, "rollback", &reason) {
         run.abort();
         return Err(e.into());

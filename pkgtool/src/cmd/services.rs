@@ -182,22 +182,7 @@ pub struct ViewMount {
 }
 
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&format::text::unescape_octal(s)).into_owned()
 }
 
 /// The packagefs views of `/proc/self/mountinfo` mounted with their layers as the source
@@ -250,6 +235,8 @@ pub fn systemd_running() -> bool {
 
 /// How a set-changing command treats the services of the layer it changes.
 pub struct Ctx {
+    /// `--dry-run`: print the change and its plan, change nothing.
+    pub dry_run: bool,
     /// Where the layer is served, when its services are managed.
     pub managed: Option<update::Options>,
     /// Why they are not, when a plan has services.
@@ -265,6 +252,7 @@ impl Ctx {
             .filter(|f| !f.is_empty());
         if a.no_restart {
             return Ctx {
+                dry_run: a.dry_run,
                 managed: None,
                 why_not: "--no-restart: services are left as they are".into(),
             };
@@ -272,12 +260,14 @@ impl Ctx {
         // SAFETY: geteuid cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return Ctx {
+                dry_run: a.dry_run,
                 managed: None,
                 why_not: "not root: the system's services are left as they are".into(),
             };
         }
         if !systemd_running() {
             return Ctx {
+                dry_run: a.dry_run,
                 managed: None,
                 why_not: "systemd is not running: services are left as they are".into(),
             };
@@ -285,6 +275,7 @@ impl Ctx {
         let view = a.view.clone().or_else(|| view_of(layer));
         match view {
             Some(v) => Ctx {
+                dry_run: a.dry_run,
                 managed: Some(update::Options {
                     view: v,
                     fault,
@@ -293,6 +284,7 @@ impl Ctx {
                 why_not: String::new(),
             },
             None => Ctx {
+                dry_run: a.dry_run,
                 managed: None,
                 why_not: format!(
                     "no packagefs view serves {}: services are left as they are (--view DIR names it)",
@@ -347,6 +339,25 @@ pub struct Run {
 }
 
 impl Run {
+    /// With `--dry-run`, prints `would WOULD` and the plan and returns `None`: the caller
+    /// changes nothing. Otherwise [`Run::begin`].
+    pub fn start(
+        out: &mut dyn Write,
+        ctx: &Ctx,
+        paths: &LayerPaths,
+        plan: &ServicePlan,
+        from: Option<u64>,
+        command: &str,
+        would: &str,
+    ) -> anyhow::Result<Option<Run>> {
+        if ctx.dry_run {
+            writeln!(out, "would {would}")?;
+            print_plan(out, plan)?;
+            return Ok(None);
+        }
+        Run::begin(out, ctx, paths, plan, from, command).map(Some)
+    }
+
     /// Prints the plan and, when services are managed, writes it and stops the affected
     /// services of the old set.
     pub fn begin(
