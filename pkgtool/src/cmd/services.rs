@@ -495,7 +495,12 @@ fn generate_layer(out: &Path, view: &Path, dir: &Path) -> anyhow::Result<usize> 
     let mut n = 0;
     for e in &list.entries {
         let file = paths.pool_file(&e.id);
-        let a = match Archive::open(&file) {
+        // A layer's own files: never through a link, never blocking on a FIFO (this runs
+        // as root at boot, over layers that other users may own).
+        let opened = pkgset::owner::open_in_layer(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|f| Archive::from_file(f, &file).map_err(|e| e.to_string()));
+        let a = match opened {
             Ok(a) => a,
             Err(err) => {
                 eprintln!("packagefs-generator: {}: {err}", e.label);
