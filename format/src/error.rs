@@ -140,9 +140,9 @@ pub enum Error {
         /// Entry number.
         entry: u32,
         /// What the operation needs.
-        wanted: &'static str,
+        wanted: crate::archive::Kind,
         /// What the entry is.
-        actual: &'static str,
+        actual: crate::archive::Kind,
     },
 }
 

@@ -17,7 +17,9 @@ pub mod writer;
 
 pub use chunk::{ChunkInfo, Compression, Method};
 pub use header::Header;
-pub use reader::{open_regular, Archive, Attr, ChunkSpan, DirEntry, EntryWalk, Kind};
+pub use reader::{
+    open_regular, Archive, Attr, ChunkSpan, DirEntry, EntryWalk, FileExtent, Kind, Spans,
+};
 pub use tree::{Content, NodeId, Tree};
 pub use writer::{BuildOptions, BuildReport};
 

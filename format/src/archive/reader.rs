@@ -36,6 +36,12 @@ pub enum Kind {
     Symlink,
 }
 
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Kind {
     /// Lowercase name.
     pub fn name(self) -> &'static str {
@@ -136,6 +142,84 @@ pub struct ChunkSpan {
     /// Length of the part.
     pub len: u32,
 }
+
+/// Where a regular file's bytes lie: a run of the heap's uncompressed bytes, starting
+/// `skip` bytes into chunk `first` (files are packed back to back; FORMAT.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileExtent {
+    first: ChunkId,
+    skip: u32,
+    size: u64,
+    chunk_size: u32,
+}
+
+impl FileExtent {
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Every chunk the file uses.
+    pub fn chunks(&self) -> Range<ChunkId> {
+        if self.size == 0 {
+            return 0..0;
+        }
+        let last = self.first as u64 + (self.skip as u64 + self.size - 1) / self.chunk_size as u64;
+        self.first..last as ChunkId + 1
+    }
+
+    /// The chunks holding bytes `offset .. offset + len` (clipped to the size), in order.
+    /// Computed as iterated: no allocation.
+    pub fn spans(&self, offset: u64, len: u64) -> Spans {
+        Spans {
+            ext: *self,
+            pos: offset,
+            end: offset.saturating_add(len).min(self.size),
+        }
+    }
+}
+
+/// The spans of part of a file (see [`FileExtent::spans`]).
+#[derive(Debug, Clone)]
+pub struct Spans {
+    ext: FileExtent,
+    pos: u64,
+    end: u64,
+}
+
+impl Iterator for Spans {
+    type Item = ChunkSpan;
+
+    fn next(&mut self) -> Option<ChunkSpan> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let cs = self.ext.chunk_size as u64;
+        let abs = self.ext.skip as u64 + self.pos;
+        let start = abs % cs;
+        let n = (cs - start).min(self.end - self.pos);
+        self.pos += n;
+        Some(ChunkSpan {
+            chunk: (self.ext.first as u64 + abs / cs) as ChunkId,
+            start: start as u32,
+            len: n as u32,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        if self.pos >= self.end {
+            return (0, Some(0));
+        }
+        let cs = self.ext.chunk_size as u64;
+        let abs = self.ext.skip as u64 + self.pos;
+        let first = abs / cs;
+        let last = (abs + (self.end - self.pos) - 1) / cs;
+        let n = (last - first + 1) as usize;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Spans {}
 
 /// An open package archive. `Send + Sync`: one archive serves any number of threads.
 #[derive(Debug)]
@@ -404,8 +488,8 @@ impl Archive {
         if k != wanted {
             return Err(Error::WrongKind {
                 entry: e,
-                wanted: wanted.name(),
-                actual: k.name(),
+                wanted,
+                actual: k,
             });
         }
         Ok(r)
@@ -505,19 +589,31 @@ impl Archive {
     /// Reads the stored (compressed) bytes of chunk `c` into `buf`.
     pub fn read_stored(&self, c: ChunkId, buf: &mut Vec<u8>) -> Result<ChunkInfo> {
         let info = self.parse_chunk(c)?;
+        self.read_stored_of(&info, buf)?;
+        Ok(info)
+    }
+
+    /// Reads the stored bytes that `info` (an entry of this archive's chunk index) names.
+    fn read_stored_of(&self, info: &ChunkInfo, buf: &mut Vec<u8>) -> Result<()> {
         // Every byte is overwritten by the read: no need to clear a recycled buffer first.
         buf.resize(info.stored_len as usize, 0);
         self.file
             .read_exact_at(buf, self.header.heap.offset + info.offset)
-            .map_err(|e| Error::io(&self.path, e))?;
-        Ok(info)
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     /// Reads chunk `c`, checks its hash, and decompresses it into `out`.
+    pub fn read_chunk(&self, c: ChunkId, out: &mut Vec<u8>) -> Result<()> {
+        let info = self.parse_chunk(c)?;
+        self.read_chunk_of(c, &info, out)
+    }
+
+    /// [`Archive::read_chunk`] for a caller that holds chunk `c`'s index entry already
+    /// (from [`Archive::chunk_info`]): the entry is not decoded again.
     ///
     /// The stored bytes go through a buffer kept per thread, so a reader that loads chunk
     /// after chunk allocates nothing but `out` (which it may recycle too).
-    pub fn read_chunk(&self, c: ChunkId, out: &mut Vec<u8>) -> Result<()> {
+    pub fn read_chunk_of(&self, c: ChunkId, info: &ChunkInfo, out: &mut Vec<u8>) -> Result<()> {
         thread_local! {
             static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
@@ -525,8 +621,8 @@ impl Archive {
             // (Never re-entered on a thread; if it were, a buffer of its own would do.)
             let (mut guard, mut own) = (cell.try_borrow_mut().ok(), Vec::new());
             let stored = guard.as_deref_mut().unwrap_or(&mut own);
-            let info = self.read_stored(c, stored)?;
-            chunk::verify_and_decompress(c, &info, stored, out)
+            self.read_stored_of(info, stored)?;
+            chunk::verify_and_decompress(c, info, stored, out)
         })
     }
 
@@ -536,36 +632,26 @@ impl Archive {
         self.read_chunk(c, &mut out)
     }
 
+    /// Where file `e`'s bytes lie in the heap, decoded once: what a reader of the file
+    /// keeps so that each request costs no further decode of its inode.
+    pub fn file_extent(&self, e: EntryId) -> Result<FileExtent> {
+        let r = self.raw_kind(e, Kind::File)?;
+        Ok(FileExtent {
+            first: r.a,
+            skip: r.b,
+            size: r.d,
+            chunk_size: self.header.chunk_size,
+        })
+    }
+
     /// The chunks holding bytes `offset .. offset + len` of file `e` (clipped to its size).
     pub fn file_spans(&self, e: EntryId, offset: u64, len: u64) -> Result<Vec<ChunkSpan>> {
-        let r = self.raw_kind(e, Kind::File)?;
-        let cs = self.header.chunk_size as u64;
-        let end = offset.saturating_add(len).min(r.d);
-        let mut spans = Vec::new();
-        let mut pos = offset;
-        while pos < end {
-            let abs = r.b as u64 + pos;
-            let chunk = r.a as u64 + abs / cs;
-            let start = abs % cs;
-            let n = (cs - start).min(end - pos);
-            spans.push(ChunkSpan {
-                chunk: chunk as ChunkId,
-                start: start as u32,
-                len: n as u32,
-            });
-            pos += n;
-        }
-        Ok(spans)
+        Ok(self.file_extent(e)?.spans(offset, len).collect())
     }
 
     /// Every chunk file `e` uses.
     pub fn file_chunks(&self, e: EntryId) -> Result<Range<ChunkId>> {
-        let r = self.raw_kind(e, Kind::File)?;
-        if r.d == 0 {
-            return Ok(0..0);
-        }
-        let last = r.a as u64 + (r.b as u64 + r.d - 1) / self.header.chunk_size as u64;
-        Ok(r.a..last as ChunkId + 1)
+        Ok(self.file_extent(e)?.chunks())
     }
 
     /// Reads bytes of file `e` at `offset` into `buf`, getting each chunk's decompressed bytes
@@ -583,7 +669,7 @@ impl Archive {
         F: FnMut(ChunkId) -> Result<D>,
     {
         let mut done = 0usize;
-        for span in self.file_spans(e, offset, buf.len() as u64)? {
+        for span in self.file_extent(e)?.spans(offset, buf.len() as u64) {
             let data = load(span.chunk)?;
             let data = data.as_ref();
             let (s, n) = (span.start as usize, span.len as usize);
