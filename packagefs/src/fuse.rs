@@ -12,31 +12,27 @@
 //! that an open of a cached file can be answered with passthrough (`passthrough.rs`). A file open across a generation switch stays readable through the
 //! kernel's lookup count (`lookups`); a listing across one, through its offsets (`dir_at`).
 
-use std::cell::RefCell;
-use std::collections::{HashSet, VecDeque};
 use std::ffi::OsStr;
-use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use format::archive::{ChunkId, ChunkSpan, EntryId, Kind};
+use format::archive::{EntryId, Kind};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use lru::LruCache;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use crate::cache::{Chunk, ChunkCache};
+use crate::cache::ChunkCache;
 use crate::exec_cache::ExecCache;
 use crate::lookups::Lookups;
 use crate::passthrough::Passthrough;
-use crate::view::{self, Node, NodeAttr, Package, View};
+use crate::read::{OpenFile, Reader};
+use crate::view::{self, Node, NodeAttr, Package, View, ViewSlot};
 
 /// Tunables of the adapter.
 #[derive(Debug, Clone)]
@@ -83,95 +79,9 @@ impl Default for Options {
     }
 }
 
-/// A file being read: its package and entry.
-struct FileRef {
-    pkg: Arc<Package>,
-    entry: EntryId,
-}
-
-/// Read-ahead state of a stream: a file read by a process. (There are no open handles to
-/// hang it on, see `open`; READ requests name the process, which is the reader's also for
-/// the kernel's own read-ahead, as it is issued from the reading task.)
-#[derive(Default)]
-struct Readahead {
-    /// Where the next sequential read would start.
-    next: u64,
-    /// One past the highest chunk already handed to the prefetcher.
-    prefetched: ChunkId,
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Views replaced most recently, kept so that a directory listing begun in one of them
-/// goes on in it (see `dir_at`).
-const KEEP_EARLIER: usize = 2;
-
 /// Bits of a directory offset that hold the position in the listing; the bits above hold
 /// the epoch of the view listed.
-const POS_BITS: u32 = 40;
-const EPOCH_MASK: u32 = (1 << (64 - POS_BITS)) - 1;
-
-struct Views {
-    epoch: u32,
-    current: Arc<View>,
-    earlier: VecDeque<(u32, Arc<View>)>,
-}
-
-/// The current view, shared by the FUSE workers (which load it once per request) and the
-/// live updater (which replaces it whole: a request sees the old view or the new one).
-/// Each view has an epoch; the last few replaced views stay reachable by it.
-#[derive(Clone)]
-pub struct ViewSlot(Arc<RwLock<Views>>);
-
-impl ViewSlot {
-    /// A slot holding `view`.
-    pub fn new(view: View) -> ViewSlot {
-        ViewSlot(Arc::new(RwLock::new(Views {
-            epoch: 0,
-            current: Arc::new(view),
-            earlier: VecDeque::new(),
-        })))
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Views> {
-        self.0.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The current view.
-    pub fn load(&self) -> Arc<View> {
-        self.read().current.clone()
-    }
-
-    /// The current view and its epoch.
-    fn load_epoch(&self) -> (u32, Arc<View>) {
-        let v = self.read();
-        (v.epoch, v.current.clone())
-    }
-
-    /// The view of `epoch`, if it is current or among the last few replaced.
-    fn get(&self, epoch: u32) -> Option<Arc<View>> {
-        let v = self.read();
-        if v.epoch == epoch {
-            return Some(v.current.clone());
-        }
-        v.earlier
-            .iter()
-            .find(|(e, _)| *e == epoch)
-            .map(|(_, v)| v.clone())
-    }
-
-    /// Makes `view` current; returns the one it replaces.
-    pub fn swap(&self, view: View) -> Arc<View> {
-        let new = Arc::new(view);
-        let mut v = self.0.write().unwrap_or_else(|p| p.into_inner());
-        let old = std::mem::replace(&mut v.current, new);
-        let epoch = v.epoch;
-        v.earlier.push_front((epoch, old.clone()));
-        v.earlier.truncate(KEEP_EARLIER);
-        v.epoch = (epoch + 1) & EPOCH_MASK;
-        old
-    }
-}
+const POS_BITS: u32 = 64 - view::EPOCH_BITS;
 
 /// The offset of the directory entry at `pos` of a listing of the view of `epoch`.
 fn dir_cookie(epoch: u32, pos: u64) -> u64 {
@@ -181,14 +91,10 @@ fn dir_cookie(epoch: u32, pos: u64) -> u64 {
 /// The mounted file system.
 pub struct PackageFs {
     view: ViewSlot,
-    cache: Arc<ChunkCache>,
+    /// The read path: chunk cache, read-ahead, prefetch threads.
+    reader: Reader,
     /// Package inodes the kernel holds (it reads files by inode, whatever the view).
     lookups: Lookups,
-    /// Read-ahead state of the streams read most recently, by (inode, pid).
-    readahead: Mutex<LruCache<(u64, u32), Readahead>>,
-    prefetch: Option<SyncSender<Job>>,
-    /// (slot, chunk) pairs already logged as bad, so each is logged once.
-    logged: Arc<Mutex<HashSet<(u32, u32)>>>,
     opts: Options,
     xattrs: bool,
     /// The kernel opens files (`no_open`) and directories (`no_opendir`) itself after an
@@ -204,24 +110,6 @@ pub struct PackageFs {
 impl PackageFs {
     /// A file system serving `view`, with a chunk cache of `cache_size` bytes.
     pub fn new(view: View, cache_size: usize, opts: Options) -> PackageFs {
-        let prefetch = (opts.prefetch_threads > 0).then(|| {
-            let (tx, rx) = sync_channel::<Job>(256);
-            let rx = Arc::new(Mutex::new(rx));
-            for i in 0..opts.prefetch_threads {
-                let rx = rx.clone();
-                std::thread::Builder::new()
-                    .name(format!("prefetch-{i}"))
-                    .spawn(move || loop {
-                        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-                            Ok(j) => j,
-                            Err(_) => return,
-                        };
-                        job();
-                    })
-                    .expect("spawn prefetch thread");
-            }
-            tx
-        });
         let xattrs = opts.xattrs.unwrap_or_else(|| view_has_xattrs(&view));
         PackageFs {
             passthrough: opts.exec_cache.clone().map(Passthrough::new),
@@ -229,13 +117,13 @@ impl PackageFs {
             no_open: false,
             no_opendir: false,
             view: ViewSlot::new(view),
-            cache: Arc::new(ChunkCache::new(cache_size)),
+            reader: Reader::new(
+                cache_size,
+                opts.readahead,
+                opts.max_read,
+                opts.prefetch_threads,
+            ),
             lookups: Lookups::default(),
-            readahead: Mutex::new(LruCache::new(
-                std::num::NonZeroUsize::new(256).expect("nonzero"),
-            )),
-            prefetch,
-            logged: Arc::new(Mutex::new(HashSet::new())),
             opts,
         }
     }
@@ -262,7 +150,7 @@ impl PackageFs {
 
     /// The chunk cache.
     pub fn cache(&self) -> &Arc<ChunkCache> {
-        &self.cache
+        self.reader.cache()
     }
 
     /// The view and directory a READDIR(PLUS) at `offset` of directory `ino` lists, its
@@ -279,7 +167,7 @@ impl PackageFs {
                 None => self.view.load_epoch(),
             },
         };
-        let node = v.node(ino).map_err(|e| errno(&e))?;
+        let node = v.node(ino).map_err(|e| Errno::from(&e))?;
         Ok((v, node, epoch, pos))
     }
 
@@ -306,14 +194,14 @@ impl PackageFs {
 
     /// The file of inode `ino`: in the current view, or held by the kernel after its package
     /// left the view.
-    fn file_ref(&self, ino: u64) -> Result<FileRef, Errno> {
+    fn file_ref(&self, ino: u64) -> Result<OpenFile, Errno> {
         let v = self.view();
         match v.node(ino).and_then(|n| v.file(n)) {
-            Ok((pkg, entry)) => Ok(FileRef { pkg, entry }),
+            Ok(f) => Ok(f),
             Err(e) => match self.lookups.get(ino) {
                 // Its package left the view, but the kernel still holds the inode.
-                Some((pkg, entry)) => Ok(FileRef { pkg, entry }),
-                None => Err(errno(&e)),
+                Some((pkg, entry)) => Ok(OpenFile::new(pkg, entry)?),
+                None => Err(e.into()),
             },
         }
     }
@@ -324,112 +212,6 @@ impl PackageFs {
             self.lookups.add(ino, v.package(pkg));
         }
     }
-
-    /// Answers a read: `answer` gets the bytes straight from the chunk when one chunk holds
-    /// the range (no copy), else through a buffer kept per worker thread (no allocation).
-    fn read_file(
-        &self,
-        stream: (u64, u32),
-        f: &FileRef,
-        offset: u64,
-        size: u32,
-        answer: impl FnOnce(Result<&[u8], Errno>),
-    ) {
-        thread_local! {
-            static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-        }
-        let Ok(spans) = f.pkg.archive.file_spans(f.entry, offset, size as u64) else {
-            return answer(Err(Errno::EIO));
-        };
-        let total: u64 = spans.iter().map(|s| s.len as u64).sum();
-        // Read-ahead first, so that the prefetch threads decompress the next chunks while
-        // this thread decompresses its own.
-        if let Some(last) = spans.last() {
-            self.prefetch_after(stream, f, offset, total, last.chunk);
-        }
-        let mut parts = Vec::with_capacity(spans.len());
-        for s in &spans {
-            match self.span(f, s) {
-                Ok(p) => parts.push(p),
-                Err(e) => return answer(Err(e)),
-            }
-        }
-        match &parts[..] {
-            [] => answer(Ok(&[])),
-            [(data, r)] => answer(Ok(&data[r.clone()])),
-            _ => OUT.with(|cell| {
-                let mut out = cell.borrow_mut();
-                out.clear();
-                for (data, r) in &parts {
-                    out.extend_from_slice(&data[r.clone()]);
-                }
-                answer(Ok(&out));
-                // A buffer grown by a rare huge request is not kept.
-                if out.capacity() > 2 * self.opts.max_read as usize {
-                    *out = Vec::new();
-                }
-            }),
-        }
-    }
-
-    /// The chunk holding span `s` of an open file, and the span's byte range in it.
-    fn span(&self, f: &FileRef, s: &ChunkSpan) -> Result<(Chunk, Range<usize>), Errno> {
-        let data = load_chunk(&self.cache, &f.pkg, s.chunk, &self.logged)?;
-        let r = s.start as usize..s.start as usize + s.len as usize;
-        if r.end > data.len() {
-            let why = "chunk is shorter than the file needs";
-            log_bad_chunk(&self.logged, &f.pkg, s.chunk, why);
-            return Err(Errno::EIO);
-        }
-        Ok((data, r))
-    }
-
-    /// Read-ahead for a sequential reader: if this read (of `len` bytes at `offset`,
-    /// ending in chunk `last`) continues the previous read of the file, hands the chunks
-    /// after it (up to `readahead` bytes) to the prefetch threads, each chunk once.
-    fn prefetch_after(
-        &self,
-        stream: (u64, u32),
-        f: &FileRef,
-        offset: u64,
-        len: u64,
-        last: ChunkId,
-    ) {
-        let Some(tx) = &self.prefetch else { return };
-        let ar = &f.pkg.archive;
-        let Ok(range) = ar.file_chunks(f.entry) else {
-            return;
-        };
-        let cs = ar.header().chunk_size as u64;
-        let ahead = self.opts.readahead.div_ceil(cs).max(1) as u32;
-        let (from, to) = {
-            let mut ra = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
-            let st = ra.get_or_insert_mut(stream, Readahead::default);
-            let sequential = st.next == offset;
-            st.next = offset + len;
-            if !sequential {
-                return;
-            }
-            let from = (last + 1).max(st.prefetched);
-            let to = (last + 1 + ahead).min(range.end);
-            if from >= to {
-                return;
-            }
-            st.prefetched = to;
-            (from, to)
-        };
-        for c in from..to {
-            let Ok(info) = ar.chunk_info(c) else { break };
-            if self.cache.contains(&info.hash) {
-                continue;
-            }
-            let (cache, pkg, logged) = (self.cache.clone(), f.pkg.clone(), self.logged.clone());
-            // A full queue means the prefetchers are behind: skip, never block.
-            let _ = tx.try_send(Box::new(move || {
-                let _ = load_chunk(&cache, &pkg, c, &logged);
-            }));
-        }
-    }
 }
 
 /// The attributes of a package entry held by the kernel after its package left the view
@@ -437,36 +219,6 @@ impl PackageFs {
 fn held_attr(ino: u64, pkg: &Package, entry: EntryId) -> Option<NodeAttr> {
     let a = pkg.archive.attr(entry).ok()?;
     Some(NodeAttr::of_entry(ino, &a, true))
-}
-
-fn load_chunk(
-    cache: &ChunkCache,
-    pkg: &Arc<Package>,
-    chunk: u32,
-    logged: &Mutex<HashSet<(u32, u32)>>,
-) -> Result<crate::cache::Chunk, Errno> {
-    let info = pkg.archive.chunk_info(chunk).map_err(|_| Errno::EIO)?;
-    cache
-        .get(&info.hash, |out| pkg.archive.read_chunk(chunk, out))
-        .map_err(|e| {
-            log_bad_chunk(logged, pkg, chunk, &e.to_string());
-            Errno::EIO
-        })
-}
-
-fn log_bad_chunk(logged: &Mutex<HashSet<(u32, u32)>>, pkg: &Package, chunk: u32, why: &str) {
-    if logged
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert((pkg.slot, chunk))
-    {
-        error!(
-            package = %pkg.label(),
-            file = %pkg.path.display(),
-            chunk,
-            "cannot read chunk: {why}; reads of the files that use it fail with EIO"
-        );
-    }
 }
 
 fn to_system_time(secs: i64, nsec: u32) -> SystemTime {
@@ -486,17 +238,27 @@ fn file_type(k: Kind) -> FileType {
 }
 
 /// The one place that picks an errno for a view error.
-fn errno(e: &view::Error) -> Errno {
-    match e {
-        view::Error::NotFound => Errno::ENOENT,
-        view::Error::Stale(_) => Errno::ESTALE,
-        view::Error::NotDir => Errno::ENOTDIR,
-        view::Error::IsDir => Errno::EISDIR,
-        view::Error::NotSymlink => Errno::EINVAL,
-        view::Error::Archive { .. } => {
-            warn!("{e}");
-            Errno::EIO
+impl From<&view::Error> for Errno {
+    fn from(e: &view::Error) -> Errno {
+        match e {
+            view::Error::NotFound => Errno::ENOENT,
+            view::Error::Stale(_) => Errno::ESTALE,
+            view::Error::NotDir => Errno::ENOTDIR,
+            view::Error::IsDir => Errno::EISDIR,
+            view::Error::NotSymlink => Errno::EINVAL,
+            // Logged once per chunk where it was found.
+            view::Error::BadChunk { .. } => Errno::EIO,
+            view::Error::Archive { .. } => {
+                warn!("{e}");
+                Errno::EIO
+            }
         }
+    }
+}
+
+impl From<view::Error> for Errno {
+    fn from(e: view::Error) -> Errno {
+        Errno::from(&e)
     }
 }
 
@@ -632,7 +394,7 @@ impl PackageFs {
                 Ok(Some(a))
             }
             Err(view::Error::NotFound) => Ok(None),
-            Err(e) => Err(errno(&e)),
+            Err(e) => Err(Errno::from(&e)),
         }
     }
 
@@ -658,7 +420,7 @@ impl PackageFs {
             {
                 // A file whose package left the view while the kernel holds it (open).
                 Some(a) => Ok((a, Duration::ZERO)),
-                None => Err(errno(&e)),
+                None => Err(Errno::from(&e)),
             },
         }
     }
@@ -669,7 +431,7 @@ impl PackageFs {
         v.node(ino)
             .and_then(|n| v.read_link(n))
             .map(|t| t.to_vec())
-            .map_err(|e| errno(&e))
+            .map_err(|e| Errno::from(&e))
     }
 
     /// An OPEN without the exec cache (see `open`): ENOSYS where the kernel can open files
@@ -718,7 +480,9 @@ impl PackageFs {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         match self.file_ref(ino) {
-            Ok(f) => self.read_file((ino, pid), &f, offset, size, answer),
+            Ok(f) => self.reader.read((ino, pid), &f, offset, size, |r| {
+                answer(r.map_err(Errno::from))
+            }),
             Err(e) => answer(Err(e)),
         }
     }
@@ -748,7 +512,7 @@ impl PackageFs {
         }
         let entries = v
             .read_dir(*node, (off - 2) as usize)
-            .map_err(|e| errno(&e))?;
+            .map_err(|e| Errno::from(&e))?;
         for (i, (name, child)) in entries.into_iter().enumerate() {
             let kind = match v.attr(child) {
                 Ok(a) => a.kind,
@@ -785,12 +549,14 @@ impl PackageFs {
         }
         let entries = v
             .read_dir(*node, (off - 2) as usize)
-            .map_err(|e| errno(&e))?;
+            .map_err(|e| Errno::from(&e))?;
         for (i, (name, child)) in entries.into_iter().enumerate() {
             let a = match v.attr(child) {
                 Ok(a) => a,
                 Err(e) => {
-                    errno(&e);
+                    // (Converted for its log line: an entry the package cannot describe
+                    // is left out of the listing.)
+                    let _ = Errno::from(&e);
                     continue;
                 }
             };
@@ -819,7 +585,7 @@ impl PackageFs {
                 Some((_, val)) => Ok(val.to_vec()),
                 None => Err(Errno::NO_XATTR),
             },
-            Err(e) => Err(errno(&e)),
+            Err(e) => Err(Errno::from(&e)),
         }
     }
 
@@ -838,14 +604,17 @@ impl PackageFs {
                 }
                 Ok(list)
             }
-            Err(e) => Err(errno(&e)),
+            Err(e) => Err(Errno::from(&e)),
         }
     }
 
     /// ACCESS of `ino` with `mask` (R_OK, W_OK, X_OK) by `uid`:`gid`.
     pub(crate) fn do_access(&self, uid: u32, gid: u32, ino: u64, mask: i32) -> Result<(), Errno> {
         let v = self.view();
-        let a = v.node(ino).and_then(|n| v.attr(n)).map_err(|e| errno(&e))?;
+        let a = v
+            .node(ino)
+            .and_then(|n| v.attr(n))
+            .map_err(|e| Errno::from(&e))?;
         if mask & libc::W_OK != 0 {
             return Err(Errno::EROFS);
         }
@@ -961,21 +730,8 @@ impl Filesystem for PackageFs {
                 Ok(f) => f,
                 Err(e) => return reply.error(e),
             };
-            let Ok(size) = f.pkg.archive.attr(f.entry).map(|a| a.size) else {
-                return reply.error(Errno::EIO);
-            };
-            let head = || {
-                let mut h = [0u8; 18];
-                let spans = f.pkg.archive.file_spans(f.entry, 0, 18).ok()?;
-                let mut n = 0;
-                for s in &spans {
-                    let (data, r) = self.span(&f, s).ok()?;
-                    h[n..n + r.len()].copy_from_slice(&data[r.clone()]);
-                    n += r.len();
-                }
-                (n == 18).then_some(h)
-            };
-            return pt.open(ino.0, &f.pkg, f.entry, size, head, reply);
+            let head = || self.reader.head::<18>(&f);
+            return pt.open(ino.0, &f.pkg, f.entry, f.extent.size(), head, reply);
         }
         match self.do_open(flags.0) {
             Ok((fh, f)) => reply.opened(FileHandle(fh), FopenFlags::from_bits_retain(f)),
@@ -1284,26 +1040,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_listing_goes_on_in_its_view_while_that_is_among_the_last_few() {
-        let slot = ViewSlot::new(View::build(vec![], vec![]));
-        let (e0, v0) = slot.load_epoch();
-        let old = slot.swap(View::build(vec![], vec![]));
-        assert!(Arc::ptr_eq(&old, &v0));
-        let (e1, v1) = slot.load_epoch();
-        assert_ne!(e0, e1);
-        assert!(Arc::ptr_eq(&slot.get(e0).unwrap(), &v0));
-        assert!(Arc::ptr_eq(&slot.get(e1).unwrap(), &v1));
-        for _ in 0..KEEP_EARLIER {
-            slot.swap(View::build(vec![], vec![]));
-        }
-        assert!(
-            slot.get(e0).is_none(),
-            "only the last {KEEP_EARLIER} are kept"
-        );
-        assert!(Arc::ptr_eq(&slot.get(e1).unwrap(), &v1));
-        // A cookie carries its epoch above the position.
-        let c = dir_cookie(e1, 5);
-        assert_eq!((c >> POS_BITS) as u32, e1);
+    fn a_directory_offset_carries_its_epoch_above_the_position() {
+        let e = (1 << view::EPOCH_BITS) - 1;
+        let c = dir_cookie(e, 5);
+        assert_eq!((c >> POS_BITS) as u32, e);
         assert_eq!(c & ((1 << POS_BITS) - 1), 5);
     }
 }

@@ -4,7 +4,10 @@
 //! live::Live::start(stack, opener)  ─► the active sets (pkgset) ─► View (one per generation)
 //! watch::Watcher (inotify)        ─► live::Event ─► Live::apply ─► next View | refused
 //! view::diff(old, new)            ─► the kernel cache entries to invalidate
-//! fuse::PackageFs { ViewSlot, ChunkCache, Lookups }: the thin FUSE adapter (main.rs mounts it)
+//! view::ViewSlot                  ─► the current View, swapped whole, loaded without a lock
+//! read::Reader                    ─► a READ: spans ─► ChunkCache ─► bytes, with read-ahead
+//! fuse::PackageFs { ViewSlot, Reader, Lookups }: the thin FUSE adapter (main.rs mounts it);
+//!                                    uring: the same requests over FUSE's io_uring transport
 //! ```
 //!
 //! The view is tested without a mount (`view.rs` tests); the adapter is tested through real
@@ -18,6 +21,7 @@ pub mod layers;
 pub mod live;
 pub mod lookups;
 pub mod passthrough;
+pub mod read;
 pub mod uring;
 pub mod view;
 pub mod watch;

@@ -29,7 +29,8 @@ use pkgset::stack::{is_package_name, list_of, now_utc, one_line};
 use pkgset::{plan, Candidate, Change, Opener, Stack};
 use tracing::{debug, error, info, warn};
 
-use crate::fuse::{package_has_xattrs, ViewSlot};
+use crate::fuse::package_has_xattrs;
+use crate::view::ViewSlot;
 use crate::view::{diff, DirInos, Inval, Layer, Package, Shine, View};
 use crate::watch::Watcher;
 

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use format::archive::EntryId;
 
-use crate::view::{Package, PKG_INO_BASE};
+use crate::view::{split_pkg_ino, Package};
 
 struct SlotRefs {
     pkg: Arc<Package>,
@@ -41,11 +41,6 @@ impl Default for Lookups {
     }
 }
 
-/// The (slot, entry) of a package inode, or None for other inodes.
-fn split(ino: u64) -> Option<(u32, EntryId)> {
-    (ino >= PKG_INO_BASE).then(|| (((ino >> 32) - 1) as u32, (ino & 0xffff_ffff) as EntryId))
-}
-
 impl Lookups {
     fn shard(&self, slot: u32) -> std::sync::MutexGuard<'_, HashMap<u32, SlotRefs>> {
         self.shards[slot as usize % self.shards.len()]
@@ -55,7 +50,7 @@ impl Lookups {
 
     /// The kernel was handed inode `ino`, entry `entry` of `pkg`, once more.
     pub fn add(&self, ino: u64, pkg: &Arc<Package>) {
-        let Some((slot, entry)) = split(ino) else {
+        let Some((slot, entry)) = split_pkg_ino(ino) else {
             return;
         };
         let mut s = self.shard(slot);
@@ -68,7 +63,7 @@ impl Lookups {
 
     /// The kernel forgot `n` lookups of `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        let Some((slot, entry)) = split(ino) else {
+        let Some((slot, entry)) = split_pkg_ino(ino) else {
             return;
         };
         let mut s = self.shard(slot);
@@ -88,7 +83,7 @@ impl Lookups {
 
     /// The package and entry of `ino` if the kernel still holds it.
     pub fn get(&self, ino: u64) -> Option<(Arc<Package>, EntryId)> {
-        let (slot, entry) = split(ino)?;
+        let (slot, entry) = split_pkg_ino(ino)?;
         let s = self.shard(slot);
         let refs = s.get(&slot)?;
         refs.counts
@@ -124,7 +119,7 @@ mod tests {
     }
 
     fn ino(slot: u32, entry: EntryId) -> u64 {
-        ((slot as u64 + 1) << 32) | entry as u64
+        crate::view::pkg_ino(slot, entry)
     }
 
     #[test]

@@ -1,0 +1,383 @@
+//! The read path: a READ of part of a file, from its chunk spans to bytes.
+//!
+//! A file being read is an [`OpenFile`]: its package, entry and [`FileExtent`], decoded
+//! once from the view (`View::file`). A read walks the extent's spans (computed, not
+//! collected), takes each chunk from the shared [`ChunkCache`] (whose loader reads the
+//! stored bytes, checks their hash and decompresses them, decoding the chunk's index entry
+//! once), and answers with the chunk's own bytes when one chunk holds the range, else with
+//! a buffer kept per worker thread: a read allocates nothing once the threads are warm.
+//!
+//! A sequential reader gets the next chunks decompressed ahead of it on the prefetch
+//! threads, so decompression overlaps the kernel copying the previous chunk out. The
+//! read-ahead state of each stream (a file read by a process) lives in one of several
+//! shards picked by the stream, so readers of different files never wait for each other.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use format::archive::{ChunkId, ChunkSpan, EntryId, FileExtent};
+use lru::LruCache;
+use tracing::error;
+
+use crate::cache::{Chunk, ChunkCache};
+use crate::view::{Error, Package};
+
+/// A regular file being read: its package, its entry and where its bytes lie.
+#[derive(Debug, Clone)]
+pub struct OpenFile {
+    /// The package.
+    pub pkg: Arc<Package>,
+    /// The entry in its archive.
+    pub entry: EntryId,
+    /// Where its bytes lie, decoded once.
+    pub extent: FileExtent,
+}
+
+impl OpenFile {
+    /// The file `entry` of `pkg`.
+    pub fn new(pkg: Arc<Package>, entry: EntryId) -> Result<OpenFile, Error> {
+        match pkg.archive.file_extent(entry) {
+            Ok(extent) => Ok(OpenFile { pkg, entry, extent }),
+            Err(e) => Err(Error::of_archive(&pkg, e)),
+        }
+    }
+}
+
+/// A stream: a file (inode) read by a process. READ requests name the process, which is
+/// the reader's also for the kernel's own read-ahead, as it is issued from the reading
+/// task; there are no open handles to hang the state on (the kernel opens files itself).
+pub type Stream = (u64, u32);
+
+/// Read-ahead state of a stream.
+#[derive(Default)]
+struct Readahead {
+    /// Where the next sequential read would start.
+    next: u64,
+    /// One past the highest chunk already handed to the prefetcher.
+    prefetched: ChunkId,
+}
+
+/// Shards of read-ahead state: a power of two, more than there are readers at once on
+/// the machines that run this.
+const RA_SHARDS: usize = 16;
+/// Streams remembered per shard (the least recently read are forgotten).
+const RA_PER_SHARD: usize = 16;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Reads files through the shared chunk cache, with read-ahead.
+pub struct Reader {
+    cache: Arc<ChunkCache>,
+    readahead: Box<[Mutex<LruCache<Stream, Readahead>>]>,
+    /// How far ahead of a sequential reader to decompress, in bytes.
+    ahead: u64,
+    /// The largest read the kernel sends: a bigger per-thread buffer is not kept.
+    max_read: usize,
+    prefetch: Option<SyncSender<Job>>,
+    /// (slot, chunk) pairs already logged as bad, so each is logged once.
+    logged: Arc<Mutex<HashSet<(u32, u32)>>>,
+}
+
+impl Reader {
+    /// A reader with a chunk cache of `cache_size` bytes that decompresses `ahead` bytes
+    /// ahead of sequential readers on `prefetch_threads` threads (0: none).
+    pub fn new(cache_size: usize, ahead: u64, max_read: u32, prefetch_threads: usize) -> Reader {
+        let prefetch = (prefetch_threads > 0).then(|| {
+            let (tx, rx) = sync_channel::<Job>(256);
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..prefetch_threads {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("prefetch-{i}"))
+                    .spawn(move || loop {
+                        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                            Ok(j) => j,
+                            Err(_) => return,
+                        };
+                        job();
+                    })
+                    .expect("spawn prefetch thread");
+            }
+            tx
+        });
+        let per_shard = NonZeroUsize::new(RA_PER_SHARD).expect("nonzero");
+        Reader {
+            cache: Arc::new(ChunkCache::new(cache_size)),
+            readahead: (0..RA_SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .collect(),
+            ahead,
+            max_read: max_read as usize,
+            prefetch,
+            logged: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// The chunk cache.
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+
+    /// Reads `size` bytes at `offset` of `f` for `stream`: `answer` gets the bytes straight
+    /// from the chunk when one chunk holds the range (no copy), else through a buffer kept
+    /// per worker thread (no allocation).
+    pub fn read(
+        &self,
+        stream: Stream,
+        f: &OpenFile,
+        offset: u64,
+        size: u32,
+        answer: impl FnOnce(Result<&[u8], Error>),
+    ) {
+        thread_local! {
+            static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        let spans = f.extent.spans(offset, size as u64);
+        let (Some(first), Some(last)) = (spans.clone().next(), spans.clone().last()) else {
+            return answer(Ok(&[]));
+        };
+        // Read-ahead first, so that the prefetch threads decompress the next chunks while
+        // this thread decompresses its own.
+        let total = spans.clone().map(|s| s.len as u64).sum();
+        self.prefetch_after(stream, f, offset, total, last.chunk);
+        if spans.len() == 1 {
+            return match self.span(f, &first) {
+                Ok((data, r)) => answer(Ok(&data[r])),
+                Err(e) => answer(Err(e)),
+            };
+        }
+        OUT.with(|cell| {
+            let mut out = cell.borrow_mut();
+            out.clear();
+            for s in spans {
+                match self.span(f, &s) {
+                    Ok((data, r)) => out.extend_from_slice(&data[r]),
+                    Err(e) => return answer(Err(e)),
+                }
+            }
+            answer(Ok(&out));
+            // A buffer grown by a rare huge request is not kept.
+            if out.capacity() > 2 * self.max_read {
+                *out = Vec::new();
+            }
+        })
+    }
+
+    /// The first `N` bytes of `f`, if it has that many and they can be read.
+    pub fn head<const N: usize>(&self, f: &OpenFile) -> Option<[u8; N]> {
+        let mut h = [0u8; N];
+        let mut n = 0;
+        for s in f.extent.spans(0, N as u64) {
+            let (data, r) = self.span(f, &s).ok()?;
+            h[n..n + r.len()].copy_from_slice(&data[r]);
+            n += s.len as usize;
+        }
+        (n == N).then_some(h)
+    }
+
+    /// The chunk holding span `s` of `f`, and the span's byte range in it.
+    fn span(&self, f: &OpenFile, s: &ChunkSpan) -> Result<(Chunk, Range<usize>), Error> {
+        let data = load_chunk(&self.cache, &f.pkg, s.chunk, &self.logged)?;
+        let r = s.start as usize..s.start as usize + s.len as usize;
+        if r.end > data.len() {
+            return Err(bad_chunk(
+                &self.logged,
+                &f.pkg,
+                s.chunk,
+                "chunk is shorter than the file needs",
+            ));
+        }
+        Ok((data, r))
+    }
+
+    /// Read-ahead for a sequential reader: if this read (of `len` bytes at `offset`,
+    /// ending in chunk `last`) continues the previous read of the stream, hands the chunks
+    /// after it (up to `ahead` bytes) to the prefetch threads, each chunk once.
+    fn prefetch_after(&self, stream: Stream, f: &OpenFile, offset: u64, len: u64, last: ChunkId) {
+        let Some(tx) = &self.prefetch else { return };
+        let range = f.extent.chunks();
+        let cs = f.pkg.archive.header().chunk_size as u64;
+        let ahead = self.ahead.div_ceil(cs).max(1) as u32;
+        let (from, to) = {
+            let shard = (stream.0 ^ (stream.1 as u64).wrapping_mul(0x9e37_79b9)) as usize;
+            let mut ra = self.readahead[shard % RA_SHARDS]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let st = ra.get_or_insert_mut(stream, Readahead::default);
+            let sequential = st.next == offset;
+            st.next = offset + len;
+            if !sequential {
+                return;
+            }
+            let from = (last + 1).max(st.prefetched);
+            let to = (last + 1 + ahead).min(range.end);
+            if from >= to {
+                return;
+            }
+            st.prefetched = to;
+            (from, to)
+        };
+        let ar = &f.pkg.archive;
+        for c in from..to {
+            let Ok(info) = ar.chunk_info(c) else { break };
+            if self.cache.contains(&info.hash) {
+                continue;
+            }
+            let (cache, pkg, logged) = (self.cache.clone(), f.pkg.clone(), self.logged.clone());
+            // A full queue means the prefetchers are behind: skip, never block.
+            let _ = tx.try_send(Box::new(move || {
+                let _ = load_chunk(&cache, &pkg, c, &logged);
+            }));
+        }
+    }
+}
+
+/// Chunk `chunk` of `pkg` from the cache, loaded (read, checked, decompressed) on a miss.
+fn load_chunk(
+    cache: &ChunkCache,
+    pkg: &Arc<Package>,
+    chunk: ChunkId,
+    logged: &Mutex<HashSet<(u32, u32)>>,
+) -> Result<Chunk, Error> {
+    let info = pkg
+        .archive
+        .chunk_info(chunk)
+        .map_err(|e| bad_chunk(logged, pkg, chunk, &e.to_string()))?;
+    cache
+        .get(&info.hash, |out| {
+            pkg.archive.read_chunk_of(chunk, &info, out)
+        })
+        .map_err(|e| bad_chunk(logged, pkg, chunk, &e.to_string()))
+}
+
+/// The error of a chunk that cannot be read, logged once per chunk (with the files that
+/// use it failing with EIO until it is fixed, one line is enough).
+fn bad_chunk(
+    logged: &Mutex<HashSet<(u32, u32)>>,
+    pkg: &Package,
+    chunk: ChunkId,
+    why: &str,
+) -> Error {
+    if logged
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((pkg.slot, chunk))
+    {
+        error!(
+            package = %pkg.label(),
+            file = %pkg.path.display(),
+            chunk,
+            "cannot read chunk: {why}; reads of the files that use it fail with EIO"
+        );
+    }
+    Error::BadChunk { chunk }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{Layer, View};
+    use format::archive::Tree;
+
+    /// A view of one package holding `files` (path, bytes), built with `chunk_size`.
+    fn view_of(files: &[(&str, Vec<u8>)], chunk_size: u32) -> (tempfile::TempDir, View) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        for (p, data) in files {
+            let path = root.join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, data).unwrap();
+        }
+        let tree = Tree::from_dir(&root).unwrap();
+        let hpkg = dir.path().join("p.hpkg");
+        let manifest =
+            format::manifest::Manifest::from_json(br#"{"name":"p","version":"1.0.0"}"#).unwrap();
+        let opts = format::archive::BuildOptions {
+            chunk_size,
+            ..Default::default()
+        };
+        format::archive::writer::ArchiveWriter::new(&tree, &manifest)
+            .options(opts)
+            .finish(&hpkg)
+            .unwrap();
+        let archive = Arc::new(format::archive::Archive::open(&hpkg).unwrap());
+        let pkg = Arc::new(Package {
+            slot: 0,
+            layer: 0,
+            path: hpkg,
+            archive,
+        });
+        (dir, View::build(vec![Layer::new("system")], vec![pkg]))
+    }
+
+    fn read_all(r: &Reader, f: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>, Error> {
+        let mut got = None;
+        r.read((1, 1), f, offset, size, |a| {
+            got = Some(a.map(<[u8]>::to_vec))
+        });
+        got.expect("answered")
+    }
+
+    #[test]
+    fn reads_within_one_chunk_across_chunks_and_past_the_end() {
+        const K: usize = 64 << 10;
+        let data: Vec<u8> = (0..10 * K as u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (_d, v) = view_of(&[("a", b"head".to_vec()), ("big", data.clone())], K as u32);
+        let node = v.lookup_path(b"big").unwrap();
+        let f = v.file(node).unwrap();
+        let r = Reader::new(1 << 20, 64 << 10, 1 << 20, 1);
+        // One chunk (no copy), several chunks (the thread's buffer), the tail, past the end.
+        let n = data.len();
+        assert_eq!(read_all(&r, &f, 10, 100).unwrap(), &data[10..110]);
+        assert_eq!(
+            read_all(&r, &f, K as u64 - 5, 3 * K as u32).unwrap(),
+            &data[K - 5..4 * K - 5]
+        );
+        assert_eq!(
+            read_all(&r, &f, n as u64 - 10, 4096).unwrap(),
+            &data[n - 10..]
+        );
+        assert!(read_all(&r, &f, n as u64 + 1, 10).unwrap().is_empty());
+        // Sequential reads from the start get every byte, whatever the prefetcher does.
+        let mut all = Vec::new();
+        while all.len() < data.len() {
+            all.extend(read_all(&r, &f, all.len() as u64, 48 << 10).unwrap());
+        }
+        assert_eq!(all, data);
+        assert_eq!(r.head::<4>(&f), Some([data[0], data[1], data[2], data[3]]));
+        let small = v.file(v.lookup_path(b"a").unwrap()).unwrap();
+        assert_eq!(
+            r.head::<18>(&small),
+            None,
+            "a 4-byte file has no 18-byte head"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_chunk_fails_its_reads_and_only_those() {
+        let a: Vec<u8> = vec![b'a'; 80_000];
+        let b: Vec<u8> = (0..80_000u32).map(|i| (i % 13) as u8).collect();
+        let (dir, v) = view_of(&[("a", a.clone()), ("b", b.clone())], 64 << 10);
+        let fa = v.file(v.lookup_path(b"a").unwrap()).unwrap();
+        let fb = v.file(v.lookup_path(b"b").unwrap()).unwrap();
+        // Flip a byte of the stored bytes of b's last chunk.
+        let last = fb.extent.chunks().end - 1;
+        let ar = &fb.pkg.archive;
+        let info = ar.chunk_info(last).unwrap();
+        let at = ar.header().heap.offset + info.offset + info.stored_len as u64 / 2;
+        let path = dir.path().join("p.hpkg");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at as usize] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let r = Reader::new(1 << 20, 0, 1 << 20, 0);
+        assert!(matches!(
+            read_all(&r, &fb, 79_000, 100),
+            Err(Error::BadChunk { chunk }) if chunk == last
+        ));
+        assert_eq!(read_all(&r, &fa, 0, 80_000).unwrap(), a);
+    }
+}
