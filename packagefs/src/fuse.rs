@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use format::archive::{EntryId, Kind};
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
@@ -607,44 +607,6 @@ impl PackageFs {
             Err(e) => Err(Errno::from(&e)),
         }
     }
-
-    /// ACCESS of `ino` with `mask` (R_OK, W_OK, X_OK) by `uid`:`gid`.
-    pub(crate) fn do_access(&self, uid: u32, gid: u32, ino: u64, mask: i32) -> Result<(), Errno> {
-        let v = self.view();
-        let a = v
-            .node(ino)
-            .and_then(|n| v.attr(n))
-            .map_err(|e| Errno::from(&e))?;
-        if mask & libc::W_OK != 0 {
-            return Err(Errno::EROFS);
-        }
-        // Everything is owned by root:root.
-        let granted = if uid == 0 {
-            // root may read anything, and execute if any execute bit is set (or a directory)
-            let x = a.kind == Kind::Dir || a.perm & 0o111 != 0;
-            libc::R_OK | if x { libc::X_OK } else { 0 }
-        } else {
-            let bits = if gid == 0 {
-                (a.perm >> 3) & 7
-            } else {
-                a.perm & 7
-            };
-            let mut g = 0;
-            if bits & 4 != 0 {
-                g |= libc::R_OK;
-            }
-            if bits & 1 != 0 {
-                g |= libc::X_OK;
-            }
-            g
-        };
-        let want = mask & (libc::R_OK | libc::X_OK);
-        if want & !granted == 0 {
-            Ok(())
-        } else {
-            Err(Errno::EACCES)
-        }
-    }
 }
 
 impl Filesystem for PackageFs {
@@ -884,12 +846,8 @@ impl Filesystem for PackageFs {
         reply.error(Errno::ENOTTY);
     }
 
-    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.do_access(req.uid(), req.gid(), ino.0, mask.bits()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
-    }
+    // ACCESS is never sent: default_permissions is always on (args.rs), so the kernel
+    // checks permissions itself from the attributes; fuser's default answers ENOSYS.
 
     // Everything below would change the tree: a package view is read-only.
 

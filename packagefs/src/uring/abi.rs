@@ -23,7 +23,6 @@ pub mod op {
     pub const READDIR: u32 = 28;
     pub const RELEASEDIR: u32 = 29;
     pub const FSYNCDIR: u32 = 30;
-    pub const ACCESS: u32 = 34;
     pub const INTERRUPT: u32 = 36;
     pub const DESTROY: u32 = 38;
     pub const IOCTL: u32 = 39;
@@ -220,13 +219,6 @@ pub struct GetxattrOut {
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AccessIn {
-    pub mask: u32,
-    pub padding: u32,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Kstatfs {
     pub blocks: u64,
     pub bfree: u64,
@@ -330,7 +322,6 @@ const _: () = {
     assert!(size_of::<ReadIn>() == 40);
     assert!(size_of::<ReleaseIn>() == 24);
     assert!(size_of::<GetxattrIn>() == 8);
-    assert!(size_of::<AccessIn>() == 8);
     assert!(size_of::<Kstatfs>() == 80);
     assert!(size_of::<Dirent>() == 24);
     assert!(size_of::<ForgetOne>() == 16);
@@ -364,7 +355,6 @@ pod!(
     ReleaseIn,
     GetxattrIn,
     GetxattrOut,
-    AccessIn,
     Kstatfs,
     Dirent,
     ForgetIn,

@@ -51,9 +51,6 @@ pub enum Op<'a> {
         size: u32,
     },
     Releasedir,
-    Access {
-        mask: i32,
-    },
     Interrupt,
     /// FLUSH, FSYNC, FSYNCDIR: ENOSYS, which the kernel remembers.
     NoSys,
@@ -61,7 +58,8 @@ pub enum Op<'a> {
     Ioctl,
     /// A request that would change the tree: EROFS.
     Write(u32),
-    /// Any other opcode: ENOSYS.
+    /// Any other opcode: ENOSYS. (ACCESS among them: with default_permissions, always on,
+    /// the kernel checks permissions itself and never sends it.)
     Unknown(u32),
 }
 
@@ -88,7 +86,6 @@ pub fn op_header_size(opcode: u32) -> usize {
         op::READ | op::READDIR | op::READDIRPLUS => size_of::<abi::ReadIn>(),
         op::RELEASE | op::RELEASEDIR => size_of::<abi::ReleaseIn>(),
         op::GETXATTR | op::LISTXATTR => size_of::<abi::GetxattrIn>(),
-        op::ACCESS => size_of::<abi::AccessIn>(),
         op::INTERRUPT => 8,
         _ => 0,
     }
@@ -181,9 +178,6 @@ pub fn decode<'a>(h: &InHeader, op_in: &'a [u8], payload: &'a [u8]) -> Result<Op
         },
         op::LISTXATTR => Op::Listxattr {
             size: get::<abi::GetxattrIn>(op_in).size,
-        },
-        op::ACCESS => Op::Access {
-            mask: get::<abi::AccessIn>(op_in).mask as i32,
         },
         op::INTERRUPT => Op::Interrupt,
         op::FLUSH | op::FSYNC | op::FSYNCDIR => Op::NoSys,

@@ -257,7 +257,6 @@ pub fn serve(fs: &PackageFs, h: &abi::InHeader, op: Op, out: &mut Out) -> Done {
             let max = size as usize;
             fs.do_readdirplus(ino, offset, &mut Dir { out, max })
         }
-        Op::Access { mask } => fs.do_access(h.uid, h.gid, ino, mask),
         Op::NoSys | Op::Unknown(_) => Err(Errno::ENOSYS),
         Op::Ioctl => Err(Errno::ENOTTY),
         Op::Write(_) => Err(Errno::EROFS),
