@@ -696,22 +696,26 @@ mod tests {
         let policy = Policy::parse("lab net.bind net.listen\n").unwrap();
         let mut op = crate::Opener::with_policy(lab_keys(), policy);
         assert!(op.open_given(&ok).is_ok());
-        let e = op.open_given(&admin).unwrap_err();
+        let policy_refusal = |e: crate::stack::OpenError| match e {
+            crate::stack::OpenError::Policy(reason) => reason,
+            e => panic!("refused as {} ({e}), not by the policy", e.kind()),
+        };
+        let e = policy_refusal(op.open_given(&admin).unwrap_err());
         assert!(
             e.starts_with("it asks for capabilities sys.admin that the policy does not allow packages signed by key lab (allowed: net.bind, net.listen)"),
             "{e}"
         );
-        let e = op.open_given(&no_unit).unwrap_err();
+        let e = policy_refusal(op.open_given(&no_unit).unwrap_err());
         assert_eq!(
             e,
             "services[0].unit: lib/systemd/system/web.service: not in the package"
         );
-        let e = op.open_given(&extra_unit).unwrap_err();
+        let e = policy_refusal(op.open_given(&extra_unit).unwrap_err());
         assert!(
             e.starts_with("lib/systemd/system/other.service: only the units"),
             "{e}"
         );
-        let e = op.open_given(&root_unit).unwrap_err();
+        let e = policy_refusal(op.open_given(&root_unit).unwrap_err());
         assert!(e.contains("runs as root"), "{e}");
         // Unrestricted, the same packages open (but a unit must still be there).
         let mut op = crate::Opener::new(lab_keys());

@@ -38,7 +38,9 @@ pub mod update;
 
 pub use resolve::{resolve, Want};
 pub use set::{check, Candidate, Graph, Problem, Refused};
-pub use stack::{plan, Change, LayerSpec, Loaded, Opener, Plan, Stack};
+pub use stack::{
+    plan, Change, LayerSpec, Loaded, OpenError, Opener, Plan, Skip, Skipped, Stack, Unusable,
+};
 
 #[cfg(test)]
 mod tests;

@@ -55,8 +55,8 @@ pub enum FileState {
     },
     /// It does not open, or is not trusted.
     Unusable {
-        /// Why, one line.
-        reason: String,
+        /// Why.
+        reason: crate::stack::OpenError,
         /// Taken as complete (closed after writing, or left alone for [`SETTLE`]).
         complete: bool,
     },
@@ -270,7 +270,7 @@ pub fn decide(names: &[String], sets: &[Vec<Candidate>], l: usize, obs: &Observe
             },
             FileState::Unusable { reason, complete } => {
                 if *complete {
-                    d.refused.push((name.clone(), reason.clone()));
+                    d.refused.push((name.clone(), reason.to_string()));
                 } else {
                     d.pending.push(name.clone());
                 }

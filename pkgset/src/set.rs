@@ -47,8 +47,10 @@ impl Candidate {
     }
 }
 
-/// One reason a set breaks the invariant. Each prints as one line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One reason a set breaks the invariant. Each prints as one line; in JSON it is an
+/// object with its `kind` (`missing-requirement`, `cycle`, ...) and its fields.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Problem {
     /// A requirement no package of the same or a lower layer meets.
     MissingRequirement {

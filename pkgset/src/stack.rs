@@ -78,13 +78,83 @@ pub fn is_layer_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// A package file that is not usable, and why (one line).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A package file that is not usable, and why.
+#[derive(Debug, Clone)]
 pub struct Refusal {
     /// The file.
     pub path: PathBuf,
     /// Why.
-    pub reason: String,
+    pub reason: OpenError,
+}
+
+/// Why a package file was not opened, by kind; each prints as one line.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpenError {
+    /// It cannot be opened safely: a symbolic link (never followed in a layer), a FIFO or
+    /// a device, or an I/O error.
+    #[error("{0}")]
+    Unreadable(Arc<std::io::Error>),
+    /// It is not signed, or not by a trusted key, or the signature is wrong.
+    #[error("{}", one_line(.0.as_ref()))]
+    Untrusted(Arc<format::Error>),
+    /// It is not a valid package (truncated, corrupt, an unknown format version).
+    #[error("{}", one_line(.0.as_ref()))]
+    Invalid(Arc<format::Error>),
+    /// It asks for more than its signer may (the capability policy), or declares services
+    /// it does not ship ([`crate::capabilities`]).
+    #[error("{0}")]
+    Policy(String),
+}
+
+impl OpenError {
+    /// The kind, as JSON output names it: `unreadable`, `untrusted`, `invalid` or `policy`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OpenError::Unreadable(_) => "unreadable",
+            OpenError::Untrusted(_) => "untrusted",
+            OpenError::Invalid(_) => "invalid",
+            OpenError::Policy(_) => "policy",
+        }
+    }
+
+    fn io(e: std::io::Error) -> OpenError {
+        OpenError::Unreadable(Arc::new(e))
+    }
+
+    fn archive(e: format::Error) -> OpenError {
+        match e {
+            format::Error::Io { .. } => OpenError::Invalid(Arc::new(e)),
+            format::Error::Unsigned
+            | format::Error::BadSignature { .. }
+            | format::Error::UnknownKey { .. } => OpenError::Untrusted(Arc::new(e)),
+            e => OpenError::Invalid(Arc::new(e)),
+        }
+    }
+}
+
+/// Why a package an active list names cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unusable {
+    /// The file that holds it does not open.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// No file holds it.
+    #[error("neither the pool nor packages/ holds this package")]
+    Missing,
+    /// The file found holds another package.
+    #[error("{} holds package {found} instead", path.display())]
+    OtherId {
+        /// The file.
+        path: PathBuf,
+        /// The id of what it holds.
+        found: PackageId,
+    },
+    /// The package has another name or version than the list says.
+    #[error("the package is {found}")]
+    OtherLabel {
+        /// `name-version` of the package.
+        found: String,
+    },
 }
 
 /// Errors of loading a layer's active set.
@@ -103,7 +173,7 @@ pub enum StackError {
         /// Its id.
         id: PackageId,
         /// What is wrong.
-        reason: String,
+        reason: Box<Unusable>,
     },
 }
 
@@ -138,7 +208,7 @@ impl FileKey {
 pub struct Opener {
     keys: TrustedKeys,
     policy: crate::capabilities::Policy,
-    files: HashMap<FileKey, (PathBuf, Result<Arc<Archive>, String>)>,
+    files: HashMap<FileKey, (PathBuf, Result<Arc<Archive>, OpenError>)>,
 }
 
 impl Opener {
@@ -162,7 +232,7 @@ impl Opener {
 
     /// Opens `path`, a file of a layer, validates it and checks it is signed by a trusted
     /// key. A symlink is refused ([`crate::owner::open_in_layer`]).
-    pub fn open(&mut self, path: &Path) -> Result<Arc<Archive>, String> {
+    pub fn open(&mut self, path: &Path) -> Result<Arc<Archive>, OpenError> {
         // A file seen before, unchanged: one lstat, not an open (a reconcile looks at
         // every file of packages/ after every batch of events).
         if let Ok(md) = fs::symlink_metadata(path) {
@@ -175,21 +245,24 @@ impl Opener {
                 }
             }
         }
-        let file = crate::owner::open_in_layer(path).map_err(|e| e.to_string())?;
+        let file = crate::owner::open_in_layer(path).map_err(OpenError::io)?;
         self.open_file(file, path)
     }
 
     /// Like [`Opener::open`], for a file named by the user outside any layer (a package to
     /// install): symlinks are followed, as for any command-line argument.
-    pub fn open_given(&mut self, path: &Path) -> Result<Arc<Archive>, String> {
-        let file = format::archive::open_regular(path).map_err(|e| e.to_string())?;
+    pub fn open_given(&mut self, path: &Path) -> Result<Arc<Archive>, OpenError> {
+        let file = format::archive::open_regular(path).map_err(OpenError::io)?;
         self.open_file(file, path)
     }
 
-    fn open_file(&mut self, file: fs::File, path: &Path) -> Result<Arc<Archive>, String> {
-        let md = file.metadata().map_err(|e| e.to_string())?;
+    fn open_file(&mut self, file: fs::File, path: &Path) -> Result<Arc<Archive>, OpenError> {
+        let md = file.metadata().map_err(OpenError::io)?;
         if !md.is_file() {
-            return Err("not a regular file".into());
+            return Err(OpenError::io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
         }
         let key = FileKey::of(&md);
         if let Some((known, r)) = self.files.get_mut(&key) {
@@ -202,8 +275,13 @@ impl Opener {
         }
         // Trust first: an unsigned or untrusted file costs its header and trailer.
         let r = Archive::from_file_trusted(file, path, &self.keys)
-            .map_err(|e| one_line(&e))
-            .and_then(|a| self.policy.check(&a, &self.keys).map(|()| a))
+            .map_err(OpenError::archive)
+            .and_then(|a| {
+                self.policy
+                    .check(&a, &self.keys)
+                    .map(|()| a)
+                    .map_err(OpenError::Policy)
+            })
             .map(Arc::new);
         self.files.insert(key, (path.to_owned(), r.clone()));
         r
@@ -233,14 +311,21 @@ impl Opener {
         let policy = &self.policy;
         // Each worker opens with this thread's identity (a user's layer: the user's).
         let (uid, gid) = crate::owner::current();
-        let opened: Vec<(FileKey, &PathBuf, Result<Archive, String>)> = todo
+        let opened: Vec<(FileKey, &PathBuf, Result<Archive, OpenError>)> = todo
             .into_par_iter()
             .map(|(key, p)| {
                 let _as = crate::owner::AsOwner::of(uid, gid);
                 let r = crate::owner::open_in_layer(p)
-                    .map_err(|e| format!("{}: {e}", p.display()))
-                    .and_then(|f| Archive::from_file_trusted(f, p, keys).map_err(|e| one_line(&e)))
-                    .and_then(|a| policy.check(&a, keys).map(|()| a));
+                    .map_err(OpenError::io)
+                    .and_then(|f| {
+                        Archive::from_file_trusted(f, p, keys).map_err(OpenError::archive)
+                    })
+                    .and_then(|a| {
+                        policy
+                            .check(&a, keys)
+                            .map(|()| a)
+                            .map_err(OpenError::Policy)
+                    });
                 (key, p, r)
             })
             .collect();
@@ -288,14 +373,14 @@ pub struct LayerSet {
 }
 
 /// A package an active list names that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Damaged {
     /// `name-version` as listed.
     pub label: String,
     /// Its id.
     pub id: PackageId,
-    /// Why, one line.
-    pub reason: String,
+    /// Why.
+    pub reason: Unusable,
 }
 
 impl Damaged {
@@ -416,7 +501,7 @@ impl Stack {
                 Err(StackError::Package { reason, .. }) => set.damaged.push(Damaged {
                     label: e.label.clone(),
                     id: e.id,
-                    reason,
+                    reason: *reason,
                 }),
             }
         }
@@ -460,11 +545,11 @@ impl Stack {
             .collect();
         opener.preload(&pool);
         for e in &list.entries {
-            let bad = |reason: String| StackError::Package {
+            let bad = |reason: Unusable| StackError::Package {
                 layer: self.layers[l].name.clone(),
                 label: e.label.clone(),
                 id: e.id,
-                reason,
+                reason: Box::new(reason),
             };
             let pool = paths.pool_file(&e.id);
             let opened = match opener.open(&pool) {
@@ -490,21 +575,21 @@ impl Stack {
                         scanned = Some(m);
                     }
                     match scanned.as_ref().and_then(|m| m.get(&e.id)) {
-                        Some(p) => opener.open(p).map(|a| (p.clone(), a)).map_err(bad),
-                        None if pool.exists() => Err(bad(pool_err)),
-                        None => Err(bad(
-                            "neither the pool nor packages/ holds this package".into()
-                        )),
+                        Some(p) => opener
+                            .open(p)
+                            .map(|a| (p.clone(), a))
+                            .map_err(|e| bad(e.into())),
+                        None if pool.exists() => Err(bad(pool_err.into())),
+                        None => Err(bad(Unusable::Missing)),
                     }
                 }
             };
             let r = opened.and_then(|(path, archive)| {
                 if archive.id() != e.id {
-                    return Err(bad(format!(
-                        "{} holds package {} instead",
-                        path.display(),
-                        archive.id()
-                    )));
+                    return Err(bad(Unusable::OtherId {
+                        path,
+                        found: archive.id(),
+                    }));
                 }
                 let c = Candidate {
                     layer: l,
@@ -512,7 +597,7 @@ impl Stack {
                     archive,
                 };
                 if c.label() != e.label {
-                    return Err(bad(format!("the package is {}", c.label())));
+                    return Err(bad(Unusable::OtherLabel { found: c.label() }));
                 }
                 Ok(c)
             });
@@ -704,12 +789,54 @@ pub struct Plan {
     pub added: Vec<String>,
     /// `name-version` of packages deactivated.
     pub removed: Vec<String>,
-    /// Packages deactivated (or not activated) because they would be left broken, each with
-    /// the problem.
-    pub broken: Vec<String>,
+    /// Packages deactivated (or not activated) because they would be left broken: the
+    /// problem of each (which names the package).
+    pub broken: Vec<Problem>,
     /// Packages not activated and why (a dropped file older than the active version, a
     /// package the first generation cannot include).
-    pub skipped: Vec<String>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// A package a change did not activate, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// `name-version` of the package.
+    pub package: String,
+    /// Why.
+    pub why: Skip,
+}
+
+/// Why a package was not activated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// A dropped file no newer than the active version (`name-version` of that one).
+    NotNewer {
+        /// `name-version` of the active package.
+        active: String,
+    },
+    /// The set with it breaks the invariant.
+    Refused(Refused),
+}
+
+impl Skip {
+    /// The kind, as JSON output names it: `not-newer` or `refused`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Skip::NotNewer { .. } => "not-newer",
+            Skip::Refused(_) => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.why {
+            Skip::NotNewer { active } => {
+                write!(f, "{}: not newer than the active {active}", self.package)
+            }
+            Skip::Refused(r) => write!(f, "{}: {r}", self.package),
+        }
+    }
 }
 
 impl Plan {
@@ -718,8 +845,8 @@ impl Plan {
     pub fn between(
         current: &[Vec<Candidate>],
         new: Vec<Vec<Candidate>>,
-        broken: Vec<String>,
-        skipped: Vec<String>,
+        broken: Vec<Problem>,
+        skipped: Vec<Skipped>,
     ) -> Plan {
         finish(
             Plan {
@@ -793,11 +920,10 @@ pub fn plan(
                         continue;
                     }
                     if only_newer && a.manifest().version >= p.manifest().version {
-                        plan.skipped.push(format!(
-                            "{}: not newer than the active {}",
-                            p.label(),
-                            a.label()
-                        ));
+                        plan.skipped.push(Skipped {
+                            package: p.label(),
+                            why: Skip::NotNewer { active: a.label() },
+                        });
                         continue;
                     }
                 }
@@ -935,18 +1061,19 @@ pub fn plan(
                             match try_set(&t) {
                                 Ok(_) => accepted.push(c),
                                 Err(r) => {
-                                    last_err.insert(c.id(), r.to_string());
+                                    last_err.insert(c.id(), r);
                                     still.push(c);
                                 }
                             }
                         }
                         if still.len() == before || still.is_empty() {
                             for c in &still {
-                                plan.skipped.push(format!(
-                                    "{}: {}",
-                                    c.label(),
-                                    last_err.get(&c.id()).cloned().unwrap_or_default()
-                                ));
+                                if let Some(r) = last_err.remove(&c.id()) {
+                                    plan.skipped.push(Skipped {
+                                        package: c.label(),
+                                        why: Skip::Refused(r),
+                                    });
+                                }
                             }
                             break;
                         }
@@ -973,16 +1100,16 @@ fn cascade(
             Ok(_) => return Ok(()),
             Err(r) => r,
         };
-        let mut victims: Vec<(String, String)> = Vec::new();
+        let mut victims: Vec<(String, &Problem)> = Vec::new();
         for p in &r.problems {
             match p {
                 Problem::MissingRequirement { package, .. }
                 | Problem::MissingSystemComponent { package, .. } => {
-                    victims.push((package.clone(), p.to_string()))
+                    victims.push((package.clone(), p))
                 }
                 Problem::Cycle { packages } => {
                     for q in packages {
-                        victims.push((q.clone(), p.to_string()));
+                        victims.push((q.clone(), p));
                     }
                 }
                 _ => {}

@@ -179,3 +179,83 @@ mod tests {
         assert!(s.len() < 300 && s.ends_with("/leaf (1001 levels)"), "{s}");
     }
 }
+
+/// The JSON of why a set breaks the invariant: the problem's `kind` and fields, and the
+/// line a human reads (`message`).
+#[derive(Serialize)]
+pub struct ProblemJson<'a> {
+    /// The problem, tagged with its kind.
+    #[serde(flatten)]
+    pub problem: &'a pkgset::Problem,
+    /// The problem as one line.
+    pub message: String,
+}
+
+impl<'a> From<&'a pkgset::Problem> for ProblemJson<'a> {
+    fn from(problem: &'a pkgset::Problem) -> Self {
+        ProblemJson {
+            problem,
+            message: problem.to_string(),
+        }
+    }
+}
+
+/// The JSON of a package a change did not activate.
+#[derive(Serialize)]
+pub struct SkippedJson<'a> {
+    /// `name-version`.
+    pub package: &'a str,
+    /// `not-newer` or `refused`.
+    pub kind: &'static str,
+    /// The problems, for `refused`.
+    pub problems: Vec<ProblemJson<'a>>,
+    /// The whole as one line.
+    pub message: String,
+}
+
+impl<'a> From<&'a pkgset::Skipped> for SkippedJson<'a> {
+    fn from(s: &'a pkgset::Skipped) -> Self {
+        SkippedJson {
+            package: &s.package,
+            kind: s.why.kind(),
+            problems: match &s.why {
+                pkgset::Skip::Refused(r) => r.problems.iter().map(ProblemJson::from).collect(),
+                pkgset::Skip::NotNewer { .. } => Vec::new(),
+            },
+            message: s.to_string(),
+        }
+    }
+}
+
+/// The JSON of a package file that was not opened: `kind` is `unreadable`, `untrusted`,
+/// `invalid` or `policy`.
+#[derive(Serialize)]
+pub struct RefusalJson {
+    /// The file.
+    pub file: String,
+    /// Why, by kind.
+    pub kind: &'static str,
+    /// Why, one line.
+    pub reason: String,
+}
+
+impl From<&pkgset::stack::Refusal> for RefusalJson {
+    fn from(r: &pkgset::stack::Refusal) -> Self {
+        RefusalJson {
+            file: r.path.display().to_string(),
+            kind: r.reason.kind(),
+            reason: r.reason.to_string(),
+        }
+    }
+}
+
+/// The kind of why a listed package cannot be used: `unreadable`, `untrusted`,
+/// `invalid`, `policy` (the file does not open), `missing`, `other-id` or `other-label`.
+pub fn unusable_kind(u: &pkgset::Unusable) -> &'static str {
+    match u {
+        pkgset::Unusable::Open(e) => e.kind(),
+        pkgset::Unusable::Missing => "missing",
+        pkgset::Unusable::OtherId { .. } => "other-id",
+        pkgset::Unusable::OtherLabel { .. } => "other-label",
+    }
+}

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cli::ResolveArgs;
 use crate::cmd::set::*;
-use crate::output::Out;
+use crate::output::{Out, ProblemJson, RefusalJson};
 
 #[derive(Serialize)]
 struct LayerJson {
@@ -19,10 +19,14 @@ struct LayerJson {
 }
 
 #[derive(Serialize)]
-struct ResolveJson {
+struct ResolveJson<'a> {
     ok: bool,
     layers: Vec<LayerJson>,
+    /// Why the stack does not resolve, one line.
     error: Option<String>,
+    /// The same, problem by problem, each with its kind and fields.
+    problems: Vec<ProblemJson<'a>>,
+    /// Package files that were not opened, each with its kind.
     refused: Vec<RefusalJson>,
 }
 
@@ -71,6 +75,7 @@ pub fn resolve(a: ResolveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
                         })
                         .collect(),
                     error: None,
+                    problems: Vec::new(),
                     refused: refusals_json(&refused),
                 })?;
             } else {
@@ -96,6 +101,7 @@ pub fn resolve(a: ResolveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
                     ok: false,
                     layers: Vec::new(),
                     error: Some(r.to_string()),
+                    problems: r.problems.iter().map(ProblemJson::from).collect(),
                     refused: refusals_json(&refused),
                 })?;
                 Ok(ExitCode::from(1))

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::cli::TrustArgs;
 use crate::cmd::verify::DEFAULT_KEYS_DIR;
-use crate::output::Out;
+use crate::output::{Out, ProblemJson, RefusalJson, SkippedJson};
 
 // ---------------------------------------------------------------------------------------
 // Shared set-up
@@ -148,13 +148,13 @@ pub(super) fn pkg_json(c: &Candidate) -> PkgJson {
 }
 
 #[derive(Serialize)]
-pub(super) struct ChangeJson {
+pub(super) struct ChangeJson<'a> {
     layer: String,
     generation: Option<u64>,
     added: Vec<String>,
     removed: Vec<String>,
-    broken: Vec<String>,
-    skipped: Vec<String>,
+    broken: Vec<ProblemJson<'a>>,
+    skipped: Vec<SkippedJson<'a>>,
 }
 
 /// Commits the first generation of the top layer if it has none (and the plan of it found
@@ -243,8 +243,8 @@ pub(super) fn report_change(
             generation,
             added: plan.added.clone(),
             removed: plan.removed.clone(),
-            broken: plan.broken.clone(),
-            skipped: plan.skipped.clone(),
+            broken: plan.broken.iter().map(ProblemJson::from).collect(),
+            skipped: plan.skipped.iter().map(SkippedJson::from).collect(),
         })?;
     } else {
         match generation {
@@ -276,17 +276,6 @@ pub(super) fn remove_files(files: &[Candidate], ids: &HashSet<format::archive::P
     }
 }
 
-#[derive(Serialize)]
-pub(super) struct RefusalJson {
-    pub(super) file: String,
-    pub(super) reason: String,
-}
-
 pub(super) fn refusals_json(r: &[Refusal]) -> Vec<RefusalJson> {
-    r.iter()
-        .map(|r| RefusalJson {
-            file: r.path.display().to_string(),
-            reason: r.reason.clone(),
-        })
-        .collect()
+    r.iter().map(RefusalJson::from).collect()
 }

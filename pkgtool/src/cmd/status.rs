@@ -67,10 +67,20 @@ struct BootJson {
     warning: Option<String>,
 }
 
+/// A file of packages/ the set refuses for now (decided again when the set changes).
+#[derive(Serialize)]
+struct WaitingJson {
+    file: String,
+    reason: String,
+}
+
 #[derive(Serialize)]
 struct DamagedJson {
     package: String,
     id: String,
+    /// `missing`, `other-id`, `other-label`, or why its file does not open
+    /// (`unreadable`, `untrusted`, `invalid`, `policy`).
+    kind: &'static str,
     reason: String,
 }
 
@@ -81,7 +91,7 @@ struct PendingJson {
     reason: String,
     added: Vec<String>,
     removed: Vec<String>,
-    waiting: Vec<RefusalJson>,
+    waiting: Vec<WaitingJson>,
 }
 
 pub fn status(a: StatusArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
@@ -119,7 +129,7 @@ pub fn status(a: StatusArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             waiting: d
                 .waiting
                 .iter()
-                .map(|(f, why)| RefusalJson {
+                .map(|(f, why)| WaitingJson {
                     file: f.clone(),
                     reason: why.clone(),
                 })
@@ -171,7 +181,8 @@ pub fn status(a: StatusArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             .map(|d| DamagedJson {
                 package: d.label.clone(),
                 id: d.id.to_string(),
-                reason: d.reason.clone(),
+                kind: crate::output::unusable_kind(&d.reason),
+                reason: d.reason.to_string(),
             })
             .collect(),
         pending,

@@ -385,6 +385,26 @@ fn first_generation_comes_from_the_drop_zone_and_resolve_explains() {
         .fails(1)
         .one_line_error()
         .stderr_contains("orphan 1.0.0 requires zlib ^1, but nothing provides it");
+    // In JSON, each problem and each file not opened comes with its kind and its data.
+    fs::write(r.layer("system/packages/junk.hpkg"), b"not a package").unwrap();
+    let res = r
+        .cmd(&["resolve", "--json"], &[])
+        .arg(r.layer("system"))
+        .fails(1)
+        .json();
+    assert_eq!(res["ok"], false);
+    let p = &res["problems"][0];
+    assert_eq!(p["kind"], "missing-requirement", "{res}");
+    assert_eq!(p["package"], "orphan 1.0.0");
+    assert_eq!(p["requirement"], "zlib ^1");
+    assert!(p["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("orphan 1.0.0 requires zlib ^1"));
+    let refused = &res["refused"][0];
+    assert!(refused["file"].as_str().unwrap().ends_with("junk.hpkg"));
+    assert_eq!(refused["kind"], "invalid", "{res}");
+    fs::remove_file(r.layer("system/packages/junk.hpkg")).unwrap();
 
     // the first install records the drop zone's set as generation 1, leaving out orphan
     let extra = r.pkg("extra", "1.0.0", "", &[("share/e", "e")]);
