@@ -413,47 +413,10 @@ fn edges(ms: &[Mapped]) -> Vec<(usize, usize, usize)> {
     out
 }
 
-/// A cycle as a list of edges, if the graph has one.
+/// A cycle as a list of edges (package, requirement, provider), if the graph has one.
 fn find_cycle(n: usize, edges: &[(usize, usize, usize)]) -> Option<Vec<(usize, usize, usize)>> {
-    let mut adj: Vec<Vec<(usize, usize, usize)>> = vec![Vec::new(); n];
-    for &e in edges {
-        adj[e.0].push(e);
-    }
-    let mut colour = vec![0u8; n];
-    for start in 0..n {
-        if colour[start] != 0 {
-            continue;
-        }
-        // (node, next edge index); path of edges taken
-        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
-        let mut path: Vec<(usize, usize, usize)> = Vec::new();
-        colour[start] = 1;
-        while let Some(&mut (v, ref mut k)) = stack.last_mut() {
-            if *k < adj[v].len() {
-                let e = adj[v][*k];
-                *k += 1;
-                match colour[e.2] {
-                    0 => {
-                        colour[e.2] = 1;
-                        path.push(e);
-                        stack.push((e.2, 0));
-                    }
-                    1 => {
-                        let from = path.iter().position(|p| p.0 == e.2).unwrap_or(path.len());
-                        let mut cycle = path[from..].to_vec();
-                        cycle.push(e);
-                        return Some(cycle);
-                    }
-                    _ => {}
-                }
-            } else {
-                colour[v] = 2;
-                stack.pop();
-                path.pop();
-            }
-        }
-    }
-    None
+    let pairs: Vec<(usize, usize)> = edges.iter().map(|e| (e.0, e.2)).collect();
+    pkgset::graph::find_cycle(n, &pairs).map(|c| c.into_iter().map(|i| edges[i]).collect())
 }
 
 /// Breaks the dependency cycles among the packages of a batch (a package set must be

@@ -27,6 +27,7 @@
 pub mod boot;
 pub mod capabilities;
 pub mod generation;
+pub mod graph;
 pub mod journal;
 pub mod owner;
 pub mod reconcile;

@@ -344,10 +344,12 @@ pub fn check(layers: &[String], set: &[Candidate]) -> Result<Graph, Refused> {
         }
     }
 
-    if let Some(cycle) = find_cycle(set.len(), &graph.edges) {
-        problems.push(Problem::Cycle {
-            packages: cycle.iter().map(|&i| set[i].display()).collect(),
-        });
+    let pairs: Vec<(usize, usize)> = graph.edges.iter().map(|e| (e.from, e.to)).collect();
+    if let Some(cycle) = crate::graph::find_cycle(set.len(), &pairs) {
+        // Package by package, the first repeated at the end.
+        let mut packages: Vec<String> = cycle.iter().map(|&e| set[pairs[e].0].display()).collect();
+        packages.push(set[pairs[cycle[0]].0].display());
+        problems.push(Problem::Cycle { packages });
     }
 
     problems.extend(path_conflicts(layers, set));
@@ -357,58 +359,6 @@ pub fn check(layers: &[String], set: &[Candidate]) -> Result<Graph, Refused> {
     } else {
         Err(Refused { problems })
     }
-}
-
-/// A cycle in the graph, as node indices with the first repeated at the end.
-fn find_cycle(n: usize, edges: &[Edge]) -> Option<Vec<usize>> {
-    let mut adj: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for e in edges {
-        adj[e.from].push(e.to);
-    }
-    for a in adj.iter_mut() {
-        a.sort_unstable();
-        a.dedup();
-    }
-    // Iterative DFS with colours: 0 white, 1 on the stack, 2 done.
-    let mut colour = vec![0u8; n];
-    let mut parent = vec![usize::MAX; n];
-    for start in 0..n {
-        if colour[start] != 0 {
-            continue;
-        }
-        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
-        colour[start] = 1;
-        while let Some(&mut (v, ref mut k)) = stack.last_mut() {
-            if *k < adj[v].len() {
-                let w = adj[v][*k];
-                *k += 1;
-                match colour[w] {
-                    0 => {
-                        colour[w] = 1;
-                        parent[w] = v;
-                        stack.push((w, 0));
-                    }
-                    1 => {
-                        // back edge v -> w: the cycle is w ... v w
-                        let mut cycle = vec![v];
-                        let mut x = v;
-                        while x != w {
-                            x = parent[x];
-                            cycle.push(x);
-                        }
-                        cycle.reverse();
-                        cycle.push(w);
-                        return Some(cycle);
-                    }
-                    _ => {}
-                }
-            } else {
-                colour[v] = 2;
-                stack.pop();
-            }
-        }
-    }
-    None
 }
 
 /// Paths that two packages of one layer both claim with different contents: one problem
