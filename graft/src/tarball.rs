@@ -8,17 +8,14 @@
 //! package root, directly or through other links of the package, is an error.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use format::archive::tree::Meta;
+use format::archive::walk::{self, Stat};
 use format::archive::{Content, NodeId, Tree};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use format::text::escape;
 
@@ -674,125 +671,84 @@ pub fn tar_error(e: &io::Error) -> String {
 /// Reads a directory tree into `b`: modes, mtimes, contents, symlinks, hard links,
 /// extended attributes.
 ///
-/// The tree may belong to somebody else who changes it while it is read (as root, a
-/// file swapped for a symlink to a root-only file must not end up in the package), so
-/// the walk goes through descriptors only: each directory is opened relative to its
-/// parent with `O_NOFOLLOW|O_DIRECTORY`, each file is opened once with
-/// `O_NOFOLLOW|O_NONBLOCK` (a FIFO put in its place cannot hang the walk) and checked with
-/// `fstat` to be a regular file, and its mode, mtime, identity (for hard links), xattrs
-/// and contents all come from that descriptor. Contents are read right away (into memory,
-/// then temporary files, as for tarballs), so nothing is opened by path later.
+/// The walk is the project's one directory walker ([`format::archive::walk`]), through
+/// descriptors only: a tree somebody else changes while it is read cannot make a file
+/// from outside it end up in the package. Contents are read right away from the
+/// descriptor the walk opened (into memory, then temporary files, as for tarballs), so
+/// nothing is opened by path later.
 pub fn read_dir(dir: &Path, b: &mut Builder) -> Result<(), String> {
-    let root = rustix::fs::open(dir, dir_flags(), Mode::empty()).map_err(|e| match e {
-        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
-            format!("{}: not a directory", dir.display())
-        }
-        e => format!("{}: {}", dir.display(), io::Error::from(e)),
-    })?;
-    let root = fs::File::from(root);
-    let md = root
-        .metadata()
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    b.dir(&[], meta_of(&md), &xattrs_of_fd(&root, dir)?)?;
-    let mut seen: HashMap<(u64, u64), Comps> = HashMap::new();
-    let mut stack: Vec<(fs::File, PathBuf, Comps)> = vec![(root, dir.to_owned(), Vec::new())];
-    while let Some((dirfd, path, rel)) = stack.pop() {
-        let mut names = Vec::new();
-        let entries = rustix::fs::Dir::read_from(&dirfd)
-            .map_err(|e| format!("{}: {}", path.display(), io::Error::from(e)))?;
-        for ent in entries {
-            let ent = ent.map_err(|e| format!("{}: {}", path.display(), io::Error::from(e)))?;
-            let n = ent.file_name().to_bytes();
-            if n != b"." && n != b".." {
-                names.push(n.to_vec());
-            }
-        }
-        names.sort();
-        let mut subdirs = Vec::new();
-        for name in names {
-            let p = path.join(OsStr::from_bytes(&name));
-            let at = |e: String| format!("{}: {e}", p.display());
-            let ioerr = |e: rustix::io::Errno| at(io::Error::from(e).to_string());
-            let mut crel = rel.clone();
-            crel.push(name.clone());
-            let st = rustix::fs::statat(&dirfd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(ioerr)?;
-            let changed = || at("changed while it was read (it is no longer what it was)".into());
-            match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => {
-                    let fd =
-                        rustix::fs::openat(&dirfd, name.as_slice(), dir_flags(), Mode::empty())
-                            .map_err(|e| match e {
-                                rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => changed(),
-                                e => ioerr(e),
-                            })?;
-                    let f = fs::File::from(fd);
-                    let md = f.metadata().map_err(|e| at(e.to_string()))?;
-                    b.dir(&crel, meta_of(&md), &xattrs_of_fd(&f, &p)?)
-                        .map_err(at)?;
-                    subdirs.push((f, p.clone(), crel));
-                }
-                FileType::RegularFile => {
-                    if b.strips(&crel) {
-                        // Left out: counted, never opened.
-                        b.stripped_file(&crel, st.st_size as u64, meta_of_stat(&st).mtime);
-                        continue;
-                    }
-                    let fd = rustix::fs::openat(
-                        &dirfd,
-                        name.as_slice(),
-                        OFlags::RDONLY
-                            | OFlags::NOFOLLOW
-                            | OFlags::NONBLOCK
-                            | OFlags::NOCTTY
-                            | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| match e {
-                        rustix::io::Errno::LOOP => changed(),
-                        e => ioerr(e),
-                    })?;
-                    let mut f = fs::File::from(fd);
-                    let md = f.metadata().map_err(|e| at(e.to_string()))?;
-                    if !md.is_file() {
-                        return Err(changed());
-                    }
-                    if md.nlink() > 1 {
-                        if let Some(first) = seen.get(&(md.dev(), md.ino())) {
-                            let first = first.join(&b'/');
-                            b.hardlink(&crel, &first).map_err(at)?;
-                            continue;
-                        }
-                        seen.insert((md.dev(), md.ino()), crel.clone());
-                    }
-                    let xattrs = xattrs_of_fd(&f, &p)?;
-                    b.file(&crel, &mut f, meta_of(&md), &xattrs).map_err(at)?;
-                }
-                FileType::Symlink => {
-                    let target = rustix::fs::readlinkat(&dirfd, name.as_slice(), Vec::new())
-                        .map_err(|e| match e {
-                            rustix::io::Errno::INVAL => changed(),
-                            e => ioerr(e),
-                        })?;
-                    b.symlink(&crel, target.as_bytes(), meta_of_stat(&st), &[])
-                        .map_err(at)?;
-                }
-                _ => {
-                    return Err(at(
-                        "a device, fifo or socket, which a package cannot hold".into()
-                    ));
-                }
-            }
-        }
-        // Depth-first in name order (the stack pops the last pushed first).
-        stack.extend(subdirs.into_iter().rev());
+    struct Into<'b> {
+        b: &'b mut Builder,
+        /// The first name of each file with more than one link.
+        seen: HashMap<(u64, u64), Comps>,
     }
-    Ok(())
-}
-
-/// Flags for opening a directory of the input without following a symlink.
-fn dir_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+    fn meta(st: &Stat) -> Meta {
+        Meta {
+            perm: st.perm,
+            mtime: st.mtime,
+            mtime_nsec: st.mtime_nsec,
+        }
+    }
+    fn at(p: &Path) -> impl Fn(String) -> String + '_ {
+        move |e| format!("{}: {e}", p.display())
+    }
+    impl walk::Visitor for Into<'_> {
+        type Error = Msg;
+        fn dir(&mut self, rel: &[Vec<u8>], p: &Path, f: &fs::File, st: Stat) -> Result<(), Msg> {
+            let xattrs = walk::xattrs_of(f, p)?;
+            let r = self.b.dir(rel, meta(&st), &xattrs);
+            Ok(if rel.is_empty() { r } else { r.map_err(at(p)) }?)
+        }
+        fn file(&mut self, w: walk::WalkFile<'_>) -> Result<(), Msg> {
+            if self.b.strips(w.rel) {
+                // Left out: counted, never opened.
+                self.b.stripped_file(w.rel, w.stat.size, w.stat.mtime);
+                return Ok(());
+            }
+            let (mut f, st) = w.open()?;
+            if st.nlink > 1 {
+                if let Some(first) = self.seen.get(&(st.dev, st.ino)) {
+                    let first = first.join(&b'/');
+                    return Ok(self.b.hardlink(w.rel, &first).map_err(at(w.path))?);
+                }
+                self.seen.insert((st.dev, st.ino), w.rel.to_vec());
+            }
+            let xattrs = walk::xattrs_of(&f, w.path)?;
+            self.b
+                .file(w.rel, &mut f, meta(&st), &xattrs)
+                .map_err(at(w.path))?;
+            Ok(())
+        }
+        fn symlink(
+            &mut self,
+            rel: &[Vec<u8>],
+            p: &Path,
+            target: &[u8],
+            st: Stat,
+        ) -> Result<(), Msg> {
+            Ok(self.b.symlink(rel, target, meta(&st), &[]).map_err(at(p))?)
+        }
+    }
+    /// The walk's errors and the builder's, as the builder's one line.
+    struct Msg(String);
+    impl From<walk::WalkError> for Msg {
+        fn from(e: walk::WalkError) -> Msg {
+            Msg(e.to_string())
+        }
+    }
+    impl From<String> for Msg {
+        fn from(e: String) -> Msg {
+            Msg(e)
+        }
+    }
+    walk::walk_dir(
+        dir,
+        &mut Into {
+            b,
+            seen: HashMap::new(),
+        },
+    )
+    .map_err(|Msg(e)| e)
 }
 
 impl Builder {
@@ -801,41 +757,6 @@ impl Builder {
         let kept = self.admit(rel, size, mtime);
         debug_assert!(kept.is_none(), "stripped_file on a file that is kept");
     }
-}
-
-fn meta_of(md: &fs::Metadata) -> Meta {
-    Meta {
-        perm: md.permissions().mode() & 0o7777,
-        mtime: md.mtime(),
-        mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
-    }
-}
-
-/// The mode and mtime of a `stat` (the kernel's field types differ between targets).
-#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-fn meta_of_stat(st: &rustix::fs::Stat) -> Meta {
-    Meta {
-        perm: (st.st_mode as u32) & 0o7777,
-        mtime: st.st_mtime as i64,
-        mtime_nsec: (st.st_mtime_nsec as i64).clamp(0, 999_999_999) as u32,
-    }
-}
-
-/// The xattrs of an open file or directory (`p` names it in messages).
-fn xattrs_of_fd(f: &fs::File, p: &Path) -> Result<Vec<Xattr>, String> {
-    use xattr::FileExt;
-    let names = match f.list_xattr() {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: {e}", p.display())),
-    };
-    let mut out = Vec::new();
-    for n in names {
-        if let Ok(Some(v)) = f.get_xattr(&n) {
-            out.push((n.as_bytes().to_vec(), v));
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -314,6 +314,14 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cli_is_consistent() {
+        // (clap checks only in builds with debug assertions: scripts/test runs this test
+        // so, once.)
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+
     use super::*;
 
     fn settings(args: &[&str]) -> Result<Settings, String> {

@@ -13,6 +13,7 @@ pub mod reader;
 pub(crate) mod sign;
 pub(crate) mod toc;
 pub mod tree;
+pub mod walk;
 pub mod writer;
 
 pub use chunk::{ChunkInfo, Compression, Method};

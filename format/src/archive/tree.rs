@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,6 +19,17 @@ pub type NodeId = u32;
 pub enum Content {
     /// Read from this path at build time.
     Path(PathBuf),
+    /// Read from this path at build time, which must still be the file a walk of a tree
+    /// met (device and inode): opened without following a link and without waiting, so a
+    /// tree changed behind the build's back fails it rather than packaging another file.
+    Walked {
+        /// The path.
+        path: PathBuf,
+        /// The file's device, when walked.
+        dev: u64,
+        /// The file's inode, when walked.
+        ino: u64,
+    },
     /// These bytes.
     Bytes(Arc<[u8]>),
 }
@@ -193,7 +203,7 @@ impl Tree {
         meta: Meta,
     ) -> Result<NodeId> {
         let origin = match &content {
-            Content::Path(p) => p.clone(),
+            Content::Path(p) | Content::Walked { path: p, .. } => p.clone(),
             Content::Bytes(_) => self.child_origin(parent, name),
         };
         if let Content::Bytes(b) = &content {
@@ -314,65 +324,109 @@ impl Tree {
     /// Reads a directory tree from disk: files, directories, symlinks, hard links (stored
     /// once), permission bits, mtimes and extended attributes. Entries are visited in sorted
     /// order. Devices, fifos and sockets cannot be packaged and are an error naming the path.
+    ///
+    /// The walk goes through descriptors only ([`super::walk`]): a tree another user
+    /// changes while `pkgtool build` runs as root cannot make it package a file from
+    /// outside the tree; each file is read later by path, and must then still be the file
+    /// walked ([`Content::Walked`]).
     pub fn from_dir(dir: &Path) -> Result<Tree> {
-        let meta = fs::symlink_metadata(dir).map_err(|e| Error::io(dir, e))?;
-        if !meta.is_dir() {
-            return Err(Error::Source {
-                path: dir.to_owned(),
-                reason: "not a directory".into(),
-            });
+        struct Build {
+            tree: Tree,
+            /// Directories by their path below the root.
+            dirs: HashMap<Vec<Vec<u8>>, NodeId>,
+            hardlinks: HashMap<(u64, u64), NodeId>,
         }
-        let mut tree = Tree::new();
-        tree.nodes[0].origin = dir.to_owned();
-        tree.set_meta(0, meta_of(&meta));
-        read_xattrs(&mut tree, 0, dir)?;
-        let mut hardlinks: HashMap<(u64, u64), NodeId> = HashMap::new();
-        let mut stack: Vec<(PathBuf, NodeId)> = vec![(dir.to_owned(), 0)];
-        while let Some((path, id)) = stack.pop() {
-            let mut entries = Vec::new();
-            for ent in fs::read_dir(&path).map_err(|e| Error::io(&path, e))? {
-                let ent = ent.map_err(|e| Error::io(&path, e))?;
-                entries.push(ent.file_name());
+        impl Build {
+            fn parent(&self, rel: &[Vec<u8>]) -> NodeId {
+                self.dirs
+                    .get(&rel[..rel.len() - 1])
+                    .copied()
+                    .expect("a directory is visited before its entries")
             }
-            entries.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            for name in entries {
-                let child = path.join(&name);
-                let md = fs::symlink_metadata(&child).map_err(|e| Error::io(&child, e))?;
-                let m = meta_of(&md);
-                let ft = md.file_type();
-                let nb = name.as_bytes();
-                let node = if ft.is_dir() {
-                    let n = tree.add_dir(id, nb, m)?;
-                    tree.nodes[n as usize].origin = child.clone();
-                    stack.push((child.clone(), n));
-                    n
-                } else if ft.is_file() {
-                    if md.nlink() > 1 {
-                        if let Some(&existing) = hardlinks.get(&(md.dev(), md.ino())) {
-                            tree.add_hardlink(id, nb, existing)?;
-                            continue;
-                        }
-                    }
-                    let n = tree.add_file(id, nb, Content::Path(child.clone()), md.len(), m)?;
-                    if md.nlink() > 1 {
-                        hardlinks.insert((md.dev(), md.ino()), n);
-                    }
-                    n
-                } else if ft.is_symlink() {
-                    let target = fs::read_link(&child).map_err(|e| Error::io(&child, e))?;
-                    let n = tree.add_symlink(id, nb, target.as_os_str().as_bytes(), m)?;
-                    tree.nodes[n as usize].origin = child.clone();
-                    n
+            fn xattrs(&mut self, n: NodeId, xs: Vec<super::walk::Xattr>) -> Result<()> {
+                for (name, value) in xs {
+                    self.tree.set_xattr(n, &name, &value)?;
+                }
+                Ok(())
+            }
+        }
+        fn meta(st: &super::walk::Stat) -> Meta {
+            Meta {
+                perm: st.perm,
+                mtime: st.mtime,
+                mtime_nsec: st.mtime_nsec,
+            }
+        }
+        impl super::walk::Visitor for Build {
+            type Error = Error;
+            fn dir(
+                &mut self,
+                rel: &[Vec<u8>],
+                path: &Path,
+                f: &fs::File,
+                st: super::walk::Stat,
+            ) -> Result<()> {
+                let n = if rel.is_empty() {
+                    self.tree.nodes[0].origin = path.to_owned();
+                    self.tree.set_meta(0, meta(&st));
+                    0
                 } else {
-                    return Err(Error::Source {
-                        path: child,
-                        reason: "cannot package a device, fifo or socket".into(),
-                    });
+                    let n = self
+                        .tree
+                        .add_dir(self.parent(rel), &rel[rel.len() - 1], meta(&st))?;
+                    self.tree.nodes[n as usize].origin = path.to_owned();
+                    n
                 };
-                read_xattrs(&mut tree, node, &child)?;
+                self.dirs.insert(rel.to_vec(), n);
+                self.xattrs(n, super::walk::xattrs_of(f, path)?)
+            }
+            fn file(&mut self, w: super::walk::WalkFile<'_>) -> Result<()> {
+                let parent = self.parent(w.rel);
+                let name = &w.rel[w.rel.len() - 1];
+                let (f, st) = w.open()?;
+                if st.nlink > 1 {
+                    if let Some(&first) = self.hardlinks.get(&(st.dev, st.ino)) {
+                        return self.tree.add_hardlink(parent, name, first);
+                    }
+                }
+                let content = Content::Walked {
+                    path: w.path.to_owned(),
+                    dev: st.dev,
+                    ino: st.ino,
+                };
+                let n = self
+                    .tree
+                    .add_file(parent, name, content, st.size, meta(&st))?;
+                if st.nlink > 1 {
+                    self.hardlinks.insert((st.dev, st.ino), n);
+                }
+                self.xattrs(n, super::walk::xattrs_of(&f, w.path)?)
+            }
+            fn symlink(
+                &mut self,
+                rel: &[Vec<u8>],
+                path: &Path,
+                target: &[u8],
+                st: super::walk::Stat,
+            ) -> Result<()> {
+                let n = self.tree.add_symlink(
+                    self.parent(rel),
+                    &rel[rel.len() - 1],
+                    target,
+                    meta(&st),
+                )?;
+                self.tree.nodes[n as usize].origin = path.to_owned();
+                // (A link's own xattrs, by its path: l*xattr never follows it.)
+                read_xattrs(&mut self.tree, n, path)
             }
         }
-        Ok(tree)
+        let mut b = Build {
+            tree: Tree::new(),
+            dirs: HashMap::new(),
+            hardlinks: HashMap::new(),
+        };
+        super::walk::walk_dir(dir, &mut b)?;
+        Ok(b.tree)
     }
 }
 
@@ -384,14 +438,6 @@ fn node(kind: NodeKind, meta: Meta, origin: PathBuf) -> Node {
         mtime_nsec: meta.mtime_nsec,
         xattrs: BTreeMap::new(),
         origin,
-    }
-}
-
-fn meta_of(md: &fs::Metadata) -> Meta {
-    Meta {
-        perm: md.permissions().mode() & 0o7777,
-        mtime: md.mtime(),
-        mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
     }
 }
 

@@ -681,11 +681,8 @@ fn hash_content(tree: &Tree, f: NodeId) -> Result<[u8; 32]> {
             content: Content::Bytes(b),
             ..
         } => Ok(*blake3::hash(b).as_bytes()),
-        NodeKind::File {
-            content: Content::Path(p),
-            size,
-        } => {
-            let file = File::open(p).map_err(|e| Error::io(p, e))?;
+        NodeKind::File { content, size } => {
+            let (file, p) = open_content(content)?;
             let mut h = blake3::Hasher::new();
             let n = h
                 .update_reader(file.take(*size + 1))
@@ -697,6 +694,38 @@ fn hash_content(tree: &Tree, f: NodeId) -> Result<[u8; 32]> {
             Ok(*h.finalize().as_bytes())
         }
         _ => Ok([0; 32]),
+    }
+}
+
+/// Opens the file a node's content is read from: a walked file without following a link
+/// or waiting on a FIFO, and only if it is still the file walked.
+fn open_content(content: &Content) -> Result<(File, &Path)> {
+    match content {
+        Content::Path(p) => Ok((File::open(p).map_err(|e| Error::io(p, e))?, p)),
+        Content::Walked { path, dev, ino } => {
+            use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(path)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ELOOP) => replaced(path),
+                    _ => Error::io(path, e),
+                })?;
+            let md = f.metadata().map_err(|e| Error::io(path, e))?;
+            if !md.is_file() || md.dev() != *dev || md.ino() != *ino {
+                return Err(replaced(path));
+            }
+            Ok((f, path))
+        }
+        Content::Bytes(_) => unreachable!("bytes are not opened"),
+    }
+}
+
+fn replaced(p: &Path) -> Error {
+    Error::Source {
+        path: p.to_owned(),
+        reason: "replaced by another file while being packaged".into(),
     }
 }
 
@@ -719,11 +748,8 @@ fn assemble(tree: &Tree, blobs: &[(NodeId, u64)], plan: &ChunkPlan) -> Result<Ve
                 content: Content::Bytes(b),
                 ..
             } => dst.copy_from_slice(&b[p.blob_off as usize..p.blob_off as usize + p.len as usize]),
-            NodeKind::File {
-                content: Content::Path(path),
-                ..
-            } => {
-                let f = File::open(path).map_err(|e| Error::io(path, e))?;
+            NodeKind::File { content, .. } => {
+                let (f, path) = open_content(content)?;
                 if p.len >= 64 * 1024 && is_hole(&f, p.blob_off, p.len as u64) {
                     // A hole of a sparse file reads as zeros, which `raw` already holds:
                     // skip the read (a 4 GiB sparse file then costs what its data costs).

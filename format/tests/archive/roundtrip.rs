@@ -1,5 +1,6 @@
 //! Round trips: a tree written to an archive reads back exactly, entry by entry.
 
+use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -363,6 +364,39 @@ fn special_files_and_missing_sources_are_errors_naming_the_path() {
         "{e}"
     );
     assert!(Tree::from_dir(Path::new("/nonexistent/dir")).is_err());
+}
+
+/// A tree changed between its walk and the build (as by another user while root builds
+/// it): a file replaced by a link to a file outside the tree, or by another file, fails the
+/// build, naming it, and nothing of the outside file is packaged.
+#[test]
+fn a_file_replaced_after_the_walk_fails_the_build_instead_of_packaging_another() {
+    let outside = scratch();
+    let secret = outside.path().join("secret");
+    // As long as the walked file: a build that followed the link would not notice.
+    fs::write(&secret, "root-only bytes!").unwrap();
+    for replace_with_link in [true, false] {
+        let t = TestTree::new();
+        t.file("a", "the walked bytes");
+        let tree = Tree::from_dir(t.path()).unwrap();
+        let a = t.p(b"a");
+        // (Kept aside, not deleted: a new file could get a deleted one's inode number.)
+        fs::rename(&a, t.p(b"a.old")).unwrap();
+        if replace_with_link {
+            std::os::unix::fs::symlink(&secret, &a).unwrap();
+        } else {
+            fs::write(&a, "other bytes, 16b").unwrap();
+        }
+        let out = scratch();
+        let e = format::archive::writer::ArchiveWriter::new(&tree, &manifest())
+            .finish(&out.path().join("p.hpkg"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("replaced by another file") && e.contains(&*a.to_string_lossy()),
+            "{e}"
+        );
+    }
 }
 
 #[test]

@@ -43,10 +43,11 @@ pub enum GraftCommand {
     #[command(after_help = DEB_HELP)]
     Deb(DebArgs),
     /// A signed package of the tree in a tarball (.tar, .tar.gz, .tar.xz, .tar.zst, ...).
-    #[command(after_help = TAR_HELP)]
+    // (`--version` is the package's version here, not pkgtool's.)
+    #[command(after_help = TAR_HELP, disable_version_flag = true)]
     Tar(TarArgs),
     /// A signed package of a directory tree.
-    #[command(after_help = DIR_HELP)]
+    #[command(after_help = DIR_HELP, disable_version_flag = true)]
     Dir(DirArgs),
 }
 
