@@ -309,3 +309,86 @@ fn not_a_delta_is_refused() {
     std::fs::write(c.path("empty"), b"").unwrap();
     assert!(read_info(&c.path("empty")).unwrap_err().is_corruption());
 }
+
+#[test]
+fn every_byte_flipped_behind_a_valid_checksum_is_refused_or_harmless() {
+    // The checksum catches damage; this checks the parser behind it, as a hostile
+    // delta with a correct checksum meets it: an error, never a panic, never a wrong
+    // package.
+    let c = Case::new();
+    let old = base();
+    let mut new = base();
+    new.version = "1.0.1";
+    new.files[0].1 = edited(&new.files[0].1, 4, 20);
+    new.files.push(("usr/bin/new".into(), noise(11, 70_000)));
+    let (_, a) = old.write(c.dir.path(), &c.key);
+    let (np, b) = new.write(c.dir.path(), &c.key);
+    let want = std::fs::read(&np).unwrap();
+    let mut good = Vec::new();
+    let st = build(&a, &b, &DeltaOptions::default(), &mut good).unwrap();
+    assert!(
+        st.patched > 0 && st.copied > 0 && st.literal + st.patched > 0,
+        "{st:?}"
+    );
+    let out = c.path("out.hpkg");
+    let bad = c.path("bad.delta");
+    let body_end = good.len() - 32;
+    let step = (body_end / 400).max(1);
+    for i in (0..body_end).step_by(step).chain(0..200) {
+        let mut v = good.clone();
+        v[i] ^= 0x21;
+        let sum = blake3::hash(&v[..body_end]);
+        v[body_end..].copy_from_slice(sum.as_bytes());
+        std::fs::write(&bad, &v).unwrap();
+        match apply(&a, &bad, &out, None) {
+            Ok(done) => {
+                assert_eq!(done.id, b.id(), "byte {i}");
+                assert_eq!(std::fs::read(&out).unwrap(), want, "byte {i}");
+                std::fs::remove_file(&out).unwrap();
+            }
+            Err(e) => {
+                assert!(
+                    e.is_corruption() || matches!(e, Error::DeltaWrongBase { .. }),
+                    "byte {i}: {e}"
+                );
+                assert!(!out.exists());
+            }
+        }
+    }
+}
+
+#[test]
+fn chunks_that_do_not_compress_again_to_the_same_bytes_are_shipped_whole() {
+    // A package whose header names another level than its chunks were made with (as a
+    // package built by another zstd would look): compressing again does not give the
+    // stored bytes, so the builder ships those chunks whole, and apply still rebuilds
+    // the package byte for byte.
+    let c = Case::new();
+    let (_, a) = base().write(c.dir.path(), &c.key);
+    let mut new = base();
+    new.version = "1.0.1";
+    new.files[0].1 = edited(&new.files[0].1, 4, 20);
+    new.opts.compression = Compression::Zstd(3);
+    let (np, _) = new.write(c.dir.path(), &c.key);
+    let mut bytes = std::fs::read(&np).unwrap();
+    bytes[28..32].copy_from_slice(&12i32.to_le_bytes());
+    let b0 = Archive::open(&np).unwrap();
+    let meta_len = b0.header().heap.offset as usize;
+    let id = crate::archive::PackageId(*blake3::hash(&bytes[..meta_len]).as_bytes());
+    let trailer = crate::archive::sign::Trailer::new(id, Some(&c.key)).to_bytes();
+    let t = b0.header().trailer.offset as usize;
+    bytes[t..].copy_from_slice(&trailer);
+    let np2 = c.path("relabelled.hpkg");
+    std::fs::write(&np2, &bytes).unwrap();
+    let b = Archive::open(&np2).unwrap();
+    assert_eq!(b.header().compression, Compression::Zstd(12));
+    let d = c.path("d.delta");
+    let st = write(&a, &b, &DeltaOptions::default(), &d).unwrap();
+    assert!(
+        st.not_reproducible > 0 && st.literal >= st.not_reproducible,
+        "{st:?}"
+    );
+    let out = c.path("out.hpkg");
+    assert_eq!(apply(&a, &d, &out, Some(&c.keys())).unwrap().id, b.id());
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+}
