@@ -137,7 +137,13 @@ fn json_reports_what_moves() {
     assert!(j["copied"].as_u64().unwrap() > 0, "{j}");
     assert!(j["delta_size"].as_u64() < j["dedup_bytes"].as_u64(), "{j}");
     let out = t.s.join("made.hpkg");
-    let j = apply(&t.old, &d, &out).arg("--json").ok().json();
+    let j = apply(&t.old, &d, &out)
+        .arg("--json")
+        .arg("--key")
+        .arg(&t.f.key.public)
+        .ok()
+        .json();
+    assert_eq!(j["trusted"], true);
     assert_eq!(j["id"].as_str().unwrap(), id_of(&t.new));
     assert_eq!(j["version"].as_str().unwrap(), "1.2.4");
 }
@@ -207,7 +213,10 @@ fn identical_packages_give_a_delta_of_a_few_hundred_bytes() {
     let n = fs::metadata(&d).unwrap().len();
     assert!(n < 1024, "{n} bytes");
     let out = t.s.join("same.hpkg");
-    apply(&t.old, &d, &out).ok();
+    apply(&t.old, &d, &out)
+        .arg("--key")
+        .arg(&t.f.key.public)
+        .ok();
     assert_eq!(fs::read(&out).unwrap(), fs::read(&t.old).unwrap());
 }
 
