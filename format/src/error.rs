@@ -144,6 +144,31 @@ pub enum Error {
         /// What the entry is.
         actual: crate::archive::Kind,
     },
+    /// A package delta's bytes are damaged or malformed (or it is not a delta).
+    #[error("corrupt delta: {reason}")]
+    DeltaCorrupt {
+        /// What is wrong, and where.
+        reason: String,
+    },
+    /// A delta was applied to another package than the one it was made from.
+    #[error("the delta applies to package {wanted}, not to {actual}")]
+    DeltaWrongBase {
+        /// The id of the old package the delta was made from.
+        wanted: String,
+        /// The id of the package it was applied to.
+        actual: String,
+    },
+    /// A chunk rebuilt from a delta does not match the new package's chunk index.
+    #[error("delta: chunk {chunk} of the new package: {reason}")]
+    DeltaChunk {
+        /// Chunk number in the new package.
+        chunk: u32,
+        /// What does not match.
+        reason: String,
+    },
+    /// A delta cannot be made between these two packages.
+    #[error("cannot make a delta: {0}")]
+    DeltaUnsupported(String),
 }
 
 impl Error {
@@ -173,6 +198,8 @@ impl Error {
                 | Error::ChunkHash { .. }
                 | Error::Decompress { .. }
                 | Error::BadSignature { .. }
+                | Error::DeltaCorrupt { .. }
+                | Error::DeltaChunk { .. }
         )
     }
 }

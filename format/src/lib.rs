@@ -29,6 +29,7 @@
 
 pub mod active_list;
 pub mod archive;
+pub mod delta;
 pub mod error;
 pub mod keys;
 pub mod manifest;

@@ -108,6 +108,11 @@ pub enum Command {
         after_help = "Example:\n  apt-get download hello libc6 libgcc-s1 gcc-12-base\n  pkgtool graft deb *.deb -o packages/ --key alice.key\n  pkgtool graft tar app-1.2.tar.xz --name app --version 1.2 --prefix opt/app -o app.hpkg --key alice.key\n  pkgtool graft dir ./tree --name my.tools --version 1.0.0 -o my.tools.hpkg --key alice.key\n\nSee docs/grafting.md for how names, versions and dependencies are mapped."
     )]
     Graft(crate::cmd::graft::GraftArgs),
+    /// Make a delta between two versions of a package: only what changed, per file.
+    Delta(crate::cmd::delta::DeltaArgs),
+    /// Make the new package from the old one and a delta, checked against its signed id.
+    #[command(name = "apply-delta")]
+    ApplyDelta(crate::cmd::apply_delta::ApplyDeltaArgs),
 }
 
 /// `pkgtool keygen`.

@@ -414,6 +414,16 @@ impl Archive {
         )
     }
 
+    /// The metadata as read and hashed: every byte from offset 0 to the heap.
+    pub(crate) fn metadata(&self) -> &[u8] {
+        &self.meta
+    }
+
+    /// The trailer's 136 bytes (the id, and the key and signature when signed).
+    pub(crate) fn trailer_bytes(&self) -> [u8; TRAILER_LEN] {
+        self.trailer.to_bytes()
+    }
+
     /// The path the archive was opened from.
     pub fn path(&self) -> &Path {
         &self.path

@@ -1,9 +1,11 @@
 //! One module per subcommand; each `run` calls the libraries and writes to `Out`.
 
+pub mod apply_delta;
 mod bless;
 mod boot_entries;
 mod build;
 mod cat;
+pub mod delta;
 mod extract;
 mod gc;
 mod generations;
@@ -52,6 +54,8 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
         Command::BootEntries(a) => boot_entries::run(a, out),
         Command::History(a) => history::run(a, out),
         Command::Graft(a) => graft::run(a, out),
+        Command::Delta(a) => delta::run(a, out),
+        Command::ApplyDelta(a) => apply_delta::run(a, out),
     }
 }
 

@@ -8,6 +8,7 @@ mod boot;
 mod build;
 mod corrupt;
 mod debian;
+mod delta;
 mod errors;
 mod extract;
 mod graft;
