@@ -1,0 +1,209 @@
+//! The lazy heap of a thin package: a chunk is taken from the chunk store, or fetched with
+//! one Range request together with the adjacent chunks that follow it and are not stored
+//! yet (up to [`WINDOW_MAX`] bytes), each checked against the signed chunk index before it
+//! is used or stored. Readers on several threads fetch at once.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use format::archive::thin::{Heaps, RemoteHeap, ThinPackage};
+use format::archive::ChunkId;
+
+use crate::remote::{Base, Mirror, Mirrors, Policy};
+use crate::store::ChunkStore;
+
+/// Most bytes one Range request asks for.
+pub const WINDOW_MAX: u64 = 1 << 20;
+/// Most chunks one Range request asks for.
+pub const WINDOW_CHUNKS: usize = 8;
+
+/// The heaps of thin packages, over one chunk store; mirrors (and their health) are shared
+/// by every package read from them. Given to `pkgset::Opener` by the daemon and by
+/// `pkgtool fetch`.
+#[derive(Debug)]
+pub struct RepoHeaps {
+    store: Arc<ChunkStore>,
+    policy: Policy,
+    mirrors: Mutex<HashMap<String, Arc<Mirror>>>,
+}
+
+impl RepoHeaps {
+    /// Heaps over `store`, reading with `policy`.
+    pub fn new(store: Arc<ChunkStore>, policy: Policy) -> RepoHeaps {
+        RepoHeaps {
+            store,
+            policy,
+            mirrors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The chunk store.
+    pub fn store(&self) -> &Arc<ChunkStore> {
+        &self.store
+    }
+
+    /// The mirrors named by `addresses`, each shared with every other package naming it.
+    pub fn mirrors(&self, addresses: &[String]) -> Result<Mirrors, String> {
+        let mut known = self.mirrors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = Vec::new();
+        for a in addresses {
+            let m = match known.get(a) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = Arc::new(Mirror::new(Base::parse(a)?));
+                    known.insert(a.clone(), m.clone());
+                    m
+                }
+            };
+            list.push(m);
+        }
+        Ok(Mirrors {
+            list,
+            policy: self.policy,
+        })
+    }
+
+    /// The lazy heap of `pkg`.
+    pub fn heap(&self, pkg: &ThinPackage) -> Result<LazyHeap, String> {
+        if !crate::index::valid_digest(&pkg.source.object) {
+            return Err(format!(
+                "thin package source object {:?} is not a sha256 digest",
+                pkg.source.object
+            ));
+        }
+        Ok(LazyHeap {
+            pkg: pkg.clone(),
+            store: self.store.clone(),
+            mirrors: self.mirrors(&pkg.source.mirrors)?,
+        })
+    }
+}
+
+impl Heaps for RepoHeaps {
+    fn open(&self, pkg: &ThinPackage) -> Result<Arc<dyn RemoteHeap>, String> {
+        Ok(Arc::new(self.heap(pkg)?))
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct LazyHeap {
+    pkg: ThinPackage,
+    store: Arc<ChunkStore>,
+    mirrors: Mirrors,
+}
+
+impl LazyHeap {
+    /// The chunks `c..end` one request for chunk `c` fetches: those after it that are
+    /// adjacent in the heap and not stored, within the window.
+    fn window(&self, c: usize) -> std::ops::Range<usize> {
+        let ch = &self.pkg.chunks;
+        let mut end = c + 1;
+        let mut len = ch[c].stored_len as u64;
+        while end < ch.len()
+            && end - c < WINDOW_CHUNKS
+            && ch[end].offset == ch[end - 1].offset + ch[end - 1].stored_len as u64
+            && len + ch[end].stored_len as u64 <= WINDOW_MAX
+            && !self.store.contains(&ch[end].hash)
+        {
+            len += ch[end].stored_len as u64;
+            end += 1;
+        }
+        c..end
+    }
+
+    /// Fetches chunks `range` (adjacent in the heap) with one request, checks each against
+    /// the chunk index and stores it; returns their stored bytes.
+    pub fn fetch(&self, range: std::ops::Range<usize>) -> Result<Vec<Vec<u8>>, String> {
+        let ch = &self.pkg.chunks;
+        let first = ch[range.start];
+        let len: u64 = ch[range.clone()].iter().map(|i| i.stored_len as u64).sum();
+        let split = |b: &[u8]| -> Vec<Vec<u8>> {
+            let mut at = 0usize;
+            ch[range.clone()]
+                .iter()
+                .map(|i| {
+                    let piece = b[at..at + i.stored_len as usize].to_vec();
+                    at += i.stored_len as usize;
+                    piece
+                })
+                .collect()
+        };
+        let check = |b: &[u8]| -> Result<(), String> {
+            for (k, piece) in split(b).iter().enumerate() {
+                if blake3::hash(piece).as_bytes() != &ch[range.start + k].hash {
+                    return Err(format!(
+                        "served bytes of chunk {} that do not match its hash",
+                        range.start + k
+                    ));
+                }
+            }
+            Ok(())
+        };
+        let bytes = self.mirrors.fetch_range(
+            &self.pkg.source.object,
+            self.pkg.heap_offset + first.offset,
+            len,
+            &check,
+        )?;
+        let pieces = split(&bytes);
+        for (k, piece) in pieces.iter().enumerate() {
+            if let Err(e) = self.store.put(&ch[range.start + k].hash, piece) {
+                tracing::warn!("cannot store a chunk: {e}");
+            }
+        }
+        Ok(pieces)
+    }
+
+    /// Every chunk not stored yet, fetched with `parallel` requests in flight; the number
+    /// of chunks that could not be fetched, and the first reason.
+    pub fn fetch_all(&self, parallel: usize) -> (usize, Option<String>) {
+        let ch = &self.pkg.chunks;
+        let mut windows = Vec::new();
+        let mut c = 0;
+        while c < ch.len() {
+            if self.store.contains(&ch[c].hash) {
+                c += 1;
+                continue;
+            }
+            let w = self.window(c);
+            c = w.end;
+            windows.push(w);
+        }
+        let next = Mutex::new(windows.into_iter());
+        let failed = Mutex::new((0usize, None::<String>));
+        std::thread::scope(|s| {
+            for _ in 0..parallel.max(1) {
+                s.spawn(|| loop {
+                    let w = next.lock().unwrap_or_else(|p| p.into_inner()).next();
+                    let Some(w) = w else { break };
+                    if let Err(e) = self.fetch(w.clone()) {
+                        let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                        f.0 += w.len();
+                        f.1.get_or_insert(e);
+                    }
+                });
+            }
+        });
+        failed.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl RemoteHeap for LazyHeap {
+    fn read_stored(&self, c: ChunkId, buf: &mut Vec<u8>) -> io::Result<()> {
+        let i = c as usize;
+        let info = self
+            .pkg
+            .chunks
+            .get(i)
+            .ok_or_else(|| io::Error::other(format!("no chunk {c}")))?;
+        if let Some(b) = self.store.get(&info.hash) {
+            *buf = b;
+            return Ok(());
+        }
+        let mut pieces = self.fetch(self.window(i)).map_err(io::Error::other)?;
+        *buf = pieces.swap_remove(0);
+        Ok(())
+    }
+}
