@@ -449,7 +449,16 @@ fn load_chunk(
     cache
         .get(&info.hash, |out| pkg.archive.read_chunk(chunk, out))
         .map_err(|e| {
-            log_bad_chunk(logged, pkg, chunk, &e.to_string());
+            // A thin package's chunk that cannot be fetched: the repository client logs
+            // the outage once (not one line per chunk); the read fails with EIO.
+            if matches!(
+                *e,
+                format::Error::Fetch { .. } | format::Error::NotLocal { .. }
+            ) {
+                tracing::debug!(package = %pkg.label(), chunk, "{e}");
+            } else {
+                log_bad_chunk(logged, pkg, chunk, &e.to_string());
+            }
             Errno::EIO
         })
 }

@@ -108,6 +108,14 @@ pub enum Command {
         after_help = "Example:\n  apt-get download hello libc6 libgcc-s1 gcc-12-base\n  pkgtool graft deb *.deb -o packages/ --key alice.key\n  pkgtool graft tar app-1.2.tar.xz --name app --version 1.2 --prefix opt/app -o app.hpkg --key alice.key\n  pkgtool graft dir ./tree --name my.tools --version 1.0.0 -o my.tools.hpkg --key alice.key\n\nSee docs/grafting.md for how names, versions and dependencies are mapped."
     )]
     Graft(crate::cmd::graft::GraftArgs),
+    /// Publish packages to a repository (a directory nginx serves, http:// with PUT, or
+    /// oci://) and write its new signed index.
+    Publish(crate::cmd::publish::PublishArgs),
+    /// Install thin packages from a repository into a layer, as install does; packagefs
+    /// reads their data on first use.
+    Pull(crate::cmd::pull::PullArgs),
+    /// Make a layer's thin packages whole on disk.
+    Fetch(crate::cmd::fetch::FetchArgs),
 }
 
 /// `pkgtool keygen`.

@@ -23,7 +23,8 @@ pub const WINDOW_CHUNKS: usize = 8;
 /// `pkgtool fetch`.
 #[derive(Debug)]
 pub struct RepoHeaps {
-    store: Arc<ChunkStore>,
+    store: std::sync::OnceLock<Result<Arc<ChunkStore>, String>>,
+    at: Option<(std::path::PathBuf, u64)>,
     policy: Policy,
     mirrors: Mutex<HashMap<String, Arc<Mirror>>>,
 }
@@ -32,15 +33,35 @@ impl RepoHeaps {
     /// Heaps over `store`, reading with `policy`.
     pub fn new(store: Arc<ChunkStore>, policy: Policy) -> RepoHeaps {
         RepoHeaps {
-            store,
+            store: std::sync::OnceLock::from(Ok(store)),
+            at: None,
+            policy,
+            mirrors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Heaps over the chunk store at `dir` (of `cap` bytes), opened when the first thin
+    /// package is: a daemon with no thin package never touches it.
+    pub fn at(dir: &std::path::Path, cap: u64, policy: Policy) -> RepoHeaps {
+        RepoHeaps {
+            store: std::sync::OnceLock::new(),
+            at: Some((dir.to_owned(), cap)),
             policy,
             mirrors: Mutex::new(HashMap::new()),
         }
     }
 
     /// The chunk store.
-    pub fn store(&self) -> &Arc<ChunkStore> {
-        &self.store
+    pub fn store(&self) -> Result<&Arc<ChunkStore>, String> {
+        self.store
+            .get_or_init(|| {
+                let (dir, cap) = self.at.clone().unwrap_or_default();
+                ChunkStore::open(&dir, cap)
+                    .map(Arc::new)
+                    .map_err(|e| format!("cannot open the chunk store {}: {e}", dir.display()))
+            })
+            .as_ref()
+            .map_err(|e| e.clone())
     }
 
     /// The mirrors named by `addresses`, each shared with every other package naming it.
@@ -74,7 +95,7 @@ impl RepoHeaps {
         }
         Ok(LazyHeap {
             pkg: pkg.clone(),
-            store: self.store.clone(),
+            store: self.store()?.clone(),
             mirrors: self.mirrors(&pkg.source.mirrors)?,
         })
     }

@@ -140,9 +140,13 @@ impl Mirror {
         *h = Health::default();
     }
 
-    fn failed(&self, why: &str, p: &Policy) {
+    fn failed(&self, why: &str, p: &Policy, wrong_bytes: bool) {
         let mut h = self.health();
         h.failures += 1;
+        if wrong_bytes {
+            // A mirror that serves wrong bytes is not asked again until it is probed.
+            h.failures = h.failures.max(p.down_after);
+        }
         let probing = h.down_until.is_some();
         if h.failures >= p.down_after || probing {
             h.down_until = Some(Instant::now() + p.down_for);
@@ -186,6 +190,7 @@ impl Mirrors {
             let url = m.base.object_url(digest);
             let range = format!("bytes={}-{}", start, start + len - 1);
             let mut last = String::new();
+            let mut wrong = false;
             for _ in 0..self.policy.attempts.max(1) {
                 let r = http::request(
                     "GET",
@@ -222,11 +227,12 @@ impl Mirrors {
                     Err(e) => {
                         // Wrong bytes: never used; this mirror is not asked again for them.
                         last = e;
+                        wrong = true;
                         break;
                     }
                 }
             }
-            m.failed(&last, &self.policy);
+            m.failed(&last, &self.policy, wrong);
             why.push(format!("{}: {last}", m.base));
         }
         Err(why.join("; "))

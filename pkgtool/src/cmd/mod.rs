@@ -5,14 +5,17 @@ mod boot_entries;
 mod build;
 mod cat;
 mod extract;
+pub mod fetch;
 mod gc;
 mod generations;
 pub mod graft;
 mod history;
 mod info;
-mod install;
+pub(crate) mod install;
 mod keygen;
 mod list;
+pub mod publish;
+pub mod pull;
 mod remove;
 mod resolve;
 mod rollback;
@@ -52,6 +55,9 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
         Command::BootEntries(a) => boot_entries::run(a, out),
         Command::History(a) => history::run(a, out),
         Command::Graft(a) => graft::run(a, out),
+        Command::Publish(a) => publish::run(a, out),
+        Command::Pull(a) => pull::run(a, out),
+        Command::Fetch(a) => fetch::run(a, out),
     }
 }
 
