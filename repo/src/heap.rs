@@ -97,6 +97,8 @@ impl RepoHeaps {
             pkg: pkg.clone(),
             store: self.store()?.clone(),
             mirrors: self.mirrors(&pkg.source.mirrors)?,
+            inflight: Mutex::new(std::collections::HashSet::new()),
+            landed: std::sync::Condvar::new(),
         })
     }
 }
@@ -113,12 +115,24 @@ pub struct LazyHeap {
     pkg: ThinPackage,
     store: Arc<ChunkStore>,
     mirrors: Mirrors,
+    /// Chunks some thread is fetching: a reader of one waits for that fetch instead of
+    /// asking again, and a window stops before one.
+    inflight: Mutex<std::collections::HashSet<usize>>,
+    landed: std::sync::Condvar,
 }
 
 impl LazyHeap {
     /// The chunks `c..end` one request for chunk `c` fetches: those after it that are
     /// adjacent in the heap and not stored, within the window.
     fn window(&self, c: usize) -> std::ops::Range<usize> {
+        self.window_skipping(c, &std::collections::HashSet::new())
+    }
+
+    fn window_skipping(
+        &self,
+        c: usize,
+        inflight: &std::collections::HashSet<usize>,
+    ) -> std::ops::Range<usize> {
         let ch = &self.pkg.chunks;
         let mut end = c + 1;
         let mut len = ch[c].stored_len as u64;
@@ -127,6 +141,7 @@ impl LazyHeap {
             && ch[end].offset == ch[end - 1].offset + ch[end - 1].stored_len as u64
             && len + ch[end].stored_len as u64 <= WINDOW_MAX
             && !self.store.contains(&ch[end].hash)
+            && !inflight.contains(&end)
         {
             len += ch[end].stored_len as u64;
             end += 1;
@@ -219,11 +234,48 @@ impl RemoteHeap for LazyHeap {
             .chunks
             .get(i)
             .ok_or_else(|| io::Error::other(format!("no chunk {c}")))?;
-        if let Some(b) = self.store.get(&info.hash) {
-            *buf = b;
-            return Ok(());
+        let deadline = std::time::Instant::now() + self.mirrors.policy.timeouts.total * 2;
+        let window = loop {
+            if let Some(b) = self.store.get(&info.hash) {
+                *buf = b;
+                return Ok(());
+            }
+            let mut fl = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if !fl.contains(&i) {
+                let w = self.window_skipping(i, &fl);
+                fl.extend(w.clone());
+                break w;
+            }
+            // Another thread is fetching it: wait for that (bounded), then look again.
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::other(
+                    "timed out waiting for another fetch of it",
+                ));
+            }
+            let (fl, _) = self
+                .landed
+                .wait_timeout(fl, left)
+                .unwrap_or_else(|p| p.into_inner());
+            if fl.contains(&i) {
+                continue;
+            }
+            drop(fl);
+            if self.store.contains(&info.hash) {
+                continue;
+            }
+            // The other fetch failed: this one will not do better now.
+            return Err(io::Error::other("the fetch of this chunk failed"));
+        };
+        let r = self.fetch(window.clone());
+        {
+            let mut fl = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            for k in window {
+                fl.remove(&k);
+            }
         }
-        let mut pieces = self.fetch(self.window(i)).map_err(io::Error::other)?;
+        self.landed.notify_all();
+        let mut pieces = r.map_err(io::Error::other)?;
         *buf = pieces.swap_remove(0);
         Ok(())
     }

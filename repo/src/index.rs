@@ -127,7 +127,8 @@ impl Index {
             if !valid_digest(&p.object) {
                 return bad("bad object digest");
             }
-            if p.metadata < 128 || p.metadata + 136 > p.size {
+            // The metadata limit of FORMAT.md §10 (about 737 MiB), rounded up.
+            if p.metadata < 128 || p.metadata > 1 << 30 || p.metadata.saturating_add(136) > p.size {
                 return bad("bad sizes");
             }
         }

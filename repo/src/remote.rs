@@ -181,6 +181,9 @@ impl Mirrors {
         len: u64,
         check: &dyn Fn(&[u8]) -> Result<(), String>,
     ) -> Result<Vec<u8>, String> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
         let mut why = Vec::new();
         for m in &self.list {
             if m.is_down() {

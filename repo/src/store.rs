@@ -62,6 +62,14 @@ impl ChunkStore {
     /// Opens (creating) the store at `dir`, holding at most `cap` bytes of chunks beside
     /// the pinned ones.
     pub fn open(dir: &Path, cap: u64) -> io::Result<ChunkStore> {
+        if !dir.exists() {
+            // Private: the chunks of every layer's packages, whoever may read those.
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
         for d in ["chunks", "pins", "tmp"] {
             fs::create_dir_all(dir.join(d))?;
         }
