@@ -103,6 +103,11 @@ fn push_blob(
     let loc = r
         .header("location")
         .ok_or_else(|| format!("POST {start}: no Location"))?;
+    if loc.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!(
+            "POST {start}: a Location with spaces or control bytes"
+        ));
+    }
     // Absolute or relative to the registry.
     let mut url = match loc.strip_prefix("http://") {
         Some(_) => Url::parse(loc)?,

@@ -363,6 +363,9 @@ fn fetch_makes_thin_packages_whole() {
         String::from_utf8_lossy(&out.stderr)
     );
     let store = tempfile::tempdir().unwrap();
+    // Fetched while the daemon serves the thin package: it goes on serving it.
+    let m = mount(&layer, &f.keys, store.path());
+    assert_eq!(read_at(&m.join("big"), 0, 10).unwrap(), f.big[..10]);
     let out = pkgtool_out(&[
         "fetch",
         "--layer",
@@ -380,10 +383,23 @@ fn fetch_makes_thin_packages_whole() {
     let p = layer.path().join("packages/app-1.0.0.hpkg");
     assert!(!is_thin(&p));
     assert_eq!(fs::read(&p).unwrap(), fs::read(&f.pkg).unwrap());
-    // The pool copy too, and the server down: the mount reads everything.
+    let pool = fs::read_dir(layer.path().join("state/pool")).unwrap();
+    for p in pool.flatten() {
+        assert!(!is_thin(&p.path()), "{} is thin", p.path().display());
+    }
+    // The server down: the running daemon (its chunks stored) and a new one with an empty
+    // store (the whole file now) read everything.
     drop(nginx);
-    let m = mount(&layer, &f.keys, store.path());
+    assert_eq!(fs::read(m.join("big")).unwrap(), f.big, "{}", m.log());
+    drop(m);
+    let empty = tempfile::tempdir().unwrap();
+    let m = mount(&layer, &f.keys, empty.path());
     assert_eq!(fs::read(m.join("big")).unwrap(), f.big);
+    assert_eq!(
+        fs::read_to_string(m.join("hello")).unwrap(),
+        "hello from the repository\n"
+    );
+    assert!(!m.log().contains("refused"), "{}", m.log());
 }
 
 #[test]
