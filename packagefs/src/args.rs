@@ -49,6 +49,9 @@ chunk_store=DIR[,chunk_store_size=SIZE][,fetch_timeout=SECS]: where the chunks o
 packages (pkgtool pull) are kept once fetched (default /var/cache/packagefs/chunks, 4G,
 least recently used first; chunks of packages being fetched whole are pinned), and the
 connect and read timeout of each request to a repository (default 5; docs/fleet.md);
+prefetch_record=DIR: record the chunks each thin package reads into DIR/<id>.prefetch
+(pkgtool publish --prefetch DIR ships them; the daemon fetches a package's list in the
+background after mount);
 exec_cache=DIR[,exec_cache_size=SIZE]: ELF executables and libraries, and files of 1 MiB or
 more opened 4 times, are decompressed once (in the background, each chunk checked) into DIR
 (created 0700; refused if a symlink, another user's, or open to others), named by the
@@ -137,6 +140,8 @@ pub struct Settings {
     pub chunk_store_size: u64,
     /// `-o fetch_timeout=SECS`: connect and read timeout of a chunk request.
     pub fetch_timeout: u64,
+    /// `-o prefetch_record=DIR`: record the chunks thin packages read (prefetch lists).
+    pub prefetch_record: Option<PathBuf>,
 }
 
 /// The exec cache's size limit unless `-o exec_cache_size` says otherwise.
@@ -189,6 +194,7 @@ impl Args {
         let mut chunk_store = PathBuf::from("/var/cache/packagefs/chunks");
         let mut chunk_store_size: u64 = 4 << 30;
         let mut fetch_timeout: u64 = 5;
+        let mut prefetch_record = None;
         for opt in self
             .options
             .iter()
@@ -222,6 +228,9 @@ impl Args {
                 ("io_uring", Some(v)) => io_uring = v.parse()?,
                 ("chunk_store", Some(v)) if !v.is_empty() => chunk_store = PathBuf::from(v),
                 ("chunk_store_size", Some(v)) => chunk_store_size = parse_size(v)? as u64,
+                ("prefetch_record", Some(v)) if !v.is_empty() => {
+                    prefetch_record = Some(PathBuf::from(v))
+                }
                 ("fetch_timeout", Some(v)) => {
                     fetch_timeout = v
                         .parse()
@@ -311,6 +320,7 @@ impl Args {
             chunk_store,
             chunk_store_size,
             fetch_timeout,
+            prefetch_record,
         })
     }
 }

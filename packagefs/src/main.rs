@@ -331,7 +331,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     let mut opener = pkgset::Opener::with_policy(keys.clone(), policy);
     // Thin packages (pkgtool pull) read their chunks through the repository client.
     let t = std::time::Duration::from_secs(s.fetch_timeout);
-    opener.set_heaps(std::sync::Arc::new(repo::RepoHeaps::at(
+    let mut heaps = repo::RepoHeaps::at(
         &s.chunk_store,
         s.chunk_store_size,
         repo::Policy {
@@ -342,7 +342,13 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
             },
             ..repo::Policy::default()
         },
-    )));
+    );
+    if let Some(dir) = &s.prefetch_record {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        heaps.record_into(dir);
+    }
+    opener.set_heaps(std::sync::Arc::new(heaps));
     let pin = if s.boot {
         boot_choice(&s, &stack, &mut opener)?
     } else {

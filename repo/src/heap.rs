@@ -17,12 +17,45 @@ use crate::store::ChunkStore;
 pub const WINDOW_MAX: u64 = 1 << 20;
 /// Most chunks one Range request asks for.
 pub const WINDOW_CHUNKS: usize = 8;
+/// Longest prefetch list (it travels in the thin package's source record, FORMAT.md §12).
+pub const PREFETCH_MAX: usize = 4096;
+
+/// Reads a recorded prefetch list (`<package id>.prefetch`: one chunk number a line, in the
+/// order of first reads): chunks past `chunks` and repeats dropped, at most
+/// [`PREFETCH_MAX`]. A missing file is an empty list.
+pub fn read_prefetch(path: &std::path::Path, chunks: u32) -> Result<Vec<u32>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (n, l) in text.lines().enumerate() {
+        let c: u32 = l
+            .trim()
+            .parse()
+            .map_err(|_| format!("{}:{}: not a chunk number", path.display(), n + 1))?;
+        if c < chunks && seen.insert(c) && out.len() < PREFETCH_MAX {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Appends the chunks of a package read for the first time to `<dir>/<id>.prefetch`.
+#[derive(Debug)]
+struct Recorder {
+    file: Mutex<std::fs::File>,
+    seen: Mutex<std::collections::HashSet<u32>>,
+}
 
 /// The heaps of thin packages, over one chunk store; mirrors (and their health) are shared
 /// by every package read from them. Given to `pkgset::Opener` by the daemon and by
 /// `pkgtool fetch`.
 #[derive(Debug)]
 pub struct RepoHeaps {
+    record: Option<std::path::PathBuf>,
     store: std::sync::OnceLock<Result<Arc<ChunkStore>, String>>,
     at: Option<(std::path::PathBuf, u64)>,
     policy: Policy,
@@ -33,6 +66,7 @@ impl RepoHeaps {
     /// Heaps over `store`, reading with `policy`.
     pub fn new(store: Arc<ChunkStore>, policy: Policy) -> RepoHeaps {
         RepoHeaps {
+            record: None,
             store: std::sync::OnceLock::from(Ok(store)),
             at: None,
             policy,
@@ -44,11 +78,18 @@ impl RepoHeaps {
     /// package is: a daemon with no thin package never touches it.
     pub fn at(dir: &std::path::Path, cap: u64, policy: Policy) -> RepoHeaps {
         RepoHeaps {
+            record: None,
             store: std::sync::OnceLock::new(),
             at: Some((dir.to_owned(), cap)),
             policy,
             mirrors: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records the chunks each thin package reads, in the order of first reads, into
+    /// `<dir>/<package id>.prefetch` (`pkgtool publish --prefetch DIR` ships them).
+    pub fn record_into(&mut self, dir: &std::path::Path) {
+        self.record = Some(dir.to_owned());
     }
 
     /// The chunk store.
@@ -99,13 +140,39 @@ impl RepoHeaps {
             mirrors: self.mirrors(&pkg.source.mirrors)?,
             inflight: Mutex::new(std::collections::HashSet::new()),
             landed: std::sync::Condvar::new(),
+            recorder: match &self.record {
+                Some(dir) => {
+                    let path = dir.join(format!("{}.prefetch", pkg.id));
+                    let file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    Some(Recorder {
+                        file: Mutex::new(file),
+                        seen: Mutex::new(std::collections::HashSet::new()),
+                    })
+                }
+                None => None,
+            },
         })
     }
 }
 
 impl Heaps for RepoHeaps {
     fn open(&self, pkg: &ThinPackage) -> Result<Arc<dyn RemoteHeap>, String> {
-        Ok(Arc::new(self.heap(pkg)?))
+        let heap = Arc::new(self.heap(pkg)?);
+        if !pkg.source.prefetch.is_empty() {
+            // In the background, one request at a time: reads come first.
+            let h = heap.clone();
+            let spawned = std::thread::Builder::new()
+                .name("prefetch".into())
+                .spawn(move || h.prefetch());
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start a prefetch thread: {e}");
+            }
+        }
+        Ok(heap)
     }
 }
 
@@ -119,6 +186,7 @@ pub struct LazyHeap {
     /// asking again, and a window stops before one.
     inflight: Mutex<std::collections::HashSet<usize>>,
     landed: std::sync::Condvar,
+    recorder: Option<Recorder>,
 }
 
 impl LazyHeap {
@@ -192,6 +260,30 @@ impl LazyHeap {
         Ok(pieces)
     }
 
+    /// Fetches the chunks of the package's prefetch list that are not stored; stops at the
+    /// first failure (the mirrors' health decides when reads try again).
+    pub fn prefetch(&self) {
+        let n = self.pkg.chunks.len();
+        let mut fetched = 0usize;
+        for &c in &self.pkg.source.prefetch {
+            let c = c as usize;
+            if c >= n || self.store.contains(&self.pkg.chunks[c].hash) {
+                continue;
+            }
+            let mut buf = Vec::new();
+            if let Err(e) = self.load(c, &mut buf) {
+                tracing::debug!(package = %self.pkg.id.short(), "prefetch stopped: {e}");
+                return;
+            }
+            fetched += 1;
+        }
+        tracing::info!(
+            package = %self.pkg.id.short(),
+            "prefetched {fetched} chunks of {} listed",
+            self.pkg.source.prefetch.len()
+        );
+    }
+
     /// Every chunk not stored yet, fetched with `parallel` requests in flight; the number
     /// of chunks that could not be fetched, and the first reason.
     pub fn fetch_all(&self, parallel: usize) -> (usize, Option<String>) {
@@ -228,7 +320,22 @@ impl LazyHeap {
 
 impl RemoteHeap for LazyHeap {
     fn read_stored(&self, c: ChunkId, buf: &mut Vec<u8>) -> io::Result<()> {
-        let i = c as usize;
+        if let Some(r) = &self.recorder {
+            if r.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(c) {
+                use std::io::Write;
+                let mut f = r.file.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = writeln!(f, "{c}");
+            }
+        }
+        self.load(c as usize, buf)
+    }
+}
+
+impl LazyHeap {
+    /// Chunk `i`'s stored bytes: from the store, or fetched (waiting for a fetch of it in
+    /// flight on another thread).
+    fn load(&self, i: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+        let c = i;
         let info = self
             .pkg
             .chunks

@@ -38,6 +38,9 @@ pub struct IndexEntry {
     pub size: u64,
     /// Length of its metadata (the heap's offset).
     pub metadata: u64,
+    /// Chunks fetched in the background after mount (a recorded first start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefetch: Vec<u32>,
 }
 
 impl IndexEntry {
@@ -123,6 +126,9 @@ impl Index {
             }
             if p.package_id().is_none() {
                 return bad("bad id");
+            }
+            if p.prefetch.len() > crate::heap::PREFETCH_MAX {
+                return bad("prefetch list too long");
             }
             if !valid_digest(&p.object) {
                 return bad("bad object digest");
@@ -261,6 +267,7 @@ mod tests {
                 object: format!("sha256:{}", "cd".repeat(32)),
                 size: 10000,
                 metadata: 4096,
+                prefetch: vec![],
             }],
         }
     }

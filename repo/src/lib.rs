@@ -96,6 +96,7 @@ impl Repository {
             &Source {
                 mirrors: self.addresses.clone(),
                 object: e.object.clone(),
+                prefetch: e.prefetch.clone(),
             },
         )
         .map_err(|e| e.to_string())
@@ -180,6 +181,7 @@ pub fn publish(
     target: &Target,
     key: &SecretKey,
     name: Option<&str>,
+    prefetch: Option<&Path>,
     p: &Policy,
 ) -> Result<Published, String> {
     let mut own = TrustedKeys::new();
@@ -245,6 +247,12 @@ pub fn publish(
             object: sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?,
             size: a.header().file_size,
             metadata: a.header().heap.offset,
+            prefetch: match prefetch {
+                Some(dir) => {
+                    heap::read_prefetch(&dir.join(format!("{}.prefetch", a.id())), a.chunk_count())?
+                }
+                None => Vec::new(),
+            },
         };
         if let Some(o) = idx
             .packages

@@ -35,7 +35,7 @@ pub const MIRRORS_MAX: usize = 16;
 /// Where a thin package's heap lives: the same object (the whole package) on each mirror,
 /// tried in order. Not signed, and need not be: every heap byte is pinned by the chunk
 /// index, so a wrong mirror costs time, never wrong data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
     /// Repository addresses (`http://host:port/path/`, `oci://host:port/name`), in order.
@@ -43,6 +43,10 @@ pub struct Source {
     /// The whole package inside each repository: a path relative to an HTTP repository
     /// (`packages/NAME-VERSION-ID.hpkg`), or a blob digest (`sha256:...`) in a registry.
     pub object: String,
+    /// Chunks to fetch in the background once the package is opened, in order (those read
+    /// during a recorded first start); chunk numbers past the end are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefetch: Vec<u32>,
 }
 
 impl Source {

@@ -17,6 +17,7 @@ fn source() -> Source {
     Source {
         mirrors: vec!["http://127.0.0.1:1/repo/".into()],
         object: "packages/x.hpkg".into(),
+        prefetch: vec![3, 1],
     }
 }
 
@@ -140,14 +141,17 @@ fn damaged_thin_packages_are_refused() {
         Source {
             mirrors: vec![],
             object: "x".into(),
+            ..Source::default()
         },
         Source {
             mirrors: vec!["http://a b/".into()],
             object: "x".into(),
+            ..Source::default()
         },
         Source {
             mirrors: vec!["http://a/".into()],
             object: "../x".into(),
+            ..Source::default()
         },
     ] {
         assert!(a.thin_bytes(&s).is_err());

@@ -28,6 +28,11 @@ pub struct PublishArgs {
     /// last index version they accepted under it.
     #[arg(long)]
     pub name: Option<String>,
+    /// Ship prefetch lists: DIR/<package id>.prefetch, as recorded by packagefs
+    /// `-o prefetch_record=DIR` during a first start; the daemon fetches those chunks in the
+    /// background after mount.
+    #[arg(long, value_name = "DIR")]
+    pub prefetch: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -50,6 +55,7 @@ pub fn run(a: PublishArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         &target,
         &key,
         a.name.as_deref(),
+        a.prefetch.as_deref(),
         &repo::Policy::default(),
     )
     .map_err(|e| anyhow!("cannot publish to {}: {e}", a.repo))?;

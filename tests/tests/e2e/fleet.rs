@@ -440,3 +440,94 @@ fn an_oci_registry_serves_publish_pull_and_lazy_reads() {
         f.big[off as usize..off as usize + 10]
     );
 }
+
+#[test]
+fn a_recorded_prefetch_list_is_fetched_in_the_background_after_mount() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let mut nginx = Nginx::start(www.path());
+    publish(
+        &f.pkg,
+        &www.path().join("first").display().to_string(),
+        &f.keys,
+    );
+    // A first start, recorded: hello and a region of big far from its start.
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("first")], layer.path(), &f.keys, "app");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let m = Mount::builder()
+        .trusting(&f.keys)
+        .layer_of("system", &layer)
+        .arg("-o")
+        .arg(format!(
+            "chunk_store={},prefetch_record={}",
+            store.path().display(),
+            record.path().display()
+        ))
+        .start();
+    let off = 30 * 65536 + 5;
+    let _ = fs::read(m.join("hello")).unwrap();
+    assert_eq!(
+        read_at(&m.join("big"), off, 100).unwrap(),
+        f.big[off as usize..off as usize + 100]
+    );
+    drop(m);
+    let lists: Vec<_> = fs::read_dir(record.path()).unwrap().flatten().collect();
+    assert_eq!(lists.len(), 1);
+    let recorded = fs::read_to_string(lists[0].path()).unwrap();
+    assert!(recorded.lines().count() >= 2, "{recorded}");
+
+    // Shipped with the package in another repository; pulled; mounted with an empty store.
+    let out = Command::new(pkgtool())
+        .arg("publish")
+        .arg(&f.pkg)
+        .args([
+            "--repo",
+            &www.path().join("second").display().to_string(),
+            "--key",
+        ])
+        .arg(f.keys.secret())
+        .arg("--prefetch")
+        .arg(record.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("second")], layer.path(), &f.keys, "app");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = tempfile::tempdir().unwrap();
+    let m = mount(&layer, &f.keys, store.path());
+    // Without a read, the listed chunks arrive.
+    assert!(
+        wait_until(Duration::from_secs(10), || m.log().contains("prefetched")),
+        "{}",
+        m.log()
+    );
+    assert!(nginx.bytes_sent("/second/blobs/") > 0);
+    // The server gone, the first start's reads are served from the store.
+    nginx.kill();
+    assert_eq!(
+        fs::read_to_string(m.join("hello")).unwrap(),
+        "hello from the repository\n"
+    );
+    assert_eq!(
+        read_at(&m.join("big"), off, 100).unwrap(),
+        f.big[off as usize..off as usize + 100]
+    );
+    // Chunks no one listed were not fetched.
+    assert!(read_at(&m.join("big"), 45 * 65536, 10).is_err());
+}
