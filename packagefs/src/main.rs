@@ -338,7 +338,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
             timeouts: repo::http::Timeouts {
                 connect: t,
                 io: t,
-                total: t * 3,
+                total: t * 2,
             },
             ..repo::Policy::default()
         },

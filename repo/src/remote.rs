@@ -193,7 +193,6 @@ impl Mirrors {
             let url = m.base.object_url(digest);
             let range = format!("bytes={}-{}", start, start + len - 1);
             let mut last = String::new();
-            let mut wrong = false;
             for _ in 0..self.policy.attempts.max(1) {
                 let r = http::request(
                     "GET",
@@ -203,39 +202,38 @@ impl Mirrors {
                     len,
                     self.policy.timeouts,
                 );
-                let body = match r {
-                    Ok(r) if r.status == 206 && r.body.len() as u64 == len => r.body,
-                    Ok(r) if r.status == 200 && start == 0 && r.body.len() as u64 == len => r.body,
-                    Ok(r) if r.status == 206 || r.status == 200 => {
-                        last = format!("sent {} bytes for a range of {len}", r.body.len());
-                        continue;
-                    }
-                    Ok(r) => {
-                        last = format!("HTTP {}", r.status);
-                        if r.status == 404 {
-                            break;
+                // (why, wrong bytes, worth another attempt)
+                let fail = match r {
+                    Ok(r)
+                        if (r.status == 206 || (r.status == 200 && start == 0))
+                            && r.body.len() as u64 == len =>
+                    {
+                        match check(&r.body) {
+                            Ok(()) => {
+                                m.ok();
+                                return Ok(r.body);
+                            }
+                            // Wrong bytes: never used, never stored; the mirror is marked
+                            // down at once.
+                            Err(e) => (e, true, false),
                         }
-                        continue;
                     }
-                    Err(e) => {
-                        last = e.to_string();
-                        continue;
-                    }
+                    Ok(r) if r.status == 206 || r.status == 200 => (
+                        format!("sent {} bytes for a range of {len}", r.body.len()),
+                        false,
+                        true,
+                    ),
+                    Ok(r) => (format!("HTTP {}", r.status), false, r.status != 404),
+                    Err(e) => (e.to_string(), false, true),
                 };
-                match check(&body) {
-                    Ok(()) => {
-                        m.ok();
-                        return Ok(body);
-                    }
-                    Err(e) => {
-                        // Wrong bytes: never used; this mirror is not asked again for them.
-                        last = e;
-                        wrong = true;
-                        break;
-                    }
+                last = fail.0;
+                // Each failed attempt counts, so a dead or slow mirror is marked down after
+                // `down_after` of them, and later reads skip it at once.
+                m.failed(&last, &self.policy, fail.1);
+                if !fail.2 || m.is_down() {
+                    break;
                 }
             }
-            m.failed(&last, &self.policy, wrong);
             why.push(format!("{}: {last}", m.base));
         }
         Err(why.join("; "))

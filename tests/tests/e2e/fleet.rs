@@ -531,3 +531,77 @@ fn a_recorded_prefetch_list_is_fetched_in_the_background_after_mount() {
     // Chunks no one listed were not fetched.
     assert!(read_at(&m.join("big"), 45 * 65536, 10).is_err());
 }
+
+/// A server that answers every request with headers and then one byte every 300 ms.
+fn drip_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut s = s;
+                let _ =
+                    s.write_all(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 1000000\r\n\r\n");
+                for _ in 0..100 {
+                    std::thread::sleep(Duration::from_millis(300));
+                    if s.write_all(b"x").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_slow_mirror_costs_bounded_time_then_eio_and_later_reads_do_not_wait() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let mut nginx = Nginx::start(www.path());
+    publish(
+        &f.pkg,
+        &www.path().join("main").display().to_string(),
+        &f.keys,
+    );
+    let slow = format!("http://127.0.0.1:{}/main", drip_server());
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("main"), &slow], layer.path(), &f.keys, "app");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = tempfile::tempdir().unwrap();
+    // fetch_timeout=1: each request at most 2 s in all, however the server drips.
+    let m = Mount::builder()
+        .trusting(&f.keys)
+        .layer_of("system", &layer)
+        .arg("-o")
+        .arg(format!(
+            "chunk_store={},fetch_timeout=1",
+            store.path().display()
+        ))
+        .start();
+    assert_eq!(read_at(&m.join("big"), 0, 10).unwrap(), f.big[..10]);
+    nginx.kill();
+    // The first mirror refuses, the second drips: EIO within the bound (2 attempts of 2 s
+    // on the slow one, and the kernel may retry the read once).
+    let t = Instant::now();
+    let r = read_at(&m.join("big"), 40 * 65536, 10);
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // Both are marked down now: the next reads fail at once.
+    let t = Instant::now();
+    for k in [42u64, 44, 46] {
+        assert!(read_at(&m.join("big"), k * 65536, 10).is_err());
+    }
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // Stored chunks still read.
+    assert_eq!(
+        read_at(&m.join("big"), 65536, 10).unwrap(),
+        f.big[65536..65546]
+    );
+    assert_eq!(m.log().matches("mirror is down").count(), 2, "{}", m.log());
+}
