@@ -131,6 +131,23 @@ pub enum Error {
     /// Bad build options.
     #[error("invalid option: {0}")]
     Options(String),
+    /// A chunk of a thin package that is not on this machine, and this reader was given
+    /// no way to fetch it.
+    #[error(
+        "chunk {chunk} is not on this machine (a thin package: `pkgtool fetch` makes it whole)"
+    )]
+    NotLocal {
+        /// Chunk number.
+        chunk: u32,
+    },
+    /// A thin package's heap could not be reached, or a chunk of it fetched.
+    #[error("{}cannot be fetched: {reason}", chunk.map(|c| format!("chunk {c} ")).unwrap_or_default())]
+    Fetch {
+        /// Chunk number (`None`: the heap as a whole).
+        chunk: Option<u32>,
+        /// Why, one line.
+        reason: String,
+    },
     /// An entry number that does not exist in this archive.
     #[error("no entry {0} in this archive")]
     NoEntry(u32),

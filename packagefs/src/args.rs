@@ -45,6 +45,13 @@ layers by descriptor, reachable after switch_root; boot_cmdline=FILE reads anoth
 command line than /proc/cmdline; see docs/boot.md and pkgtool bless),
 xattrs / noxattrs: always / never answer extended attributes; by default they are answered
 if a package active at mount has any, since answering costs `ls -l` a round trip per file;
+chunk_store=DIR[,chunk_store_size=SIZE][,fetch_timeout=SECS]: where the chunks of thin
+packages (pkgtool pull) are kept once fetched (default /var/cache/packagefs/chunks, 4G,
+least recently used first; chunks of packages being fetched whole are pinned), and the
+connect and read timeout of each request to a repository (default 5; docs/fleet.md);
+prefetch_record=DIR: record the chunks each thin package reads into DIR/<id>.prefetch
+(pkgtool publish --prefetch DIR ships them; the daemon fetches a package's list in the
+background after mount);
 exec_cache=DIR[,exec_cache_size=SIZE]: ELF executables and libraries, and files of 1 MiB or
 more opened 4 times, are decompressed once (in the background, each chunk checked) into DIR
 (created 0700; refused if a symlink, another user's, or open to others), named by the
@@ -127,6 +134,14 @@ pub struct Settings {
     pub exec_cache_size: u64,
     /// `-o io_uring=auto|on|off`: the kernel's FUSE io_uring transport.
     pub io_uring: packagefs::uring::Mode,
+    /// `-o chunk_store=DIR`: where chunks of thin packages are kept (docs/fleet.md).
+    pub chunk_store: PathBuf,
+    /// `-o chunk_store_size=SIZE`: its bound.
+    pub chunk_store_size: u64,
+    /// `-o fetch_timeout=SECS`: connect and read timeout of a chunk request.
+    pub fetch_timeout: u64,
+    /// `-o prefetch_record=DIR`: record the chunks thin packages read (prefetch lists).
+    pub prefetch_record: Option<PathBuf>,
 }
 
 /// The exec cache's size limit unless `-o exec_cache_size` says otherwise.
@@ -176,6 +191,10 @@ impl Args {
         let mut exec_cache = None;
         let mut exec_cache_size = None;
         let mut io_uring = packagefs::uring::Mode::Auto;
+        let mut chunk_store = PathBuf::from("/var/cache/packagefs/chunks");
+        let mut chunk_store_size: u64 = 4 << 30;
+        let mut fetch_timeout: u64 = 5;
+        let mut prefetch_record = None;
         for opt in self
             .options
             .iter()
@@ -207,6 +226,18 @@ impl Args {
                 ("exec_cache", Some(v)) if !v.is_empty() => exec_cache = Some(PathBuf::from(v)),
                 ("exec_cache_size", Some(v)) => exec_cache_size = Some(parse_size(v)? as u64),
                 ("io_uring", Some(v)) => io_uring = v.parse()?,
+                ("chunk_store", Some(v)) if !v.is_empty() => chunk_store = PathBuf::from(v),
+                ("chunk_store_size", Some(v)) => chunk_store_size = parse_size(v)? as u64,
+                ("prefetch_record", Some(v)) if !v.is_empty() => {
+                    prefetch_record = Some(PathBuf::from(v))
+                }
+                ("fetch_timeout", Some(v)) => {
+                    fetch_timeout = v
+                        .parse()
+                        .ok()
+                        .filter(|s| (1..=300).contains(s))
+                        .ok_or_else(|| format!("fetch_timeout={v}: seconds from 1 to 300"))?
+                }
                 ("nosuid", None) => nosuid = true,
                 ("suid", None) => nosuid = false,
                 ("noexec", None) => mount_options.push(MountOption::NoExec),
@@ -286,6 +317,10 @@ impl Args {
             exec_cache,
             exec_cache_size: exec_cache_size.unwrap_or(DEFAULT_EXEC_CACHE_SIZE),
             io_uring,
+            chunk_store,
+            chunk_store_size,
+            fetch_timeout,
+            prefetch_record,
         })
     }
 }

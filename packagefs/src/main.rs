@@ -329,6 +329,26 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     // The boot's choice opens and checks the packages; the first view reuses them.
     let policy = pkgset::capabilities::Policy::load(&s.policy).map_err(|e| anyhow::anyhow!(e))?;
     let mut opener = pkgset::Opener::with_policy(keys.clone(), policy);
+    // Thin packages (pkgtool pull) read their chunks through the repository client.
+    let t = std::time::Duration::from_secs(s.fetch_timeout);
+    let mut heaps = repo::RepoHeaps::at(
+        &s.chunk_store,
+        s.chunk_store_size,
+        repo::Policy {
+            timeouts: repo::http::Timeouts {
+                connect: t,
+                io: t,
+                total: t * 2,
+            },
+            ..repo::Policy::default()
+        },
+    );
+    if let Some(dir) = &s.prefetch_record {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        heaps.record_into(dir);
+    }
+    opener.set_heaps(std::sync::Arc::new(heaps));
     let pin = if s.boot {
         boot_choice(&s, &stack, &mut opener)?
     } else {

@@ -251,7 +251,15 @@ fn load_chunk(
         .get(&info.hash, |out| {
             pkg.archive.read_chunk_of(chunk, &info, out)
         })
-        .map_err(|e| bad_chunk(logged, pkg, chunk, &e.to_string()))
+        .map_err(|e| match *e {
+            // A thin package's chunk that cannot be fetched now: the repository client
+            // logs the outage once (not one line per chunk), and a later read tries again.
+            format::Error::Fetch { .. } | format::Error::NotLocal { .. } => {
+                tracing::debug!(package = %pkg.label(), chunk, "{e}");
+                Error::BadChunk { chunk }
+            }
+            _ => bad_chunk(logged, pkg, chunk, &e.to_string()),
+        })
 }
 
 /// The error of a chunk that cannot be read, logged once per chunk (with the files that

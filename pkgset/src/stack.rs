@@ -209,6 +209,20 @@ pub struct Opener {
     keys: TrustedKeys,
     policy: crate::capabilities::Policy,
     files: HashMap<FileKey, (PathBuf, Result<Arc<Archive>, OpenError>)>,
+    /// Where thin packages' heaps are read from (none: their chunks are `NotLocal`).
+    heaps: Option<Arc<dyn format::archive::thin::Heaps>>,
+}
+
+fn open_archive(
+    file: fs::File,
+    path: &Path,
+    keys: &TrustedKeys,
+    heaps: Option<&dyn format::archive::thin::Heaps>,
+) -> format::Result<Archive> {
+    match heaps {
+        Some(h) => Archive::from_file_with(file, path, Some(keys), h),
+        None => Archive::from_file_trusted(file, path, keys),
+    }
 }
 
 impl Opener {
@@ -218,7 +232,14 @@ impl Opener {
             keys,
             policy: crate::capabilities::Policy::unrestricted(),
             files: HashMap::new(),
+            heaps: None,
         }
+    }
+
+    /// Reads the heaps of thin packages through `heaps` (the daemon's repository client):
+    /// packages opened from now on read their missing chunks there.
+    pub fn set_heaps(&mut self, heaps: Arc<dyn format::archive::thin::Heaps>) {
+        self.heaps = Some(heaps);
     }
 
     /// An opener trusting `keys` within `policy`: a package asking for more than its
@@ -274,7 +295,7 @@ impl Opener {
             return r.clone();
         }
         // Trust first: an unsigned or untrusted file costs its header and trailer.
-        let r = Archive::from_file_trusted(file, path, &self.keys)
+        let r = open_archive(file, path, &self.keys, self.heaps.as_deref())
             .map_err(OpenError::archive)
             .and_then(|a| {
                 self.policy
@@ -309,6 +330,7 @@ impl Opener {
         }
         let keys = &self.keys;
         let policy = &self.policy;
+        let heaps = self.heaps.as_deref();
         // Each worker opens with this thread's identity (a user's layer: the user's).
         let (uid, gid) = crate::owner::current();
         let opened: Vec<(FileKey, &PathBuf, Result<Archive, OpenError>)> = todo
@@ -317,9 +339,7 @@ impl Opener {
                 let _as = crate::owner::AsOwner::of(uid, gid);
                 let r = crate::owner::open_in_layer(p)
                     .map_err(OpenError::io)
-                    .and_then(|f| {
-                        Archive::from_file_trusted(f, p, keys).map_err(OpenError::archive)
-                    })
+                    .and_then(|f| open_archive(f, p, keys, heaps).map_err(OpenError::archive))
                     .and_then(|a| {
                         policy
                             .check(&a, keys)

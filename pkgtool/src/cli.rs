@@ -113,6 +113,14 @@ pub enum Command {
     /// Make the new package from the old one and a delta, checked against its signed id.
     #[command(name = "apply-delta")]
     ApplyDelta(crate::cmd::apply_delta::ApplyDeltaArgs),
+    /// Publish packages to a repository (a directory nginx serves, http:// with PUT, or
+    /// oci://) and write its new signed index.
+    Publish(crate::cmd::publish::PublishArgs),
+    /// Install thin packages from a repository into a layer, as install does; packagefs
+    /// reads their data on first use.
+    Pull(crate::cmd::pull::PullArgs),
+    /// Make a layer's thin packages whole on disk.
+    Fetch(crate::cmd::fetch::FetchArgs),
 }
 
 /// `pkgtool keygen`.

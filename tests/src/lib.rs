@@ -26,6 +26,7 @@ pub mod hpkg;
 pub mod mount;
 pub mod mountinfo;
 pub mod pkg;
+pub mod servers;
 pub mod tree;
 pub mod uring;
 

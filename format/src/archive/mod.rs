@@ -11,6 +11,7 @@ pub(crate) mod header;
 pub(crate) mod le;
 pub mod reader;
 pub(crate) mod sign;
+pub mod thin;
 pub(crate) mod toc;
 pub mod tree;
 pub mod walk;

@@ -15,10 +15,12 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::chunk::{self, ChunkInfo, INDEX_ENTRY_LEN};
 use super::header::{Header, HEADER_LEN};
 use super::sign::{Trailer, TRAILER_LEN};
+use super::thin::{self, Heaps, RemoteHeap, Source, ThinHeader, ThinPackage, THIN_HEADER_LEN};
 use super::toc::{RawInode, Toc, TocLayout, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use super::{ChunkId, EntryId, PackageId};
 use crate::error::{Error, Result};
@@ -235,6 +237,8 @@ pub struct Archive {
     toc_owned: Option<Vec<u8>>,
     trailer: Trailer,
     manifest: Manifest,
+    /// A thin package's source and heap; `None` for a whole package (heap in `file`).
+    thin: Option<(Source, Arc<dyn RemoteHeap>)>,
 }
 
 impl Archive {
@@ -263,7 +267,28 @@ impl Archive {
         Archive::load(file, path, Some(keys))
     }
 
+    /// Opens a package file that may be thin (FORMAT.md §12): the heap of a thin package is
+    /// read through `heaps`. Without `keys`, any signer (or none) is accepted, as
+    /// [`Archive::from_file`] does.
+    pub fn from_file_with(
+        file: File,
+        path: &Path,
+        keys: Option<&TrustedKeys>,
+        heaps: &dyn Heaps,
+    ) -> Result<Archive> {
+        Archive::load_with(file, path, keys, Some(heaps))
+    }
+
     fn load(file: File, path: &Path, keys: Option<&TrustedKeys>) -> Result<Archive> {
+        Archive::load_with(file, path, keys, None)
+    }
+
+    fn load_with(
+        file: File,
+        path: &Path,
+        keys: Option<&TrustedKeys>,
+        heaps: Option<&dyn Heaps>,
+    ) -> Result<Archive> {
         let ioerr = |e| Error::io(path, e);
         let md = file.metadata().map_err(ioerr)?;
         if !md.is_file() {
@@ -272,15 +297,51 @@ impl Archive {
                 io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
             ));
         }
-        let file_len = md.len();
+        let real_len = md.len();
+        // A thin package (FORMAT.md §12) is the metadata and trailer of a whole one behind
+        // a thin header: the embedded header is checked against the whole package's size
+        // it records, and the heap is read elsewhere.
+        let mut th = [0u8; THIN_HEADER_LEN];
+        let n = read_full_at(&file, &mut th, 0).map_err(ioerr)?;
+        let thin_header = if n >= 8 && th[..8] == thin::THIN_MAGIC {
+            Some(ThinHeader::parse(&th[..n], real_len)?)
+        } else {
+            None
+        };
+        let base = if thin_header.is_some() {
+            THIN_HEADER_LEN as u64
+        } else {
+            0
+        };
         let mut hb = [0u8; HEADER_LEN];
-        let n = read_full_at(&file, &mut hb, 0).map_err(ioerr)?;
+        let n = read_full_at(&file, &mut hb, base).map_err(ioerr)?;
+        let file_len = match thin_header {
+            Some(_) if n == HEADER_LEN => {
+                u64::from_le_bytes(hb[120..128].try_into().unwrap_or([0; 8]))
+            }
+            Some(_) => 0,
+            None => real_len,
+        };
         // Every section length is checked against the limits of FORMAT.md §10 here, so
         // what follows reads at most about 740 MiB of metadata, whatever the file claims.
         let header = Header::parse(&hb[..n], file_len)?;
+        if let Some(t) = thin_header {
+            if t.meta_len != header.heap.offset {
+                return Err(Error::corrupt(
+                    "thin header",
+                    format!(
+                        "metadata of {} bytes, the package header says {}",
+                        t.meta_len, header.heap.offset
+                    ),
+                ));
+            }
+        }
+        let trailer_at = match thin_header {
+            Some(t) => t.trailer_offset(),
+            None => header.trailer.offset,
+        };
         let mut tb = [0u8; TRAILER_LEN];
-        file.read_exact_at(&mut tb, header.trailer.offset)
-            .map_err(ioerr)?;
+        file.read_exact_at(&mut tb, trailer_at).map_err(ioerr)?;
         // The signature over the id the trailer claims is checked first (it costs one
         // signature check), and then the signer's trust when it matters: an unsigned or
         // untrusted package is refused before its metadata is read.
@@ -306,7 +367,7 @@ impl Archive {
         if meta_len > super::META_PIECE {
             // Large metadata is hashed in pieces first, so that claimed sizes cost no
             // memory until the bytes are known to be the ones the trailer names.
-            let actual = hash_in_pieces(&file, header.heap.offset).map_err(|e| match e {
+            let actual = hash_in_pieces(&file, base, header.heap.offset).map_err(|e| match e {
                 Some(e) => ioerr(e),
                 None => Error::Truncated {
                     section: "metadata",
@@ -327,7 +388,7 @@ impl Archive {
             )
         })?;
         meta.resize(meta_len, 0);
-        let got = read_full_at(&file, &mut meta, 0).map_err(ioerr)?;
+        let got = read_full_at(&file, &mut meta, base).map_err(ioerr)?;
         if got != meta_len {
             return Err(Error::Truncated {
                 section: "metadata",
@@ -356,7 +417,16 @@ impl Archive {
             None => &meta[toc_range.clone()],
         };
         let toc = TocLayout::parse(toc_bytes)?;
-        let archive = Archive {
+        let source = match thin_header {
+            Some(t) => {
+                let mut sb = vec![0u8; t.source_len as usize];
+                file.read_exact_at(&mut sb, t.source_offset())
+                    .map_err(ioerr)?;
+                Some(thin::parse_source(&sb)?)
+            }
+            None => None,
+        };
+        let mut archive = Archive {
             path: path.to_owned(),
             file,
             meta,
@@ -366,6 +436,7 @@ impl Archive {
             toc_owned,
             trailer,
             manifest,
+            thin: None,
         };
         let n_chunks = archive.header.chunk_count();
         let mut raw_total = 0u64;
@@ -387,7 +458,54 @@ impl Archive {
         let toc = archive.toc_view();
         toc.validate(n_chunks, archive.header.chunk_size)?;
         toc.check_file_ranges(&raw_lens, archive.header.chunk_size)?;
+        if let Some(source) = source {
+            let heap: Arc<dyn RemoteHeap> = match heaps {
+                Some(h) => {
+                    let chunks = (0..n_chunks)
+                        .map(|c| archive.parse_chunk(c))
+                        .collect::<Result<Vec<_>>>()?;
+                    let pkg = ThinPackage {
+                        id: archive.id(),
+                        source: source.clone(),
+                        heap_offset: archive.header.heap.offset,
+                        file_size: archive.header.file_size,
+                        chunks,
+                    };
+                    h.open(&pkg).map_err(|reason| Error::Fetch {
+                        chunk: None,
+                        reason,
+                    })?
+                }
+                None => Arc::new(thin::NoHeap),
+            };
+            archive.thin = Some((source, heap));
+        }
         Ok(archive)
+    }
+
+    /// True for a thin package (FORMAT.md §12): its heap is elsewhere.
+    pub fn is_thin(&self) -> bool {
+        self.thin.is_some()
+    }
+
+    /// Where a thin package's heap lives.
+    pub fn thin_source(&self) -> Option<&Source> {
+        self.thin.as_ref().map(|(s, _)| s)
+    }
+
+    /// The metadata as read and hashed: bytes 0 .. heap.offset of the whole package.
+    pub fn metadata_bytes(&self) -> &[u8] {
+        &self.meta
+    }
+
+    /// The trailer's 136 bytes (the id, and the key and signature when signed).
+    pub fn trailer_bytes(&self) -> [u8; TRAILER_LEN] {
+        self.trailer.to_bytes()
+    }
+
+    /// The bytes of a thin package of this one, whose heap lives at `source`.
+    pub fn thin_bytes(&self, source: &Source) -> Result<Vec<u8>> {
+        thin::assemble(&self.meta, &self.trailer.to_bytes(), source)
     }
 
     fn toc_view(&self) -> Toc<'_> {
@@ -412,16 +530,6 @@ impl Archive {
             self.header.chunk_size,
             self.header.version_minor,
         )
-    }
-
-    /// The metadata as read and hashed: every byte from offset 0 to the heap.
-    pub(crate) fn metadata(&self) -> &[u8] {
-        &self.meta
-    }
-
-    /// The trailer's 136 bytes (the id, and the key and signature when signed).
-    pub(crate) fn trailer_bytes(&self) -> [u8; TRAILER_LEN] {
-        self.trailer.to_bytes()
     }
 
     /// The path the archive was opened from.
@@ -599,12 +707,29 @@ impl Archive {
     /// Reads the stored (compressed) bytes of chunk `c` into `buf`.
     pub fn read_stored(&self, c: ChunkId, buf: &mut Vec<u8>) -> Result<ChunkInfo> {
         let info = self.parse_chunk(c)?;
-        self.read_stored_of(&info, buf)?;
+        self.read_stored_of(c, &info, buf)?;
         Ok(info)
     }
 
-    /// Reads the stored bytes that `info` (an entry of this archive's chunk index) names.
-    fn read_stored_of(&self, info: &ChunkInfo, buf: &mut Vec<u8>) -> Result<()> {
+    /// Reads the stored bytes of chunk `c`, which `info` (its entry of this archive's chunk
+    /// index) names: from the file, or a thin package's heap.
+    fn read_stored_of(&self, c: ChunkId, info: &ChunkInfo, buf: &mut Vec<u8>) -> Result<()> {
+        if let Some((_, heap)) = &self.thin {
+            heap.read_stored(c, buf).map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Error::NotLocal { chunk: c }
+                } else {
+                    Error::Fetch {
+                        chunk: Some(c),
+                        reason: e.to_string(),
+                    }
+                }
+            })?;
+            if buf.len() != info.stored_len as usize {
+                return Err(Error::ChunkHash { chunk: c });
+            }
+            return Ok(());
+        }
         // Every byte is overwritten by the read: no need to clear a recycled buffer first.
         buf.resize(info.stored_len as usize, 0);
         self.file
@@ -631,7 +756,7 @@ impl Archive {
             // (Never re-entered on a thread; if it were, a buffer of its own would do.)
             let (mut guard, mut own) = (cell.try_borrow_mut().ok(), Vec::new());
             let stored = guard.as_deref_mut().unwrap_or(&mut own);
-            self.read_stored_of(info, stored)?;
+            self.read_stored_of(c, info, stored)?;
             chunk::verify_and_decompress(c, info, stored, out)
         })
     }
@@ -907,13 +1032,13 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 
 /// BLAKE3 of the first `len` bytes of `f`, read in pieces of [`super::META_PIECE`] bytes.
 /// `Err(None)` if the file is shorter.
-fn hash_in_pieces(f: &File, len: u64) -> Result<blake3::Hash, Option<io::Error>> {
+fn hash_in_pieces(f: &File, base: u64, len: u64) -> Result<blake3::Hash, Option<io::Error>> {
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; super::META_PIECE];
     let mut off = 0u64;
     while off < len {
         let n = (len - off).min(buf.len() as u64) as usize;
-        let got = read_full_at(f, &mut buf[..n], off).map_err(Some)?;
+        let got = read_full_at(f, &mut buf[..n], base + off).map_err(Some)?;
         if got != n {
             return Err(None);
         }

@@ -64,7 +64,7 @@ pub fn apply(
     let meta = match h.meta_encoding {
         wire::META_RAW => stored,
         _ => {
-            let old_meta = old.metadata();
+            let old_meta = old.metadata_bytes();
             // No real metadata compresses beyond this; a hostile length is refused
             // before it is allocated.
             let bound = old_meta.len() as u64 + 256 * h.meta_stored_len + (1 << 20);

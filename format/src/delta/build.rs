@@ -205,8 +205,8 @@ pub fn build<W: Write>(
     let units = kept;
 
     // The metadata: zstd against the old metadata when that is smaller.
-    let new_meta = new.metadata();
-    let old_meta = old.metadata();
+    let new_meta = new.metadata_bytes();
+    let old_meta = old.metadata_bytes();
     let window = 1u64 << wire::WINDOW_LOG_MAX;
     let (meta_encoding, meta_stored) = if (old_meta.len() + new_meta.len()) as u64 <= window {
         let z = wire::patch(old_meta, new_meta, level).map_err(|e| Error::io("<zstd>", e))?;

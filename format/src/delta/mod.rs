@@ -1,4 +1,4 @@
-//! Package deltas: what moves from one version of a package to the next (FORMAT.md §12).
+//! Package deltas: what moves from one version of a package to the next (FORMAT.md §14).
 //!
 //! ```text
 //! build(old, new)   new metadata (zstd against the old metadata) + new trailer, then for

@@ -1,5 +1,5 @@
 //! The delta file's bytes: the fixed header, the op codes, a bounded reader of the body,
-//! and zstd with a reference prefix (patch-from). See FORMAT.md §12.
+//! and zstd with a reference prefix (patch-from). See FORMAT.md §14.
 
 use std::io::Read;
 

@@ -11,4 +11,5 @@ mod limits;
 mod props;
 mod reproducible;
 mod roundtrip;
+mod thin;
 mod trust;

@@ -1,5 +1,5 @@
 //! `pkgtool delta OLD.hpkg NEW.hpkg -o D`: what moves from one version of a package to
-//! the next (`format::delta`; FORMAT.md §12, docs/delta.md).
+//! the next (`format::delta`; FORMAT.md §14, docs/delta.md).
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -31,6 +31,9 @@ struct Info<'a> {
     compression: String,
     chunk_size: u32,
     chunks: u32,
+    /// A thin package's source (FORMAT.md §12); absent for a whole package.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thin: Option<&'a format::archive::thin::Source>,
 }
 
 pub fn run(a: InfoArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
@@ -80,6 +83,7 @@ pub fn run(a: InfoArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         compression: h.compression.to_string(),
         chunk_size: h.chunk_size,
         chunks: ar.chunk_count(),
+        thin: ar.thin_source(),
     };
     if a.json {
         out.json(&info)?;
@@ -169,5 +173,13 @@ pub fn run(a: InfoArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         human_size(info.chunk_size as u64)
     )?;
     writeln!(out, "format:      hpkg {}", info.format_version)?;
+    if let Some(t) = info.thin {
+        writeln!(
+            out,
+            "thin:        data at {} in {} (pkgtool fetch makes it whole)",
+            t.object,
+            t.mirrors.join(", ")
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,14 +7,17 @@ mod build;
 mod cat;
 pub mod delta;
 mod extract;
+pub mod fetch;
 mod gc;
 mod generations;
 pub mod graft;
 mod history;
 mod info;
-mod install;
+pub(crate) mod install;
 mod keygen;
 mod list;
+pub mod publish;
+pub mod pull;
 mod remove;
 mod resolve;
 mod rollback;
@@ -56,6 +59,9 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
         Command::Graft(a) => graft::run(a, out),
         Command::Delta(a) => delta::run(a, out),
         Command::ApplyDelta(a) => apply_delta::run(a, out),
+        Command::Publish(a) => publish::run(a, out),
+        Command::Pull(a) => pull::run(a, out),
+        Command::Fetch(a) => fetch::run(a, out),
     }
 }
 

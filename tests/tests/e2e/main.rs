@@ -11,6 +11,7 @@ mod dead_mounts;
 mod errors;
 mod exec;
 mod exec_cache;
+mod fleet;
 mod graft;
 mod inodes;
 mod layers;

@@ -1,0 +1,132 @@
+//! `pkgtool pull`: thin packages from a repository into a layer, as `install` installs.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use pkgset::owner::AsOwner;
+
+use crate::cli::{InstallArgs, LayerArgs, ServiceArgs};
+use crate::cmd::set::{stack_of, trusted_keys};
+use crate::output::Out;
+
+/// `pkgtool pull`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  pkgtool pull hello --repo http://repo.lan:8080/main --layer /pkg/system\n  pkgtool pull 'hello@^1.2' tools@=2.0.0 --repo oci://registry.lan:5000/packagefs/main --repo http://mirror.lan/main --layer /pkg/user\n\nThe index must be signed by a trusted key and no older than the one this layer accepted\nlast (state/repos/NAME). Each NAME takes the newest version in the index that matches\nRANGE (a semver range). The packages are installed thin (their signed metadata and\nwhere their data lives) exactly as `pkgtool install` installs, with its checks and its\nrefusals; packagefs reads their chunks from the repositories (--repo, in order) on first\nuse. `pkgtool fetch` makes them whole."
+)]
+pub struct PullArgs {
+    /// Packages: NAME or NAME@RANGE.
+    #[arg(required = true, value_name = "NAME[@RANGE]")]
+    pub packages: Vec<String>,
+    /// The repository (http://HOST:PORT/PATH or oci://HOST:PORT/NAME); repeat for mirrors,
+    /// tried in order.
+    #[arg(long = "repo", required = true, value_name = "URL")]
+    pub repos: Vec<String>,
+    #[command(flatten)]
+    pub layer: LayerArgs,
+    #[command(flatten)]
+    pub svc: ServiceArgs,
+}
+
+pub fn run(a: PullArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
+    let keys = trusted_keys(a.layer.trust.trusted_keys.as_deref())?;
+    let r = repo::Repository::new(&a.repos, repo::Policy::default()).map_err(|e| anyhow!(e))?;
+    let v = r.index(&keys).map_err(|e| anyhow!("cannot pull: {e}"))?;
+    let mut chosen = Vec::new();
+    for want in &a.packages {
+        let (name, range) = match want.split_once('@') {
+            Some((n, r)) => (
+                n,
+                Some(semver::VersionReq::parse(r).map_err(|e| anyhow!("{want}: bad range: {e}"))?),
+            ),
+            None => (want.as_str(), None),
+        };
+        let versions: Vec<_> = v.index.packages.iter().filter(|e| e.name == name).collect();
+        if versions.is_empty() {
+            bail!(
+                "refused: repository {} has no package {name}",
+                v.index.repository
+            );
+        }
+        let best = versions
+            .iter()
+            .filter_map(|e| semver::Version::parse(&e.version).ok().map(|ver| (ver, *e)))
+            .filter(|(ver, _)| range.as_ref().is_none_or(|r| r.matches(ver)))
+            .max_by(|x, y| x.0.cmp(&y.0))
+            .map(|(_, e)| e.clone())
+            .ok_or_else(|| {
+                anyhow!(
+                    "refused: no version of {name} in repository {} matches {} (it has {})",
+                    v.index.repository,
+                    range.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+                    versions
+                        .iter()
+                        .map(|e| e.version.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        chosen.push(best);
+    }
+    let stack = stack_of(&a.layer.layers)?;
+    let top = &stack.layers[stack.layers.len() - 1];
+    {
+        let _as = AsOwner::enter(&top.paths);
+        repo::index::check_fresh(&top.paths.state(), &v)
+            .map_err(|e| anyhow!("refused the index: {e}"))?;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("pkgtool-pull-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let mut files = Vec::new();
+    for e in &chosen {
+        let bytes = r
+            .thin(e)
+            .map_err(|err| anyhow!("cannot pull {}: {err}", e.label()))?;
+        let path = tmp.path().join(format!("{}.hpkg", e.label()));
+        std::fs::write(&path, &bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let archive = format::archive::Archive::open_trusted(&path, &keys)
+            .map_err(|err| anyhow!("refused {}: {err}", e.label()))?;
+        if Some(archive.id()) != e.package_id() {
+            bail!(
+                "refused {}: the repository serves package {}, its index names {}",
+                e.label(),
+                archive.id(),
+                e.id
+            );
+        }
+        if archive.manifest().name != e.name || archive.manifest().version.to_string() != e.version
+        {
+            bail!(
+                "refused {}: the package is {}-{}",
+                e.label(),
+                archive.manifest().name,
+                archive.manifest().version
+            );
+        }
+        files.push(path);
+    }
+    if !a.layer.json {
+        for e in &chosen {
+            writeln!(
+                out,
+                "pulling {} ({}) from repository {} (index version {})",
+                e.label(),
+                &e.id[..16],
+                v.index.repository,
+                v.index.version
+            )?;
+        }
+    }
+    crate::cmd::install::install(
+        InstallArgs {
+            packages: files,
+            layer: a.layer,
+            svc: a.svc,
+        },
+        out,
+    )
+}

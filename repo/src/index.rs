@@ -1,0 +1,315 @@
+//! The signed repository index (FORMAT.md §13): which packages and versions a repository
+//! holds, their ids and objects, and a version number that only grows.
+//!
+//! ```text
+//! packagefs-index-v1 <key id> <signature: 128 hex digits>\n
+//! {"repository": "main", "version": 7, "packages": [ ... ]}      (JSON, the signed body)
+//! ```
+//!
+//! The signature is Ed25519 over `packagefs-index-v1\n` followed by the body's bytes, by a
+//! trusted key. A client keeps the version (and hash) of the last index it accepted per
+//! repository in its layer's state and refuses an older one (a rollback or freeze attack,
+//! as TUF names them) or another index of the same version.
+
+use std::path::Path;
+
+use format::archive::PackageId;
+use format::keys::{SecretKey, TrustedKeys};
+use serde::{Deserialize, Serialize};
+
+/// The first word of an index file.
+pub const INDEX_MAGIC: &str = "packagefs-index-v1";
+/// Largest index file.
+pub const INDEX_MAX: u64 = 16 << 20;
+
+/// One package in the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexEntry {
+    /// Package name.
+    pub name: String,
+    /// Its version (semver).
+    pub version: String,
+    /// The package id (64 hex digits).
+    pub id: String,
+    /// The whole package as an object: `sha256:<hex>` of its bytes.
+    pub object: String,
+    /// Size of the whole package.
+    pub size: u64,
+    /// Length of its metadata (the heap's offset).
+    pub metadata: u64,
+    /// Chunks fetched in the background after mount (a recorded first start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefetch: Vec<u32>,
+}
+
+impl IndexEntry {
+    /// The id as a [`PackageId`].
+    pub fn package_id(&self) -> Option<PackageId> {
+        parse_id(&self.id)
+    }
+
+    /// `name-version`.
+    pub fn label(&self) -> String {
+        format!("{}-{}", self.name, self.version)
+    }
+}
+
+/// Parses 64 hex digits.
+pub fn parse_id(s: &str) -> Option<PackageId> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut id = [0u8; 32];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(PackageId(id))
+}
+
+/// The signed body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Index {
+    /// The repository's name (where a client records the last version it accepted).
+    pub repository: String,
+    /// Grows by at least one with every publication.
+    pub version: u64,
+    /// The packages, sorted by name and version.
+    pub packages: Vec<IndexEntry>,
+}
+
+/// An index as accepted: the body, and the hash of the whole file.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The body.
+    pub index: Index,
+    /// BLAKE3 of the file.
+    pub hash: String,
+    /// The signer's key id.
+    pub key: String,
+}
+
+fn signed_message(body: &[u8]) -> Vec<u8> {
+    let mut m = format!("{INDEX_MAGIC}\n").into_bytes();
+    m.extend_from_slice(body);
+    m
+}
+
+impl Index {
+    /// The index file: the signature line, then the body.
+    pub fn sign(&self, key: &SecretKey) -> Vec<u8> {
+        let body = serde_json::to_vec_pretty(self).unwrap_or_default();
+        let sig = key.sign(&signed_message(&body));
+        let mut out = format!(
+            "{INDEX_MAGIC} {} {}\n",
+            key.public().id(),
+            format::keys::hex(&sig)
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Checks the rules a well-formed index keeps (names, versions, ids, objects).
+    pub fn validate(&self) -> Result<(), String> {
+        if !valid_name(&self.repository) {
+            return Err(format!("bad repository name {:?}", self.repository));
+        }
+        for p in &self.packages {
+            let bad = |w: &str| Err(format!("package {:?}: {w}", p.name));
+            if p.name.is_empty() || p.name.len() > 255 || p.name.contains(['/', '\n', ' ']) {
+                return bad("bad name");
+            }
+            if semver::Version::parse(&p.version).is_err() {
+                return bad("bad version");
+            }
+            if p.package_id().is_none() {
+                return bad("bad id");
+            }
+            if p.prefetch.len() > crate::heap::PREFETCH_MAX {
+                return bad("prefetch list too long");
+            }
+            if !valid_digest(&p.object) {
+                return bad("bad object digest");
+            }
+            // The metadata limit of FORMAT.md §10 (about 737 MiB), rounded up.
+            if p.metadata < 128 || p.metadata > 1 << 30 || p.metadata.saturating_add(136) > p.size {
+                return bad("bad sizes");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True for `sha256:` and 64 lowercase hex digits.
+pub fn valid_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The rule for repository names: letters, digits, `-`, `_`, `.`; not starting with `.`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Parses an index file and checks its signature against `keys`.
+pub fn verify(bytes: &[u8], keys: &TrustedKeys) -> Result<Verified, String> {
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .filter(|&i| i < 512)
+        .ok_or("not a repository index")?;
+    let line = std::str::from_utf8(&bytes[..nl]).map_err(|_| "not a repository index")?;
+    let mut w = line.split(' ');
+    if w.next() != Some(INDEX_MAGIC) {
+        return Err("not a signed repository index (no signature line)".into());
+    }
+    let (Some(kid), Some(sig), None) = (w.next(), w.next(), w.next()) else {
+        return Err("malformed signature line".into());
+    };
+    let key = decode_hex(kid)
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .and_then(|id| keys.get(&format::keys::KeyId(id)))
+        .ok_or_else(|| format!("signed by key {kid}, which is not a trusted key"))?;
+    let sig: [u8; 64] = decode_hex(sig)
+        .and_then(|v| v.try_into().ok())
+        .ok_or("malformed signature")?;
+    let body = &bytes[nl + 1..];
+    if !key.verify(&signed_message(body), &sig) {
+        return Err(format!("the signature by key {kid} is not valid"));
+    }
+    let index: Index =
+        serde_json::from_slice(body).map_err(|e| format!("signed, but malformed: {e}"))?;
+    index.validate()?;
+    Ok(Verified {
+        index,
+        hash: blake3::hash(bytes).to_hex().to_string(),
+        key: kid.to_owned(),
+    })
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+/// What a layer last accepted from a repository (`state/repos/<repository>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The index version.
+    pub version: u64,
+    /// The index file's hash.
+    pub hash: String,
+}
+
+/// Refuses `v` if it is older than what `state_dir/repos/<repository>` records, or the
+/// same version with other contents; otherwise records it (crash-safely) as accepted.
+pub fn check_fresh(state_dir: &Path, v: &Verified) -> Result<(), String> {
+    let dir = state_dir.join("repos");
+    let file = dir.join(&v.index.repository);
+    let repo = &v.index.repository;
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        let mut w = text.split_whitespace();
+        let (Some(ver), Some(hash)) = (w.next().and_then(|x| x.parse::<u64>().ok()), w.next())
+        else {
+            return Err(format!("{}: malformed", file.display()));
+        };
+        if v.index.version < ver {
+            return Err(format!(
+                "repository {repo}: index version {} is older than version {ver}, which this layer accepted before (a rollback or freeze attack, or a stale mirror)",
+                v.index.version
+            ));
+        }
+        if v.index.version == ver && hash != v.hash {
+            return Err(format!(
+                "repository {repo}: index version {ver} differs from the version {ver} this layer accepted before"
+            ));
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    use std::io::Write;
+    tmp.write_all(format!("{} {}\n", v.index.version, v.hash).as_bytes())
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    tmp.persist(&file)
+        .map_err(|e| format!("{}: {}", file.display(), e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(version: u64) -> Index {
+        Index {
+            repository: "main".into(),
+            version,
+            packages: vec![IndexEntry {
+                name: "hello".into(),
+                version: "1.0.0".into(),
+                id: "ab".repeat(32),
+                object: format!("sha256:{}", "cd".repeat(32)),
+                size: 10000,
+                metadata: 4096,
+                prefetch: vec![],
+            }],
+        }
+    }
+
+    fn keys(k: &SecretKey) -> TrustedKeys {
+        let mut t = TrustedKeys::new();
+        t.insert(k.public(), "test");
+        t
+    }
+
+    #[test]
+    fn accepts_only_a_valid_signature_by_a_trusted_key() {
+        let k = SecretKey::from_seed(&[1; 32], "test");
+        let file = index(1).sign(&k);
+        assert_eq!(verify(&file, &keys(&k)).unwrap().index, index(1));
+        let other = SecretKey::from_seed(&[2; 32], "other");
+        assert!(verify(&file, &keys(&other))
+            .unwrap_err()
+            .contains("not a trusted key"));
+        // Any changed byte of the body.
+        let mut bad = file.clone();
+        let at = bad.len() - 5;
+        bad[at] ^= 1;
+        assert!(verify(&bad, &keys(&k)).is_err());
+        // Unsigned: the body alone.
+        let body = serde_json::to_vec(&index(1)).unwrap();
+        assert!(verify(&body, &keys(&k)).unwrap_err().contains("not a"));
+    }
+
+    #[test]
+    fn refuses_an_older_index_and_another_of_the_same_version() {
+        let k = SecretKey::from_seed(&[1; 32], "test");
+        let d = tempfile::tempdir().unwrap();
+        let v2 = verify(&index(2).sign(&k), &keys(&k)).unwrap();
+        check_fresh(d.path(), &v2).unwrap();
+        check_fresh(d.path(), &v2).unwrap();
+        let v1 = verify(&index(1).sign(&k), &keys(&k)).unwrap();
+        assert!(check_fresh(d.path(), &v1).unwrap_err().contains("older"));
+        let mut other = index(2);
+        other.packages.clear();
+        let v2b = verify(&other.sign(&k), &keys(&k)).unwrap();
+        assert!(check_fresh(d.path(), &v2b).unwrap_err().contains("differs"));
+        check_fresh(d.path(), &verify(&index(3).sign(&k), &keys(&k)).unwrap()).unwrap();
+    }
+}

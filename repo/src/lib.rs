@@ -1,0 +1,452 @@
+//! packagefs repositories: where thin packages' heaps live, and how a client reads them.
+//!
+//! ```text
+//! publish(packages, target, key)   ─► objects (whole packages, by sha256) + signed index
+//! Repository::index(keys)          ─► index::Verified      (signature, rules; freshness: index::check_fresh)
+//! Repository::thin(entry)          ─► thin package bytes   (Range GETs of metadata + trailer)
+//! RepoHeaps (format::thin::Heaps)  ─► LazyHeap per thin package: store ─► Range GET ─► verify ─► store
+//! ```
+//!
+//! Two kinds of server, both existing software: a static HTTP server with Range requests
+//! (`http://host:port/path`: the index at `index`, objects at `blobs/sha256/<hex>`; published
+//! into a directory it serves, or by HTTP PUT) and an OCI distribution registry
+//! (`oci://host:port/name`: objects are blobs, the index a blob referenced by the manifest
+//! tagged `index`). No transport is trusted: the index is signed, a package must match the
+//! id the index names, and every chunk its hash in the signed chunk index.
+#![deny(missing_docs)]
+
+pub mod heap;
+pub mod http;
+pub mod index;
+pub mod oci;
+pub mod remote;
+pub mod store;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use format::archive::thin::Source;
+use format::archive::Archive;
+use format::keys::{SecretKey, TrustedKeys};
+use sha2::Digest;
+
+pub use heap::{LazyHeap, RepoHeaps};
+pub use index::{Index, IndexEntry, Verified};
+pub use remote::{Base, Mirrors, Policy};
+pub use store::ChunkStore;
+
+use http::{Body, Url};
+
+/// A repository as a client sees it: its mirrors, in order.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    /// The addresses as given.
+    pub addresses: Vec<String>,
+    mirrors: Mirrors,
+}
+
+impl Repository {
+    /// A repository at `addresses` (mirrors, first preferred).
+    pub fn new(addresses: &[String], policy: Policy) -> Result<Repository, String> {
+        if addresses.is_empty() {
+            return Err("no repository address".into());
+        }
+        let list = addresses
+            .iter()
+            .map(|a| Base::parse(a).map(|b| std::sync::Arc::new(remote::Mirror::new(b))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Repository {
+            addresses: addresses.to_vec(),
+            mirrors: Mirrors { list, policy },
+        })
+    }
+
+    /// The index, from the first mirror that serves one signed by a trusted key.
+    pub fn index(&self, keys: &TrustedKeys) -> Result<Verified, String> {
+        let mut why = Vec::new();
+        for m in &self.mirrors.list {
+            let got = match &m.base {
+                Base::Http(u) => get_small(&u.join("index"), &self.mirrors.policy),
+                Base::Oci { registry, name } => {
+                    oci::fetch_index(registry, name, &self.mirrors.policy)
+                }
+            };
+            match got.and_then(|b| index::verify(&b, keys)) {
+                Ok(v) => return Ok(v),
+                Err(e) => why.push(format!("{}: {e}", m.base)),
+            }
+        }
+        Err(format!("no usable index: {}", why.join("; ")))
+    }
+
+    /// The bytes of a thin package of `e`: its metadata and trailer, fetched by range,
+    /// with this repository's mirrors as the source. Checked by the caller on open (the id
+    /// must be `e.id`).
+    pub fn thin(&self, e: &IndexEntry) -> Result<Vec<u8>, String> {
+        let meta = self
+            .mirrors
+            .fetch_range(&e.object, 0, e.metadata, &|_| Ok(()))?;
+        let trailer = self
+            .mirrors
+            .fetch_range(&e.object, e.size - 136, 136, &|_| Ok(()))?;
+        format::archive::thin::assemble(
+            &meta,
+            &trailer,
+            &Source {
+                mirrors: self.addresses.clone(),
+                object: e.object.clone(),
+                prefetch: e.prefetch.clone(),
+            },
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn get_small(url: &Url, p: &Policy) -> Result<Vec<u8>, String> {
+    match http::request("GET", url, &[], Body::Empty, index::INDEX_MAX, p.timeouts) {
+        Ok(r) if r.status == 200 => Ok(r.body),
+        Ok(r) => Err(format!("{url}: HTTP {}", r.status)),
+        Err(e) => Err(format!("{url}: {e}")),
+    }
+}
+
+/// `sha256:<hex>` of a file's bytes.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", format::keys::hex(&h.finalize())))
+}
+
+/// `sha256:<hex>` of bytes.
+pub fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", format::keys::hex(&sha2::Sha256::digest(b)))
+}
+
+/// Where `publish` writes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A directory a static HTTP server serves.
+    Dir(PathBuf),
+    /// A static HTTP server that takes PUT (nginx's dav module).
+    Http(Url),
+    /// An OCI registry.
+    Oci {
+        /// The registry.
+        registry: Url,
+        /// The repository name.
+        name: String,
+    },
+}
+
+impl Target {
+    /// `http://...`, `oci://...`, or a directory.
+    pub fn parse(s: &str) -> Result<Target, String> {
+        if s.contains("://") {
+            return Ok(match Base::parse(s)? {
+                Base::Http(u) => Target::Http(u),
+                Base::Oci { registry, name } => Target::Oci { registry, name },
+            });
+        }
+        Ok(Target::Dir(PathBuf::from(s)))
+    }
+}
+
+/// What `publish` did.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The new index.
+    pub index: Index,
+    /// Entries added by this publication.
+    pub added: Vec<IndexEntry>,
+    /// Objects uploaded (not there before).
+    pub uploaded: usize,
+}
+
+/// Publishes `packages` to `target` under repository name `name` (the existing index's
+/// name when there is one), signing the new index with `key`. An existing index must be
+/// signed by `key` (the publisher does not take over someone else's repository), and a
+/// name and version already published with another id is refused. Objects go first, the
+/// index last, so a client never sees an index naming an object not there yet.
+pub fn publish(
+    packages: &[PathBuf],
+    target: &Target,
+    key: &SecretKey,
+    name: Option<&str>,
+    prefetch: Option<&Path>,
+    p: &Policy,
+) -> Result<Published, String> {
+    let mut own = TrustedKeys::new();
+    own.insert(key.public(), key.name());
+    let old = match target {
+        Target::Dir(d) => match fs::read(d.join("index")) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", d.join("index").display())),
+        },
+        Target::Http(u) => {
+            let url = u.join("index");
+            match http::request("GET", &url, &[], Body::Empty, index::INDEX_MAX, p.timeouts) {
+                Ok(r) if r.status == 200 => Some(r.body),
+                Ok(r) if r.status == 404 => None,
+                Ok(r) => return Err(format!("{url}: HTTP {}", r.status)),
+                Err(e) => return Err(format!("{url}: {e}")),
+            }
+        }
+        Target::Oci { registry, name } => oci::fetch_index_opt(registry, name, p)?,
+    };
+    let mut idx = match old {
+        Some(b) => {
+            index::verify(&b, &own)
+                .map_err(|e| format!("the repository's index is not one this key may extend: {e}"))?
+                .index
+        }
+        None => Index {
+            repository: name.unwrap_or("main").to_owned(),
+            version: 0,
+            packages: Vec::new(),
+        },
+    };
+    if let Some(n) = name {
+        if n != idx.repository {
+            return Err(format!(
+                "the repository is named {}, not {n}",
+                idx.repository
+            ));
+        }
+    }
+    if !index::valid_name(&idx.repository) {
+        return Err(format!("bad repository name {:?}", idx.repository));
+    }
+    // Check everything before anything is written.
+    let mut todo = Vec::new();
+    for path in packages {
+        let a = Archive::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if a.is_thin() {
+            return Err(format!(
+                "{}: a thin package cannot be published",
+                path.display()
+            ));
+        }
+        if a.signer().is_none() {
+            return Err(format!("{}: the package is not signed", path.display()));
+        }
+        let m = a.manifest();
+        let e = IndexEntry {
+            name: m.name.clone(),
+            version: m.version.to_string(),
+            id: a.id().to_string(),
+            object: sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?,
+            size: a.header().file_size,
+            metadata: a.header().heap.offset,
+            prefetch: match prefetch {
+                Some(dir) => {
+                    heap::read_prefetch(&dir.join(format!("{}.prefetch", a.id())), a.chunk_count())?
+                }
+                None => Vec::new(),
+            },
+        };
+        if let Some(o) = idx
+            .packages
+            .iter()
+            .find(|o| o.name == e.name && o.version == e.version)
+        {
+            if o.id != e.id {
+                return Err(format!(
+                    "{} is already published with another id ({}); publish a new version",
+                    e.label(),
+                    &o.id[..16]
+                ));
+            }
+            continue;
+        }
+        todo.push((path.clone(), e));
+    }
+    let mut uploaded = 0;
+    for (path, e) in &todo {
+        if put_object(target, path, &e.object, p)? {
+            uploaded += 1;
+        }
+    }
+    idx.version += 1;
+    idx.packages.extend(todo.iter().map(|(_, e)| e.clone()));
+    idx.packages.sort_by(|a, b| {
+        (a.name.as_str(), semver::Version::parse(&a.version).ok())
+            .cmp(&(b.name.as_str(), semver::Version::parse(&b.version).ok()))
+    });
+    let bytes = idx.sign(key);
+    match target {
+        Target::Dir(d) => write_atomic(&d.join("index"), &bytes)?,
+        Target::Http(u) => put(&u.join("index"), Body::Bytes(&bytes), p)?,
+        Target::Oci { registry, name } => {
+            let objects: Vec<(String, u64)> = idx
+                .packages
+                .iter()
+                .map(|e| (e.object.clone(), e.size))
+                .collect();
+            oci::push_index(registry, name, &bytes, &objects, p)?
+        }
+    }
+    Ok(Published {
+        index: idx,
+        added: todo.into_iter().map(|(_, e)| e).collect(),
+        uploaded,
+    })
+}
+
+fn write_atomic(dst: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let dir = dst.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| format!("{}: {e}", dst.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = tmp
+        .as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644));
+    tmp.persist(dst)
+        .map_err(|e| format!("{}: {}", dst.display(), e.error))?;
+    Ok(())
+}
+
+fn put(url: &Url, body: Body<'_>, p: &Policy) -> Result<(), String> {
+    let t = http::Timeouts {
+        total: std::time::Duration::from_secs(3600),
+        ..p.timeouts
+    };
+    match http::request("PUT", url, &[], body, 1 << 16, t) {
+        Ok(r) if (200..300).contains(&r.status) => Ok(()),
+        Ok(r) => Err(format!("PUT {url}: HTTP {}", r.status)),
+        Err(e) => Err(format!("PUT {url}: {e}")),
+    }
+}
+
+/// Uploads one object unless it is there; true if uploaded.
+fn put_object(target: &Target, path: &Path, digest: &str, p: &Policy) -> Result<bool, String> {
+    let rel = format!("blobs/{}", digest.replacen(':', "/", 1));
+    match target {
+        Target::Dir(d) => {
+            let dst = d.join(&rel);
+            if dst.exists() {
+                return Ok(false);
+            }
+            let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            write_atomic(&dst, &bytes)?;
+            Ok(true)
+        }
+        Target::Http(u) => {
+            let url = u.join(&rel);
+            if let Ok(r) = http::request("HEAD", &url, &[], Body::Empty, 0, p.timeouts) {
+                if r.status == 200 {
+                    return Ok(false);
+                }
+            }
+            let f = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let len = f.metadata().map_err(|e| e.to_string())?.len();
+            put(&url, Body::File(&f, len), p)?;
+            Ok(true)
+        }
+        Target::Oci { registry, name } => oci::push_blob_file(registry, name, path, digest, p),
+    }
+}
+
+/// Makes thin package `thin` whole: fetches every chunk not stored (with `parallel`
+/// requests in flight), writes the whole package, checks it (id, every chunk) and returns
+/// its bytes' path (a temp file in `dir`, to be renamed by the caller).
+pub fn make_whole(
+    heaps: &RepoHeaps,
+    thin: &Archive,
+    dir: &Path,
+    parallel: usize,
+) -> Result<tempfile::NamedTempFile, String> {
+    use std::io::Write;
+    let source = thin.thin_source().ok_or("not a thin package")?;
+    let n = thin.chunk_count();
+    let chunks = (0..n)
+        .map(|c| thin.chunk_info(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let pkg = format::archive::thin::ThinPackage {
+        id: thin.id(),
+        source: source.clone(),
+        heap_offset: thin.header().heap.offset,
+        file_size: thin.header().file_size,
+        chunks: chunks.clone(),
+    };
+    let lazy = heaps.heap(&pkg)?;
+    let hashes: Vec<[u8; 32]> = chunks.iter().map(|c| c.hash).collect();
+    // Pinned while the file is assembled, so a daemon's eviction cannot race it.
+    heaps
+        .store()?
+        .pin(&thin.id(), &hashes)
+        .map_err(|e| format!("cannot pin chunks: {e}"))?;
+    let r = (|| {
+        let (failed, why) = lazy.fetch_all(parallel);
+        if failed > 0 {
+            return Err(format!(
+                "{failed} chunks cannot be fetched: {}",
+                why.unwrap_or_default()
+            ));
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".fetch-")
+            .tempfile_in(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let w = |tmp: &mut tempfile::NamedTempFile, b: &[u8]| {
+            tmp.write_all(b)
+                .map_err(|e| format!("{}: {e}", dir.display()))
+        };
+        w(&mut tmp, thin.metadata_bytes())?;
+        let mut order: Vec<_> = chunks.clone();
+        order.sort_by_key(|c| c.offset);
+        let mut at = 0u64;
+        let mut heap_len = 0u64;
+        for c in &order {
+            if c.offset < at {
+                continue; // bytes shared with an earlier chunk
+            }
+            if c.offset != at {
+                return Err("the chunk index leaves a gap in the heap".into());
+            }
+            let b = heaps
+                .store()?
+                .get(&c.hash)
+                .ok_or("a fetched chunk left the store")?;
+            w(&mut tmp, &b)?;
+            at += b.len() as u64;
+            heap_len = at;
+        }
+        if heap_len != thin.header().heap.len {
+            return Err("the chunks do not fill the heap".into());
+        }
+        w(&mut tmp, &thin.trailer_bytes())?;
+        tmp.as_file().sync_all().map_err(|e| e.to_string())?;
+        let whole = Archive::open(tmp.path()).map_err(|e| format!("the whole package: {e}"))?;
+        if whole.id() != thin.id() || whole.is_thin() {
+            return Err("the whole package is not the thin one's".into());
+        }
+        for c in 0..whole.chunk_count() {
+            whole
+                .verify_chunk(c)
+                .map_err(|e| format!("the whole package: {e}"))?;
+        }
+        Ok(tmp)
+    })();
+    if let Ok(s) = heaps.store() {
+        let _ = s.unpin(&thin.id());
+    }
+    r
+}

@@ -1,0 +1,607 @@
+//! Fleets (issue 16): packages published to real servers started here on loopback (nginx,
+//! Debian's docker-registry), pulled thin into a layer, mounted by packagefs and read
+//! lazily, chunk by chunk, with the faults a network brings.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use e2e::servers::{Nginx, Registry};
+use e2e::{pkgtool, run_ok, wait_until, Keys, Layer, Mount, Pkg, TestTree};
+
+/// Size of the big file: 48 chunks of 64 KiB, incompressible.
+const BIG: usize = 48 * 65536;
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+struct Fixture {
+    keys: Keys,
+    _dir: tempfile::TempDir,
+    pkg: PathBuf,
+    big: Vec<u8>,
+}
+
+/// A signed package `app` 1.0.0 with `hello` and a 3 MiB file of noise, 64 KiB chunks.
+fn fixture() -> Fixture {
+    let keys = Keys::new("fleet");
+    let t = TestTree::new();
+    let big = noise(BIG, 1);
+    t.file("hello", "hello from the repository\n");
+    t.file("big", &big);
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = Pkg::new(t.path(), "app", "1.0.0")
+        .chunk_size("64K")
+        .key(&keys)
+        .build(dir.path().join("app-1.0.0.hpkg"));
+    Fixture {
+        keys,
+        _dir: dir,
+        pkg,
+        big,
+    }
+}
+
+fn pkgtool_out(args: &[&str]) -> Output {
+    Command::new(pkgtool()).args(args).output().unwrap()
+}
+
+fn publish(pkg: &Path, repo: &str, keys: &Keys) {
+    run_ok(
+        Command::new(pkgtool())
+            .arg("publish")
+            .arg(pkg)
+            .args(["--repo", repo, "--key"])
+            .arg(keys.secret()),
+    );
+}
+
+fn pull(repos: &[&str], layer: &Path, keys: &Keys, what: &str) -> Output {
+    let mut c = Command::new(pkgtool());
+    c.args(["pull", what]);
+    for r in repos {
+        c.args(["--repo", r]);
+    }
+    c.arg("--layer")
+        .arg(format!("system={}", layer.display()))
+        .arg("--trusted-keys")
+        .arg(keys.trusted())
+        .arg("--no-restart");
+    c.output().unwrap()
+}
+
+fn mount(layer: &Layer, keys: &Keys, store: &Path) -> Mount {
+    Mount::builder()
+        .trusting(keys)
+        .layer_of("system", layer)
+        .arg("-o")
+        .arg(format!("chunk_store={},fetch_timeout=2", store.display()))
+        .start()
+}
+
+fn read_at(path: &Path, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut f = fs::File::open(path)?;
+    f.seek(SeekFrom::Start(off))?;
+    let mut b = vec![0; len];
+    f.read_exact(&mut b)?;
+    Ok(b)
+}
+
+fn is_thin(p: &Path) -> bool {
+    fs::read(p).unwrap().starts_with(b"\x89HPKT\r\n\x1a")
+}
+
+#[test]
+fn a_pulled_package_is_thin_and_reads_lazily_through_the_mount() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(www.path());
+    // Published over HTTP PUT (nginx's dav module).
+    publish(&f.pkg, &nginx.url("main"), &f.keys);
+    assert!(www.path().join("main/index").is_file());
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app@^1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = layer.path().join("packages/app-1.0.0.hpkg");
+    assert!(is_thin(&installed));
+    let whole = fs::metadata(&f.pkg).unwrap().len();
+    assert!(fs::metadata(&installed).unwrap().len() < whole / 20);
+    let pulled = nginx.bytes_sent("/main/blobs/");
+    assert!(pulled < whole / 20, "pull moved {pulled} of {whole} bytes");
+
+    let store = tempfile::tempdir().unwrap();
+    let m = mount(&layer, &f.keys, store.path());
+    assert_eq!(
+        fs::read_to_string(m.join("hello")).unwrap(),
+        "hello from the repository\n"
+    );
+    let off = 20 * 65536 + 100;
+    assert_eq!(
+        read_at(&m.join("big"), off, 4096).unwrap(),
+        f.big[off as usize..off as usize + 4096]
+    );
+    // Lazy: a few chunks moved (a coalesced window), far from the whole package.
+    let served = nginx.bytes_sent("/main/blobs/") - pulled;
+    assert!(served > 0);
+    assert!(
+        served * 5 < whole,
+        "reading 4 KiB and a small file moved {served} of {whole} bytes"
+    );
+    // Identical chunks are never fetched twice: reading the same again (a fresh open,
+    // past the kernel's cache) moves nothing.
+    let _ = fs::read(m.join("hello")).unwrap();
+    assert_eq!(nginx.bytes_sent("/main/blobs/") - pulled, served);
+    // Every stored chunk is named by the hash of its bytes.
+    let mut stored = 0;
+    for sub in fs::read_dir(store.path().join("chunks")).unwrap() {
+        for c in fs::read_dir(sub.unwrap().path()).unwrap() {
+            let c = c.unwrap();
+            let b = fs::read(c.path()).unwrap();
+            assert_eq!(
+                blake3::hash(&b).to_hex().as_str(),
+                c.file_name().to_str().unwrap()
+            );
+            stored += 1;
+        }
+    }
+    assert!(stored >= 2, "{stored} chunks stored");
+}
+
+#[test]
+fn a_server_that_goes_down_costs_eio_for_missing_chunks_only_and_reads_resume() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let mut nginx = Nginx::start(www.path());
+    // Published into a directory nginx serves.
+    publish(
+        &f.pkg,
+        &www.path().join("main").display().to_string(),
+        &f.keys,
+    );
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = tempfile::tempdir().unwrap();
+    let m = mount(&layer, &f.keys, store.path());
+    // Chunk 0 of big: its window brings chunks 1.. too.
+    assert_eq!(read_at(&m.join("big"), 0, 100).unwrap(), f.big[..100]);
+
+    nginx.kill();
+    // Stored (never read through the kernel): served from the chunk store.
+    let off = 65536 + 7;
+    assert_eq!(
+        read_at(&m.join("big"), off, 1000).unwrap(),
+        f.big[off as usize..off as usize + 1000]
+    );
+    // Not stored: EIO, within the timeout, for each of several reads.
+    for k in [40u64, 41, 44, 47] {
+        let t = Instant::now();
+        let r = read_at(&m.join("big"), k * 65536, 10);
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO), "chunk {k}");
+        assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    }
+    // One line for the outage, not one per read.
+    let downs = m.log().matches("mirror is down").count();
+    assert_eq!(downs, 1, "{}", m.log());
+
+    nginx.restart();
+    let off = 45 * 65536;
+    assert!(
+        wait_until(Duration::from_secs(30), || read_at(&m.join("big"), off, 10)
+            .is_ok()),
+        "reads did not resume:\n{}",
+        m.log()
+    );
+    assert_eq!(
+        read_at(&m.join("big"), off, 10).unwrap(),
+        f.big[off as usize..off as usize + 10]
+    );
+    assert!(m.log().contains("mirror is back"), "{}", m.log());
+}
+
+#[test]
+fn a_mirror_that_flips_a_byte_is_caught_and_the_next_mirror_serves() {
+    let f = fixture();
+    let good = tempfile::tempdir().unwrap();
+    publish(
+        &f.pkg,
+        &good.path().join("main").display().to_string(),
+        &f.keys,
+    );
+    // The bad mirror: the same repository, with one byte of the package's heap flipped
+    // (the metadata and the index stay intact, so only the chunk check can tell).
+    let bad = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(good.path().join("main"))
+            .arg(bad.path()),
+    );
+    let blob = fs::read_dir(bad.path().join("main/blobs/sha256"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut b = fs::read(&blob).unwrap();
+    let heap_at = b.len() - 136 - BIG / 2; // inside big's chunks
+    b[heap_at] ^= 0x01;
+    fs::write(&blob, &b).unwrap();
+    let bad_srv = Nginx::start(bad.path());
+    let good_srv = Nginx::start(good.path());
+
+    let layer = Layer::new();
+    let out = pull(
+        &[&bad_srv.url("main"), &good_srv.url("main")],
+        layer.path(),
+        &f.keys,
+        "app",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = tempfile::tempdir().unwrap();
+    let m = mount(&layer, &f.keys, store.path());
+    let data = fs::read(m.join("big")).unwrap();
+    assert!(data == f.big, "wrong bytes were served");
+    assert!(
+        bad_srv.bytes_sent("/main/blobs/") > 0,
+        "the first mirror was not asked"
+    );
+    assert!(
+        good_srv.bytes_sent("/main/blobs/") > 0,
+        "the second mirror was not used"
+    );
+    assert!(m.log().contains("do not match"), "{}", m.log());
+    for sub in fs::read_dir(store.path().join("chunks")).unwrap() {
+        for c in fs::read_dir(sub.unwrap().path()).unwrap() {
+            let c = c.unwrap();
+            let b = fs::read(c.path()).unwrap();
+            assert_eq!(
+                blake3::hash(&b).to_hex().as_str(),
+                c.file_name().to_str().unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn stale_unsigned_and_untrusted_indexes_are_refused() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let repo = www.path().join("main");
+    let nginx = Nginx::start(www.path());
+    publish(&f.pkg, &repo.display().to_string(), &f.keys);
+    let v1 = fs::read(repo.join("index")).unwrap();
+    let t = TestTree::new();
+    t.file("hello", "version two\n");
+    let pkg2 = Pkg::new(t.path(), "app", "2.0.0")
+        .key(&f.keys)
+        .build(www.path().join("app-2.0.0.hpkg"));
+    publish(&pkg2, &repo.display().to_string(), &f.keys);
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(layer.path().join("packages/app-2.0.0.hpkg").is_file());
+    let refused = |what: &str, needle: &str| {
+        let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app@1");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: accepted");
+        assert!(err.contains(needle), "{what}: {err}");
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+    };
+    // A mirror serving yesterday's index (v1): a rollback or freeze attack.
+    fs::write(repo.join("index"), &v1).unwrap();
+    refused("stale index", "older than version 2");
+    // The body alone, without its signature.
+    let body = &v1[v1.iter().position(|&b| b == b'\n').unwrap() + 1..];
+    fs::write(repo.join("index"), body).unwrap();
+    refused("unsigned index", "not a signed repository index");
+    // Signed by a key the layer does not trust.
+    let other = Keys::new("other");
+    let other_repo = www.path().join("other");
+    publish(&f.pkg, &other_repo.display().to_string(), &other);
+    fs::copy(other_repo.join("index"), repo.join("index")).unwrap();
+    refused("untrusted index", "not a trusted key");
+    // And a package that does not match the id its index names: refused, nothing installed.
+    fs::write(repo.join("index"), &v1).unwrap();
+    let layer2 = Layer::new();
+    let blob = fs::read_dir(repo.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .find(|e| fs::metadata(e.path()).unwrap().len() == fs::metadata(&f.pkg).unwrap().len());
+    let blob = blob.unwrap().path();
+    fs::copy(&pkg2, &blob).unwrap();
+    let out = pull(&[&nginx.url("main")], layer2.path(), &f.keys, "app@1");
+    assert!(!out.status.success());
+    assert!(fs::read_dir(layer2.path().join("packages"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn fetch_makes_thin_packages_whole() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(www.path());
+    publish(
+        &f.pkg,
+        &www.path().join("main").display().to_string(),
+        &f.keys,
+    );
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = tempfile::tempdir().unwrap();
+    // Fetched while the daemon serves the thin package: it goes on serving it.
+    let m = mount(&layer, &f.keys, store.path());
+    assert_eq!(read_at(&m.join("big"), 0, 10).unwrap(), f.big[..10]);
+    let out = pkgtool_out(&[
+        "fetch",
+        "--layer",
+        &layer.path().display().to_string(),
+        "--trusted-keys",
+        &f.keys.trusted().display().to_string(),
+        "--chunk-store",
+        &store.path().display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = layer.path().join("packages/app-1.0.0.hpkg");
+    assert!(!is_thin(&p));
+    assert_eq!(fs::read(&p).unwrap(), fs::read(&f.pkg).unwrap());
+    let pool = fs::read_dir(layer.path().join("state/pool")).unwrap();
+    for p in pool.flatten() {
+        assert!(!is_thin(&p.path()), "{} is thin", p.path().display());
+    }
+    // The server down: the running daemon (its chunks stored) and a new one with an empty
+    // store (the whole file now) read everything.
+    drop(nginx);
+    assert_eq!(fs::read(m.join("big")).unwrap(), f.big, "{}", m.log());
+    drop(m);
+    let empty = tempfile::tempdir().unwrap();
+    let m = mount(&layer, &f.keys, empty.path());
+    assert_eq!(fs::read(m.join("big")).unwrap(), f.big);
+    assert_eq!(
+        fs::read_to_string(m.join("hello")).unwrap(),
+        "hello from the repository\n"
+    );
+    assert!(!m.log().contains("refused"), "{}", m.log());
+}
+
+#[test]
+fn an_oci_registry_serves_publish_pull_and_lazy_reads() {
+    let f = fixture();
+    let reg = Registry::start();
+    let url = reg.url("packagefs/main");
+    let out = Command::new(pkgtool())
+        .arg("publish")
+        .arg(&f.pkg)
+        .args(["--repo", &url, "--key"])
+        .arg(f.keys.secret())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        reg.log()
+    );
+    let layer = Layer::new();
+    let out = pull(&[&url], layer.path(), &f.keys, "app");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_thin(&layer.path().join("packages/app-1.0.0.hpkg")));
+    let store = tempfile::tempdir().unwrap();
+    let m = mount(&layer, &f.keys, store.path());
+    assert_eq!(
+        fs::read_to_string(m.join("hello")).unwrap(),
+        "hello from the repository\n"
+    );
+    let off = 30 * 65536;
+    assert_eq!(
+        read_at(&m.join("big"), off, 10).unwrap(),
+        f.big[off as usize..off as usize + 10]
+    );
+}
+
+#[test]
+fn a_recorded_prefetch_list_is_fetched_in_the_background_after_mount() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let mut nginx = Nginx::start(www.path());
+    publish(
+        &f.pkg,
+        &www.path().join("first").display().to_string(),
+        &f.keys,
+    );
+    // A first start, recorded: hello and a region of big far from its start.
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("first")], layer.path(), &f.keys, "app");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let m = Mount::builder()
+        .trusting(&f.keys)
+        .layer_of("system", &layer)
+        .arg("-o")
+        .arg(format!(
+            "chunk_store={},prefetch_record={}",
+            store.path().display(),
+            record.path().display()
+        ))
+        .start();
+    let off = 30 * 65536 + 5;
+    let _ = fs::read(m.join("hello")).unwrap();
+    assert_eq!(
+        read_at(&m.join("big"), off, 100).unwrap(),
+        f.big[off as usize..off as usize + 100]
+    );
+    drop(m);
+    let lists: Vec<_> = fs::read_dir(record.path()).unwrap().flatten().collect();
+    assert_eq!(lists.len(), 1);
+    let recorded = fs::read_to_string(lists[0].path()).unwrap();
+    assert!(recorded.lines().count() >= 2, "{recorded}");
+
+    // Shipped with the package in another repository; pulled; mounted with an empty store.
+    let out = Command::new(pkgtool())
+        .arg("publish")
+        .arg(&f.pkg)
+        .args([
+            "--repo",
+            &www.path().join("second").display().to_string(),
+            "--key",
+        ])
+        .arg(f.keys.secret())
+        .arg("--prefetch")
+        .arg(record.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("second")], layer.path(), &f.keys, "app");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = tempfile::tempdir().unwrap();
+    let m = mount(&layer, &f.keys, store.path());
+    // Without a read, the listed chunks arrive.
+    assert!(
+        wait_until(Duration::from_secs(10), || m.log().contains("prefetched")),
+        "{}",
+        m.log()
+    );
+    assert!(nginx.bytes_sent("/second/blobs/") > 0);
+    // The server gone, the first start's reads are served from the store.
+    nginx.kill();
+    assert_eq!(
+        fs::read_to_string(m.join("hello")).unwrap(),
+        "hello from the repository\n"
+    );
+    assert_eq!(
+        read_at(&m.join("big"), off, 100).unwrap(),
+        f.big[off as usize..off as usize + 100]
+    );
+    // Chunks no one listed were not fetched.
+    assert!(read_at(&m.join("big"), 45 * 65536, 10).is_err());
+}
+
+/// A server that answers every request with headers and then one byte every 300 ms.
+fn drip_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut s = s;
+                let _ =
+                    s.write_all(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 1000000\r\n\r\n");
+                for _ in 0..100 {
+                    std::thread::sleep(Duration::from_millis(300));
+                    if s.write_all(b"x").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_slow_mirror_costs_bounded_time_then_eio_and_later_reads_do_not_wait() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let mut nginx = Nginx::start(www.path());
+    publish(
+        &f.pkg,
+        &www.path().join("main").display().to_string(),
+        &f.keys,
+    );
+    let slow = format!("http://127.0.0.1:{}/main", drip_server());
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("main"), &slow], layer.path(), &f.keys, "app");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = tempfile::tempdir().unwrap();
+    // fetch_timeout=1: each request at most 2 s in all, however the server drips.
+    let m = Mount::builder()
+        .trusting(&f.keys)
+        .layer_of("system", &layer)
+        .arg("-o")
+        .arg(format!(
+            "chunk_store={},fetch_timeout=1",
+            store.path().display()
+        ))
+        .start();
+    assert_eq!(read_at(&m.join("big"), 0, 10).unwrap(), f.big[..10]);
+    nginx.kill();
+    // The first mirror refuses, the second drips: EIO within the bound (2 attempts of 2 s
+    // on the slow one, and the kernel may retry the read once).
+    let t = Instant::now();
+    let r = read_at(&m.join("big"), 40 * 65536, 10);
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // Both are marked down now: the next reads fail at once.
+    let t = Instant::now();
+    for k in [42u64, 44, 46] {
+        assert!(read_at(&m.join("big"), k * 65536, 10).is_err());
+    }
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // Stored chunks still read.
+    assert_eq!(
+        read_at(&m.join("big"), 65536, 10).unwrap(),
+        f.big[65536..65546]
+    );
+    assert_eq!(m.log().matches("mirror is down").count(), 2, "{}", m.log());
+}
