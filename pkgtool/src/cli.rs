@@ -21,88 +21,88 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  pkgtool keygen alice          # writes alice.key and alice.pub, prints the key id\n  pkgtool keygen keys/alice     # writes keys/alice.key and keys/alice.pub (like ssh-keygen -f)\n\nThe key is named after the last component of NAME (alice); its directory must exist.\nExisting files are never overwritten."
     )]
-    Keygen(KeygenArgs),
+    Keygen(crate::cmd::keygen::KeygenArgs),
     /// Build a signed package from a directory tree.
     #[command(
         after_help = "Example:\n  pkgtool build ./root -o hello-1.0.0.hpkg --key alice.key --manifest manifest.json\n  pkgtool build ./root -o big.hpkg --key alice.key --manifest m.json --compression zstd:19 --chunk-size 1M -j 2\n\nSOURCE_DATE_EPOCH, when set, clamps every mtime (reproducible builds)."
     )]
-    Build(BuildArgs),
+    Build(crate::cmd::build::BuildArgs),
     /// Show a package's manifest, id, signer, counts, sizes and compression.
     #[command(
         after_help = "Example:\n  pkgtool info hello-1.0.0.hpkg\n  pkgtool info hello-1.0.0.hpkg --json | jq .manifest.version"
     )]
-    Info(InfoArgs),
+    Info(crate::cmd::info::InfoArgs),
     /// List every path in a package (like `tar t`; with -l like `tar tv`).
     #[command(
         after_help = "Example:\n  pkgtool list hello-1.0.0.hpkg\n  pkgtool list -l hello-1.0.0.hpkg\n\nNames are printed with control characters and backslashes escaped (\\n, \\t, \\\\, \\ooo)."
     )]
-    List(ListArgs),
+    List(crate::cmd::list::ListArgs),
     /// Write one file's bytes to standard output.
     #[command(after_help = "Example:\n  pkgtool cat hello-1.0.0.hpkg bin/hello > hello")]
-    Cat(CatArgs),
+    Cat(crate::cmd::cat::CatArgs),
     /// Extract a package into a new (or empty) directory, safely.
     #[command(
         after_help = "Example:\n  pkgtool extract hello-1.0.0.hpkg ./out\n  pkgtool extract hello-1.0.0.hpkg ./out --preserve-privileges --trusted-keys /etc/packagefs/keys\n\nThe package is extracted to a temporary sibling directory which is renamed to DIR\nonly when everything succeeded. Nothing is ever written outside DIR and no symlink is\nfollowed: every file is made relative to directory descriptors, never through a path\nresolved again, so it is safe as root in a directory other users can write to.\n\nSetuid and setgid bits of files and file capabilities (the security.capability xattr)\nare not extracted: such files get the bits cleared and one warning counts them. With\n--preserve-privileges they are kept, but only from a package signed by a key trusted\nin --trusted-keys DIR (default /etc/packagefs/keys); otherwise extract refuses."
     )]
-    Extract(ExtractArgs),
+    Extract(crate::cmd::extract::ExtractArgs),
     /// Check a package's signature against trusted keys and every chunk against its hash.
     #[command(
         after_help = "Example:\n  pkgtool verify hello-1.0.0.hpkg --key alice.pub\n  pkgtool verify hello-1.0.0.hpkg --trusted-keys /etc/packagefs/keys\n\nWithout --key or --trusted-keys, the keys in /etc/packagefs/keys are trusted.\nExit status: 0 when the package is intact and signed by a trusted key, 1 otherwise."
     )]
-    Verify(VerifyArgs),
+    Verify(crate::cmd::verify::VerifyArgs),
     /// Resolve the packages of a stack of layers into an active set, or explain why not.
     #[command(
         after_help = "Example:\n  pkgtool resolve system=/pkg/system user=/home/u/pkg\n  pkgtool resolve /pkg/system --json\n\nLayers are given lowest first, as NAME=DIR or DIR (named after its last component).\nEvery package of each layer's packages/ is wanted, newest version first; requirements are\nmet from the same or a lower layer. Nothing is changed."
     )]
-    Resolve(ResolveArgs),
+    Resolve(crate::cmd::resolve::ResolveArgs),
     /// Install packages into a layer: check the new set, copy them into packages/, write a generation.
     #[command(
         after_help = "Example:\n  pkgtool install hello-1.0.0.hpkg --layer /pkg/system\n  pkgtool install app.hpkg --layer system=/pkg/system --layer user=/home/u/pkg\n\nThe last --layer is the one changed; the ones before it are the layers below it, whose\nactive packages may meet requirements. Packages in the layer's packages/ that are not\nactive may be activated to meet requirements. A package replaces the active package of\nits name (also an older version: an explicit downgrade). Refused whole, with the reason,\nif the new set would break the invariant."
     )]
-    Install(InstallArgs),
+    Install(crate::cmd::install::InstallArgs),
     /// Install new versions of packages as one transaction over their services: stop,
     /// switch, start, check health, roll back by itself on failure.
     #[command(
         after_help = "Example:\n  pkgtool update web-2.0.0.hpkg --layer /data/system\n  pkgtool update web-2.0.0.hpkg --layer /data/system --dry-run\n\nThe services affected are those of the packages added, removed or replaced, and of the\npackages that require them. The plan is written to state/transaction before anything\nstops; they are stopped (dependents first), the generation is switched, systemd reloads,\nthey start (providers first) and must pass their health checks (the manifest's `health`:\nready, health command, watchdog, stable) within their deadline (default 30 s). On any\nfailure the previous generation comes back with its services, and pkgtool exits 1 with\nthe service and the check that failed. An update interrupted (killed, power cut) is\nundone by the next pkgtool run or at the next boot. `install`, `remove` and `rollback`\ndo the same when they affect services. Every step is in `pkgtool history`."
     )]
-    Update(InstallArgs),
+    Update(crate::cmd::install::InstallArgs),
     /// Remove packages from a layer, refusing to leave others broken unless --force.
     #[command(
         after_help = "Example:\n  pkgtool remove hello --layer /pkg/system\n  pkgtool remove core.io --layer /pkg/system --force   # also removes what needs it, named\n\nThe package files leave packages/; earlier generations keep them in state/pool/."
     )]
-    Remove(RemoveArgs),
+    Remove(crate::cmd::remove::RemoveArgs),
     /// Show a layer's active generation, its packages, and the files of packages/ that are not active.
     #[command(
         after_help = "Example:\n  pkgtool status --layer /pkg/system\n  pkgtool status --layer /pkg/system --json"
     )]
-    Status(StatusArgs),
+    Status(crate::cmd::status::StatusArgs),
     /// List a layer's generations: number, time, reason, packages.
     #[command(after_help = "Example:\n  pkgtool generations --layer /pkg/system")]
-    Generations(GenerationsArgs),
+    Generations(crate::cmd::generations::GenerationsArgs),
     /// Switch a layer back to an earlier generation (default: the one before the active one).
     #[command(
         after_help = "Example:\n  pkgtool rollback --layer /pkg/system\n  pkgtool rollback --layer /pkg/system --to 3\n\nThe switch replaces state/active.list atomically; a running packagefs switches its view\nto exactly that set. Every package a kept generation names is in state/pool/."
     )]
-    Rollback(RollbackArgs),
+    Rollback(crate::cmd::rollback::RollbackArgs),
     /// Mark this boot's generation of a layer good (boot assessment; run by packagefs-bless.service).
     #[command(
         after_help = "Example:\n  pkgtool bless --layer /data/system --check-failed-units\n\nA machine booted from packages (packagefs -o boot) counts each boot of a generation not\nyet good; when its tries are used up, the last good generation boots instead, for good.\nBlessing ends the trial of the generation booted. --check-failed-units first asks\nsystemd for failed units and refuses to bless while there are any. See docs/boot.md."
     )]
-    Bless(BlessArgs),
+    Bless(crate::cmd::bless::BlessArgs),
     /// Show a layer's audit trail: every change of its set, who made it, why, and how it ended.
     #[command(
         after_help = "Example:\n  pkgtool history --layer /data/system\n  pkgtool history --layer /pkg/system --last 5 --json\n\nEvery change of the set appends one record to state/journal, whoever made it: pkgtool\n(install, remove, rollback, gc), the daemon taking up files dropped into packages/, a\nboot that fell back to an earlier generation, boot assessment giving up on one. A line:\ntime, generations (before -> after), kind, user (and sudo's user), verdict, packages\nadded (+) and removed (-). A torn or damaged record is skipped and counted, never fatal.\nThe records also go to the systemd journal: journalctl MESSAGE_ID=5f0c2c8e7a0b4d3c9a6e2b1f4d8c7a10"
     )]
-    History(HistoryArgs),
+    History(crate::cmd::history::HistoryArgs),
     /// Write a Boot Loader Specification entry per generation of a layer (each pins it for one boot).
     #[command(
         name = "boot-entries",
         after_help = "Example:\n  pkgtool boot-entries --layer /data/system --dir /boot/efi/loader/entries \\\n      --linux /vmlinuz --initrd /initrd.img --options \"console=ttyS0 quiet\"\n\nWrites packagefs-gen-N.conf for every generation N (title with N, its time and reason;\noptions with packagefs.generation=N: that generation boots once, uncounted) and\npackagefs.conf, the default entry without the pin (the active generation, under boot\nassessment). Entries packagefs-gen-*.conf of generations that are gone are removed.\nEach file is written atomically; run it again after every change of the layer."
     )]
-    BootEntries(BootEntriesArgs),
+    BootEntries(crate::cmd::boot_entries::BootEntriesArgs),
     /// Delete all but the newest N generations and the pooled package files no kept generation names.
     #[command(after_help = "Example:\n  pkgtool gc --layer /pkg/system --keep 5")]
-    Gc(GcArgs),
+    Gc(crate::cmd::gc::GcArgs),
     /// Turn other ecosystems' packages (Debian .deb files, tarballs, directories) into signed packages.
     #[command(
         after_help = "Example:\n  apt-get download hello libc6 libgcc-s1 gcc-12-base\n  pkgtool graft deb *.deb -o packages/ --key alice.key\n  pkgtool graft tar app-1.2.tar.xz --name app --version 1.2 --prefix opt/app -o app.hpkg --key alice.key\n  pkgtool graft dir ./tree --name my.tools --version 1.0.0 -o my.tools.hpkg --key alice.key\n\nSee docs/grafting.md for how names, versions and dependencies are mapped."
@@ -121,124 +121,6 @@ pub enum Command {
     Pull(crate::cmd::pull::PullArgs),
     /// Make a layer's thin packages whole on disk.
     Fetch(crate::cmd::fetch::FetchArgs),
-}
-
-/// `pkgtool keygen`.
-#[derive(Debug, Args)]
-pub struct KeygenArgs {
-    /// Key name or path: NAME.key and NAME.pub are written (keys/alice: keys/alice.key and
-    /// keys/alice.pub, a key named alice).
-    #[arg(value_name = "NAME")]
-    pub name: PathBuf,
-    /// Directory NAME is relative to.
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
-}
-
-/// `pkgtool build`.
-#[derive(Debug, Args)]
-pub struct BuildArgs {
-    /// The directory tree to package (its contents become the package root).
-    pub dir: PathBuf,
-    /// Output file.
-    #[arg(short = 'o', long = "output")]
-    pub output: PathBuf,
-    /// Secret key to sign with (NAME.key).
-    #[arg(long, required_unless_present = "unsigned")]
-    pub key: Option<PathBuf>,
-    /// Build an unsigned package (packagefs refuses to mount it; for testing).
-    #[arg(long, conflicts_with = "key")]
-    pub unsigned: bool,
-    /// The package manifest (JSON; see manifests/schema.json).
-    #[arg(long)]
-    pub manifest: PathBuf,
-    /// zstd[:LEVEL] (1-22), zlib[:LEVEL] (0-9), lz4 or none. lz4 costs less CPU to read
-    /// than zstd and makes larger packages, which need format 1.1 readers.
-    #[arg(long, default_value_t = Compression::default(), value_parser = parse_compression)]
-    pub compression: Compression,
-    /// Chunk size: a power of two from 64K to 1M (suffixes K, M, KiB, MiB).
-    #[arg(long, default_value = "256K", value_parser = parse_size)]
-    pub chunk_size: u32,
-    /// Compression threads (default: one per core).
-    #[arg(short = 'j', long = "jobs", default_value_t = 0)]
-    pub jobs: usize,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bar.
-    #[arg(short, long)]
-    pub quiet: bool,
-}
-
-/// `pkgtool info`.
-#[derive(Debug, Args)]
-pub struct InfoArgs {
-    /// The package.
-    pub package: PathBuf,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `pkgtool list`.
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// The package.
-    pub package: PathBuf,
-    /// Long listing: mode, size, mtime, path, link target.
-    #[arg(short = 'l', long = "long")]
-    pub long: bool,
-    /// JSON Lines, one object per entry.
-    #[arg(long, conflicts_with = "long")]
-    pub json: bool,
-}
-
-/// `pkgtool cat`.
-#[derive(Debug, Args)]
-pub struct CatArgs {
-    /// The package.
-    pub package: PathBuf,
-    /// Path inside the package (symlinks inside the package are followed).
-    pub path: PathBuf,
-}
-
-/// `pkgtool extract`.
-#[derive(Debug, Args)]
-pub struct ExtractArgs {
-    /// The package.
-    pub package: PathBuf,
-    /// Target directory: must not exist, or be empty.
-    pub dir: PathBuf,
-    /// Keep setuid/setgid bits and file capabilities (security.capability); the package
-    /// must be signed by a trusted key.
-    #[arg(long)]
-    pub preserve_privileges: bool,
-    /// With --preserve-privileges: trust the *.pub keys in this directory
-    /// [default: /etc/packagefs/keys].
-    #[arg(long, value_name = "DIR", requires = "preserve_privileges")]
-    pub trusted_keys: Option<PathBuf>,
-}
-
-/// `pkgtool verify`.
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    /// The package.
-    pub package: PathBuf,
-    /// Trust exactly this public key (NAME.pub).
-    #[arg(long, conflicts_with = "trusted_keys")]
-    pub key: Option<PathBuf>,
-    /// Trust the *.pub keys in this directory.
-    #[arg(long)]
-    pub trusted_keys: Option<PathBuf>,
-    /// Check only integrity (metadata, chunks, signature self-consistency), not trust.
-    #[arg(long, conflicts_with_all = ["key", "trusted_keys"])]
-    pub integrity_only: bool,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Verification threads (default: one per core).
-    #[arg(short = 'j', long = "jobs", default_value_t = 0)]
-    pub jobs: usize,
 }
 
 /// Where packages are trusted from (shared by the package-set commands).
@@ -279,130 +161,6 @@ pub struct LayerArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// `pkgtool resolve`.
-#[derive(Debug, Args)]
-pub struct ResolveArgs {
-    /// Layers, lowest first: NAME=DIR or DIR.
-    #[arg(required = true, value_name = "[NAME=]DIR")]
-    pub layers: Vec<String>,
-    #[command(flatten)]
-    pub trust: TrustArgs,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `pkgtool install`.
-#[derive(Debug, Args)]
-pub struct InstallArgs {
-    /// Package files.
-    #[arg(required = true)]
-    pub packages: Vec<PathBuf>,
-    #[command(flatten)]
-    pub layer: LayerArgs,
-    #[command(flatten)]
-    pub svc: ServiceArgs,
-}
-
-/// `pkgtool remove`.
-#[derive(Debug, Args)]
-pub struct RemoveArgs {
-    /// Package names.
-    #[arg(required = true)]
-    pub names: Vec<String>,
-    /// Also remove the packages that would be left with an unmet requirement (named).
-    #[arg(long)]
-    pub force: bool,
-    #[command(flatten)]
-    pub layer: LayerArgs,
-    #[command(flatten)]
-    pub svc: ServiceArgs,
-}
-
-/// `pkgtool status`.
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    pub layer: LayerArgs,
-}
-
-/// `pkgtool generations`.
-#[derive(Debug, Args)]
-pub struct GenerationsArgs {
-    #[command(flatten)]
-    pub layer: LayerArgs,
-}
-
-/// `pkgtool rollback`.
-#[derive(Debug, Args)]
-pub struct RollbackArgs {
-    /// The generation to switch to (default: the newest one before the active one).
-    #[arg(long, value_name = "N")]
-    pub to: Option<u64>,
-    #[command(flatten)]
-    pub layer: LayerArgs,
-    #[command(flatten)]
-    pub svc: ServiceArgs,
-}
-
-/// `pkgtool bless`.
-#[derive(Debug, Args)]
-pub struct BlessArgs {
-    /// The layer (its directory).
-    #[arg(long = "layer", value_name = "DIR")]
-    pub layer: std::path::PathBuf,
-    /// Refuse while systemd lists failed units (`systemctl list-units --state=failed`).
-    #[arg(long)]
-    pub check_failed_units: bool,
-}
-
-/// `pkgtool history`.
-#[derive(Debug, Args)]
-pub struct HistoryArgs {
-    /// The layer (its directory).
-    #[arg(long = "layer", value_name = "DIR")]
-    pub layer: PathBuf,
-    /// Only the newest N records.
-    #[arg(long, value_name = "N")]
-    pub last: Option<usize>,
-    /// Print the records as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `pkgtool boot-entries`.
-#[derive(Debug, Args)]
-pub struct BootEntriesArgs {
-    /// The layer booted from (its directory).
-    #[arg(long = "layer", value_name = "DIR")]
-    pub layer: PathBuf,
-    /// The boot loader's entries directory (loader/entries on the boot partition).
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
-    /// The kernel, as the boot loader names it (relative to its partition).
-    #[arg(long, value_name = "PATH")]
-    pub linux: String,
-    /// The initramfs, as the boot loader names it.
-    #[arg(long, value_name = "PATH")]
-    pub initrd: String,
-    /// Kernel command line every entry gets (the pin is added).
-    #[arg(long, value_name = "OPTIONS", default_value = "")]
-    pub options: String,
-    /// Print what was written and removed as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `pkgtool gc`.
-#[derive(Debug, Args)]
-pub struct GcArgs {
-    /// How many of the newest generations to keep (the active one is always kept).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub keep: u64,
-    #[command(flatten)]
-    pub layer: LayerArgs,
 }
 
 /// `--compression`: see [`Compression`]'s `FromStr`.

@@ -1,7 +1,8 @@
 //! `pkgtool`: build, sign, inspect, verify and extract packagefs packages.
 //!
-//! A thin binary: `cli.rs` parses, each `cmd/<name>.rs` calls the `format` library and hands
-//! its result to `output.rs`. Errors are printed as one line; exit codes are 0 (ok),
+//! A thin binary: `cli.rs` holds the command list and the argument groups several commands
+//! share; each `cmd/<name>.rs` holds its command's arguments (`<Name>Args`) and its `run`,
+//! which calls the libraries and hands the result to `output.rs`. Errors are printed as one line; exit codes are 0 (ok),
 //! 1 (failure) and 2 (usage).
 
 mod cli;

@@ -1,5 +1,6 @@
 //! `pkgtool bless --layer DIR`: this boot is good (boot assessment, `pkgset::boot`).
 
+use clap::Args;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -7,8 +8,18 @@ use anyhow::{anyhow, bail};
 use pkgset::generation::LayerPaths;
 use pkgset::owner::AsOwner;
 
-use crate::cli::BlessArgs;
 use crate::output::Out;
+
+/// `pkgtool bless`.
+#[derive(Debug, Args)]
+pub struct BlessArgs {
+    /// The layer (its directory).
+    #[arg(long = "layer", value_name = "DIR")]
+    pub layer: std::path::PathBuf,
+    /// Refuse while systemd lists failed units (`systemctl list-units --state=failed`).
+    #[arg(long)]
+    pub check_failed_units: bool,
+}
 
 pub fn run(a: BlessArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     if a.check_failed_units {

@@ -1,7 +1,9 @@
 //! `pkgtool boot-entries`: a Boot Loader Specification entry per generation of a layer
 //! (`pkgset::boot::boot_entries`), each pinning it with `packagefs.generation=N`.
 
+use clap::Args;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
@@ -10,8 +12,30 @@ use pkgset::generation::LayerPaths;
 use pkgset::owner::AsOwner;
 use serde::Serialize;
 
-use crate::cli::BootEntriesArgs;
 use crate::output::Out;
+
+/// `pkgtool boot-entries`.
+#[derive(Debug, Args)]
+pub struct BootEntriesArgs {
+    /// The layer booted from (its directory).
+    #[arg(long = "layer", value_name = "DIR")]
+    pub layer: PathBuf,
+    /// The boot loader's entries directory (loader/entries on the boot partition).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The kernel, as the boot loader names it (relative to its partition).
+    #[arg(long, value_name = "PATH")]
+    pub linux: String,
+    /// The initramfs, as the boot loader names it.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: String,
+    /// Kernel command line every entry gets (the pin is added).
+    #[arg(long, value_name = "OPTIONS", default_value = "")]
+    pub options: String,
+    /// Print what was written and removed as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// `--json`: what was written.
 #[derive(Serialize)]

@@ -1,6 +1,11 @@
 //! `pkgtool build DIR -o OUT --key K --manifest M`.
 
+use crate::cli::parse_compression;
+use crate::cli::parse_size;
+use clap::Args;
+use format::archive::Compression;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,9 +15,43 @@ use format::keys::SecretKey;
 use format::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use serde::Serialize;
 
-use crate::cli::BuildArgs;
 use crate::output::{human_size, Out};
 use crate::progress::bytes_bar;
+
+/// `pkgtool build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The directory tree to package (its contents become the package root).
+    pub dir: PathBuf,
+    /// Output file.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Secret key to sign with (NAME.key).
+    #[arg(long, required_unless_present = "unsigned")]
+    pub key: Option<PathBuf>,
+    /// Build an unsigned package (packagefs refuses to mount it; for testing).
+    #[arg(long, conflicts_with = "key")]
+    pub unsigned: bool,
+    /// The package manifest (JSON; see manifests/schema.json).
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// zstd[:LEVEL] (1-22), zlib[:LEVEL] (0-9), lz4 or none. lz4 costs less CPU to read
+    /// than zstd and makes larger packages, which need format 1.1 readers.
+    #[arg(long, default_value_t = Compression::default(), value_parser = parse_compression)]
+    pub compression: Compression,
+    /// Chunk size: a power of two from 64K to 1M (suffixes K, M, KiB, MiB).
+    #[arg(long, default_value = "256K", value_parser = parse_size)]
+    pub chunk_size: u32,
+    /// Compression threads (default: one per core).
+    #[arg(short = 'j', long = "jobs", default_value_t = 0)]
+    pub jobs: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
 
 #[derive(Serialize)]
 struct Built {

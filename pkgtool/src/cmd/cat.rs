@@ -1,14 +1,24 @@
 //! `pkgtool cat PKG PATH`.
 
+use clap::Args;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use format::archive::{Archive, EntryId, Kind};
 
-use crate::cli::CatArgs;
 use crate::output::{escape, Out};
+
+/// `pkgtool cat`.
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    /// The package.
+    pub package: PathBuf,
+    /// Path inside the package (symlinks inside the package are followed).
+    pub path: PathBuf,
+}
 
 pub fn run(a: CatArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let ar = super::open(&a.package)?;

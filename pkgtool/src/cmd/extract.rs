@@ -21,6 +21,7 @@
 //! `security.capability` xattrs are dropped (and counted in one warning) unless
 //! `--preserve-privileges` is given and the package is signed by a trusted key.
 
+use clap::Args;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
@@ -28,6 +29,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
@@ -36,8 +38,24 @@ use format::keys::TrustedKeys;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
 use super::verify::DEFAULT_KEYS_DIR;
-use crate::cli::ExtractArgs;
 use crate::output::{escape, short_path, Out};
+
+/// `pkgtool extract`.
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    /// The package.
+    pub package: PathBuf,
+    /// Target directory: must not exist, or be empty.
+    pub dir: PathBuf,
+    /// Keep setuid/setgid bits and file capabilities (security.capability); the package
+    /// must be signed by a trusted key.
+    #[arg(long)]
+    pub preserve_privileges: bool,
+    /// With --preserve-privileges: trust the *.pub keys in this directory
+    /// [default: /etc/packagefs/keys].
+    #[arg(long, value_name = "DIR", requires = "preserve_privileges")]
+    pub trusted_keys: Option<PathBuf>,
+}
 
 /// Deeper nesting than this is refused (each level holds a directory fd open).
 const MAX_DEPTH: usize = 400;

@@ -1,5 +1,7 @@
 //! `pkgtool gc`: old generations and the pool files only they held.
 
+use crate::cli::LayerArgs;
+use clap::Args;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -11,9 +13,18 @@ use pkgset::owner::AsOwner;
 use pkgset::{LayerSpec, Stack};
 use serde::Serialize;
 
-use crate::cli::GcArgs;
 use crate::cmd::set::*;
 use crate::output::Out;
+
+/// `pkgtool gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// How many of the newest generations to keep (the active one is always kept).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: u64,
+    #[command(flatten)]
+    pub layer: LayerArgs,
+}
 
 pub fn gc(a: GcArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let spec = LayerSpec::parse(a.layer.layers.last().map(String::as_str).unwrap_or(""))

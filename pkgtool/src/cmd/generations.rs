@@ -1,5 +1,7 @@
 //! `pkgtool generations`: a layer's generations.
 
+use crate::cli::LayerArgs;
+use clap::Args;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -8,8 +10,14 @@ use pkgset::generation::{self};
 use pkgset::LayerSpec;
 use serde::Serialize;
 
-use crate::cli::GenerationsArgs;
 use crate::output::Out;
+
+/// `pkgtool generations`.
+#[derive(Debug, Args)]
+pub struct GenerationsArgs {
+    #[command(flatten)]
+    pub layer: LayerArgs,
+}
 
 #[derive(Serialize)]
 struct GenJson {

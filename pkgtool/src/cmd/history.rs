@@ -1,6 +1,8 @@
 //! `pkgtool history --layer DIR`: the layer's audit trail (`pkgset::journal`).
 
+use clap::Args;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
@@ -9,8 +11,21 @@ use pkgset::journal::Record;
 use pkgset::owner::AsOwner;
 use serde::Serialize;
 
-use crate::cli::HistoryArgs;
 use crate::output::Out;
+
+/// `pkgtool history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The layer (its directory).
+    #[arg(long = "layer", value_name = "DIR")]
+    pub layer: PathBuf,
+    /// Only the newest N records.
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+    /// Print the records as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Serialize)]
 struct Json<'a> {

@@ -1,14 +1,25 @@
 //! `pkgtool info PKG [--json]`.
 
+use clap::Args;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use format::archive::Kind;
 use format::manifest::Manifest;
 use serde::Serialize;
 
-use crate::cli::InfoArgs;
 use crate::output::{human_size, Out};
+
+/// `pkgtool info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The package.
+    pub package: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Serialize)]
 struct Info<'a> {

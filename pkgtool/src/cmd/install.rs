@@ -1,5 +1,8 @@
 //! `pkgtool install` and `pkgtool update`: new packages into a layer, as one transaction over the services they touch (cmd/services.rs).
 
+use crate::cli::LayerArgs;
+use crate::cli::ServiceArgs;
+use clap::Args;
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -12,10 +15,21 @@ use pkgset::owner::AsOwner;
 use pkgset::stack::{now_utc, Damaged};
 use pkgset::{plan, Candidate, Change};
 
-use crate::cli::InstallArgs;
 use crate::cmd::services;
 use crate::cmd::set::*;
 use crate::output::Out;
+
+/// `pkgtool install`.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Package files.
+    #[arg(required = true)]
+    pub packages: Vec<PathBuf>,
+    #[command(flatten)]
+    pub layer: LayerArgs,
+    #[command(flatten)]
+    pub svc: ServiceArgs,
+}
 
 /// Copies `src` into `dir` as `NAME-VERSION.hpkg` (crash-safely, never over another file);
 /// returns the new path, or the path of a file there that already holds the package.

@@ -1,5 +1,6 @@
 //! `pkgtool keygen NAME`, where NAME may be a path (`keys/alice`), as `ssh-keygen -f` takes.
 
+use clap::Args;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
@@ -7,8 +8,19 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use format::keys::SecretKey;
 
-use crate::cli::KeygenArgs;
 use crate::output::Out;
+
+/// `pkgtool keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Key name or path: NAME.key and NAME.pub are written (keys/alice: keys/alice.key and
+    /// keys/alice.pub, a key named alice).
+    #[arg(value_name = "NAME")]
+    pub name: PathBuf,
+    /// Directory NAME is relative to.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+}
 
 pub fn run(a: KeygenArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let (dir, name) = split(&a.dir, &a.name)?;

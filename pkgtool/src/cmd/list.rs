@@ -1,13 +1,27 @@
 //! `pkgtool list PKG [-l] [--json]`.
 
+use clap::Args;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use format::archive::Kind;
 use serde::Serialize;
 
-use crate::cli::ListArgs;
 use crate::output::{escape, mode_string, utc_time, Out};
+
+/// `pkgtool list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The package.
+    pub package: PathBuf,
+    /// Long listing: mode, size, mtime, path, link target.
+    #[arg(short = 'l', long = "long")]
+    pub long: bool,
+    /// JSON Lines, one object per entry.
+    #[arg(long, conflicts_with = "long")]
+    pub json: bool,
+}
 
 #[derive(Serialize)]
 struct Line {

@@ -1,30 +1,30 @@
 //! One module per subcommand; each `run` calls the libraries and writes to `Out`.
 
 pub mod apply_delta;
-mod bless;
-mod boot_entries;
-mod build;
-mod cat;
+pub mod bless;
+pub mod boot_entries;
+pub mod build;
+pub mod cat;
 pub mod delta;
-mod extract;
+pub mod extract;
 pub mod fetch;
-mod gc;
-mod generations;
+pub mod gc;
+pub mod generations;
 pub mod graft;
-mod history;
-mod info;
+pub mod history;
+pub mod info;
 pub(crate) mod install;
-mod keygen;
-mod list;
+pub mod keygen;
+pub mod list;
 pub mod publish;
 pub mod pull;
-mod remove;
-mod resolve;
-mod rollback;
+pub mod remove;
+pub mod resolve;
+pub mod rollback;
 pub mod services;
 mod set;
-mod status;
-mod verify;
+pub mod status;
+pub mod verify;
 
 use std::path::Path;
 use std::process::ExitCode;

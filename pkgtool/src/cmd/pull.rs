@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use pkgset::owner::AsOwner;
 
-use crate::cli::{InstallArgs, LayerArgs, ServiceArgs};
+use crate::cli::{LayerArgs, ServiceArgs};
+use crate::cmd::install::InstallArgs;
 use crate::cmd::set::{stack_of, trusted_keys};
 use crate::output::Out;
 

@@ -1,5 +1,8 @@
 //! `pkgtool remove`: packages out of a layer, refusing to leave others broken unless --force.
 
+use crate::cli::LayerArgs;
+use crate::cli::ServiceArgs;
+use clap::Args;
 use std::collections::HashSet;
 use std::process::ExitCode;
 
@@ -9,10 +12,24 @@ use pkgset::owner::AsOwner;
 use pkgset::stack::{now_utc, Damaged};
 use pkgset::{plan, Change};
 
-use crate::cli::RemoveArgs;
 use crate::cmd::services;
 use crate::cmd::set::*;
 use crate::output::Out;
+
+/// `pkgtool remove`.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// Package names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Also remove the packages that would be left with an unmet requirement (named).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub layer: LayerArgs,
+    #[command(flatten)]
+    pub svc: ServiceArgs,
+}
 
 pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let stack = stack_of(&a.layer.layers)?;

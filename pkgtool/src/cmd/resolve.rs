@@ -1,5 +1,7 @@
 //! `pkgtool resolve`: the active set a stack of layers would have, or why not; nothing changes.
 
+use crate::cli::TrustArgs;
+use clap::Args;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -7,9 +9,21 @@ use anyhow::anyhow;
 use pkgset::{Candidate, Want};
 use serde::Serialize;
 
-use crate::cli::ResolveArgs;
 use crate::cmd::set::*;
 use crate::output::{Out, ProblemJson, RefusalJson};
+
+/// `pkgtool resolve`.
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    /// Layers, lowest first: NAME=DIR or DIR.
+    #[arg(required = true, value_name = "[NAME=]DIR")]
+    pub layers: Vec<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Serialize)]
 struct LayerJson {

@@ -1,5 +1,8 @@
 //! `pkgtool rollback`: a layer back to an earlier generation, with its services.
 
+use crate::cli::LayerArgs;
+use crate::cli::ServiceArgs;
+use clap::Args;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -8,10 +11,21 @@ use pkgset::generation::{self, Lock};
 use pkgset::owner::AsOwner;
 use pkgset::reconcile;
 
-use crate::cli::RollbackArgs;
 use crate::cmd::services;
 use crate::cmd::set::*;
 use crate::output::Out;
+
+/// `pkgtool rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The generation to switch to (default: the newest one before the active one).
+    #[arg(long, value_name = "N")]
+    pub to: Option<u64>,
+    #[command(flatten)]
+    pub layer: LayerArgs,
+    #[command(flatten)]
+    pub svc: ServiceArgs,
+}
 
 pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let stack = stack_of(&a.layer.layers)?;

@@ -1,5 +1,7 @@
 //! `pkgtool status`: a layer's active generation, its packages, what packages/ holds that is not active, and its boot record.
 
+use crate::cli::LayerArgs;
+use clap::Args;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
@@ -9,9 +11,15 @@ use pkgset::owner::AsOwner;
 use pkgset::reconcile;
 use serde::Serialize;
 
-use crate::cli::StatusArgs;
 use crate::cmd::set::*;
 use crate::output::Out;
+
+/// `pkgtool status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub layer: LayerArgs,
+}
 
 /// The boot assessment record of a layer, if it has one.
 fn boot_json(paths: &pkgset::generation::LayerPaths) -> Option<BootJson> {

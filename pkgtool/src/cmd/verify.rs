@@ -1,5 +1,6 @@
 //! `pkgtool verify PKG [--key FILE.pub | --trusted-keys DIR | --integrity-only]`.
 
+use clap::Args;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,8 +12,29 @@ use format::keys::TrustedKeys;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::cli::VerifyArgs;
 use crate::output::{escape, Out};
+
+/// `pkgtool verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The package.
+    pub package: PathBuf,
+    /// Trust exactly this public key (NAME.pub).
+    #[arg(long, conflicts_with = "trusted_keys")]
+    pub key: Option<PathBuf>,
+    /// Trust the *.pub keys in this directory.
+    #[arg(long)]
+    pub trusted_keys: Option<PathBuf>,
+    /// Check only integrity (metadata, chunks, signature self-consistency), not trust.
+    #[arg(long, conflicts_with_all = ["key", "trusted_keys"])]
+    pub integrity_only: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Verification threads (default: one per core).
+    #[arg(short = 'j', long = "jobs", default_value_t = 0)]
+    pub jobs: usize,
+}
 
 /// Where keys are trusted from when no option names them.
 pub const DEFAULT_KEYS_DIR: &str = "/etc/packagefs/keys";
