@@ -335,6 +335,11 @@ impl Archive {
         &self.meta
     }
 
+    /// The table of contents, uncompressed.
+    pub(crate) fn raw_toc(&self) -> &[u8] {
+        self.toc_view().bytes
+    }
+
     /// The trailer's 136 bytes (the id, and the key and signature when signed).
     pub(crate) fn trailer_bytes(&self) -> [u8; TRAILER_LEN] {
         self.trailer.to_bytes()
