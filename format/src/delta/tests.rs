@@ -414,3 +414,15 @@ fn the_metadata_of_many_files_moves_with_its_toc_uncompressed() {
     assert_eq!(st.metadata_encoding, "zstd-raw-toc", "{st:?}");
     assert!(st.metadata_encoded * 4 < st.new_metadata, "{st:?}");
 }
+
+#[test]
+fn empty_packages_either_side() {
+    let c = Case::new();
+    let empty = Pkg::new("0.1.0");
+    let st = c.round_trip(&empty, &base());
+    assert_eq!(st.copied, 0, "{st:?}");
+    let mut e2 = Pkg::new("2.0.0");
+    e2.files.clear();
+    let st = c.round_trip(&base(), &e2);
+    assert_eq!(st.pieces, 0, "{st:?}");
+}
