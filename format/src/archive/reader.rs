@@ -532,6 +532,11 @@ impl Archive {
         )
     }
 
+    /// The table of contents, uncompressed.
+    pub(crate) fn raw_toc(&self) -> &[u8] {
+        self.toc_view().bytes
+    }
+
     /// The path the archive was opened from.
     pub fn path(&self) -> &Path {
         &self.path

@@ -63,19 +63,16 @@ pub fn apply(
     let stored = body.bytes(h.meta_stored_len, "the metadata")?;
     let meta = match h.meta_encoding {
         wire::META_RAW => stored,
+        wire::META_ZSTD_PATCH => unpatch_bounded(old.metadata_bytes(), &stored, h.meta_len)?,
         _ => {
-            let old_meta = old.metadata_bytes();
-            // No real metadata compresses beyond this; a hostile length is refused
-            // before it is allocated.
-            let bound = old_meta.len() as u64 + 256 * h.meta_stored_len + (1 << 20);
-            if h.meta_len > bound {
-                return Err(corrupt(format!(
-                    "new metadata of {} bytes from {} stored",
-                    h.meta_len, h.meta_stored_len
-                )));
+            let mut len = [0u8; 8];
+            len.copy_from_slice(&stored[..8]);
+            let exp_len = u64::from_le_bytes(len);
+            if exp_len > super::META_MAX + crate::archive::TOC_MAX {
+                return Err(corrupt(format!("expanded metadata of {exp_len} bytes")));
             }
-            wire::unpatch(old_meta, &stored, h.meta_len as usize)
-                .map_err(|r| corrupt(format!("the metadata does not decompress: {r}")))?
+            let exp = unpatch_bounded(&super::expanded_metadata(old), &stored[8..], exp_len)?;
+            repack(&exp, h.meta_len, h.new_file_size)?
         }
     };
     let actual = PackageId(*blake3::hash(&meta).as_bytes());
@@ -223,6 +220,55 @@ pub fn apply(
         old_id: h.old_id,
         file_size: header.file_size,
     })
+}
+
+/// Decompresses a metadata patch against `reference` into exactly `len` bytes, refusing
+/// first a length no real metadata reaches from so few bytes (no allocation for a bomb).
+fn unpatch_bounded(reference: &[u8], patch: &[u8], len: u64) -> Result<Vec<u8>> {
+    let bound = reference.len() as u64 + 256 * patch.len() as u64 + (1 << 20);
+    if len > bound {
+        return Err(corrupt(format!(
+            "metadata of {len} bytes from {} stored",
+            patch.len()
+        )));
+    }
+    wire::unpatch(reference, patch, len as usize)
+        .map_err(|r| corrupt(format!("the metadata does not decompress: {r}")))
+}
+
+/// The metadata from its expanded form (FORMAT.md §14.2): the TOC packed again with the
+/// header's compression, as the writer packs it, between the bytes before and after it.
+fn repack(exp: &[u8], meta_len: u64, file_size: u64) -> Result<Vec<u8>> {
+    let hl = crate::archive::header::HEADER_LEN;
+    if exp.len() < hl {
+        return Err(corrupt("expanded metadata shorter than a header"));
+    }
+    let header = Header::parse(&exp[..hl], file_size)?;
+    let toc = header.toc;
+    let tail = meta_len.checked_sub(toc.end());
+    let raw_len = tail.and_then(|t| (exp.len() as u64).checked_sub(toc.offset + t));
+    let (Some(tail), Some(raw_len)) = (tail, raw_len) else {
+        return Err(corrupt("expanded metadata does not fit its header"));
+    };
+    if raw_len > crate::archive::TOC_MAX {
+        return Err(corrupt(format!("a TOC of {raw_len} bytes")));
+    }
+    let raw_end = (toc.offset + raw_len) as usize;
+    let packed = crate::archive::toc::pack(&exp[toc.offset as usize..raw_end], header.compression)
+        .map_err(|e| Error::io("<compressor>", e))?;
+    if packed.len() as u64 != toc.len {
+        return Err(corrupt(format!(
+            "the TOC packs to {} bytes, the header says {} (a different compressor version than the delta's builder?)",
+            packed.len(),
+            toc.len
+        )));
+    }
+    let mut meta = Vec::with_capacity(meta_len as usize);
+    meta.extend_from_slice(&exp[..toc.offset as usize]);
+    meta.extend_from_slice(&packed);
+    meta.extend_from_slice(&exp[raw_end..]);
+    debug_assert_eq!(meta.len() as u64, toc.end() + tail);
+    Ok(meta)
 }
 
 /// Checks the delta's last 32 bytes: the BLAKE3 hash of all before them.

@@ -204,20 +204,32 @@ pub fn build<W: Write>(
     }
     let units = kept;
 
-    // The metadata: zstd against the old metadata when that is smaller.
+    // The metadata: raw, zstd against the old metadata, or (usually smallest) zstd of the
+    // expanded metadata against the old expanded metadata, when packing the new TOC again
+    // gives its section's bytes.
     let new_meta = new.metadata_bytes();
+    let window = 1usize << wire::WINDOW_LOG_MAX;
+    let mut meta_encoding = wire::META_RAW;
+    let mut meta_stored = new_meta.to_vec();
     let old_meta = old.metadata_bytes();
-    let window = 1u64 << wire::WINDOW_LOG_MAX;
-    let (meta_encoding, meta_stored) = if (old_meta.len() + new_meta.len()) as u64 <= window {
+    if old_meta.len() + new_meta.len() <= window {
         let z = wire::patch(old_meta, new_meta, level).map_err(|e| Error::io("<zstd>", e))?;
-        if z.len() < new_meta.len() {
-            (wire::META_ZSTD_PATCH, z)
-        } else {
-            (wire::META_RAW, new_meta.to_vec())
+        if z.len() < meta_stored.len() {
+            (meta_encoding, meta_stored) = (wire::META_ZSTD_PATCH, z);
         }
-    } else {
-        (wire::META_RAW, new_meta.to_vec())
-    };
+    }
+    let toc = nh.toc;
+    let repacks = crate::archive::toc::pack(new.raw_toc(), nh.compression)
+        .is_ok_and(|p| p[..] == new_meta[toc.offset as usize..toc.end() as usize]);
+    let (old_exp, new_exp) = (super::expanded_metadata(old), super::expanded_metadata(new));
+    if repacks && old_exp.len() + new_exp.len() <= window {
+        let z = wire::patch(&old_exp, &new_exp, level).map_err(|e| Error::io("<zstd>", e))?;
+        if z.len() + 8 < meta_stored.len() {
+            let mut v = (new_exp.len() as u64).to_le_bytes().to_vec();
+            v.extend_from_slice(&z);
+            (meta_encoding, meta_stored) = (wire::META_ZSTD_PATCH_RAW_TOC, v);
+        }
+    }
 
     // The stats, and the body's length.
     let mut st = DeltaStats {
@@ -226,6 +238,11 @@ pub fn build<W: Write>(
         new_size: nh.file_size,
         new_metadata: new_meta.len() as u64,
         metadata_encoded: meta_stored.len() as u64,
+        metadata_encoding: match meta_encoding {
+            wire::META_RAW => "raw",
+            wire::META_ZSTD_PATCH => "zstd",
+            _ => "zstd-raw-toc",
+        },
         pieces: pieces.len() as u64,
         patches: units.len() as u64,
         patch_bytes: units.iter().map(|u| u.patch.len() as u64).sum(),

@@ -81,6 +81,9 @@ pub struct DeltaStats {
     pub new_metadata: u64,
     /// Bytes the metadata takes in the delta.
     pub metadata_encoded: u64,
+    /// How: `raw`, `zstd` (against the old metadata) or `zstd-raw-toc` (both with their
+    /// TOC uncompressed; FORMAT.md §14.2).
+    pub metadata_encoding: &'static str,
     /// Stored chunks in the new heap (identical chunks counted once).
     pub pieces: u64,
     /// Of which the old package has: copied, never shipped.
@@ -166,6 +169,19 @@ pub(crate) fn read_header(f: &File, path: &Path, len: u64) -> Result<wire::Delta
         )));
     }
     wire::DeltaHeader::parse(&b, len)
+}
+
+/// The metadata of `a` with its TOC section (frame and compressed bytes) replaced by the
+/// uncompressed TOC: what two versions share shows through (FORMAT.md §14.2).
+pub(crate) fn expanded_metadata(a: &crate::archive::Archive) -> Vec<u8> {
+    let m = a.metadata_bytes();
+    let toc = a.header().toc;
+    let raw = a.raw_toc();
+    let mut v = Vec::with_capacity(m.len() + raw.len());
+    v.extend_from_slice(&m[..toc.offset as usize]);
+    v.extend_from_slice(raw);
+    v.extend_from_slice(&m[toc.end() as usize..]);
+    v
 }
 
 /// One stored chunk of a heap: the first chunk whose index entry points at it.

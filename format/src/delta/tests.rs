@@ -163,6 +163,7 @@ fn a_changed_file_moves_as_a_small_patch() {
     let st = c.round_trip(&old, &new);
     assert!(st.patched >= 4, "{st:?}");
     assert!(st.copied >= 3, "{st:?}");
+
     assert!(
         st.delta_size * 10 < st.dedup_bytes,
         "a delta of {} against {} with dedup alone: {st:?}",
@@ -391,4 +392,37 @@ fn chunks_that_do_not_compress_again_to_the_same_bytes_are_shipped_whole() {
     let out = c.path("out.hpkg");
     assert_eq!(apply(&a, &d, &out, Some(&c.keys())).unwrap().id, b.id());
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
+}
+
+#[test]
+fn the_metadata_of_many_files_moves_with_its_toc_uncompressed() {
+    // The TOC is carried uncompressed and patched against the old one: what the two
+    // versions share (names, modes, most sizes) costs next to nothing, where the TOCs
+    // compressed in the packages have little in common.
+    let c = Case::new();
+    let mut old = Pkg::new("1.0.0");
+    for i in 0..400 {
+        old = old.file(
+            &format!("usr/share/demo/module_{i:04}.py"),
+            format!("# module {i}\nVALUE = {i}\n").into_bytes(),
+        );
+    }
+    let mut new = Pkg::new("1.0.1");
+    new.files = old.files.clone();
+    new.files[7].1 = b"# module 7, fixed\nVALUE = 7\n".to_vec();
+    let st = c.round_trip(&old, &new);
+    assert_eq!(st.metadata_encoding, "zstd-raw-toc", "{st:?}");
+    assert!(st.metadata_encoded * 4 < st.new_metadata, "{st:?}");
+}
+
+#[test]
+fn empty_packages_either_side() {
+    let c = Case::new();
+    let empty = Pkg::new("0.1.0");
+    let st = c.round_trip(&empty, &base());
+    assert_eq!(st.copied, 0, "{st:?}");
+    let mut e2 = Pkg::new("2.0.0");
+    e2.files.clear();
+    let st = c.round_trip(&base(), &e2);
+    assert_eq!(st.pieces, 0, "{st:?}");
 }

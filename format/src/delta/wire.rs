@@ -22,6 +22,9 @@ pub const VERSION_MINOR: u16 = 0;
 pub(crate) const META_RAW: u8 = 0;
 /// zstd with the old package's metadata as reference prefix.
 pub(crate) const META_ZSTD_PATCH: u8 = 1;
+/// zstd of the *expanded* metadata (the TOC section replaced by the uncompressed TOC)
+/// with the old package's expanded metadata as reference prefix, after a u64 length.
+pub(crate) const META_ZSTD_PATCH_RAW_TOC: u8 = 2;
 
 /// Op codes of the body.
 pub(crate) const OP_END: u8 = 0;
@@ -118,7 +121,7 @@ impl DeltaHeader {
                 h.body_len, file_len
             )));
         }
-        if h.meta_encoding > META_ZSTD_PATCH {
+        if h.meta_encoding > META_ZSTD_PATCH_RAW_TOC {
             return Err(corrupt(format!(
                 "unknown metadata encoding {}",
                 h.meta_encoding
@@ -126,6 +129,9 @@ impl DeltaHeader {
         }
         if h.meta_encoding == META_RAW && h.meta_stored_len != h.meta_len {
             return Err(corrupt("raw metadata of the wrong length"));
+        }
+        if h.meta_encoding == META_ZSTD_PATCH_RAW_TOC && h.meta_stored_len < 8 {
+            return Err(corrupt("expanded metadata without its length"));
         }
         if h.meta_stored_len > h.body_len {
             return Err(corrupt("the metadata runs past the end of the delta"));
