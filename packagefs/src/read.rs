@@ -275,11 +275,27 @@ fn bad_chunk(
         .unwrap_or_else(|p| p.into_inner())
         .insert((pkg.slot, chunk))
     {
+        // Once per chunk: the walk that names its files costs what a listing of the
+        // package costs.
+        let users = pkg
+            .archive
+            .files_using(&std::collections::BTreeSet::from([chunk]))
+            .remove(&chunk)
+            .unwrap_or_default();
+        let mut files: Vec<String> = users
+            .iter()
+            .take(3)
+            .map(|p| format::text::escape(p))
+            .collect();
+        if users.len() > 3 {
+            files.push(format!("and {} more", users.len() - 3));
+        }
         error!(
             package = %pkg.label(),
             file = %pkg.path.display(),
             chunk,
-            "cannot read chunk: {why}; reads of the files that use it fail with EIO"
+            "cannot read chunk: {why}; reads of the files that use it fail with EIO: {}",
+            files.join(", ")
         );
     }
     Error::BadChunk { chunk }

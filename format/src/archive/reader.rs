@@ -872,6 +872,31 @@ impl Archive {
         }
     }
 
+    /// The paths (relative to the root, as bytes) of the files that use each of `chunks`,
+    /// in walk order: what a damaged chunk costs, for `pkgtool verify` and the daemon's
+    /// log. One walk of the tree.
+    pub fn files_using(
+        &self,
+        chunks: &std::collections::BTreeSet<ChunkId>,
+    ) -> std::collections::BTreeMap<ChunkId, Vec<Vec<u8>>> {
+        let mut map: std::collections::BTreeMap<ChunkId, Vec<Vec<u8>>> = Default::default();
+        if chunks.is_empty() {
+            return map;
+        }
+        for w in self.walk() {
+            if w.attr.kind != Kind::File {
+                continue;
+            }
+            let Ok(range) = self.file_chunks(w.entry) else {
+                continue;
+            };
+            for &c in chunks.range(range.start..range.end) {
+                map.entry(c).or_default().push(w.path.clone());
+            }
+        }
+        map
+    }
+
     /// Every entry but the root, depth first in name order, with its path relative to the
     /// root (`usr/bin/x`). A hard-linked file appears once per name. Each item owns its
     /// path, so a walk costs the sum of the path lengths; see [`Archive::walk_entries`].

@@ -1,13 +1,13 @@
 //! `pkgtool verify PKG [--key FILE.pub | --trusted-keys DIR | --integrity-only]`.
 
 use clap::Args;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use format::archive::{Archive, ChunkId, Kind};
+use format::archive::{Archive, ChunkId};
 use format::keys::TrustedKeys;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -108,7 +108,11 @@ pub fn run(a: VerifyArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             .collect()
     });
     bad.sort_by_key(|(c, _)| *c);
-    let users = files_using(&ar, &bad.iter().map(|(c, _)| *c).collect());
+    let users: BTreeMap<ChunkId, Vec<String>> = ar
+        .files_using(&bad.iter().map(|(c, _)| *c).collect())
+        .into_iter()
+        .map(|(c, paths)| (c, paths.iter().map(|p| escape(p)).collect()))
+        .collect();
     let bad_chunks: Vec<BadChunk> = bad
         .into_iter()
         .map(|(chunk, error)| BadChunk {
@@ -192,26 +196,6 @@ fn file_list(files: &[String], max: usize) -> String {
 fn key_name(keys: &TrustedKeys, ar: &Archive) -> Option<String> {
     let id = ar.signer()?.id();
     keys.name(&id).filter(|n| !n.is_empty()).map(str::to_owned)
-}
-
-/// Paths of the files that use each of `chunks`.
-fn files_using(ar: &Archive, chunks: &BTreeSet<ChunkId>) -> BTreeMap<ChunkId, Vec<String>> {
-    let mut map: BTreeMap<ChunkId, Vec<String>> = BTreeMap::new();
-    if chunks.is_empty() {
-        return map;
-    }
-    for w in ar.walk() {
-        if w.attr.kind != Kind::File {
-            continue;
-        }
-        let Ok(range) = ar.file_chunks(w.entry) else {
-            continue;
-        };
-        for &c in chunks.range(range.start..range.end) {
-            map.entry(c).or_default().push(escape(&w.path));
-        }
-    }
-    map
 }
 
 /// Checks that the chunks' stored bytes cover the heap exactly (no hidden bytes).

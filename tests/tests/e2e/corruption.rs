@@ -131,6 +131,11 @@ fn corrupt_chunk_gives_eio_only_for_its_files_and_is_logged_once() {
             l.contains("corrupt-1.0.0") || l.contains("corrupt.hpkg"),
             "the line names the package: {l}"
         );
+        // ... and a file that uses it (what an admin looks for).
+        assert!(
+            affected.iter().any(|f| l.contains(f.as_str())),
+            "the line names a file that uses the chunk: {l}\naffected: {affected:?}"
+        );
     }
 }
 
