@@ -83,6 +83,28 @@ impl Default for Options {
 /// the epoch of the view listed.
 const POS_BITS: u32 = 64 - view::EPOCH_BITS;
 
+/// The entries of a listing of directory `node` from position `off`, each with the
+/// position after it (the offset the kernel sends to go on): "." and ".." (positions 0
+/// and 1), then the directory's entries. The one place both listings get them from.
+fn listing(
+    v: &View,
+    node: Node,
+    off: u64,
+) -> Result<impl Iterator<Item = (u64, &[u8], Node)>, Errno> {
+    let dots = [
+        (1, &b"."[..], node),
+        (2, &b".."[..], v.parent(node).unwrap_or(node)),
+    ];
+    let entries = v.read_dir(node, off.saturating_sub(2) as usize)?;
+    let first = off.max(2);
+    Ok(dots.into_iter().skip(off.min(2) as usize).chain(
+        entries
+            .into_iter()
+            .enumerate()
+            .map(move |(i, (name, child))| (first + i as u64 + 1, name, child)),
+    ))
+}
+
 /// The offset of the directory entry at `pos` of a listing of the view of `epoch`.
 fn dir_cookie(epoch: u32, pos: u64) -> u64 {
     ((epoch as u64) << POS_BITS) | pos
@@ -494,31 +516,10 @@ impl PackageFs {
         offset: u64,
         sink: &mut impl DirSink,
     ) -> Result<(), Errno> {
-        let (v, node, epoch, mut off) = self.dir_at(ino, offset)?;
-        let (v, node) = (&v, &node);
-        let cookie = |pos: u64| dir_cookie(epoch, pos);
-        if off == 0 {
-            if sink.entry(ino, cookie(1), Kind::Dir, b".") {
-                return Ok(());
-            }
-            off = 1;
-        }
-        if off == 1 {
-            let parent = v.parent(*node).map(|p| v.ino(p)).unwrap_or(ino);
-            if sink.entry(parent, cookie(2), Kind::Dir, b"..") {
-                return Ok(());
-            }
-            off = 2;
-        }
-        let entries = v
-            .read_dir(*node, (off - 2) as usize)
-            .map_err(|e| Errno::from(&e))?;
-        for (i, (name, child)) in entries.into_iter().enumerate() {
-            let kind = match v.attr(child) {
-                Ok(a) => a.kind,
-                Err(_) => Kind::File,
-            };
-            if sink.entry(v.ino(child), cookie(off + i as u64 + 1), kind, name) {
+        let (v, node, epoch, off) = self.dir_at(ino, offset)?;
+        for (pos, name, child) in listing(&v, node, off)? {
+            let kind = v.attr(child).map_or(Kind::File, |a| a.kind);
+            if sink.entry(v.ino(child), dir_cookie(epoch, pos), kind, name) {
                 break;
             }
         }
@@ -532,25 +533,9 @@ impl PackageFs {
         offset: u64,
         sink: &mut impl DirPlusSink,
     ) -> Result<(), Errno> {
-        let (v, node, epoch, mut off) = self.dir_at(ino, offset)?;
-        let (v, node) = (&v, &node);
-        let cookie = |pos: u64| dir_cookie(epoch, pos);
+        let (v, node, epoch, off) = self.dir_at(ino, offset)?;
         let ttl = self.opts.ttl;
-        if off < 2 {
-            // "." and ".." carry attributes too; the kernel does not add lookups for them.
-            let nodes = [(*node, "."), (v.parent(*node).unwrap_or(*node), "..")];
-            for (k, (n, name)) in nodes.iter().enumerate().skip(off as usize) {
-                let Ok(a) = v.attr(*n) else { continue };
-                if sink.entry(cookie(k as u64 + 1), name.as_bytes(), ttl, &a) {
-                    return Ok(());
-                }
-            }
-            off = 2;
-        }
-        let entries = v
-            .read_dir(*node, (off - 2) as usize)
-            .map_err(|e| Errno::from(&e))?;
-        for (i, (name, child)) in entries.into_iter().enumerate() {
+        for (pos, name, child) in listing(&v, node, off)? {
             let a = match v.attr(child) {
                 Ok(a) => a,
                 Err(e) => {
@@ -560,10 +545,13 @@ impl PackageFs {
                     continue;
                 }
             };
-            if sink.entry(cookie(off + i as u64 + 1), name, ttl, &a) {
+            if sink.entry(dir_cookie(epoch, pos), name, ttl, &a) {
                 break;
             }
-            self.handed_out(v, child, a.ino);
+            // "." and ".." carry attributes too; the kernel adds no lookups for them.
+            if pos > 2 {
+                self.handed_out(&v, child, a.ino);
+            }
         }
         Ok(())
     }
