@@ -220,3 +220,43 @@ impl Error {
         )
     }
 }
+
+/// A temporary file beside `out` (in its directory, named `PREFIX…SUFFIX`), which a
+/// writer fills, fsyncs and renames over `out` last, so that `out` is either whole or
+/// untouched. An error names the directory (tempfile's own message names a file that was
+/// never made).
+pub(crate) fn temp_beside(
+    out: &std::path::Path,
+    prefix: &str,
+    suffix: &str,
+) -> Result<tempfile::NamedTempFile> {
+    let dir = dir_of(out);
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(suffix)
+        .tempfile_in(dir)
+        .map_err(|e| {
+            Error::io(
+                dir,
+                e.raw_os_error().map_or(e, io::Error::from_raw_os_error),
+            )
+        })
+}
+
+/// Renames `tmp` (from [`temp_beside`], written and fsynced) over `out` and fsyncs the
+/// directory, so that the new name survives a power cut.
+pub(crate) fn persist_beside(tmp: tempfile::NamedTempFile, out: &std::path::Path) -> Result<()> {
+    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
+    if let Ok(d) = std::fs::File::open(dir_of(out)) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The directory a file `out` is in (`.` for a bare name).
+fn dir_of(out: &std::path::Path) -> &std::path::Path {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    }
+}

@@ -440,23 +440,7 @@ impl<'a> ArchiveWriter<'a> {
             len: n_chunks as u64 * INDEX_ENTRY_LEN as u64,
         };
         let heap_off = align8(index_sec.end());
-        let dir = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix(".hpkg-")
-            .suffix(".partial")
-            .tempfile_in(dir)
-            // tempfile's message names the temp file that could not be made; name the
-            // directory.
-            .map_err(|e| {
-                Error::io(
-                    dir,
-                    e.raw_os_error()
-                        .map_or(e, std::io::Error::from_raw_os_error),
-                )
-            })?;
+        let tmp = crate::error::temp_beside(out, ".hpkg-", ".partial")?;
         let tmp_path = tmp.path().to_owned();
         let ioerr = |e| Error::io(&tmp_path, e);
         let (index, heap_len) =
@@ -510,10 +494,7 @@ impl<'a> ArchiveWriter<'a> {
             .map_err(ioerr)?;
         f.sync_all().map_err(ioerr)?;
         report.file_size = trailer_sec.end();
-        tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+        crate::error::persist_beside(tmp, out)?;
         Ok(report)
     }
 

@@ -112,15 +112,7 @@ pub fn apply(
     }
     let pieces = heap_pieces(&index, header.heap.len).map_err(corrupt)?;
 
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".hpkg-")
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    let tmp = crate::error::temp_beside(out, ".hpkg-", ".partial")?;
     let tmp_path = tmp.path().to_owned();
     let ioerr = |e| Error::io(&tmp_path, e);
     tmp.as_file().write_all_at(&meta, 0).map_err(ioerr)?;
@@ -211,10 +203,7 @@ pub fn apply(
         return Err(corrupt("the package made is not the one the delta names"));
     }
     drop(check);
-    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    crate::error::persist_beside(tmp, out)?;
     Ok(Applied {
         id: h.new_id,
         old_id: h.old_id,

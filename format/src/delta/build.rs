@@ -2,7 +2,6 @@
 //! make and check the patches, write the file.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -43,15 +42,7 @@ impl Unit {
 /// Writes a delta from `old` to `new` to the file `out`, atomically: a temp file in the
 /// same directory, fsynced and renamed into place; on error nothing is left behind.
 pub fn write(old: &Archive, new: &Archive, opts: &DeltaOptions, out: &Path) -> Result<DeltaStats> {
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".delta-")
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    let tmp = crate::error::temp_beside(out, ".delta-", ".partial")?;
     let tmp_path = tmp.path().to_owned();
     let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
     let stats = build(old, new, opts, &mut w)?;
@@ -60,10 +51,7 @@ pub fn write(old: &Archive, new: &Archive, opts: &DeltaOptions, out: &Path) -> R
     tmp.as_file()
         .sync_all()
         .map_err(|e| Error::io(&tmp_path, e))?;
-    tmp.persist(out).map_err(|e| Error::io(out, e.error))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    crate::error::persist_beside(tmp, out)?;
     Ok(stats)
 }
 
