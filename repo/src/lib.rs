@@ -253,6 +253,12 @@ pub fn publish(
                 }
                 None => Vec::new(),
             },
+            provides: m
+                .provides
+                .iter()
+                .filter(|p| p.api != m.name)
+                .map(|p| format!("{} {}", p.api, p.version))
+                .collect(),
         };
         if let Some(o) = idx
             .packages

@@ -605,3 +605,62 @@ fn a_slow_mirror_costs_bounded_time_then_eio_and_later_reads_do_not_wait() {
     );
     assert_eq!(m.log().matches("mirror is down").count(), 2, "{}", m.log());
 }
+
+#[test]
+fn pull_meets_requirements_from_the_repository_with_the_install_solver() {
+    let keys = Keys::new("fleet");
+    let www = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(www.path());
+    let repo = www.path().join("main").display().to_string();
+    let lib = TestTree::new();
+    lib.file("lib/libfoo.so", "foo 1\n");
+    let app = TestTree::new();
+    app.file("bin/app", "app needs foo\n");
+    let d = tempfile::tempdir().unwrap();
+    for (t, name, version, req) in [
+        (&lib, "libfoo", "1.0.0", None),
+        (&lib, "libfoo", "1.4.0", None),
+        (&lib, "libfoo", "2.0.0", None),
+        (&app, "app", "1.0.0", Some("^1.2")),
+    ] {
+        let mut p = Pkg::new(t.path(), name, version).key(&keys);
+        if let Some(r) = req {
+            p = p.requires("libfoo", r);
+        }
+        let file = p.build(d.path().join(format!("{name}-{version}.hpkg")));
+        publish(&file, &repo, &keys);
+    }
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("main")], layer.path(), &keys, "app");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The newest libfoo that meets ^1.2, not the newest libfoo.
+    assert!(stdout.contains("pulling libfoo-1.4.0"), "{stdout}");
+    assert!(layer.path().join("packages/libfoo-1.4.0.hpkg").is_file());
+    let store = tempfile::tempdir().unwrap();
+    let m = mount(&layer, &keys, store.path());
+    assert_eq!(
+        fs::read_to_string(m.join("bin/app")).unwrap(),
+        "app needs foo\n"
+    );
+    assert_eq!(
+        fs::read_to_string(m.join("lib/libfoo.so")).unwrap(),
+        "foo 1\n"
+    );
+    drop(m);
+    // A requirement nothing meets is refused as install refuses it, naming it.
+    let app2 = Pkg::new(app.path(), "app", "2.0.0")
+        .key(&keys)
+        .requires("libbar", ">=1")
+        .build(d.path().join("app-2.0.0.hpkg"));
+    publish(&app2, &repo, &keys);
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("main")], layer.path(), &keys, "app");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("libbar"), "{err}");
+}
