@@ -439,6 +439,14 @@ fn an_oci_registry_serves_publish_pull_and_lazy_reads() {
         read_at(&m.join("big"), off, 10).unwrap(),
         f.big[off as usize..off as usize + 10]
     );
+    // Lazy: the registry sent the metadata and a few windows of chunks, not the package.
+    let whole = fs::metadata(&f.pkg).unwrap().len();
+    let sent = reg.bytes_sent("/blobs/sha256:");
+    assert!(sent > 0, "{}", reg.log());
+    assert!(
+        sent * 3 < whole,
+        "the registry sent {sent} of {whole} bytes"
+    );
 }
 
 #[test]
