@@ -84,12 +84,25 @@ impl Repository {
     /// with this repository's mirrors as the source. Checked by the caller on open (the id
     /// must be `e.id`).
     pub fn thin(&self, e: &IndexEntry) -> Result<Vec<u8>, String> {
-        let meta = self
-            .mirrors
-            .fetch_range(&e.object, 0, e.metadata, &|_| Ok(()))?;
+        // The package id is the BLAKE3 hash of the metadata, and the trailer records it:
+        // a mirror that serves other bytes is caught here, and the next one asked.
+        let id = e.package_id().ok_or("bad id in the index")?;
+        let meta = self.mirrors.fetch_range(&e.object, 0, e.metadata, &|b| {
+            if blake3::hash(b).as_bytes() == &id.0 {
+                Ok(())
+            } else {
+                Err("served metadata that does not match the package id".into())
+            }
+        })?;
         let trailer = self
             .mirrors
-            .fetch_range(&e.object, e.size - 136, 136, &|_| Ok(()))?;
+            .fetch_range(&e.object, e.size - 136, 136, &|b| {
+                if b.get(40..72) == Some(&id.0[..]) {
+                    Ok(())
+                } else {
+                    Err("served a trailer of another package".into())
+                }
+            })?;
         format::archive::thin::assemble(
             &meta,
             &trailer,

@@ -227,8 +227,8 @@ fn a_mirror_that_flips_a_byte_is_caught_and_the_next_mirror_serves() {
         &good.path().join("main").display().to_string(),
         &f.keys,
     );
-    // The bad mirror: the same repository, with one byte of the package's heap flipped
-    // (the metadata and the index stay intact, so only the chunk check can tell).
+    // The bad mirror: the same repository (the same signed index), with a byte of the
+    // package's metadata and one of its heap flipped.
     let bad = tempfile::tempdir().unwrap();
     run_ok(
         Command::new("cp")
@@ -245,6 +245,7 @@ fn a_mirror_that_flips_a_byte_is_caught_and_the_next_mirror_serves() {
     let mut b = fs::read(&blob).unwrap();
     let heap_at = b.len() - 136 - BIG / 2; // inside big's chunks
     b[heap_at] ^= 0x01;
+    b[200] ^= 0x01; // inside the signed metadata (the manifest): pull takes the next mirror's
     fs::write(&blob, &b).unwrap();
     let bad_srv = Nginx::start(bad.path());
     let good_srv = Nginx::start(good.path());
