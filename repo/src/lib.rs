@@ -13,6 +13,26 @@
 //! (`oci://host:port/name`: objects are blobs, the index a blob referenced by the manifest
 //! tagged `index`). No transport is trusted: the index is signed, a package must match the
 //! id the index names, and every chunk its hash in the signed chunk index.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let keys = format::keys::TrustedKeys::load_dir("/etc/packagefs/keys".as_ref())?;
+//! let addresses = ["http://repo.lan:8080/main".to_string()];
+//! let repo = repo::Repository::new(&addresses, repo::Policy::default())?;
+//! let index = repo.index(&keys)?; // signed by a trusted key
+//! let entry = &index.index.packages[0];
+//! std::fs::write("app.hpkg", repo.thin(entry)?)?; // a thin package: metadata + source
+//! // Reading it: chunks come from the chunk store, or from the repository, checked.
+//! let store = "/var/cache/packagefs/chunks".as_ref();
+//! let heaps = repo::RepoHeaps::at(store, 4 << 30, repo::Policy::default());
+//! let file = std::fs::File::open("app.hpkg")?;
+//! let path = "app.hpkg".as_ref();
+//! let a = format::archive::Archive::from_file_with(file, path, Some(&keys), &heaps)?;
+//! let e = a.lookup_path(b"bin/app")?.expect("present");
+//! let mut buf = vec![0; 4096];
+//! a.read_at(e, 0, &mut buf)?;
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs)]
 
 pub mod heap;
