@@ -309,6 +309,14 @@ pub fn publish(
         }
         todo.push((path.clone(), e));
     }
+    if todo.is_empty() && idx.version > 0 {
+        // Everything is published already: the index stays as it is.
+        return Ok(Published {
+            index: idx,
+            added: Vec::new(),
+            uploaded: 0,
+        });
+    }
     let mut uploaded = 0;
     for (path, e) in &todo {
         if put_object(target, path, &e.object, p)? {

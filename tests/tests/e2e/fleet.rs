@@ -673,3 +673,54 @@ fn pull_meets_requirements_from_the_repository_with_the_install_solver() {
     assert!(!out.status.success());
     assert!(err.contains("libbar"), "{err}");
 }
+
+#[test]
+fn publish_refuses_another_key_and_a_version_published_with_another_id() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let repo = www.path().join("main").display().to_string();
+    publish(&f.pkg, &repo, &f.keys);
+    let index = fs::read(www.path().join("main/index")).unwrap();
+    // Another key may not take the repository over.
+    let other = Keys::new("other");
+    let out = Command::new(pkgtool())
+        .arg("publish")
+        .arg(&f.pkg)
+        .args(["--repo", &repo, "--key"])
+        .arg(other.secret())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a trusted key"),
+        "{err}"
+    );
+    // The same name and version with other contents: refused, nothing written.
+    let t = TestTree::new();
+    t.file("hello", "something else\n");
+    let imposter = Pkg::new(t.path(), "app", "1.0.0")
+        .key(&f.keys)
+        .build(www.path().join("imposter.hpkg"));
+    let out = Command::new(pkgtool())
+        .arg("publish")
+        .arg(&imposter)
+        .args(["--repo", &repo, "--key"])
+        .arg(f.keys.secret())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already published"),
+        "{err}"
+    );
+    assert_eq!(fs::read(www.path().join("main/index")).unwrap(), index);
+    assert_eq!(
+        fs::read_dir(www.path().join("main/blobs/sha256"))
+            .unwrap()
+            .count(),
+        1
+    );
+    // Publishing the same package again changes nothing.
+    publish(&f.pkg, &repo, &f.keys);
+    assert_eq!(fs::read(www.path().join("main/index")).unwrap(), index);
+}
