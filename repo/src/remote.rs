@@ -102,6 +102,8 @@ impl Default for Policy {
 struct Health {
     failures: u32,
     down_until: Option<Instant>,
+    /// When it was last marked down.
+    marked: Option<Instant>,
     /// An outage was logged and its end not yet.
     logged: bool,
 }
@@ -132,8 +134,13 @@ impl Mirror {
         self.health().down_until.is_some_and(|t| Instant::now() < t)
     }
 
-    fn ok(&self) {
+    /// A request started at `started` succeeded. One that started before the mirror was
+    /// marked down (a read in flight when the server went away) says nothing about now.
+    fn ok(&self, started: Instant) {
         let mut h = self.health();
+        if h.marked.is_some_and(|m| started < m) {
+            return;
+        }
         if h.logged {
             info!(mirror = %self.base, "mirror is back");
         }
@@ -150,6 +157,7 @@ impl Mirror {
         let probing = h.down_until.is_some();
         if h.failures >= p.down_after || probing {
             h.down_until = Some(Instant::now() + p.down_for);
+            h.marked = Some(Instant::now());
             if !h.logged {
                 h.logged = true;
                 warn!(
@@ -194,6 +202,7 @@ impl Mirrors {
             let range = format!("bytes={}-{}", start, start + len - 1);
             let mut last = String::new();
             for _ in 0..self.policy.attempts.max(1) {
+                let started = Instant::now();
                 let r = http::request(
                     "GET",
                     &url,
@@ -210,7 +219,7 @@ impl Mirrors {
                     {
                         match check(&r.body) {
                             Ok(()) => {
-                                m.ok();
+                                m.ok(started);
                                 return Ok(r.body);
                             }
                             // Wrong bytes: never used, never stored; the mirror is marked

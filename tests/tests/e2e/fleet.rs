@@ -541,7 +541,8 @@ fn a_recorded_prefetch_list_is_fetched_in_the_background_after_mount() {
     assert!(read_at(&m.join("big"), 45 * 65536, 10).is_err());
 }
 
-/// A server that answers every request with headers and then one byte every 300 ms.
+/// A server that answers every request with the headers of a whole answer (the length
+/// asked for) and then one byte every 300 ms.
 fn drip_server() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -550,8 +551,21 @@ fn drip_server() -> u16 {
             std::thread::spawn(move || {
                 use std::io::Write;
                 let mut s = s;
-                let _ =
-                    s.write_all(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 1000000\r\n\r\n");
+                let mut req = [0u8; 4096];
+                let k = s.read(&mut req).unwrap_or(0);
+                let req = String::from_utf8_lossy(&req[..k]).to_string();
+                let len = req
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Range: bytes="))
+                    .and_then(|r| r.split_once('-'))
+                    .and_then(|(a, b)| {
+                        Some(b.trim().parse::<u64>().ok()? + 1 - a.parse::<u64>().ok()?)
+                    })
+                    .unwrap_or(1);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {len}\r\n\r\n"
+                );
                 for _ in 0..100 {
                     std::thread::sleep(Duration::from_millis(300));
                     if s.write_all(b"x").is_err() {
