@@ -9,6 +9,8 @@
 //!   ├─ id(), signer(), check_trust(keys), manifest()
 //!   ├─ lookup(dir, name), read_dir(dir), attr(e), read_link(e), xattrs(e), walk()
 //!   └─ read_at(e, off, buf) / read_at_with(e, off, buf, chunk loader) / read_chunk(c)
+//! Archive::from_file_with(file, path, keys, heaps)   a thin package (archive::thin): the
+//!   same metadata, its heap read through the caller's Heaps (this crate knows no network)
 //! ```
 //!
 //! ```no_run

@@ -41,12 +41,27 @@ pub struct IndexEntry {
     /// Chunks fetched in the background after mount (a recorded first start).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prefetch: Vec<u32>,
+    /// The API contracts it provides besides its own name (`api version`), so that `pull`
+    /// can find what meets a requirement without fetching every package.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provides: Vec<String>,
 }
 
 impl IndexEntry {
     /// The id as a [`PackageId`].
     pub fn package_id(&self) -> Option<PackageId> {
         parse_id(&self.id)
+    }
+
+    /// True if the package provides `api` at a version `range` accepts (its own name at
+    /// its own version included).
+    pub fn meets(&self, api: &str, range: &semver::VersionReq) -> bool {
+        let own = std::iter::once(format!("{} {}", self.name, self.version));
+        own.chain(self.provides.iter().cloned()).any(|p| {
+            p.split_once(' ').is_some_and(|(a, v)| {
+                a == api && semver::Version::parse(v).is_ok_and(|v| range.matches(&v))
+            })
+        })
     }
 
     /// `name-version`.
@@ -126,6 +141,9 @@ impl Index {
             }
             if p.package_id().is_none() {
                 return bad("bad id");
+            }
+            if p.provides.len() > 1024 {
+                return bad("too many provides");
             }
             if p.prefetch.len() > crate::heap::PREFETCH_MAX {
                 return bad("prefetch list too long");
@@ -268,6 +286,7 @@ mod tests {
                 size: 10000,
                 metadata: 4096,
                 prefetch: vec![],
+                provides: vec![],
             }],
         }
     }

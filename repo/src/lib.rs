@@ -13,6 +13,26 @@
 //! (`oci://host:port/name`: objects are blobs, the index a blob referenced by the manifest
 //! tagged `index`). No transport is trusted: the index is signed, a package must match the
 //! id the index names, and every chunk its hash in the signed chunk index.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let keys = format::keys::TrustedKeys::load_dir("/etc/packagefs/keys".as_ref())?;
+//! let addresses = ["http://repo.lan:8080/main".to_string()];
+//! let repo = repo::Repository::new(&addresses, repo::Policy::default())?;
+//! let index = repo.index(&keys)?; // signed by a trusted key
+//! let entry = &index.index.packages[0];
+//! std::fs::write("app.hpkg", repo.thin(entry)?)?; // a thin package: metadata + source
+//! // Reading it: chunks come from the chunk store, or from the repository, checked.
+//! let store = "/var/cache/packagefs/chunks".as_ref();
+//! let heaps = repo::RepoHeaps::at(store, 4 << 30, repo::Policy::default());
+//! let file = std::fs::File::open("app.hpkg")?;
+//! let path = "app.hpkg".as_ref();
+//! let a = format::archive::Archive::from_file_with(file, path, Some(&keys), &heaps)?;
+//! let e = a.lookup_path(b"bin/app")?.expect("present");
+//! let mut buf = vec![0; 4096];
+//! a.read_at(e, 0, &mut buf)?;
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs)]
 
 pub mod heap;
@@ -84,12 +104,25 @@ impl Repository {
     /// with this repository's mirrors as the source. Checked by the caller on open (the id
     /// must be `e.id`).
     pub fn thin(&self, e: &IndexEntry) -> Result<Vec<u8>, String> {
-        let meta = self
-            .mirrors
-            .fetch_range(&e.object, 0, e.metadata, &|_| Ok(()))?;
+        // The package id is the BLAKE3 hash of the metadata, and the trailer records it:
+        // a mirror that serves other bytes is caught here, and the next one asked.
+        let id = e.package_id().ok_or("bad id in the index")?;
+        let meta = self.mirrors.fetch_range(&e.object, 0, e.metadata, &|b| {
+            if blake3::hash(b).as_bytes() == &id.0 {
+                Ok(())
+            } else {
+                Err("served metadata that does not match the package id".into())
+            }
+        })?;
         let trailer = self
             .mirrors
-            .fetch_range(&e.object, e.size - 136, 136, &|_| Ok(()))?;
+            .fetch_range(&e.object, e.size - 136, 136, &|b| {
+                if b.get(40..72) == Some(&id.0[..]) {
+                    Ok(())
+                } else {
+                    Err("served a trailer of another package".into())
+                }
+            })?;
         format::archive::thin::assemble(
             &meta,
             &trailer,
@@ -253,6 +286,12 @@ pub fn publish(
                 }
                 None => Vec::new(),
             },
+            provides: m
+                .provides
+                .iter()
+                .filter(|p| p.api != m.name)
+                .map(|p| format!("{} {}", p.api, p.version))
+                .collect(),
         };
         if let Some(o) = idx
             .packages
@@ -269,6 +308,14 @@ pub fn publish(
             continue;
         }
         todo.push((path.clone(), e));
+    }
+    if todo.is_empty() && idx.version > 0 {
+        // Everything is published already: the index stays as it is.
+        return Ok(Published {
+            index: idx,
+            added: Vec::new(),
+            uploaded: 0,
+        });
     }
     let mut uploaded = 0;
     for (path, e) in &todo {

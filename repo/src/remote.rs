@@ -102,6 +102,8 @@ impl Default for Policy {
 struct Health {
     failures: u32,
     down_until: Option<Instant>,
+    /// When it was last marked down.
+    marked: Option<Instant>,
     /// An outage was logged and its end not yet.
     logged: bool,
 }
@@ -132,8 +134,13 @@ impl Mirror {
         self.health().down_until.is_some_and(|t| Instant::now() < t)
     }
 
-    fn ok(&self) {
+    /// A request started at `started` succeeded. One that started before the mirror was
+    /// marked down (a read in flight when the server went away) says nothing about now.
+    fn ok(&self, started: Instant) {
         let mut h = self.health();
+        if h.marked.is_some_and(|m| started < m) {
+            return;
+        }
         if h.logged {
             info!(mirror = %self.base, "mirror is back");
         }
@@ -150,6 +157,7 @@ impl Mirror {
         let probing = h.down_until.is_some();
         if h.failures >= p.down_after || probing {
             h.down_until = Some(Instant::now() + p.down_for);
+            h.marked = Some(Instant::now());
             if !h.logged {
                 h.logged = true;
                 warn!(
@@ -194,6 +202,7 @@ impl Mirrors {
             let range = format!("bytes={}-{}", start, start + len - 1);
             let mut last = String::new();
             for _ in 0..self.policy.attempts.max(1) {
+                let started = Instant::now();
                 let r = http::request(
                     "GET",
                     &url,
@@ -210,7 +219,7 @@ impl Mirrors {
                     {
                         match check(&r.body) {
                             Ok(()) => {
-                                m.ok();
+                                m.ok(started);
                                 return Ok(r.body);
                             }
                             // Wrong bytes: never used, never stored; the mirror is marked
@@ -251,5 +260,125 @@ impl Mirrors {
             }
         }
         Err(why.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Serves `data` with Range requests (optionally with byte `flip` flipped); counts
+    /// requests.
+    fn serve(data: Vec<u8>, flip: Option<usize>) -> (String, Arc<AtomicUsize>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let n = Arc::new(AtomicUsize::new(0));
+        let count = n.clone();
+        let mut data = data;
+        if let Some(i) = flip {
+            data[i] ^= 1;
+        }
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut s = s;
+                let mut req = [0u8; 4096];
+                let k = s.read(&mut req).unwrap_or(0);
+                let req = String::from_utf8_lossy(&req[..k]).to_string();
+                let range = req
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Range: bytes="))
+                    .and_then(|r| r.split_once('-'))
+                    .and_then(|(a, b)| {
+                        Some((a.parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?))
+                    });
+                let Some((a, b)) = range else {
+                    let _ = s.write_all(b"HTTP/1.1 400 Bad\r\nContent-Length: 0\r\n\r\n");
+                    continue;
+                };
+                let body = &data[a..=b.min(data.len() - 1)];
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 206 Partial\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(body);
+            }
+        });
+        (format!("http://127.0.0.1:{port}/r"), n)
+    }
+
+    fn dead() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}/r")
+    }
+
+    fn mirrors(urls: &[String]) -> Mirrors {
+        Mirrors {
+            list: urls
+                .iter()
+                .map(|u| Arc::new(Mirror::new(Base::parse(u).unwrap())))
+                .collect(),
+            policy: Policy {
+                timeouts: Timeouts {
+                    connect: Duration::from_secs(1),
+                    io: Duration::from_secs(1),
+                    total: Duration::from_secs(2),
+                },
+                down_for: Duration::from_millis(300),
+                ..Policy::default()
+            },
+        }
+    }
+
+    const DIGEST: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn wrong_bytes_fail_over_to_the_next_mirror_and_mark_the_first_down() {
+        let data: Vec<u8> = (0..10000u32).map(|i| i as u8).collect();
+        let want = data[100..200].to_vec();
+        let (bad, bad_n) = serve(data.clone(), Some(150));
+        let (good, good_n) = serve(data.clone(), None);
+        let m = mirrors(&[bad, good]);
+        let check = |b: &[u8]| {
+            if b == want {
+                Ok(())
+            } else {
+                Err("wrong bytes".to_string())
+            }
+        };
+        assert_eq!(m.fetch_range(DIGEST, 100, 100, &check).unwrap(), want);
+        assert_eq!(
+            bad_n.load(Ordering::SeqCst),
+            1,
+            "wrong bytes are not asked for twice"
+        );
+        assert!(m.list[0].is_down());
+        // While it is down, reads go straight to the next mirror.
+        m.fetch_range(DIGEST, 100, 100, &check).unwrap();
+        assert_eq!(bad_n.load(Ordering::SeqCst), 1);
+        assert_eq!(good_n.load(Ordering::SeqCst), 2);
+        // Probed again once its time is up.
+        std::thread::sleep(Duration::from_millis(350));
+        m.fetch_range(DIGEST, 100, 100, &check).unwrap();
+        assert_eq!(bad_n.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_dead_mirror_costs_bounded_attempts_then_is_skipped() {
+        let m = mirrors(&[dead()]);
+        let e = m.fetch_range(DIGEST, 0, 10, &|_| Ok(())).unwrap_err();
+        assert!(e.contains("refused") || e.contains("Connection"), "{e}");
+        assert!(m.list[0].is_down());
+        let e = m.fetch_range(DIGEST, 0, 10, &|_| Ok(())).unwrap_err();
+        assert!(e.ends_with(": down"), "{e}");
+        // A response of the wrong length is a failure, not data.
+        let (short, _) = serve(vec![7u8; 50], None);
+        let m = mirrors(&[short]);
+        assert!(m.fetch_range(DIGEST, 0, 100, &|_| Ok(())).is_err());
     }
 }

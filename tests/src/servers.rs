@@ -284,6 +284,23 @@ impl Registry {
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
+
+    /// Body bytes sent for GET requests of paths containing `needle`, from the access log
+    /// (`"GET PATH HTTP/1.1" STATUS BYTES ...`).
+    pub fn bytes_sent(&self, needle: &str) -> u64 {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("\"GET ")?;
+                let (path, rest) = rest.split_once(' ')?;
+                if !path.contains(needle) {
+                    return None;
+                }
+                let (_, rest) = rest.split_once("\" ")?;
+                rest.split(' ').nth(1)?.parse::<u64>().ok()
+            })
+            .sum()
+    }
 }
 
 impl Drop for Registry {

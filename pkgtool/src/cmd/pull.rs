@@ -34,7 +34,7 @@ pub fn run(a: PullArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let keys = trusted_keys(a.layer.trust.trusted_keys.as_deref())?;
     let r = repo::Repository::new(&a.repos, repo::Policy::default()).map_err(|e| anyhow!(e))?;
     let v = r.index(&keys).map_err(|e| anyhow!("cannot pull: {e}"))?;
-    let mut chosen = Vec::new();
+    let mut chosen: Vec<repo::IndexEntry> = Vec::new();
     for want in &a.packages {
         let (name, range) = match want.split_once('@') {
             Some((n, r)) => (
@@ -82,33 +82,20 @@ pub fn run(a: PullArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         .tempdir()
         .context("cannot create a temporary directory")?;
     let mut files = Vec::new();
-    for e in &chosen {
-        let bytes = r
-            .thin(e)
-            .map_err(|err| anyhow!("cannot pull {}: {err}", e.label()))?;
-        let path = tmp.path().join(format!("{}.hpkg", e.label()));
-        std::fs::write(&path, &bytes)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        let archive = format::archive::Archive::open_trusted(&path, &keys)
-            .map_err(|err| anyhow!("refused {}: {err}", e.label()))?;
-        if Some(archive.id()) != e.package_id() {
-            bail!(
-                "refused {}: the repository serves package {}, its index names {}",
-                e.label(),
-                archive.id(),
-                e.id
-            );
+    let mut done = 0;
+    // Requirements met neither by the local layers nor by the packages pulled so far are
+    // met from the repository, as the solver names them: a few rounds, each adding the
+    // newest package of the index that meets each unmet requirement.
+    for _round in 0..16 {
+        for e in &chosen[done..] {
+            files.push(fetch_thin(&r, e, tmp.path(), &keys)?);
         }
-        if archive.manifest().name != e.name || archive.manifest().version.to_string() != e.version
-        {
-            bail!(
-                "refused {}: the package is {}-{}",
-                e.label(),
-                archive.manifest().name,
-                archive.manifest().version
-            );
+        done = chosen.len();
+        let more = unmet_from_repo(&a.layer, &files, &v.index, &chosen);
+        if more.is_empty() {
+            break;
         }
-        files.push(path);
+        chosen.extend(more);
     }
     if !a.layer.json {
         for e in &chosen {
@@ -130,4 +117,112 @@ pub fn run(a: PullArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         },
         out,
     )
+}
+
+/// Fetches the thin package of `e` into `dir` and checks it: signed by a trusted key, with
+/// the id, name and version the index names.
+fn fetch_thin(
+    r: &repo::Repository,
+    e: &repo::IndexEntry,
+    dir: &std::path::Path,
+    keys: &format::keys::TrustedKeys,
+) -> anyhow::Result<std::path::PathBuf> {
+    let bytes = r
+        .thin(e)
+        .map_err(|err| anyhow!("cannot pull {}: {err}", e.label()))?;
+    let path = dir.join(format!("{}.hpkg", e.label()));
+    std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    let archive = format::archive::Archive::open_trusted(&path, keys)
+        .map_err(|err| anyhow!("refused {}: {err}", e.label()))?;
+    if Some(archive.id()) != e.package_id() {
+        bail!(
+            "refused {}: the repository serves package {}, its index names {}",
+            e.label(),
+            archive.id(),
+            e.id
+        );
+    }
+    if archive.manifest().name != e.name || archive.manifest().version.to_string() != e.version {
+        bail!(
+            "refused {}: the package is {}-{}",
+            e.label(),
+            archive.manifest().name,
+            archive.manifest().version
+        );
+    }
+    Ok(path)
+}
+
+/// The index entries that would meet requirements the plan of installing `files` leaves
+/// unmet (the same plan `install` makes; nothing is written). Empty when the plan passes,
+/// or fails for other reasons (then `install` explains).
+fn unmet_from_repo(
+    layer: &LayerArgs,
+    files: &[std::path::PathBuf],
+    index: &repo::Index,
+    chosen: &[repo::IndexEntry],
+) -> Vec<repo::IndexEntry> {
+    let Ok(stack) = stack_of(&layer.layers) else {
+        return Vec::new();
+    };
+    let top = stack.layers.len() - 1;
+    let Ok(mut op) = crate::cmd::set::opener(&layer.trust) else {
+        return Vec::new();
+    };
+    let mut new = Vec::new();
+    for p in files {
+        match op.open_given(p) {
+            Ok(archive) => new.push(pkgset::Candidate {
+                layer: top,
+                path: p.clone(),
+                archive,
+            }),
+            Err(_) => return Vec::new(),
+        }
+    }
+    let Ok(loaded) = stack.load_all(top, &mut op) else {
+        return Vec::new();
+    };
+    let Ok((available, _)) = stack.scan(top, &mut op) else {
+        return Vec::new();
+    };
+    let refused = match pkgset::plan(
+        &stack.names(),
+        &loaded.sets,
+        top,
+        &available,
+        pkgset::Change::Install {
+            packages: new,
+            only_newer: false,
+        },
+    ) {
+        Ok(_) => return Vec::new(),
+        Err(r) => r,
+    };
+    let mut more: Vec<repo::IndexEntry> = Vec::new();
+    for p in &refused.problems {
+        let pkgset::Problem::MissingRequirement { requirement, .. } = p else {
+            continue;
+        };
+        let Some((api, range)) = requirement.split_once(' ') else {
+            continue;
+        };
+        let Ok(range) = semver::VersionReq::parse(range) else {
+            continue;
+        };
+        let best = index
+            .packages
+            .iter()
+            .filter(|e| e.meets(api, &range))
+            .filter(|e| !chosen.iter().chain(&more).any(|c| c.name == e.name))
+            .max_by(|x, y| {
+                semver::Version::parse(&x.version)
+                    .ok()
+                    .cmp(&semver::Version::parse(&y.version).ok())
+            });
+        if let Some(b) = best {
+            more.push(b.clone());
+        }
+    }
+    more
 }

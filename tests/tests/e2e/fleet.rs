@@ -227,8 +227,8 @@ fn a_mirror_that_flips_a_byte_is_caught_and_the_next_mirror_serves() {
         &good.path().join("main").display().to_string(),
         &f.keys,
     );
-    // The bad mirror: the same repository, with one byte of the package's heap flipped
-    // (the metadata and the index stay intact, so only the chunk check can tell).
+    // The bad mirror: the same repository (the same signed index), with a byte of the
+    // package's metadata and one of its heap flipped.
     let bad = tempfile::tempdir().unwrap();
     run_ok(
         Command::new("cp")
@@ -245,6 +245,7 @@ fn a_mirror_that_flips_a_byte_is_caught_and_the_next_mirror_serves() {
     let mut b = fs::read(&blob).unwrap();
     let heap_at = b.len() - 136 - BIG / 2; // inside big's chunks
     b[heap_at] ^= 0x01;
+    b[200] ^= 0x01; // inside the signed metadata (the manifest): pull takes the next mirror's
     fs::write(&blob, &b).unwrap();
     let bad_srv = Nginx::start(bad.path());
     let good_srv = Nginx::start(good.path());
@@ -439,6 +440,14 @@ fn an_oci_registry_serves_publish_pull_and_lazy_reads() {
         read_at(&m.join("big"), off, 10).unwrap(),
         f.big[off as usize..off as usize + 10]
     );
+    // Lazy: the registry sent the metadata and a few windows of chunks, not the package.
+    let whole = fs::metadata(&f.pkg).unwrap().len();
+    let sent = reg.bytes_sent("/blobs/sha256:");
+    assert!(sent > 0, "{}", reg.log());
+    assert!(
+        sent * 3 < whole,
+        "the registry sent {sent} of {whole} bytes"
+    );
 }
 
 #[test]
@@ -532,7 +541,8 @@ fn a_recorded_prefetch_list_is_fetched_in_the_background_after_mount() {
     assert!(read_at(&m.join("big"), 45 * 65536, 10).is_err());
 }
 
-/// A server that answers every request with headers and then one byte every 300 ms.
+/// A server that answers every request with the headers of a whole answer (the length
+/// asked for) and then one byte every 300 ms.
 fn drip_server() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -541,8 +551,21 @@ fn drip_server() -> u16 {
             std::thread::spawn(move || {
                 use std::io::Write;
                 let mut s = s;
-                let _ =
-                    s.write_all(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 1000000\r\n\r\n");
+                let mut req = [0u8; 4096];
+                let k = s.read(&mut req).unwrap_or(0);
+                let req = String::from_utf8_lossy(&req[..k]).to_string();
+                let len = req
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Range: bytes="))
+                    .and_then(|r| r.split_once('-'))
+                    .and_then(|(a, b)| {
+                        Some(b.trim().parse::<u64>().ok()? + 1 - a.parse::<u64>().ok()?)
+                    })
+                    .unwrap_or(1);
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {len}\r\n\r\n"
+                );
                 for _ in 0..100 {
                     std::thread::sleep(Duration::from_millis(300));
                     if s.write_all(b"x").is_err() {
@@ -604,4 +627,114 @@ fn a_slow_mirror_costs_bounded_time_then_eio_and_later_reads_do_not_wait() {
         f.big[65536..65546]
     );
     assert_eq!(m.log().matches("mirror is down").count(), 2, "{}", m.log());
+}
+
+#[test]
+fn pull_meets_requirements_from_the_repository_with_the_install_solver() {
+    let keys = Keys::new("fleet");
+    let www = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(www.path());
+    let repo = www.path().join("main").display().to_string();
+    let lib = TestTree::new();
+    lib.file("lib/libfoo.so", "foo 1\n");
+    let app = TestTree::new();
+    app.file("bin/app", "app needs foo\n");
+    let d = tempfile::tempdir().unwrap();
+    for (t, name, version, req) in [
+        (&lib, "libfoo", "1.0.0", None),
+        (&lib, "libfoo", "1.4.0", None),
+        (&lib, "libfoo", "2.0.0", None),
+        (&app, "app", "1.0.0", Some("^1.2")),
+    ] {
+        let mut p = Pkg::new(t.path(), name, version).key(&keys);
+        if let Some(r) = req {
+            p = p.requires("libfoo", r);
+        }
+        let file = p.build(d.path().join(format!("{name}-{version}.hpkg")));
+        publish(&file, &repo, &keys);
+    }
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("main")], layer.path(), &keys, "app");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The newest libfoo that meets ^1.2, not the newest libfoo.
+    assert!(stdout.contains("pulling libfoo-1.4.0"), "{stdout}");
+    assert!(layer.path().join("packages/libfoo-1.4.0.hpkg").is_file());
+    let store = tempfile::tempdir().unwrap();
+    let m = mount(&layer, &keys, store.path());
+    assert_eq!(
+        fs::read_to_string(m.join("bin/app")).unwrap(),
+        "app needs foo\n"
+    );
+    assert_eq!(
+        fs::read_to_string(m.join("lib/libfoo.so")).unwrap(),
+        "foo 1\n"
+    );
+    drop(m);
+    // A requirement nothing meets is refused as install refuses it, naming it.
+    let app2 = Pkg::new(app.path(), "app", "2.0.0")
+        .key(&keys)
+        .requires("libbar", ">=1")
+        .build(d.path().join("app-2.0.0.hpkg"));
+    publish(&app2, &repo, &keys);
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("main")], layer.path(), &keys, "app");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("libbar"), "{err}");
+}
+
+#[test]
+fn publish_refuses_another_key_and_a_version_published_with_another_id() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let repo = www.path().join("main").display().to_string();
+    publish(&f.pkg, &repo, &f.keys);
+    let index = fs::read(www.path().join("main/index")).unwrap();
+    // Another key may not take the repository over.
+    let other = Keys::new("other");
+    let out = Command::new(pkgtool())
+        .arg("publish")
+        .arg(&f.pkg)
+        .args(["--repo", &repo, "--key"])
+        .arg(other.secret())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a trusted key"),
+        "{err}"
+    );
+    // The same name and version with other contents: refused, nothing written.
+    let t = TestTree::new();
+    t.file("hello", "something else\n");
+    let imposter = Pkg::new(t.path(), "app", "1.0.0")
+        .key(&f.keys)
+        .build(www.path().join("imposter.hpkg"));
+    let out = Command::new(pkgtool())
+        .arg("publish")
+        .arg(&imposter)
+        .args(["--repo", &repo, "--key"])
+        .arg(f.keys.secret())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already published"),
+        "{err}"
+    );
+    assert_eq!(fs::read(www.path().join("main/index")).unwrap(), index);
+    assert_eq!(
+        fs::read_dir(www.path().join("main/blobs/sha256"))
+            .unwrap()
+            .count(),
+        1
+    );
+    // Publishing the same package again changes nothing.
+    publish(&f.pkg, &repo, &f.keys);
+    assert_eq!(fs::read(www.path().join("main/index")).unwrap(), index);
 }
