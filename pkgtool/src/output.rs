@@ -2,6 +2,10 @@
 
 use std::io::{self, Write};
 
+use format::archive::ChunkId;
+use format::manifest::{Manifest, Origin};
+use graft::Stats;
+use pkgset::journal::Record;
 use serde::Serialize;
 
 /// Where commands write their data (stdout); messages go to stderr.
@@ -258,4 +262,307 @@ pub fn unusable_kind(u: &pkgset::Unusable) -> &'static str {
         pkgset::Unusable::OtherId { .. } => "other-id",
         pkgset::Unusable::OtherLabel { .. } => "other-label",
     }
+}
+
+// The JSON documents of the commands (`--json`), command by command.
+
+// pkgtool apply-delta
+
+#[derive(Serialize)]
+pub struct AppliedJson {
+    pub output: String,
+    pub id: String,
+    pub old_id: String,
+    pub name: String,
+    pub version: String,
+    pub size: u64,
+    pub signer: Option<String>,
+    pub trusted: bool,
+}
+
+// pkgtool boot-entries
+
+/// `--json`: what was written.
+#[derive(Serialize)]
+pub struct EntriesJson {
+    pub dir: String,
+    /// Every entry file, the default one first.
+    pub entries: Vec<EntryJson>,
+    /// Stale `packagefs-gen-*.conf` removed.
+    pub removed: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct EntryJson {
+    pub file: String,
+    pub generation: Option<u64>,
+}
+
+// pkgtool build
+
+#[derive(Serialize)]
+pub struct BuiltJson {
+    pub output: String,
+    pub name: String,
+    pub version: String,
+    pub id: String,
+    pub signer: Option<String>,
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    pub deduplicated_files: u64,
+    pub content_bytes: u64,
+    pub unique_bytes: u64,
+    pub heap_bytes: u64,
+    pub file_bytes: u64,
+    pub chunks: u32,
+    pub deduplicated_chunks: u32,
+    pub ratio: f64,
+    pub compression: String,
+    pub chunk_size: u32,
+}
+
+// pkgtool gc
+
+#[derive(Serialize)]
+pub struct GcJson {
+    pub removed_generations: Vec<u64>,
+    pub removed_package_files: usize,
+}
+
+// pkgtool generations
+
+#[derive(Serialize)]
+pub struct GenerationJson {
+    pub generation: u64,
+    pub time: Option<String>,
+    pub reason: Option<String>,
+    pub packages: Vec<String>,
+    pub active: bool,
+}
+
+// pkgtool graft
+
+/// The result of one graft, as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct GraftedJson {
+    pub input: String,
+    pub output: String,
+    pub name: String,
+    pub version: String,
+    pub id: String,
+    pub signer: Option<String>,
+    pub origin: Option<Origin>,
+    pub requires: Vec<String>,
+    pub provides: Vec<String>,
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    pub content_bytes: u64,
+    pub file_bytes: u64,
+    pub chunks: u32,
+    pub compression: String,
+    pub chunk_size: u32,
+    #[serde(flatten)]
+    pub stats: Stats,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GraftJson {
+    pub packages: Vec<GraftedJson>,
+}
+
+// pkgtool history
+
+#[derive(Serialize)]
+pub struct HistoryJson<'a> {
+    pub layer: String,
+    pub records: &'a [Record],
+    /// Torn or damaged records that were skipped.
+    pub skipped: usize,
+}
+
+// pkgtool info
+
+#[derive(Serialize)]
+pub struct InfoJson<'a> {
+    pub path: String,
+    pub id: String,
+    pub signer: Option<String>,
+    pub format_version: String,
+    pub manifest: &'a Manifest,
+    pub entries: u32,
+    pub names: u32,
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    pub content_bytes: u64,
+    pub unique_bytes: u64,
+    pub heap_bytes: u64,
+    pub file_bytes: u64,
+    pub ratio: f64,
+    pub compression: String,
+    pub chunk_size: u32,
+    pub chunks: u32,
+    /// A thin package's source (FORMAT.md §12); absent for a whole package.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thin: Option<&'a format::archive::thin::Source>,
+}
+
+// pkgtool list
+
+#[derive(Serialize)]
+pub struct ListLineJson {
+    pub path: String,
+    pub kind: &'static str,
+    pub mode: String,
+    pub size: u64,
+    pub mtime: i64,
+    pub nlink: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+// pkgtool publish
+
+#[derive(serde::Serialize)]
+pub struct PublishJson<'a> {
+    pub repository: &'a str,
+    pub version: u64,
+    pub added: &'a [repo::IndexEntry],
+    pub uploaded: usize,
+}
+
+// pkgtool resolve
+
+#[derive(Serialize)]
+pub struct LayerJson {
+    pub name: String,
+    pub dir: String,
+    pub packages: Vec<PkgJson>,
+}
+
+#[derive(Serialize)]
+pub struct ResolveJson<'a> {
+    pub ok: bool,
+    pub layers: Vec<LayerJson>,
+    /// Why the stack does not resolve, one line.
+    pub error: Option<String>,
+    /// The same, problem by problem, each with its kind and fields.
+    pub problems: Vec<ProblemJson<'a>>,
+    /// Package files that were not opened, each with its kind.
+    pub refused: Vec<RefusalJson>,
+}
+
+// pkgtool set
+
+#[derive(Serialize)]
+pub struct PkgJson {
+    pub name: String,
+    pub version: String,
+    pub id: String,
+    pub file: String,
+}
+
+#[derive(Serialize)]
+pub struct ChangeJson<'a> {
+    pub layer: String,
+    pub generation: Option<u64>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub broken: Vec<ProblemJson<'a>>,
+    pub skipped: Vec<SkippedJson<'a>>,
+}
+
+// pkgtool status
+
+#[derive(Serialize)]
+pub struct InactiveJson {
+    pub file: String,
+    pub package: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Serialize)]
+pub struct StatusJson {
+    pub layer: String,
+    pub dir: String,
+    pub generation: Option<u64>,
+    pub time: Option<String>,
+    pub reason: Option<String>,
+    pub active: Vec<PkgJson>,
+    pub inactive: Vec<InactiveJson>,
+    pub ok: bool,
+    pub problems: Vec<String>,
+    pub damaged: Vec<DamagedJson>,
+    pub pending: Option<PendingJson>,
+    /// Boot assessment (`state/boot`), where the layer was booted from.
+    pub boot: Option<BootJson>,
+}
+
+#[derive(Serialize)]
+pub struct BootJson {
+    pub booted: Option<u64>,
+    pub how: Option<String>,
+    pub good: Vec<u64>,
+    pub bad: Vec<u64>,
+    pub trying: Option<u64>,
+    pub tries_left: Option<u32>,
+    pub note: Option<String>,
+    pub warning: Option<String>,
+}
+
+/// A file of packages/ the set refuses for now (decided again when the set changes).
+#[derive(Serialize)]
+pub struct WaitingJson {
+    pub file: String,
+    pub reason: String,
+}
+
+#[derive(Serialize)]
+pub struct DamagedJson {
+    pub package: String,
+    pub id: String,
+    /// `missing`, `other-id`, `other-label`, or why its file does not open
+    /// (`unreadable`, `untrusted`, `invalid`, `policy`).
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// What the next reconcile (the daemon's, or the next pkgtool change) would do with the
+/// files of `packages/`.
+#[derive(Serialize)]
+pub struct PendingJson {
+    pub reason: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub waiting: Vec<WaitingJson>,
+}
+
+// pkgtool verify
+
+#[derive(Serialize)]
+pub struct BadChunkJson {
+    pub chunk: ChunkId,
+    pub error: String,
+    pub files: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct VerifiedJson {
+    pub package: String,
+    pub ok: bool,
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub signer: Option<String>,
+    pub trusted: Option<bool>,
+    pub trust_error: Option<String>,
+    pub chunks: u32,
+    pub bad_chunks: Vec<BadChunkJson>,
+    pub heap_error: Option<String>,
 }

@@ -9,9 +9,9 @@ use anyhow::Context;
 use clap::Args;
 use format::delta;
 use format::keys::TrustedKeys;
-use serde::Serialize;
 
 use super::verify::keys_dir;
+use crate::output::AppliedJson;
 use crate::output::{human_size, Out};
 
 /// `pkgtool apply-delta`.
@@ -45,18 +45,6 @@ pub struct ApplyDeltaArgs {
     pub json: bool,
 }
 
-#[derive(Serialize)]
-struct Applied {
-    output: String,
-    id: String,
-    old_id: String,
-    name: String,
-    version: String,
-    size: u64,
-    signer: Option<String>,
-    trusted: bool,
-}
-
 pub fn run(a: ApplyDeltaArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let keys: Option<TrustedKeys> = match (&a.key, keys_dir(a.trusted_keys.as_deref())) {
         (Some(k), _) => Some(TrustedKeys::load_file(k).context("cannot load key")?),
@@ -68,7 +56,7 @@ pub fn run(a: ApplyDeltaArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot apply {} to {}", a.delta.display(), a.old.display()))?;
     let new = super::open(&a.output)?;
     let m = new.manifest();
-    let v = Applied {
+    let v = AppliedJson {
         output: a.output.display().to_string(),
         id: done.id.to_string(),
         old_id: done.old_id.to_string(),

@@ -10,9 +10,9 @@ use anyhow::{anyhow, bail};
 use pkgset::boot::EntrySpec;
 use pkgset::generation::LayerPaths;
 use pkgset::owner::AsOwner;
-use serde::Serialize;
 
 use crate::output::Out;
+use crate::output::{EntriesJson, EntryJson};
 
 /// `pkgtool boot-entries`.
 #[derive(Debug, Args)]
@@ -35,22 +35,6 @@ pub struct BootEntriesArgs {
     /// Print what was written and removed as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// `--json`: what was written.
-#[derive(Serialize)]
-struct EntriesJson {
-    dir: String,
-    /// Every entry file, the default one first.
-    entries: Vec<EntryJson>,
-    /// Stale `packagefs-gen-*.conf` removed.
-    removed: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct EntryJson {
-    file: String,
-    generation: Option<u64>,
 }
 
 pub fn run(a: BootEntriesArgs, out: &mut Out) -> anyhow::Result<ExitCode> {

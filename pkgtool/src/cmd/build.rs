@@ -13,8 +13,8 @@ use format::archive::writer::write_archive;
 use format::archive::{BuildOptions, Tree};
 use format::keys::SecretKey;
 use format::manifest::{Manifest, MAX_MANIFEST_BYTES};
-use serde::Serialize;
 
+use crate::output::BuiltJson;
 use crate::output::{human_size, Out};
 use crate::progress::bytes_bar;
 
@@ -53,29 +53,6 @@ pub struct BuildArgs {
     pub quiet: bool,
 }
 
-#[derive(Serialize)]
-struct Built {
-    output: String,
-    name: String,
-    version: String,
-    id: String,
-    signer: Option<String>,
-    files: u64,
-    directories: u64,
-    symlinks: u64,
-    hardlinks: u64,
-    deduplicated_files: u64,
-    content_bytes: u64,
-    unique_bytes: u64,
-    heap_bytes: u64,
-    file_bytes: u64,
-    chunks: u32,
-    deduplicated_chunks: u32,
-    ratio: f64,
-    compression: String,
-    chunk_size: u32,
-}
-
 pub fn run(a: BuildArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let key = match &a.key {
         Some(k) => Some(SecretKey::load(k).context("cannot load signing key")?),
@@ -107,7 +84,7 @@ pub fn run(a: BuildArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     } else {
         0.0
     };
-    let built = Built {
+    let built = BuiltJson {
         output: a.output.display().to_string(),
         name: manifest.name.clone(),
         version: manifest.version.to_string(),

@@ -11,9 +11,9 @@ use anyhow::{anyhow, bail};
 use pkgset::generation::{self, Lock};
 use pkgset::owner::AsOwner;
 use pkgset::{LayerSpec, Stack};
-use serde::Serialize;
 
 use crate::cmd::set::*;
+use crate::output::GcJson;
 use crate::output::Out;
 
 /// `pkgtool gc`.
@@ -60,11 +60,6 @@ pub fn gc(a: GcArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     )?;
     let pool_removed = pool_before.saturating_sub(count_dir(&spec.paths.pool()));
     if a.layer.json {
-        #[derive(Serialize)]
-        struct GcJson {
-            removed_generations: Vec<u64>,
-            removed_package_files: usize,
-        }
         out.json(&GcJson {
             removed_generations: removed,
             removed_package_files: pool_removed,

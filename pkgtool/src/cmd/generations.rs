@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail};
 use pkgset::generation::{self};
 use pkgset::LayerSpec;
-use serde::Serialize;
 
+use crate::output::GenerationJson;
 use crate::output::Out;
 
 /// `pkgtool generations`.
@@ -17,15 +17,6 @@ use crate::output::Out;
 pub struct GenerationsArgs {
     #[command(flatten)]
     pub layer: LayerArgs,
-}
-
-#[derive(Serialize)]
-struct GenJson {
-    generation: u64,
-    time: Option<String>,
-    reason: Option<String>,
-    packages: Vec<String>,
-    active: bool,
 }
 
 pub fn generations(a: GenerationsArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
@@ -48,7 +39,7 @@ pub fn generations(a: GenerationsArgs, out: &mut Out) -> anyhow::Result<ExitCode
         let is_active = active
             .as_ref()
             .is_some_and(|a| a.generation() == Some(n) && a.same_packages(&l));
-        gens.push(GenJson {
+        gens.push(GenerationJson {
             generation: n,
             time: l.meta.get("time").cloned(),
             reason: l.meta.get("reason").cloned(),

@@ -21,11 +21,11 @@ use clap::{Args, Subcommand};
 use format::archive::writer::write_archive;
 use format::archive::{BuildOptions, Compression, Tree};
 use format::keys::SecretKey;
-use format::manifest::{Manifest, Origin};
+use format::manifest::Manifest;
 use graft::{Debs, Input, Stats, TreeSpec};
-use serde::Serialize;
 
 use crate::output::{human_size, Out};
+use crate::output::{GraftJson, GraftedJson};
 use crate::progress::bytes_bar;
 
 /// `pkgtool graft`.
@@ -179,37 +179,6 @@ pub struct DirArgs {
     pub build: BuildFlags,
 }
 
-/// The result of one graft, as `--json` prints it.
-#[derive(Debug, Serialize)]
-struct Grafted {
-    input: String,
-    output: String,
-    name: String,
-    version: String,
-    id: String,
-    signer: Option<String>,
-    origin: Option<Origin>,
-    requires: Vec<String>,
-    provides: Vec<String>,
-    files: u64,
-    directories: u64,
-    symlinks: u64,
-    hardlinks: u64,
-    content_bytes: u64,
-    file_bytes: u64,
-    chunks: u32,
-    compression: String,
-    chunk_size: u32,
-    #[serde(flatten)]
-    stats: Stats,
-    warnings: Vec<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct Report {
-    packages: Vec<Grafted>,
-}
-
 /// Runs `pkgtool graft ...`.
 pub fn run(a: GraftArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let (flags, packages) = match a.command {
@@ -227,7 +196,7 @@ pub fn run(a: GraftArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         }
     };
     if flags.json {
-        out.json(&Report { packages })?;
+        out.json(&GraftJson { packages })?;
     } else {
         for p in &packages {
             print_human(out, p)?;
@@ -236,7 +205,7 @@ pub fn run(a: GraftArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_human(out: &mut Out, p: &Grafted) -> anyhow::Result<()> {
+fn print_human(out: &mut Out, p: &GraftedJson) -> anyhow::Result<()> {
     writeln!(out, "grafted {} -> {}", p.input, p.output)?;
     match &p.origin {
         Some(o) if o.from == "debian" => writeln!(
@@ -321,7 +290,7 @@ fn write_one(
     input: &Path,
     stats: Stats,
     warnings: Vec<String>,
-) -> anyhow::Result<Grafted> {
+) -> anyhow::Result<GraftedJson> {
     let bar = bytes_bar(!flags.quiet && !flags.json, "grafting");
     let report = write_archive(tree, manifest, key, opts, tmp_out, &|done, total| {
         bar.set_length(total);
@@ -329,7 +298,7 @@ fn write_one(
     })
     .with_context(|| format!("cannot write {}", final_out.display()))?;
     bar.finish_and_clear();
-    Ok(Grafted {
+    Ok(GraftedJson {
         input: input.display().to_string(),
         output: final_out.display().to_string(),
         name: manifest.name.clone(),
@@ -395,7 +364,7 @@ impl Drop for OutDir {
     }
 }
 
-fn graft_debs(a: &DebArgs) -> anyhow::Result<Vec<Grafted>> {
+fn graft_debs(a: &DebArgs) -> anyhow::Result<Vec<GraftedJson>> {
     let (key, opts) = setup(&a.build)?;
     let ignore: HashSet<String> = a
         .ignore_depends
@@ -438,7 +407,7 @@ fn graft_debs(a: &DebArgs) -> anyhow::Result<Vec<Grafted>> {
         std::fs::rename(tmp, fin)
             .with_context(|| format!("cannot move the package to {}", fin.display()))?;
     }
-    let out: Vec<Grafted> = results.into_iter().map(|(_, _, g)| g).collect();
+    let out: Vec<GraftedJson> = results.into_iter().map(|(_, _, g)| g).collect();
     outdir.done = true;
     // Warnings once everything succeeded, so that a failure is one line.
     for g in &out {
@@ -449,7 +418,7 @@ fn graft_debs(a: &DebArgs) -> anyhow::Result<Vec<Grafted>> {
     Ok(out)
 }
 
-fn graft_tree(t: &TreeArgs, flags: &BuildFlags, input: Input) -> anyhow::Result<Grafted> {
+fn graft_tree(t: &TreeArgs, flags: &BuildFlags, input: Input) -> anyhow::Result<GraftedJson> {
     let (key, opts) = setup(flags)?;
     let spec = TreeSpec {
         name: t.name.clone(),

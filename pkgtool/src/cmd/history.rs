@@ -7,10 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
 use pkgset::generation::LayerPaths;
-use pkgset::journal::Record;
 use pkgset::owner::AsOwner;
-use serde::Serialize;
 
+use crate::output::HistoryJson;
 use crate::output::Out;
 
 /// `pkgtool history`.
@@ -27,14 +26,6 @@ pub struct HistoryArgs {
     pub json: bool,
 }
 
-#[derive(Serialize)]
-struct Json<'a> {
-    layer: String,
-    records: &'a [Record],
-    /// Torn or damaged records that were skipped.
-    skipped: usize,
-}
-
 pub fn run(a: HistoryArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     if !a.layer.is_dir() {
         bail!("layer {}: not a directory", a.layer.display());
@@ -46,7 +37,7 @@ pub fn run(a: HistoryArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let from = a.last.map_or(0, |n| h.records.len().saturating_sub(n));
     let records = &h.records[from..];
     if a.json {
-        out.json(&Json {
+        out.json(&HistoryJson {
             layer: a.layer.display().to_string(),
             records,
             skipped: h.skipped,

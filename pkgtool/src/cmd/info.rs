@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use format::archive::Kind;
-use format::manifest::Manifest;
-use serde::Serialize;
 
+use crate::output::InfoJson;
 use crate::output::{human_size, Out};
 
 /// `pkgtool info`.
@@ -19,32 +18,6 @@ pub struct InfoArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Serialize)]
-struct Info<'a> {
-    path: String,
-    id: String,
-    signer: Option<String>,
-    format_version: String,
-    manifest: &'a Manifest,
-    entries: u32,
-    names: u32,
-    files: u64,
-    directories: u64,
-    symlinks: u64,
-    hardlinks: u64,
-    content_bytes: u64,
-    unique_bytes: u64,
-    heap_bytes: u64,
-    file_bytes: u64,
-    ratio: f64,
-    compression: String,
-    chunk_size: u32,
-    chunks: u32,
-    /// A thin package's source (FORMAT.md §12); absent for a whole package.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    thin: Option<&'a format::archive::thin::Source>,
 }
 
 pub fn run(a: InfoArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
@@ -70,7 +43,7 @@ pub fn run(a: InfoArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let info = Info {
+    let info = InfoJson {
         path: a.package.display().to_string(),
         id: ar.id().to_string(),
         signer: ar.signer().map(|k| k.id().to_string()),

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use format::archive::Kind;
-use serde::Serialize;
 
+use crate::output::ListLineJson;
 use crate::output::{escape, mode_string, utc_time, Out};
 
 /// `pkgtool list`.
@@ -23,18 +23,6 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-#[derive(Serialize)]
-struct Line {
-    path: String,
-    kind: &'static str,
-    mode: String,
-    size: u64,
-    mtime: i64,
-    nlink: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    target: Option<String>,
-}
-
 pub fn run(a: ListArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let ar = super::open(&a.package)?;
     for w in ar.walk() {
@@ -44,7 +32,7 @@ pub fn run(a: ListArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             _ => None,
         };
         if a.json {
-            out.json_line(&Line {
+            out.json_line(&ListLineJson {
                 path,
                 kind: w.attr.kind.name(),
                 mode: format!("{:04o}", w.attr.perm),

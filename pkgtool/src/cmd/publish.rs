@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use format::keys::SecretKey;
 
+use crate::output::PublishJson;
 use crate::output::{human_size, Out};
 
 /// `pkgtool publish`.
@@ -38,14 +39,6 @@ pub struct PublishArgs {
     pub json: bool,
 }
 
-#[derive(serde::Serialize)]
-struct Report<'a> {
-    repository: &'a str,
-    version: u64,
-    added: &'a [repo::IndexEntry],
-    uploaded: usize,
-}
-
 pub fn run(a: PublishArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let key =
         SecretKey::load(&a.key).with_context(|| format!("cannot load {}", a.key.display()))?;
@@ -60,7 +53,7 @@ pub fn run(a: PublishArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     )
     .map_err(|e| anyhow!("cannot publish to {}: {e}", a.repo))?;
     if a.json {
-        out.json(&Report {
+        out.json(&PublishJson {
             repository: &p.index.repository,
             version: p.index.version,
             added: &p.added,

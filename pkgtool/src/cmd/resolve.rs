@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use pkgset::{Candidate, Want};
-use serde::Serialize;
 
 use crate::cmd::set::*;
-use crate::output::{Out, ProblemJson, RefusalJson};
+use crate::output::{LayerJson, ResolveJson};
+use crate::output::{Out, ProblemJson};
 
 /// `pkgtool resolve`.
 #[derive(Debug, Args)]
@@ -23,25 +23,6 @@ pub struct ResolveArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Serialize)]
-struct LayerJson {
-    name: String,
-    dir: String,
-    packages: Vec<PkgJson>,
-}
-
-#[derive(Serialize)]
-struct ResolveJson<'a> {
-    ok: bool,
-    layers: Vec<LayerJson>,
-    /// Why the stack does not resolve, one line.
-    error: Option<String>,
-    /// The same, problem by problem, each with its kind and fields.
-    problems: Vec<ProblemJson<'a>>,
-    /// Package files that were not opened, each with its kind.
-    refused: Vec<RefusalJson>,
 }
 
 pub fn resolve(a: ResolveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {

@@ -15,10 +15,10 @@ use pkgset::generation::{self, StackRecord};
 use pkgset::reconcile;
 use pkgset::stack::{Damaged, Loaded, Refusal};
 use pkgset::{Candidate, LayerSpec, Opener, Plan, Stack};
-use serde::Serialize;
 
 use crate::cli::TrustArgs;
 use crate::cmd::verify::DEFAULT_KEYS_DIR;
+use crate::output::{ChangeJson, PkgJson};
 use crate::output::{Out, ProblemJson, RefusalJson, SkippedJson};
 
 // ---------------------------------------------------------------------------------------
@@ -130,14 +130,6 @@ pub(super) fn short(c: &Candidate) -> String {
     c.id().to_string()[..16].to_owned()
 }
 
-#[derive(Serialize)]
-pub(super) struct PkgJson {
-    name: String,
-    version: String,
-    id: String,
-    file: String,
-}
-
 pub(super) fn pkg_json(c: &Candidate) -> PkgJson {
     PkgJson {
         name: c.manifest().name.clone(),
@@ -145,16 +137,6 @@ pub(super) fn pkg_json(c: &Candidate) -> PkgJson {
         id: c.id().to_string(),
         file: c.path.display().to_string(),
     }
-}
-
-#[derive(Serialize)]
-pub(super) struct ChangeJson<'a> {
-    layer: String,
-    generation: Option<u64>,
-    added: Vec<String>,
-    removed: Vec<String>,
-    broken: Vec<ProblemJson<'a>>,
-    skipped: Vec<SkippedJson<'a>>,
 }
 
 /// Commits the first generation of the top layer if it has none (and the plan of it found

@@ -9,10 +9,10 @@ use std::process::ExitCode;
 
 use pkgset::owner::AsOwner;
 use pkgset::reconcile;
-use serde::Serialize;
 
 use crate::cmd::set::*;
 use crate::output::Out;
+use crate::output::{BootJson, DamagedJson, InactiveJson, PendingJson, StatusJson, WaitingJson};
 
 /// `pkgtool status`.
 #[derive(Debug, Args)]
@@ -37,69 +37,6 @@ fn boot_json(paths: &pkgset::generation::LayerPaths) -> Option<BootJson> {
         note: b.note,
         warning,
     })
-}
-
-#[derive(Serialize)]
-struct InactiveJson {
-    file: String,
-    package: Option<String>,
-    reason: String,
-}
-
-#[derive(Serialize)]
-struct StatusJson {
-    layer: String,
-    dir: String,
-    generation: Option<u64>,
-    time: Option<String>,
-    reason: Option<String>,
-    active: Vec<PkgJson>,
-    inactive: Vec<InactiveJson>,
-    ok: bool,
-    problems: Vec<String>,
-    damaged: Vec<DamagedJson>,
-    pending: Option<PendingJson>,
-    /// Boot assessment (`state/boot`), where the layer was booted from.
-    boot: Option<BootJson>,
-}
-
-#[derive(Serialize)]
-struct BootJson {
-    booted: Option<u64>,
-    how: Option<String>,
-    good: Vec<u64>,
-    bad: Vec<u64>,
-    trying: Option<u64>,
-    tries_left: Option<u32>,
-    note: Option<String>,
-    warning: Option<String>,
-}
-
-/// A file of packages/ the set refuses for now (decided again when the set changes).
-#[derive(Serialize)]
-struct WaitingJson {
-    file: String,
-    reason: String,
-}
-
-#[derive(Serialize)]
-struct DamagedJson {
-    package: String,
-    id: String,
-    /// `missing`, `other-id`, `other-label`, or why its file does not open
-    /// (`unreadable`, `untrusted`, `invalid`, `policy`).
-    kind: &'static str,
-    reason: String,
-}
-
-/// What the next reconcile (the daemon's, or the next pkgtool change) would do with the
-/// files of `packages/`.
-#[derive(Serialize)]
-struct PendingJson {
-    reason: String,
-    added: Vec<String>,
-    removed: Vec<String>,
-    waiting: Vec<WaitingJson>,
 }
 
 pub fn status(a: StatusArgs, out: &mut Out) -> anyhow::Result<ExitCode> {

@@ -10,9 +10,9 @@ use anyhow::{bail, Context};
 use format::archive::{Archive, ChunkId};
 use format::keys::TrustedKeys;
 use rayon::prelude::*;
-use serde::Serialize;
 
 use crate::output::{escape, Out};
+use crate::output::{BadChunkJson, VerifiedJson};
 
 /// `pkgtool verify`.
 #[derive(Debug, Args)]
@@ -46,28 +46,6 @@ pub fn keys_dir(given: Option<&std::path::Path>) -> Option<PathBuf> {
         Some(d) => Some(d.to_owned()),
         None => Some(PathBuf::from(DEFAULT_KEYS_DIR)).filter(|d| d.exists()),
     }
-}
-
-#[derive(Serialize)]
-struct BadChunk {
-    chunk: ChunkId,
-    error: String,
-    files: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct Verified {
-    package: String,
-    ok: bool,
-    id: String,
-    name: String,
-    version: String,
-    signer: Option<String>,
-    trusted: Option<bool>,
-    trust_error: Option<String>,
-    chunks: u32,
-    bad_chunks: Vec<BadChunk>,
-    heap_error: Option<String>,
 }
 
 pub fn run(a: VerifyArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
@@ -113,9 +91,9 @@ pub fn run(a: VerifyArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         .into_iter()
         .map(|(c, paths)| (c, paths.iter().map(|p| escape(p)).collect()))
         .collect();
-    let bad_chunks: Vec<BadChunk> = bad
+    let bad_chunks: Vec<BadChunkJson> = bad
         .into_iter()
-        .map(|(chunk, error)| BadChunk {
+        .map(|(chunk, error)| BadChunkJson {
             chunk,
             error,
             files: users.get(&chunk).cloned().unwrap_or_default(),
@@ -123,7 +101,7 @@ pub fn run(a: VerifyArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         .collect();
     let heap_error = heap_coverage(&ar).err().map(|e| e.to_string());
     let m = ar.manifest();
-    let v = Verified {
+    let v = VerifiedJson {
         package: a.package.display().to_string(),
         ok: bad_chunks.is_empty() && heap_error.is_none() && trusted != Some(false),
         id: ar.id().to_string(),
