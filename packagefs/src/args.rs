@@ -147,9 +147,45 @@ pub struct Settings {
 /// The exec cache's size limit unless `-o exec_cache_size` says otherwise.
 pub const DEFAULT_EXEC_CACHE_SIZE: u64 = 1 << 30;
 
+/// What is wrong with a command line; each prints as a one-line usage message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Usage {
+    /// Neither `MOUNTPOINT` nor `SOURCE MOUNTPOINT`.
+    #[error("expected MOUNTPOINT or SOURCE MOUNTPOINT")]
+    Positional,
+    /// A size that does not parse or is out of range (`option`: where it was given).
+    #[error("{0}")]
+    Size(String),
+    /// An option's value is not what it takes.
+    #[error("{option}={value}: {wants}")]
+    Value {
+        /// The option.
+        option: &'static str,
+        /// What was given.
+        value: String,
+        /// What it takes.
+        wants: &'static str,
+    },
+    /// `exec_cache_size` without `exec_cache`.
+    #[error("exec_cache_size without exec_cache=DIR")]
+    ExecCacheSizeAlone,
+    /// No layer given.
+    #[error("no layers: give at least one --layer NAME=DIR")]
+    NoLayers,
+    /// A layer not given as `NAME=DIR`.
+    #[error("layer `{0}`: expected NAME=DIR")]
+    LayerSpec(String),
+    /// A layer name with other characters than the layer-name rule allows.
+    #[error("layer `{0}`: the name must be letters, digits, '.', '-' or '_'")]
+    LayerName(String),
+    /// The same layer twice.
+    #[error("layer {0} given twice")]
+    DuplicateLayer(String),
+}
+
 impl Args {
-    /// Turns the arguments into settings; the error is a one-line usage message.
-    pub fn settings(self) -> Result<Settings, String> {
+    /// Turns the arguments into settings, or says what is wrong with them.
+    pub fn settings(self) -> Result<Settings, Usage> {
         let mut layer_specs = self.layers.clone();
         let mut trusted_keys = self.trusted_keys.clone();
         let mut policy = PathBuf::from(pkgset::capabilities::DEFAULT_PATH);
@@ -158,7 +194,7 @@ impl Args {
         let (mountpoint, source) = match self.positional.as_slice() {
             [m] => (m.clone(), None),
             [s, m] => (m.clone(), Some(s.clone())),
-            _ => return Err("expected MOUNTPOINT or SOURCE MOUNTPOINT".into()),
+            _ => return Err(Usage::Positional),
         };
         if let Some(src) = &source {
             let s = src.to_string_lossy();
@@ -211,10 +247,11 @@ impl Args {
                 ("policy", Some(v)) => policy = PathBuf::from(v),
                 ("cache_size", Some(v)) => cache_size = parse_size(v)?,
                 ("threads", Some(v)) => {
-                    threads = Some(
-                        v.parse()
-                            .map_err(|_| format!("threads={v}: not a number"))?,
-                    )
+                    threads = Some(v.parse().map_err(|_| Usage::Value {
+                        option: "threads",
+                        value: v.to_owned(),
+                        wants: "not a number",
+                    })?)
                 }
                 ("allow_other", None) => acl = SessionACL::All,
                 ("allow_root", None) => acl = SessionACL::RootAndOwner,
@@ -225,7 +262,13 @@ impl Args {
                 ("boot_cmdline", Some(v)) => boot_cmdline = PathBuf::from(v),
                 ("exec_cache", Some(v)) if !v.is_empty() => exec_cache = Some(PathBuf::from(v)),
                 ("exec_cache_size", Some(v)) => exec_cache_size = Some(parse_size(v)? as u64),
-                ("io_uring", Some(v)) => io_uring = v.parse()?,
+                ("io_uring", Some(v)) => {
+                    io_uring = v.parse().map_err(|_| Usage::Value {
+                        option: "io_uring",
+                        value: v.to_owned(),
+                        wants: "expected auto, on or off",
+                    })?
+                }
                 ("chunk_store", Some(v)) if !v.is_empty() => chunk_store = PathBuf::from(v),
                 ("chunk_store_size", Some(v)) => chunk_store_size = parse_size(v)? as u64,
                 ("prefetch_record", Some(v)) if !v.is_empty() => {
@@ -236,7 +279,11 @@ impl Args {
                         .parse()
                         .ok()
                         .filter(|s| (1..=300).contains(s))
-                        .ok_or_else(|| format!("fetch_timeout={v}: seconds from 1 to 300"))?
+                        .ok_or_else(|| Usage::Value {
+                            option: "fetch_timeout",
+                            value: v.to_owned(),
+                            wants: "seconds from 1 to 300",
+                        })?
                 }
                 ("nosuid", None) => nosuid = true,
                 ("suid", None) => nosuid = false,
@@ -269,23 +316,21 @@ impl Args {
             MountOption::NoSuid
         });
         if exec_cache_size.is_some() && exec_cache.is_none() {
-            return Err("exec_cache_size without exec_cache=DIR".into());
+            return Err(Usage::ExecCacheSizeAlone);
         }
         if layer_specs.is_empty() {
-            return Err("no layers: give at least one --layer NAME=DIR".into());
+            return Err(Usage::NoLayers);
         }
         let mut layers = Vec::new();
         for spec in &layer_specs {
             let (name, dir) = spec
                 .split_once('=')
-                .ok_or_else(|| format!("layer `{spec}`: expected NAME=DIR"))?;
+                .ok_or_else(|| Usage::LayerSpec(spec.clone()))?;
             if !pkgset::stack::is_layer_name(name) {
-                return Err(format!(
-                    "layer `{spec}`: the name must be letters, digits, '.', '-' or '_'"
-                ));
+                return Err(Usage::LayerName(spec.clone()));
             }
             if layers.iter().any(|l: &LayerDir| l.name == name) {
-                return Err(format!("layer {name} given twice"));
+                return Err(Usage::DuplicateLayer(name.to_owned()));
             }
             layers.push(LayerDir {
                 name: name.to_owned(),
@@ -338,11 +383,13 @@ impl Settings {
 }
 
 /// A cache size: `64M`, `512K`, `1G`, `1048576` ([`format::text::parse_size`]), at least 4M.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let v = usize::try_from(format::text::parse_size(s)?)
-        .map_err(|_| format!("size `{s}` is too large"))?;
+pub fn parse_size(s: &str) -> Result<usize, Usage> {
+    let v = usize::try_from(format::text::parse_size(s).map_err(Usage::Size)?)
+        .map_err(|_| Usage::Size(format!("size `{s}` is too large")))?;
     if v < 4 << 20 {
-        return Err(format!("cache size `{s}` is below the minimum of 4M"));
+        return Err(Usage::Size(format!(
+            "cache size `{s}` is below the minimum of 4M"
+        )));
     }
     Ok(v)
 }
@@ -359,9 +406,9 @@ mod tests {
 
     use super::*;
 
-    fn settings(args: &[&str]) -> Result<Settings, String> {
+    fn settings(args: &[&str]) -> Result<Settings, Usage> {
         Args::try_parse_from(["packagefs"].iter().chain(args))
-            .map_err(|e| e.to_string())?
+            .expect("clap accepts it")
             .settings()
     }
 
@@ -395,7 +442,7 @@ mod tests {
             .any(|o| matches!(o, MountOption::CUSTOM(_))));
         assert_eq!(
             settings(&["--layer", "system=/l", "-o", "exec_cache_size=2G", "/mnt"]).unwrap_err(),
-            "exec_cache_size without exec_cache=DIR"
+            Usage::ExecCacheSizeAlone
         );
         assert_eq!(
             settings(&[
@@ -405,8 +452,51 @@ mod tests {
                 "exec_cache=/c,exec_cache_size=1M",
                 "/mnt"
             ])
-            .unwrap_err(),
+            .unwrap_err()
+            .to_string(),
             "cache size `1M` is below the minimum of 4M"
         );
+    }
+
+    #[test]
+    fn usage_errors_say_what_is_wrong_by_kind() {
+        let e = |args: &[&str]| settings(args).unwrap_err();
+        assert_eq!(e(&["/mnt"]), Usage::NoLayers);
+        assert_eq!(e(&["--layer", "sys", "/m"]), Usage::LayerSpec("sys".into()));
+        assert_eq!(
+            e(&["--layer", "a b=/l", "/m"]),
+            Usage::LayerName("a b=/l".into())
+        );
+        assert_eq!(
+            e(&["--layer", "s=/a", "--layer", "s=/b", "/m"]),
+            Usage::DuplicateLayer("s".into())
+        );
+        let bad = e(&["--layer", "s=/a", "-o", "io_uring=maybe", "/m"]);
+        assert!(
+            matches!(
+                bad,
+                Usage::Value {
+                    option: "io_uring",
+                    ..
+                }
+            ),
+            "{bad:?}"
+        );
+        assert_eq!(bad.to_string(), "io_uring=maybe: expected auto, on or off");
+        let bad = e(&["--layer", "s=/a", "-o", "fetch_timeout=0", "/m"]);
+        assert!(matches!(
+            bad,
+            Usage::Value {
+                option: "fetch_timeout",
+                ..
+            }
+        ));
+        assert!(matches!(
+            e(&["--layer", "s=/a", "-o", "threads=many", "/m"]),
+            Usage::Value {
+                option: "threads",
+                ..
+            }
+        ));
     }
 }
