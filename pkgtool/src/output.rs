@@ -435,6 +435,10 @@ pub struct PublishJson<'a> {
     pub version: u64,
     pub added: &'a [repo::IndexEntry],
     pub uploaded: usize,
+    /// When the index expires (`YYYY-MM-DDTHH:MM:SSZ`).
+    pub expires: String,
+    /// What was not done and why (a delta that could not be made).
+    pub notes: &'a [String],
 }
 
 // pkgtool resolve

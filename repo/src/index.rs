@@ -45,7 +45,26 @@ pub struct IndexEntry {
     /// can find what meets a requirement without fetching every package.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub provides: Vec<String>,
+    /// Deltas to this package from earlier versions (FORMAT.md §14), newest base first:
+    /// `pull` uses one when the layer holds its base whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<DeltaRef>,
 }
+
+/// A delta the repository serves: from the package `from` to the entry's package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaRef {
+    /// The id of the package the delta applies to (64 hex digits).
+    pub from: String,
+    /// The delta file as an object: `sha256:<hex>` of its bytes.
+    pub object: String,
+    /// Its size.
+    pub size: u64,
+}
+
+/// Most deltas an entry lists.
+pub const DELTAS_MAX: usize = 16;
 
 impl IndexEntry {
     /// The id as a [`PackageId`].
@@ -90,6 +109,12 @@ pub struct Index {
     pub repository: String,
     /// Grows by at least one with every publication.
     pub version: u64,
+    /// When the index stops being accepted (seconds since the epoch, UTC): a mirror that
+    /// keeps serving an old index (a freeze attack, as TUF names it) is refused once it
+    /// expires; the publisher re-signs before then (`pkgtool publish` with no package).
+    /// Indexes without it (published before it existed) are refused by clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
     /// The packages, sorted by name and version.
     pub packages: Vec<IndexEntry>,
 }
@@ -150,6 +175,14 @@ impl Index {
             }
             if !valid_digest(&p.object) {
                 return bad("bad object digest");
+            }
+            if p.deltas.len() > DELTAS_MAX {
+                return bad("too many deltas");
+            }
+            for d in &p.deltas {
+                if parse_id(&d.from).is_none() || !valid_digest(&d.object) || d.size == 0 {
+                    return bad("bad delta");
+                }
             }
             // The metadata limit of FORMAT.md §10 (about 737 MiB), rounded up.
             if p.metadata < 128 || p.metadata > 1 << 30 || p.metadata.saturating_add(136) > p.size {
@@ -214,6 +247,16 @@ pub fn verify(bytes: &[u8], keys: &TrustedKeys) -> Result<Verified, String> {
     })
 }
 
+/// A duration for messages: `3 days`, `5 h`, `42 s`.
+fn ago(secs: u64) -> String {
+    match secs {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3600 => format!("{} h", s / 3600),
+        s if s >= 120 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
@@ -232,12 +275,42 @@ pub struct Accepted {
     pub hash: String,
 }
 
-/// Refuses `v` if it is older than what `state_dir/repos/<repository>` records, or the
-/// same version with other contents; otherwise records it (crash-safely) as accepted.
+/// Refuses `v` if it has expired (or has no expiry), if it is older than what
+/// `state_dir/repos/<repository>` records, or the same version with other contents;
+/// otherwise records it (crash-safely) as accepted.
 pub fn check_fresh(state_dir: &Path, v: &Verified) -> Result<(), String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    check_fresh_at(state_dir, v, now)
+}
+
+/// [`check_fresh`] at time `now` (seconds since the epoch).
+pub fn check_fresh_at(state_dir: &Path, v: &Verified, now: u64) -> Result<(), String> {
+    let repo = &v.index.repository;
+    match v.index.expires {
+        None => {
+            return Err(format!(
+                "repository {repo}: index version {} has no expiry date, so a frozen mirror \
+                 could serve it for ever (the publisher re-signs it with `pkgtool publish \
+                 --repo URL --key KEY`)",
+                v.index.version
+            ))
+        }
+        Some(t) if t <= now => {
+            return Err(format!(
+                "repository {repo}: index version {} expired at {} ({} ago): a mirror that \
+                 stopped updating (a freeze attack, or a stale mirror), or a publisher that has \
+                 not re-signed it (`pkgtool publish --repo URL --key KEY` with no package)",
+                v.index.version,
+                format::text::utc(t as i64),
+                ago(now - t)
+            ))
+        }
+        Some(_) => {}
+    }
     let dir = state_dir.join("repos");
     let file = dir.join(&v.index.repository);
-    let repo = &v.index.repository;
     if let Ok(text) = std::fs::read_to_string(&file) {
         let mut w = text.split_whitespace();
         let (Some(ver), Some(hash)) = (w.next().and_then(|x| x.parse::<u64>().ok()), w.next())
@@ -278,6 +351,7 @@ mod tests {
         Index {
             repository: "main".into(),
             version,
+            expires: Some(NOW + 86_400),
             packages: vec![IndexEntry {
                 name: "hello".into(),
                 version: "1.0.0".into(),
@@ -287,9 +361,12 @@ mod tests {
                 metadata: 4096,
                 prefetch: vec![],
                 provides: vec![],
+                deltas: vec![],
             }],
         }
     }
+
+    const NOW: u64 = 1_796_000_000;
 
     fn keys(k: &SecretKey) -> TrustedKeys {
         let mut t = TrustedKeys::new();
@@ -321,14 +398,77 @@ mod tests {
         let k = SecretKey::from_seed(&[1; 32], "test");
         let d = tempfile::tempdir().unwrap();
         let v2 = verify(&index(2).sign(&k), &keys(&k)).unwrap();
-        check_fresh(d.path(), &v2).unwrap();
-        check_fresh(d.path(), &v2).unwrap();
+        check_fresh_at(d.path(), &v2, NOW).unwrap();
+        check_fresh_at(d.path(), &v2, NOW).unwrap();
         let v1 = verify(&index(1).sign(&k), &keys(&k)).unwrap();
-        assert!(check_fresh(d.path(), &v1).unwrap_err().contains("older"));
+        assert!(check_fresh_at(d.path(), &v1, NOW)
+            .unwrap_err()
+            .contains("older"));
         let mut other = index(2);
         other.packages.clear();
         let v2b = verify(&other.sign(&k), &keys(&k)).unwrap();
-        assert!(check_fresh(d.path(), &v2b).unwrap_err().contains("differs"));
-        check_fresh(d.path(), &verify(&index(3).sign(&k), &keys(&k)).unwrap()).unwrap();
+        assert!(check_fresh_at(d.path(), &v2b, NOW)
+            .unwrap_err()
+            .contains("differs"));
+        check_fresh_at(
+            d.path(),
+            &verify(&index(3).sign(&k), &keys(&k)).unwrap(),
+            NOW,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn refuses_an_expired_index_or_one_without_expiry_and_records_neither() {
+        let k = SecretKey::from_seed(&[1; 32], "test");
+        let d = tempfile::tempdir().unwrap();
+        let mut old = index(5);
+        old.expires = Some(NOW - 3 * 86_400);
+        let v = verify(&old.sign(&k), &keys(&k)).unwrap();
+        let e = check_fresh_at(d.path(), &v, NOW).unwrap_err();
+        assert!(e.contains("expired at") && e.contains("3 days ago"), "{e}");
+        let mut none = index(5);
+        none.expires = None;
+        let v = verify(&none.sign(&k), &keys(&k)).unwrap();
+        let e = check_fresh_at(d.path(), &v, NOW).unwrap_err();
+        assert!(e.contains("no expiry"), "{e}");
+        // Neither was recorded: an older, unexpired index is still accepted.
+        check_fresh_at(
+            d.path(),
+            &verify(&index(1).sign(&k), &keys(&k)).unwrap(),
+            NOW,
+        )
+        .unwrap();
+        // Expiry is at the second: one second before it, accepted.
+        let mut edge = index(6);
+        edge.expires = Some(NOW + 1);
+        check_fresh_at(d.path(), &verify(&edge.sign(&k), &keys(&k)).unwrap(), NOW).unwrap();
+    }
+
+    #[test]
+    fn a_delta_entry_must_name_an_id_and_an_object() {
+        let k = SecretKey::from_seed(&[1; 32], "test");
+        let mut i = index(1);
+        i.packages[0].deltas.push(DeltaRef {
+            from: "ef".repeat(32),
+            object: format!("sha256:{}", "01".repeat(32)),
+            size: 100,
+        });
+        verify(&i.sign(&k), &keys(&k)).unwrap();
+        i.packages[0].deltas[0].from = "not an id".into();
+        assert!(verify(&i.sign(&k), &keys(&k))
+            .unwrap_err()
+            .contains("bad delta"));
+        let mut i = index(1);
+        i.packages[0].deltas = (0..17)
+            .map(|n| DeltaRef {
+                from: "ef".repeat(32),
+                object: format!("sha256:{:064x}", n),
+                size: 1,
+            })
+            .collect();
+        assert!(verify(&i.sign(&k), &keys(&k))
+            .unwrap_err()
+            .contains("too many deltas"));
     }
 }

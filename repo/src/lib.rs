@@ -52,7 +52,7 @@ use format::keys::{SecretKey, TrustedKeys};
 use sha2::Digest;
 
 pub use heap::{LazyHeap, RepoHeaps};
-pub use index::{Index, IndexEntry, Verified};
+pub use index::{DeltaRef, Index, IndexEntry, Verified};
 pub use remote::{Base, Mirrors, Policy};
 pub use store::ChunkStore;
 
@@ -136,6 +136,44 @@ impl Repository {
     }
 }
 
+impl Repository {
+    /// Object `digest` of `size` bytes, whole, into a temp file of `dir`: fetched in
+    /// ranges from the mirrors, and its sha256 checked at the end.
+    pub fn object_to(
+        &self,
+        digest: &str,
+        size: u64,
+        dir: &Path,
+    ) -> Result<tempfile::NamedTempFile, String> {
+        use std::io::Write;
+        const PIECE: u64 = 8 << 20;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".object-")
+            .tempfile_in(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut h = sha2::Sha256::new();
+        let mut at = 0;
+        while at < size {
+            let len = PIECE.min(size - at);
+            let b = self.mirrors.fetch_range(digest, at, len, &|_| Ok(()))?;
+            h.update(&b);
+            tmp.write_all(&b)
+                .map_err(|e| format!("{}: {e}", tmp.path().display()))?;
+            at += len;
+        }
+        let got = format!("sha256:{}", format::keys::hex(&h.finalize()));
+        if got != digest {
+            return Err(format!(
+                "{digest}: the repository served other bytes ({got})"
+            ));
+        }
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| format!("{}: {e}", tmp.path().display()))?;
+        Ok(tmp)
+    }
+}
+
 fn get_small(url: &Url, p: &Policy) -> Result<Vec<u8>, String> {
     match http::request("GET", url, &[], Body::Empty, index::INDEX_MAX, p.timeouts) {
         Ok(r) if r.status == 200 => Ok(r.body),
@@ -200,8 +238,40 @@ pub struct Published {
     pub index: Index,
     /// Entries added by this publication.
     pub added: Vec<IndexEntry>,
-    /// Objects uploaded (not there before).
+    /// Objects uploaded (not there before): packages and deltas.
     pub uploaded: usize,
+    /// What was not done and why (a delta that could not be made).
+    pub notes: Vec<String>,
+}
+
+/// How `publish` publishes.
+#[derive(Debug, Clone)]
+pub struct PublishOptions<'a> {
+    /// The repository's name, for a new repository (default `main`).
+    pub name: Option<&'a str>,
+    /// Where prefetch lists are (`<id>.prefetch`).
+    pub prefetch: Option<&'a Path>,
+    /// The new index expires this many seconds from now.
+    pub expires_in: u64,
+    /// Deltas to each new package from up to this many earlier versions.
+    pub deltas: usize,
+    /// zstd level of the deltas' patches.
+    pub delta_level: i32,
+}
+
+/// Indexes expire a week after publication unless told otherwise.
+pub const DEFAULT_EXPIRY: u64 = 7 * 86_400;
+
+impl Default for PublishOptions<'_> {
+    fn default() -> Self {
+        PublishOptions {
+            name: None,
+            prefetch: None,
+            expires_in: DEFAULT_EXPIRY,
+            deltas: 2,
+            delta_level: format::delta::DEFAULT_LEVEL,
+        }
+    }
 }
 
 /// Publishes `packages` to `target` under repository name `name` (the existing index's
@@ -213,10 +283,13 @@ pub fn publish(
     packages: &[PathBuf],
     target: &Target,
     key: &SecretKey,
-    name: Option<&str>,
-    prefetch: Option<&Path>,
+    o: &PublishOptions<'_>,
     p: &Policy,
 ) -> Result<Published, String> {
+    let (name, prefetch) = (o.name, o.prefetch);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut own = TrustedKeys::new();
     own.insert(key.public(), key.name());
     let old = match target {
@@ -242,9 +315,13 @@ pub fn publish(
                 .map_err(|e| format!("the repository's index is not one this key may extend: {e}"))?
                 .index
         }
+        None if packages.is_empty() => {
+            return Err("nothing to publish: no package, and no index to re-sign".into())
+        }
         None => Index {
             repository: name.unwrap_or("main").to_owned(),
             version: 0,
+            expires: None,
             packages: Vec::new(),
         },
     };
@@ -292,6 +369,7 @@ pub fn publish(
                 .filter(|p| p.api != m.name)
                 .map(|p| format!("{} {}", p.api, p.version))
                 .collect(),
+            deltas: Vec::new(),
         };
         if let Some(o) = idx
             .packages
@@ -309,12 +387,13 @@ pub fn publish(
         }
         todo.push((path.clone(), e));
     }
-    if todo.is_empty() && idx.version > 0 {
+    if todo.is_empty() && !packages.is_empty() {
         // Everything is published already: the index stays as it is.
         return Ok(Published {
             index: idx,
             added: Vec::new(),
             uploaded: 0,
+            notes: Vec::new(),
         });
     }
     let mut uploaded = 0;
@@ -323,7 +402,47 @@ pub fn publish(
             uploaded += 1;
         }
     }
+    // Deltas from the newest earlier versions to each new package; a delta that cannot be
+    // made is said, and the package is published without it.
+    let mut notes = Vec::new();
+    let scratch = tempfile::Builder::new()
+        .prefix("packagefs-publish-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    for (path, e) in &mut todo {
+        let mut bases: Vec<&IndexEntry> = idx
+            .packages
+            .iter()
+            .filter(|b| b.name == e.name && older(&b.version, &e.version))
+            .collect();
+        bases.sort_by(|a, b| {
+            semver::Version::parse(&b.version)
+                .ok()
+                .cmp(&semver::Version::parse(&a.version).ok())
+        });
+        for base in bases.into_iter().take(o.deltas) {
+            match make_delta(target, base, path, o.delta_level, scratch.path(), p) {
+                Ok(Some((d, file))) => {
+                    if put_object(target, file.path(), &d.object, p)? {
+                        uploaded += 1;
+                    }
+                    e.deltas.push(d);
+                }
+                Ok(None) => notes.push(format!(
+                    "no delta from {} to {}: it would not be smaller than the package",
+                    base.label(),
+                    e.label()
+                )),
+                Err(why) => notes.push(format!(
+                    "no delta from {} to {}: {why}",
+                    base.label(),
+                    e.label()
+                )),
+            }
+        }
+    }
     idx.version += 1;
+    idx.expires = Some(now.saturating_add(o.expires_in));
     idx.packages.extend(todo.iter().map(|(_, e)| e.clone()));
     idx.packages.sort_by(|a, b| {
         (a.name.as_str(), semver::Version::parse(&a.version).ok())
@@ -334,10 +453,13 @@ pub fn publish(
         Target::Dir(d) => write_atomic(&d.join("index"), &bytes)?,
         Target::Http(u) => put(&u.join("index"), Body::Bytes(&bytes), p)?,
         Target::Oci { registry, name } => {
-            let objects: Vec<(String, u64)> = idx
+            let objects: Vec<(String, u64, bool)> = idx
                 .packages
                 .iter()
-                .map(|e| (e.object.clone(), e.size))
+                .flat_map(|e| {
+                    std::iter::once((e.object.clone(), e.size, false))
+                        .chain(e.deltas.iter().map(|d| (d.object.clone(), d.size, true)))
+                })
                 .collect();
             oci::push_index(registry, name, &bytes, &objects, p)?
         }
@@ -346,7 +468,76 @@ pub fn publish(
         index: idx,
         added: todo.into_iter().map(|(_, e)| e).collect(),
         uploaded,
+        notes,
     })
+}
+
+fn older(a: &str, b: &str) -> bool {
+    match (semver::Version::parse(a), semver::Version::parse(b)) {
+        (Ok(a), Ok(b)) => a < b,
+        _ => false,
+    }
+}
+
+/// The delta from published package `base` to the package file `new`, in a temp file of
+/// `dir`, unless it is not smaller than `new`. The base's bytes come from the target
+/// (checked: its digest, and its id the index names).
+fn make_delta(
+    target: &Target,
+    base: &IndexEntry,
+    new: &Path,
+    level: i32,
+    dir: &Path,
+    p: &Policy,
+) -> Result<Option<(index::DeltaRef, tempfile::NamedTempFile)>, String> {
+    let fetched;
+    let old_path = match target {
+        Target::Dir(d) => d.join(format!("blobs/{}", base.object.replacen(':', "/", 1))),
+        Target::Http(u) => {
+            let r = Repository::new(&[u.to_string()], *p)?;
+            fetched = r.object_to(&base.object, base.size, dir)?;
+            fetched.path().to_owned()
+        }
+        Target::Oci { registry, name } => {
+            let a = format!("oci://{}:{}/{name}", registry.host, registry.port);
+            let r = Repository::new(&[a], *p)?;
+            fetched = r.object_to(&base.object, base.size, dir)?;
+            fetched.path().to_owned()
+        }
+    };
+    let old = Archive::open(&old_path).map_err(|e| format!("{}: {e}", base.label()))?;
+    if old.id().to_string() != base.id {
+        return Err(format!(
+            "the repository's object of {} is package {}, its index names {}",
+            base.label(),
+            old.id(),
+            base.id
+        ));
+    }
+    let new_a = Archive::open(new).map_err(|e| format!("{}: {e}", new.display()))?;
+    let file = tempfile::Builder::new()
+        .prefix(".delta-")
+        .tempfile_in(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let stats = format::delta::write(
+        &old,
+        &new_a,
+        &format::delta::DeltaOptions { level },
+        file.path(),
+    )
+    .map_err(|e| e.to_string())?;
+    if stats.delta_size >= stats.new_size {
+        return Ok(None);
+    }
+    let object = sha256_file(file.path()).map_err(|e| e.to_string())?;
+    Ok(Some((
+        index::DeltaRef {
+            from: base.id.clone(),
+            object,
+            size: stats.delta_size,
+        },
+        file,
+    )))
 }
 
 fn write_atomic(dst: &Path, bytes: &[u8]) -> Result<(), String> {

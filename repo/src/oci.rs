@@ -15,6 +15,7 @@ use crate::remote::Policy;
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX_TYPE: &str = "application/vnd.packagefs.index.v1";
 const PACKAGE_TYPE: &str = "application/vnd.packagefs.package.v1";
+const DELTA_TYPE: &str = "application/vnd.packagefs.delta.v1";
 const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const INDEX_TAG: &str = "index";
 
@@ -160,7 +161,7 @@ pub fn push_index(
     registry: &Url,
     name: &str,
     index: &[u8],
-    objects: &[(String, u64)],
+    objects: &[(String, u64, bool)],
     p: &Policy,
 ) -> Result<(), String> {
     let digest = crate::sha256(index);
@@ -175,8 +176,9 @@ pub fn push_index(
     let mut layers = vec![serde_json::json!({
         "mediaType": INDEX_TYPE, "digest": digest, "size": index.len()
     })];
-    for (d, size) in objects {
-        layers.push(serde_json::json!({"mediaType": PACKAGE_TYPE, "digest": d, "size": size}));
+    for (d, size, delta) in objects {
+        let media = if *delta { DELTA_TYPE } else { PACKAGE_TYPE };
+        layers.push(serde_json::json!({"mediaType": media, "digest": d, "size": size}));
     }
     let manifest = serde_json::json!({
         "schemaVersion": 2,

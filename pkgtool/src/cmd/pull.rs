@@ -14,7 +14,7 @@ use crate::output::Out;
 /// `pkgtool pull`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  pkgtool pull hello --repo http://repo.lan:8080/main --layer /pkg/system\n  pkgtool pull 'hello@^1.2' tools@=2.0.0 --repo oci://registry.lan:5000/packagefs/main --repo http://mirror.lan/main --layer /pkg/user\n\nThe index must be signed by a trusted key and no older than the one this layer accepted\nlast (state/repos/NAME). Each NAME takes the newest version in the index that matches\nRANGE (a semver range). The packages are installed thin (their signed metadata and\nwhere their data lives) exactly as `pkgtool install` installs, with its checks and its\nrefusals; packagefs reads their chunks from the repositories (--repo, in order) on first\nuse. `pkgtool fetch` makes them whole."
+    after_help = "Example:\n  pkgtool pull hello --repo http://repo.lan:8080/main --layer /pkg/system\n  pkgtool pull 'hello@^1.2' tools@=2.0.0 --repo oci://registry.lan:5000/packagefs/main --repo http://mirror.lan/main --layer /pkg/user\n\nThe index must be signed by a trusted key and no older than the one this layer accepted\nlast (state/repos/NAME). Each NAME takes the newest version in the index that matches\nRANGE (a semver range). The packages are installed thin (their signed metadata and\nwhere their data lives) exactly as `pkgtool install` installs, with its checks and its\nrefusals; packagefs reads their chunks from the repositories (--repo, in order) on first\nuse. `pkgtool fetch` makes them whole. When the layer holds an earlier version whole and\nthe repository serves a delta from it, the delta is fetched and applied instead, and the\nnew version is installed whole (--no-delta: never)."
 )]
 pub struct PullArgs {
     /// Packages: NAME or NAME@RANGE.
@@ -24,6 +24,9 @@ pub struct PullArgs {
     /// tried in order.
     #[arg(long = "repo", required = true, value_name = "URL")]
     pub repos: Vec<String>,
+    /// Never use a delta: install thin packages only.
+    #[arg(long)]
+    pub no_delta: bool,
     #[command(flatten)]
     pub layer: LayerArgs,
     #[command(flatten)]
@@ -81,14 +84,29 @@ pub fn run(a: PullArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         .prefix("pkgtool-pull-")
         .tempdir()
         .context("cannot create a temporary directory")?;
+    let bases = if a.no_delta {
+        Vec::new()
+    } else {
+        whole_packages(&a.layer)
+    };
     let mut files = Vec::new();
+    let mut how = Vec::new();
     let mut done = 0;
     // Requirements met neither by the local layers nor by the packages pulled so far are
     // met from the repository, as the solver names them: a few rounds, each adding the
     // newest package of the index that meets each unmet requirement.
     for _round in 0..16 {
         for e in &chosen[done..] {
-            files.push(fetch_thin(&r, e, tmp.path(), &keys)?);
+            let (file, via) = match by_delta(&r, e, &bases, tmp.path(), &keys) {
+                Some(Ok(got)) => got,
+                Some(Err(why)) => {
+                    eprintln!("pkgtool: {}: the delta was not used: {why:#}", e.label());
+                    (fetch_thin(&r, e, tmp.path(), &keys)?, None)
+                }
+                None => (fetch_thin(&r, e, tmp.path(), &keys)?, None),
+            };
+            files.push(file);
+            how.push(via);
         }
         done = chosen.len();
         let more = unmet_from_repo(&a.layer, &files, &v.index, &chosen);
@@ -98,14 +116,15 @@ pub fn run(a: PullArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         chosen.extend(more);
     }
     if !a.layer.json {
-        for e in &chosen {
+        for (e, via) in chosen.iter().zip(&how) {
             writeln!(
                 out,
-                "pulling {} ({}) from repository {} (index version {})",
+                "pulling {} ({}) from repository {} (index version {}){}",
                 e.label(),
                 &e.id[..16],
                 v.index.repository,
-                v.index.version
+                v.index.version,
+                via.as_deref().unwrap_or("")
             )?;
         }
     }
@@ -117,6 +136,62 @@ pub fn run(a: PullArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         },
         out,
     )
+}
+
+/// The whole (not thin) packages of the layer being pulled into, as bases for deltas.
+fn whole_packages(layer: &LayerArgs) -> Vec<std::sync::Arc<format::archive::Archive>> {
+    let Ok(stack) = stack_of(&layer.layers) else {
+        return Vec::new();
+    };
+    let top = stack.layers.len() - 1;
+    let Ok(mut op) = crate::cmd::set::opener(&layer.trust) else {
+        return Vec::new();
+    };
+    let _as = AsOwner::enter(&stack.layers[top].paths);
+    let Ok(loaded) = stack.load_all(top, &mut op) else {
+        return Vec::new();
+    };
+    loaded.sets[top]
+        .iter()
+        .filter(|c| !c.archive.is_thin())
+        .map(|c| c.archive.clone())
+        .collect()
+}
+
+/// The whole package of `e`, made by applying a delta the repository serves to a package
+/// of `bases` (None: no delta fits). Checked as `apply` checks (every chunk, the id, a
+/// trusted signature), then as a pulled package is.
+fn by_delta(
+    r: &repo::Repository,
+    e: &repo::IndexEntry,
+    bases: &[std::sync::Arc<format::archive::Archive>],
+    dir: &std::path::Path,
+    keys: &format::keys::TrustedKeys,
+) -> Option<anyhow::Result<(std::path::PathBuf, Option<String>)>> {
+    let (d, base) = e.deltas.iter().find_map(|d| {
+        bases
+            .iter()
+            .find(|b| b.id().to_string() == d.from && b.manifest().name == e.name)
+            .map(|b| (d, b))
+    })?;
+    Some((|| {
+        let delta = r
+            .object_to(&d.object, d.size, dir)
+            .map_err(|err| anyhow!("cannot fetch it: {err}"))?;
+        let path = dir.join(format!("{}.hpkg", e.label()));
+        format::delta::apply(base, delta.path(), &path, Some(keys))?;
+        check_pulled(&path, e, keys)?;
+        let m = base.manifest();
+        Ok((
+            path,
+            Some(format!(
+                ", whole, by a delta of {} from {}-{}",
+                crate::output::human_size(d.size),
+                m.name,
+                m.version
+            )),
+        ))
+    })())
 }
 
 /// Fetches the thin package of `e` into `dir` and checks it: signed by a trusted key, with
@@ -132,7 +207,17 @@ fn fetch_thin(
         .map_err(|err| anyhow!("cannot pull {}: {err}", e.label()))?;
     let path = dir.join(format!("{}.hpkg", e.label()));
     std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    let archive = format::archive::Archive::open_trusted(&path, keys)
+    check_pulled(&path, e, keys)?;
+    Ok(path)
+}
+
+/// A pulled package must be signed by a trusted key and be the package the index names.
+fn check_pulled(
+    path: &std::path::Path,
+    e: &repo::IndexEntry,
+    keys: &format::keys::TrustedKeys,
+) -> anyhow::Result<()> {
+    let archive = format::archive::Archive::open_trusted(path, keys)
         .map_err(|err| anyhow!("refused {}: {err}", e.label()))?;
     if Some(archive.id()) != e.package_id() {
         bail!(
@@ -150,7 +235,7 @@ fn fetch_thin(
             archive.manifest().version
         );
     }
-    Ok(path)
+    Ok(())
 }
 
 /// The index entries that would meet requirements the plan of installing `files` leaves

@@ -448,6 +448,24 @@ fn an_oci_registry_serves_publish_pull_and_lazy_reads() {
         sent * 3 < whole,
         "the registry sent {sent} of {whole} bytes"
     );
+    drop(m);
+    // An update: the publisher fetches 1.0.0 back from the registry to make the delta, a
+    // layer holding 1.0.0 whole pulls the delta, and the registry's manifest keeps it.
+    let (pkg2, big2) = app_1_1(&f, f._dir.path());
+    publish(&pkg2, &url, &f.keys);
+    let whole_layer = Layer::new();
+    install_whole(&f.pkg, whole_layer.path(), &f.keys);
+    let out = pull(&[&url], whole_layer.path(), &f.keys, "app");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("by a delta"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = whole_layer.path().join("packages/app-1.1.0.hpkg");
+    assert_eq!(fs::read(installed).unwrap(), fs::read(&pkg2).unwrap());
+    let m = mount(&whole_layer, &f.keys, store.path());
+    assert_eq!(fs::read(m.join("big")).unwrap(), big2);
 }
 
 #[test]
@@ -737,4 +755,161 @@ fn publish_refuses_another_key_and_a_version_published_with_another_id() {
     // Publishing the same package again changes nothing.
     publish(&f.pkg, &repo, &f.keys);
     assert_eq!(fs::read(www.path().join("main/index")).unwrap(), index);
+}
+
+fn install_whole(pkg: &Path, layer: &Path, keys: &Keys) {
+    run_ok(
+        Command::new(pkgtool())
+            .arg("install")
+            .arg(pkg)
+            .arg("--layer")
+            .arg(format!("system={}", layer.display()))
+            .arg("--trusted-keys")
+            .arg(keys.trusted())
+            .arg("--no-restart"),
+    );
+}
+
+/// `app` 1.1.0: the fixture's content with a few bytes of one chunk of `big` changed.
+fn app_1_1(f: &Fixture, dir: &Path) -> (PathBuf, Vec<u8>) {
+    let t = TestTree::new();
+    let mut big = f.big.clone();
+    big[7 * 65536 + 10..7 * 65536 + 20].copy_from_slice(b"version 11");
+    t.file("hello", "hello from version 1.1\n");
+    t.file("big", &big);
+    let pkg = Pkg::new(t.path(), "app", "1.1.0")
+        .chunk_size("64K")
+        .key(&f.keys)
+        .build(dir.join("app-1.1.0.hpkg"));
+    (pkg, big)
+}
+
+#[test]
+fn an_update_over_a_whole_version_moves_a_delta_and_installs_whole() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(www.path());
+    let repo = www.path().join("main").display().to_string();
+    publish(&f.pkg, &repo, &f.keys);
+    let (pkg2, big2) = app_1_1(&f, www.path());
+    publish(&pkg2, &repo, &f.keys);
+    let index = fs::read_to_string(www.path().join("main/index")).unwrap();
+    assert!(index.contains("\"deltas\""), "{index}");
+
+    let layer = Layer::new();
+    install_whole(&f.pkg, layer.path(), &f.keys);
+    let before = nginx.bytes_sent("/main/blobs/");
+    let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("by a delta"), "{stdout}");
+    let installed = layer.path().join("packages/app-1.1.0.hpkg");
+    assert!(!is_thin(&installed), "installed thin, not whole");
+    assert_eq!(fs::read(&installed).unwrap(), fs::read(&pkg2).unwrap());
+    // One changed chunk: the delta is a small part of the package.
+    let moved = nginx.bytes_sent("/main/blobs/") - before;
+    let whole = fs::metadata(&pkg2).unwrap().len();
+    assert!(
+        moved < whole / 10,
+        "the update moved {moved} of {whole} bytes"
+    );
+    // Whole: it reads with no repository at all.
+    drop(nginx);
+    let store = tempfile::tempdir().unwrap();
+    let m = mount(&layer, &f.keys, store.path());
+    assert_eq!(
+        fs::read_to_string(m.join("hello")).unwrap(),
+        "hello from version 1.1\n"
+    );
+    assert_eq!(fs::read(m.join("big")).unwrap(), big2);
+}
+
+#[test]
+fn a_damaged_delta_is_not_used_and_the_update_comes_thin() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(www.path());
+    let repo = www.path().join("main");
+    publish(&f.pkg, &repo.display().to_string(), &f.keys);
+    let (pkg2, big2) = app_1_1(&f, www.path());
+    publish(&pkg2, &repo.display().to_string(), &f.keys);
+    // Every object that is neither package: the delta. Flip a byte of it.
+    let sizes = [&f.pkg, &pkg2].map(|p| fs::metadata(p).unwrap().len());
+    let delta = fs::read_dir(repo.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| !sizes.contains(&fs::metadata(p).unwrap().len()))
+        .expect("a delta object");
+    let mut b = fs::read(&delta).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x40;
+    fs::write(&delta, &b).unwrap();
+
+    let layer = Layer::new();
+    install_whole(&f.pkg, layer.path(), &f.keys);
+    let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("the delta was not used"), "{err}");
+    assert!(err.contains("other bytes"), "{err}");
+    let installed = layer.path().join("packages/app-1.1.0.hpkg");
+    assert!(is_thin(&installed));
+    let store = tempfile::tempdir().unwrap();
+    let m = mount(&layer, &f.keys, store.path());
+    assert_eq!(fs::read(m.join("big")).unwrap(), big2);
+}
+
+#[test]
+fn an_expired_index_is_refused_until_the_publisher_signs_it_again() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(www.path());
+    let repo = www.path().join("main").display().to_string();
+    run_ok(
+        Command::new(pkgtool())
+            .arg("publish")
+            .arg(&f.pkg)
+            .args(["--repo", &repo, "--expires", "1s", "--key"])
+            .arg(f.keys.secret()),
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an expired index was accepted");
+    assert!(err.contains("expired at"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(fs::read_dir(layer.path().join("packages"))
+        .unwrap()
+        .next()
+        .is_none());
+    // Publishing with no package signs the same packages again with a new expiry.
+    let out = pkgtool_out(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--key",
+        &f.keys.secret().display().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("index version 2, 1 packages, expires"),
+        "{stdout}"
+    );
+    let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
