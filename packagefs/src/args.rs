@@ -49,6 +49,9 @@ chunk_store=DIR[,chunk_store_size=SIZE][,fetch_timeout=SECS]: where the chunks o
 packages (pkgtool pull) are kept once fetched (default /var/cache/packagefs/chunks, 4G,
 least recently used first; chunks of packages being fetched whole are pinned), and the
 connect and read timeout of each request to a repository (default 5; docs/fleet.md);
+repositories=FILE: the repositories thin packages in layers not owned by root may name
+(default /etc/packagefs/repositories; missing: none, so such a package is refused; layers
+owned by root name any);
 prefetch_record=DIR: record the chunks each thin package reads into DIR/<id>.prefetch
 (pkgtool publish --prefetch DIR ships them; the daemon fetches a package's list in the
 background after mount);
@@ -101,6 +104,9 @@ pub struct Settings {
     /// The capability policy (`-o policy=FILE`, default /etc/packagefs/policy; a missing
     /// file: every trusted key is unrestricted).
     pub policy: PathBuf,
+    /// The repository allow-list (`-o repositories=FILE`, default
+    /// /etc/packagefs/repositories; missing: no repository).
+    pub repositories: PathBuf,
     /// Cache size in bytes.
     pub cache_size: usize,
     /// FUSE worker threads.
@@ -189,6 +195,7 @@ impl Args {
         let mut layer_specs = self.layers.clone();
         let mut trusted_keys = self.trusted_keys.clone();
         let mut policy = PathBuf::from(pkgset::capabilities::DEFAULT_PATH);
+        let mut repositories = PathBuf::from(repo::allow::DEFAULT_PATH);
         let mut cache_size = parse_size(&self.cache_size)?;
         let mut threads = self.threads;
         let (mountpoint, source) = match self.positional.as_slice() {
@@ -245,6 +252,7 @@ impl Args {
                 ("layer", Some(v)) => layer_specs.push(v.to_owned()),
                 ("trusted_keys", Some(v)) => trusted_keys = PathBuf::from(v),
                 ("policy", Some(v)) => policy = PathBuf::from(v),
+                ("repositories", Some(v)) => repositories = PathBuf::from(v),
                 ("cache_size", Some(v)) => cache_size = parse_size(v)?,
                 ("threads", Some(v)) => {
                     threads = Some(v.parse().map_err(|_| Usage::Value {
@@ -348,6 +356,7 @@ impl Args {
             layers,
             trusted_keys,
             policy,
+            repositories,
             cache_size,
             threads,
             mountpoint,

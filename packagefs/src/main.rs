@@ -349,8 +349,16 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
         heaps.record_into(dir);
     }
     opener.set_heaps(std::sync::Arc::new(heaps));
+    opener.set_repositories(
+        repo::allow::AllowList::load(&s.repositories).map_err(|e| anyhow::anyhow!(e))?,
+    );
     let pin = if s.boot {
-        boot_choice(&s, &stack, &mut opener)?
+        // A boot uses whole packages only: the network is not up in the initramfs, and a
+        // root file system must not wait on it. Packages pulled later are served thin.
+        opener.set_whole_only(true);
+        let pin = boot_choice(&s, &stack, &mut opener);
+        opener.set_whole_only(false);
+        pin?
     } else {
         None
     };

@@ -60,6 +60,26 @@ impl AsOwner {
         }
     }
 
+    /// The daemon's own identity again (root's, if the process is root), for work on the
+    /// daemon's files while a layer's owner is entered: the chunk store of thin packages,
+    /// which is the daemon's and not the owner's. Nothing is done here through a path of
+    /// the layer. Dropped, the owner's identity is back.
+    pub fn daemon() -> AsOwner {
+        // SAFETY: geteuid and setfsuid/setfsgid with an invalid id only read.
+        let (euid, fsuid) = unsafe { (libc::geteuid(), libc::setfsuid(u32::MAX) as u32) };
+        if euid != 0 || fsuid == 0 {
+            return AsOwner { prev: None };
+        }
+        let groups = thread_groups();
+        // SAFETY: as in `of`; root regains its file capabilities with fsuid 0.
+        let old_gid = unsafe { libc::setfsgid(0) } as u32;
+        // SAFETY: as above.
+        let old_uid = unsafe { libc::setfsuid(0) } as u32;
+        AsOwner {
+            prev: Some((old_uid, old_gid, groups)),
+        }
+    }
+
     /// True if the thread's identity was changed.
     pub fn is_active(&self) -> bool {
         self.prev.is_some()

@@ -104,6 +104,16 @@ pub enum OpenError {
     /// it does not ship ([`crate::capabilities`]).
     #[error("{0}")]
     Policy(String),
+    /// It is thin and names a repository its layer may not name
+    /// ([`repo::allow::AllowList`]).
+    #[error("{0}")]
+    Repository(String),
+    /// It is thin, and only whole packages are used (a boot: the network is not up).
+    #[error(
+        "it is thin (its data is in repository {0}): a boot uses whole packages only \
+         (`pkgtool fetch` makes it whole)"
+    )]
+    Thin(String),
 }
 
 impl OpenError {
@@ -114,6 +124,8 @@ impl OpenError {
             OpenError::Untrusted(_) => "untrusted",
             OpenError::Invalid(_) => "invalid",
             OpenError::Policy(_) => "policy",
+            OpenError::Repository(_) => "repository",
+            OpenError::Thin(_) => "thin",
         }
     }
 
@@ -211,17 +223,88 @@ pub struct Opener {
     files: HashMap<FileKey, (PathBuf, Result<Arc<Archive>, OpenError>)>,
     /// Where thin packages' heaps are read from (none: their chunks are `NotLocal`).
     heaps: Option<Arc<dyn format::archive::thin::Heaps>>,
+    /// The repositories thin packages in layers not owned by root may name.
+    repositories: Arc<repo::allow::AllowList>,
+    /// Thin packages are refused (a boot).
+    whole_only: bool,
 }
 
+/// The rules a package must meet besides its signature: the capability policy, and for a
+/// thin package opened for a user other than root (`uid`), the repository allow-list.
+fn admit(
+    a: &Archive,
+    keys: &TrustedKeys,
+    policy: &crate::capabilities::Policy,
+    repositories: &repo::allow::AllowList,
+    uid: u32,
+) -> Result<(), OpenError> {
+    policy.check(a, keys).map_err(OpenError::Policy)?;
+    match a.thin_source() {
+        Some(s) if uid != 0 => repositories
+            .check(&s.mirrors)
+            .map_err(OpenError::Repository),
+        _ => Ok(()),
+    }
+}
+
+/// Opens the package in `file` (opened as the layer's owner, whose uid is `uid`). A thin
+/// package's heap is opened only if its repositories are ones its layer may name: a
+/// package the allow-list refuses never makes the daemon connect anywhere, not even for
+/// its prefetch list.
 fn open_archive(
     file: fs::File,
     path: &Path,
     keys: &TrustedKeys,
     heaps: Option<&dyn format::archive::thin::Heaps>,
-) -> format::Result<Archive> {
+    repositories: &repo::allow::AllowList,
+    uid: u32,
+) -> Result<Archive, OpenError> {
+    // The file is open; the rest reads it by descriptor, and a thin package's heap is in
+    // the daemon's chunk store, which the owner cannot reach.
+    let _daemon = crate::owner::AsOwner::daemon();
     match heaps {
-        Some(h) => Archive::from_file_with(file, path, Some(keys), h),
-        None => Archive::from_file_trusted(file, path, keys),
+        Some(h) => {
+            let guarded = Guarded {
+                inner: h,
+                list: (uid != 0).then_some(repositories),
+                refused: std::sync::Mutex::new(None),
+            };
+            Archive::from_file_with(file, path, Some(keys), &guarded).map_err(|e| {
+                match guarded
+                    .refused
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    Some(why) => OpenError::Repository(why),
+                    None => OpenError::archive(e),
+                }
+            })
+        }
+        None => Archive::from_file_trusted(file, path, keys).map_err(OpenError::archive),
+    }
+}
+
+/// Heaps that first check a thin package's repositories against an allow-list.
+#[derive(Debug)]
+struct Guarded<'a> {
+    inner: &'a dyn format::archive::thin::Heaps,
+    list: Option<&'a repo::allow::AllowList>,
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+impl format::archive::thin::Heaps for Guarded<'_> {
+    fn open(
+        &self,
+        pkg: &format::archive::thin::ThinPackage,
+    ) -> Result<Arc<dyn format::archive::thin::RemoteHeap>, String> {
+        if let Some(list) = self.list {
+            if let Err(why) = list.check(&pkg.source.mirrors) {
+                *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+                return Err(why);
+            }
+        }
+        self.inner.open(pkg)
     }
 }
 
@@ -233,6 +316,30 @@ impl Opener {
             policy: crate::capabilities::Policy::unrestricted(),
             files: HashMap::new(),
             heaps: None,
+            repositories: Arc::new(repo::allow::AllowList::none()),
+            whole_only: false,
+        }
+    }
+
+    /// The repositories thin packages may name in layers not owned by root (by default,
+    /// none).
+    pub fn set_repositories(&mut self, list: repo::allow::AllowList) {
+        self.repositories = Arc::new(list);
+    }
+
+    /// Refuse thin packages (`true`, for a boot's choice) or not.
+    pub fn set_whole_only(&mut self, on: bool) {
+        self.whole_only = on;
+    }
+
+    fn whole(&self, r: Result<Arc<Archive>, OpenError>) -> Result<Arc<Archive>, OpenError> {
+        match r {
+            Ok(a) if self.whole_only && a.is_thin() => Err(OpenError::Thin(
+                a.thin_source()
+                    .and_then(|s| s.mirrors.first().cloned())
+                    .unwrap_or_default(),
+            )),
+            r => r,
         }
     }
 
@@ -262,7 +369,8 @@ impl Opener {
                     if known != path {
                         *known = path.to_owned();
                     }
-                    return r.clone();
+                    let r = r.clone();
+                    return self.whole(r);
                 }
             }
         }
@@ -292,20 +400,23 @@ impl Opener {
             if known != path {
                 *known = path.to_owned();
             }
-            return r.clone();
+            let r = r.clone();
+            return self.whole(r);
         }
         // Trust first: an unsigned or untrusted file costs its header and trailer.
-        let r = open_archive(file, path, &self.keys, self.heaps.as_deref())
-            .map_err(OpenError::archive)
-            .and_then(|a| {
-                self.policy
-                    .check(&a, &self.keys)
-                    .map(|()| a)
-                    .map_err(OpenError::Policy)
-            })
-            .map(Arc::new);
+        let uid = crate::owner::current().0;
+        let r = open_archive(
+            file,
+            path,
+            &self.keys,
+            self.heaps.as_deref(),
+            &self.repositories,
+            uid,
+        )
+        .and_then(|a| admit(&a, &self.keys, &self.policy, &self.repositories, uid).map(|()| a))
+        .map(Arc::new);
         self.files.insert(key, (path.to_owned(), r.clone()));
-        r
+        self.whole(r)
     }
 
     /// Opens (and checks) the files of `paths` not opened before, in parallel: opening is
@@ -330,6 +441,7 @@ impl Opener {
         }
         let keys = &self.keys;
         let policy = &self.policy;
+        let repositories = &self.repositories;
         let heaps = self.heaps.as_deref();
         // Each worker opens with this thread's identity (a user's layer: the user's).
         let (uid, gid) = crate::owner::current();
@@ -339,13 +451,8 @@ impl Opener {
                 let _as = crate::owner::AsOwner::of(uid, gid);
                 let r = crate::owner::open_in_layer(p)
                     .map_err(OpenError::io)
-                    .and_then(|f| open_archive(f, p, keys, heaps).map_err(OpenError::archive))
-                    .and_then(|a| {
-                        policy
-                            .check(&a, keys)
-                            .map(|()| a)
-                            .map_err(OpenError::Policy)
-                    });
+                    .and_then(|f| open_archive(f, p, keys, heaps, repositories, uid))
+                    .and_then(|a| admit(&a, keys, policy, repositories, uid).map(|()| a));
                 (key, p, r)
             })
             .collect();

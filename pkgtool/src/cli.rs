@@ -133,6 +133,10 @@ pub struct TrustArgs {
     /// [default: /etc/packagefs/policy; none: every trusted key is unrestricted].
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// The repositories thin packages in a layer not owned by root may name
+    /// [default: /etc/packagefs/repositories; none listed: such packages are refused].
+    #[arg(long, value_name = "FILE")]
+    pub repositories: Option<PathBuf>,
 }
 
 /// How a set-changing command treats the services of the packages it changes.

@@ -35,6 +35,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod allow;
 pub mod heap;
 pub mod http;
 pub mod index;

@@ -93,7 +93,13 @@ pub(super) fn opener(trust: &TrustArgs) -> anyhow::Result<Opener> {
     let keys = trusted_keys(trust.trusted_keys.as_deref())?;
     let policy =
         pkgset::capabilities::load_policy(trust.policy.as_deref()).map_err(|e| anyhow!(e))?;
-    Ok(Opener::with_policy(keys, policy))
+    let mut op = Opener::with_policy(keys, policy);
+    let list = trust
+        .repositories
+        .as_deref()
+        .unwrap_or(std::path::Path::new(repo::allow::DEFAULT_PATH));
+    op.set_repositories(repo::allow::AllowList::load(list).map_err(|e| anyhow!(e))?);
+    Ok(op)
 }
 
 pub(super) fn trusted_keys(given: Option<&Path>) -> anyhow::Result<TrustedKeys> {

@@ -913,3 +913,221 @@ fn an_expired_index_is_refused_until_the_publisher_signs_it_again() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A layer owned by nobody, in a directory others may enter, and the trusted keys beside it.
+fn users_layer(f: &Fixture) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let top = tempfile::Builder::new()
+        .prefix("e2e-fleet-user-")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let keys = top.path().join("keys");
+    fs::create_dir(&keys).unwrap();
+    for e in fs::read_dir(f.keys.trusted()).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), keys.join(e.file_name())).unwrap();
+    }
+    let user = top.path().join("user");
+    for d in [&user, &user.join("packages")] {
+        fs::create_dir_all(d).unwrap();
+        std::os::unix::fs::lchown(d, Some(65534), Some(65534)).unwrap();
+    }
+    (top, user, keys)
+}
+
+fn pull_as_nobody(url: &str, layer: &Path, keys: &Path, repositories: &Path) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(pkgtool())
+        .args(["pull", "app", "--repo", url, "--no-restart", "--layer"])
+        .arg(format!("user={}", layer.display()))
+        .arg("--trusted-keys")
+        .arg(keys)
+        .arg("--repositories")
+        .arg(repositories)
+        .output()
+        .unwrap()
+}
+
+/// A thin package makes the root daemon connect where its source says: in a layer not owned
+/// by root it may only name repositories the admin lists, or the user would get root to
+/// connect anywhere (loopback services, hosts only root's firewall rules reach).
+#[test]
+fn a_users_layer_may_only_name_the_repositories_the_admin_allows() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(www.path());
+    let url = nginx.url("main");
+    // With a prefetch list: a refused package must not fetch it in the background either.
+    let info = run_ok(Command::new(pkgtool()).arg("info").arg(&f.pkg));
+    let id = String::from_utf8_lossy(&info.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let lists = tempfile::tempdir().unwrap();
+    let list: String = (0..40).map(|c| format!("{c}\n")).collect();
+    fs::write(lists.path().join(format!("{id}.prefetch")), list).unwrap();
+    run_ok(
+        Command::new(pkgtool())
+            .arg("publish")
+            .arg(&f.pkg)
+            .args(["--repo", &url, "--prefetch"])
+            .arg(lists.path())
+            .arg("--key")
+            .arg(f.keys.secret()),
+    );
+    let (top, user, keys) = users_layer(&f);
+    let none = top.path().join("repositories-none");
+    fs::write(&none, "# no repository for users\n").unwrap();
+    let allowed = top.path().join("repositories");
+    fs::write(&allowed, format!("{url}\n")).unwrap();
+
+    // The owner's pkgtool refuses it as the daemon would.
+    let out = pull_as_nobody(&url, &user, &keys, &none);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "pulled from an unlisted repository");
+    assert!(err.contains("does not list"), "{err}");
+    assert!(fs::read_dir(user.join("packages"))
+        .unwrap()
+        .next()
+        .is_none());
+    let out = pull_as_nobody(&url, &user, &keys, &allowed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_thin(&user.join("packages/app-1.0.0.hpkg")));
+
+    // The root daemon with an allow-list that does not name it: refused, nothing fetched.
+    let store = tempfile::tempdir().unwrap();
+    let before = nginx.bytes_sent("/main/blobs/");
+    let m = Mount::builder()
+        .trusted_keys(&keys)
+        .layer("user", &user)
+        .arg("-o")
+        .arg(format!(
+            "chunk_store={},repositories={}",
+            store.path().display(),
+            none.display()
+        ))
+        .start();
+    assert!(!m.join("hello").exists(), "served:\n{}", m.log());
+    assert!(
+        wait_until(Duration::from_secs(5), || m.log().contains("does not list")),
+        "{}",
+        m.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(nginx.bytes_sent("/main/blobs/"), before, "{}", m.log());
+    drop(m);
+    // Listed: served.
+    let m = Mount::builder()
+        .trusted_keys(&keys)
+        .layer("user", &user)
+        .arg("-o")
+        .arg(format!(
+            "chunk_store={},repositories={}",
+            store.path().display(),
+            allowed.display()
+        ))
+        .start();
+    assert_eq!(
+        fs::read_to_string(m.join("hello")).unwrap(),
+        "hello from the repository\n",
+        "{}",
+        m.log()
+    );
+    // A system layer (root's) names any repository, whatever the list says.
+    let layer = Layer::new();
+    let out = pull(&[&url], layer.path(), &f.keys, "app");
+    assert!(out.status.success());
+    let m2 = Mount::builder()
+        .trusting(&f.keys)
+        .layer_of("system", &layer)
+        .arg("-o")
+        .arg(format!(
+            "chunk_store={},repositories={}",
+            store.path().display(),
+            none.display()
+        ))
+        .start();
+    assert_eq!(read_at(&m2.join("big"), 0, 10).unwrap(), f.big[..10]);
+}
+
+/// A boot uses whole packages only (the network is not up in the initramfs): a generation
+/// with a thin package gives way to the newest earlier one that is whole, saying why, and
+/// boots once `pkgtool fetch` has made it whole.
+#[test]
+fn a_boot_passes_over_a_generation_with_a_thin_package_until_it_is_fetched() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(www.path());
+    let url = nginx.url("main");
+    publish(&f.pkg, &url, &f.keys);
+    let (pkg2, big2) = app_1_1(&f, www.path());
+    publish(&pkg2, &url, &f.keys);
+    let layer = Layer::new();
+    install_whole(&f.pkg, layer.path(), &f.keys);
+    let mut c = Command::new(pkgtool());
+    c.args(["pull", "app", "--no-delta", "--repo", &url, "--no-restart"])
+        .arg("--layer")
+        .arg(format!("system={}", layer.path().display()))
+        .arg("--trusted-keys")
+        .arg(f.keys.trusted());
+    run_ok(&mut c);
+    assert!(is_thin(&layer.path().join("packages/app-1.1.0.hpkg")));
+    let pulled = nginx.bytes_sent("/main/blobs/");
+    let store = tempfile::tempdir().unwrap();
+    let cmdline = www.path().join("cmdline");
+    fs::write(&cmdline, "BOOT_IMAGE=/vmlinuz quiet\n").unwrap();
+    let boot = || {
+        Mount::builder()
+            .trusting(&f.keys)
+            .layer_of("system", &layer)
+            .arg("-o")
+            .arg(format!(
+                "boot,boot_cmdline={},chunk_store={}",
+                cmdline.display(),
+                store.path().display()
+            ))
+            .start()
+    };
+    let m = boot();
+    assert_eq!(
+        fs::read_to_string(m.join("hello")).unwrap(),
+        "hello from the repository\n",
+        "{}",
+        m.log()
+    );
+    assert!(m.log().contains("it is thin"), "{}", m.log());
+    // The boot fetched nothing.
+    assert_eq!(nginx.bytes_sent("/main/blobs/"), pulled);
+    drop(m);
+    // Made whole, it boots.
+    let out = pkgtool_out(&[
+        "fetch",
+        "--layer",
+        &format!("system={}", layer.path().display()),
+        "--trusted-keys",
+        &f.keys.trusted().display().to_string(),
+        "--chunk-store",
+        &store.path().display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = boot();
+    assert_eq!(
+        fs::read_to_string(m.join("hello")).unwrap(),
+        "hello from version 1.1\n",
+        "{}",
+        m.log()
+    );
+    assert_eq!(fs::read(m.join("big")).unwrap(), big2);
+}
