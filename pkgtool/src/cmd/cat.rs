@@ -18,10 +18,15 @@ pub struct CatArgs {
     pub package: PathBuf,
     /// Path inside the package (symlinks inside the package are followed).
     pub path: PathBuf,
+    /// For a thin package: the chunk store its chunks are read through (default
+    /// /var/cache/packagefs/chunks for root, else ~/.cache/packagefs/chunks); chunks not
+    /// there are fetched from its repository.
+    #[arg(long, value_name = "DIR")]
+    pub chunk_store: Option<PathBuf>,
 }
 
 pub fn run(a: CatArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let ar = super::open(&a.package)?;
+    let ar = super::open_with(&a.package, a.chunk_store.as_deref())?;
     let path = a.path.as_os_str().as_bytes();
     let e = resolve(&ar, path).with_context(|| format!("cannot cat {}", escape(path)))?;
     let mut r = ar.open_file(e)?;

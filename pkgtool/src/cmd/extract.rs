@@ -55,6 +55,11 @@ pub struct ExtractArgs {
     /// [default: /etc/packagefs/keys].
     #[arg(long, value_name = "DIR", requires = "preserve_privileges")]
     pub trusted_keys: Option<PathBuf>,
+    /// For a thin package: the chunk store its chunks are read through (default
+    /// /var/cache/packagefs/chunks for root, else ~/.cache/packagefs/chunks); chunks not
+    /// there are fetched from its repository.
+    #[arg(long, value_name = "DIR")]
+    pub chunk_store: Option<PathBuf>,
 }
 
 /// Deeper nesting than this is refused (each level holds a directory fd open).
@@ -69,7 +74,7 @@ fn dir_flags() -> OFlags {
 }
 
 pub fn run(a: ExtractArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let ar = super::open(&a.package)?;
+    let ar = super::open_with(&a.package, a.chunk_store.as_deref())?;
     let dest = &a.dir;
     let ctx = || format!("cannot extract into {}", dest.display());
     // The target is replaced by a renamed sibling, so it needs a name of its own: `.`,

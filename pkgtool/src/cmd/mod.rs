@@ -65,9 +65,38 @@ pub fn run(cmd: Command, out: &mut Out) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Opens a package with a message that names it.
+/// Opens a package with a message that names it. A thin package reads its chunks from
+/// the chunk store, and those not there from its repositories (as the daemon does), so
+/// `cat`, `extract` and `verify` work on it; `info` and `list` read only its metadata.
 pub fn open(path: &Path) -> anyhow::Result<Archive> {
-    Archive::open(path).with_context(|| format!("cannot open {}", path.display()))
+    open_with(path, None)
+}
+
+/// [`open`] with thin packages read through the chunk store `store` (default:
+/// [`chunk_store`]).
+pub fn open_with(path: &Path, store: Option<&Path>) -> anyhow::Result<Archive> {
+    let f = format::archive::open_regular(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let store = store.map_or_else(chunk_store, Path::to_owned);
+    let heaps = repo::RepoHeaps::at(&store, 4 << 30, repo::Policy::default());
+    Archive::from_file_with(f, path, None, &heaps)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// The chunk store pkgtool reads thin packages through: packagefs's
+/// (/var/cache/packagefs/chunks) for root, else `$XDG_CACHE_HOME/packagefs/chunks`
+/// (`~/.cache/packagefs/chunks`), so a user never writes into root's.
+pub fn chunk_store() -> std::path::PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return fetch::DEFAULT_CHUNK_STORE.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| Path::new(d).is_absolute())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("packagefs/chunks")
 }
 
 /// Takes a layer's lock, with a message that names the layer.

@@ -28,6 +28,11 @@ pub struct VerifyArgs {
     /// Check only integrity (metadata, chunks, signature self-consistency), not trust.
     #[arg(long, conflicts_with_all = ["key", "trusted_keys"])]
     pub integrity_only: bool,
+    /// For a thin package: the chunk store its chunks are read through (default
+    /// /var/cache/packagefs/chunks for root, else ~/.cache/packagefs/chunks); chunks not
+    /// there are fetched from its repository.
+    #[arg(long, value_name = "DIR")]
+    pub chunk_store: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -67,7 +72,7 @@ pub fn run(a: VerifyArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             dir,
         ))
     };
-    let ar = super::open(&a.package)
+    let ar = super::open_with(&a.package, a.chunk_store.as_deref())
         .with_context(|| format!("cannot verify {}", a.package.display()))?;
     let (trusted, trust_error) = match &keys {
         None => (None, None),

@@ -1131,3 +1131,78 @@ fn a_boot_passes_over_a_generation_with_a_thin_package_until_it_is_fetched() {
     );
     assert_eq!(fs::read(m.join("big")).unwrap(), big2);
 }
+
+/// `pkgtool cat`, `extract` and `verify` read a thin package as the daemon does: chunks
+/// from the chunk store, the others from its repository, each checked.
+#[test]
+fn cat_extract_and_verify_read_a_thin_package_through_its_repository() {
+    let f = fixture();
+    let www = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(www.path());
+    let url = nginx.url("main");
+    publish(&f.pkg, &url, &f.keys);
+    let layer = Layer::new();
+    let out = pull(&[&url], layer.path(), &f.keys, "app");
+    assert!(out.status.success());
+    let thin = layer
+        .path()
+        .join("packages/app-1.0.0.hpkg")
+        .display()
+        .to_string();
+    // As a user, the store is the user's own ($XDG_CACHE_HOME), never root's.
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::lchown(home.path(), Some(65534), Some(65534)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(pkgtool())
+        .args(["cat", &thin, "big"])
+        .env("XDG_CACHE_HOME", home.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(out.stdout, f.big);
+    assert!(home.path().join("packagefs/chunks/chunks").is_dir());
+    // As root, with a store named.
+    let store = tempfile::tempdir().unwrap();
+    let s = store.path().display().to_string();
+    let x = tempfile::tempdir().unwrap();
+    let dest = x.path().join("out").display().to_string();
+    let out = pkgtool_out(&["extract", &thin, &dest, "--chunk-store", &s]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(x.path().join("out/big")).unwrap(), f.big);
+    let keys = f.keys.trusted().display().to_string();
+    let out = pkgtool_out(&[
+        "verify",
+        &thin,
+        "--trusted-keys",
+        &keys,
+        "--chunk-store",
+        &s,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Stored chunks read with the repository gone; others fail in one line naming it.
+    drop(nginx);
+    let out = pkgtool_out(&["cat", &thin, "big", "--chunk-store", &s]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let e = empty.path().display().to_string();
+    let out = pkgtool_out(&["cat", &thin, "big", "--chunk-store", &e]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&url), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
