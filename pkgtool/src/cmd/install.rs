@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
-use pkgset::generation::{self, Lock};
+use pkgset::generation;
 use pkgset::owner::AsOwner;
 use pkgset::stack::{now_utc, Damaged};
 use pkgset::{plan, Candidate, Change};
@@ -120,12 +120,8 @@ pub fn install(a: InstallArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let paths = &stack.layers[top].paths;
     let pkgdir = paths.packages();
     fs::create_dir_all(&pkgdir).with_context(|| format!("cannot create {}", pkgdir.display()))?;
-    let ctx = services::Ctx::new(&a.svc, &paths.dir);
-    services::settle(paths, &ctx)?;
-    let lock = Lock::acquire(paths)?;
-    let mut loaded = stack.load_all(top, &mut op)?;
-    commit_initial(&stack, &mut loaded, top, &mut op)?;
-    reconcile_top(&stack, &mut loaded, top, &mut op)?;
+    let (ctx, lock) = begin_change(paths, &a.svc)?;
+    let mut loaded = load_for_change(&stack, top, &mut op)?;
     // A damaged active package is only built on by an install that replaces it.
     let damaged = std::mem::take(&mut loaded.damaged[top]);
     let unreplaced: Vec<Damaged> = damaged

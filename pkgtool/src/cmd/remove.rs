@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
-use pkgset::generation::Lock;
 use pkgset::owner::AsOwner;
 use pkgset::stack::{now_utc, Damaged};
 use pkgset::{plan, Change};
@@ -37,12 +36,8 @@ pub fn remove(a: RemoveArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let mut op = opener(&a.layer.trust)?;
     let _as = AsOwner::enter(&stack.layers[top].paths);
     let paths = &stack.layers[top].paths;
-    let ctx = services::Ctx::new(&a.svc, &paths.dir);
-    services::settle(paths, &ctx)?;
-    let lock = Lock::acquire(paths)?;
-    let mut loaded = stack.load_all(top, &mut op)?;
-    commit_initial(&stack, &mut loaded, top, &mut op)?;
-    reconcile_top(&stack, &mut loaded, top, &mut op)?;
+    let (ctx, lock) = begin_change(paths, &a.svc)?;
+    let mut loaded = load_for_change(&stack, top, &mut op)?;
     // Damaged packages are not in the set: removing one is dropping it from the list.
     let damaged = std::mem::take(&mut loaded.damaged[top]);
     let (gone_damaged, rest): (Vec<String>, Vec<String>) = a

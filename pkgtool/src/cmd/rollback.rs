@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use pkgset::generation::{self, Lock};
+use pkgset::generation;
 use pkgset::owner::AsOwner;
 use pkgset::reconcile;
 
@@ -34,9 +34,7 @@ pub fn rollback(a: RollbackArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let _as = AsOwner::enter(&stack.layers[top].paths);
     let paths = &stack.layers[top].paths;
     let name = &stack.layers[top].name;
-    let ctx = services::Ctx::new(&a.svc, &paths.dir);
-    services::settle(paths, &ctx)?;
-    let lock = Lock::acquire(paths)?;
+    let (ctx, lock) = begin_change(paths, &a.svc)?;
     // A rollback must work when the active set is damaged, even when its list is
     // unreadable: then it only needs the layers below.
     let (sets, current) = match stack.load_all(top, &mut op) {

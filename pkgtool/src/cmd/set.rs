@@ -145,6 +145,31 @@ pub(super) fn pkg_json(c: &Candidate) -> PkgJson {
     }
 }
 
+/// The opening of a change to the top layer: an update a crash interrupted is settled
+/// (undone), and the layer's lock is taken. The caller has entered the layer's owner.
+pub(super) fn begin_change(
+    paths: &generation::LayerPaths,
+    svc: &crate::cli::ServiceArgs,
+) -> anyhow::Result<(crate::cmd::services::Ctx, generation::Lock)> {
+    let ctx = crate::cmd::services::Ctx::new(svc, &paths.dir);
+    crate::cmd::services::settle(paths, &ctx)?;
+    let lock = generation::Lock::acquire(paths)?;
+    Ok((ctx, lock))
+}
+
+/// The sets a change to the top layer builds on: loaded, with a first generation
+/// committed if the layer has none, and what `packages/` holds accounted for.
+pub(super) fn load_for_change(
+    stack: &Stack,
+    top: usize,
+    op: &mut Opener,
+) -> anyhow::Result<Loaded> {
+    let mut loaded = stack.load_all(top, op)?;
+    commit_initial(stack, &mut loaded, top, op)?;
+    reconcile_top(stack, &mut loaded, top, op)?;
+    Ok(loaded)
+}
+
 /// Commits the first generation of the top layer if it has none (and the plan of it found
 /// packages), so the change that follows has a generation to roll back to.
 pub(super) fn commit_initial(
