@@ -53,6 +53,35 @@ fn fixture() -> Fixture {
     }
 }
 
+/// The fixture, and nginx serving a fresh directory (the repository goes in `main/`).
+fn served() -> (Fixture, tempfile::TempDir, Nginx) {
+    let www = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(www.path());
+    (fixture(), www, nginx)
+}
+
+/// Asserts the command succeeded, showing its stderr if not.
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `pkgtool fetch` of a layer (`DIR` or `NAME=DIR`) through chunk store `store`.
+fn fetch(layer: &str, keys: &Keys, store: &Path) -> Output {
+    pkgtool_out(&[
+        "fetch",
+        "--layer",
+        layer,
+        "--trusted-keys",
+        &keys.trusted().display().to_string(),
+        "--chunk-store",
+        &store.display().to_string(),
+    ])
+}
+
 fn pkgtool_out(args: &[&str]) -> Output {
     Command::new(pkgtool()).args(args).output().unwrap()
 }
@@ -104,19 +133,13 @@ fn is_thin(p: &Path) -> bool {
 
 #[test]
 fn a_pulled_package_is_thin_and_reads_lazily_through_the_mount() {
-    let f = fixture();
-    let www = tempfile::tempdir().unwrap();
-    let nginx = Nginx::start(www.path());
+    let (f, www, nginx) = served();
     // Published over HTTP PUT (nginx's dav module).
     publish(&f.pkg, &nginx.url("main"), &f.keys);
     assert!(www.path().join("main/index").is_file());
     let layer = Layer::new();
     let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app@^1");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let installed = layer.path().join("packages/app-1.0.0.hpkg");
     assert!(is_thin(&installed));
     let whole = fs::metadata(&f.pkg).unwrap().len();
@@ -175,11 +198,7 @@ fn a_server_that_goes_down_costs_eio_for_missing_chunks_only_and_reads_resume() 
     );
     let layer = Layer::new();
     let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let store = tempfile::tempdir().unwrap();
     let m = mount(&layer, &f.keys, store.path());
     // Chunk 0 of big: its window brings chunks 1.. too.
@@ -257,11 +276,7 @@ fn a_mirror_that_flips_a_byte_is_caught_and_the_next_mirror_serves() {
         &f.keys,
         "app",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let store = tempfile::tempdir().unwrap();
     let m = mount(&layer, &f.keys, store.path());
     let data = fs::read(m.join("big")).unwrap();
@@ -303,11 +318,7 @@ fn stale_unsigned_and_untrusted_indexes_are_refused() {
     publish(&pkg2, &repo.display().to_string(), &f.keys);
     let layer = Layer::new();
     let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(layer.path().join("packages/app-2.0.0.hpkg").is_file());
     let refused = |what: &str, needle: &str| {
         let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app@1");
@@ -348,9 +359,7 @@ fn stale_unsigned_and_untrusted_indexes_are_refused() {
 
 #[test]
 fn fetch_makes_thin_packages_whole() {
-    let f = fixture();
-    let www = tempfile::tempdir().unwrap();
-    let nginx = Nginx::start(www.path());
+    let (f, www, nginx) = served();
     publish(
         &f.pkg,
         &www.path().join("main").display().to_string(),
@@ -358,29 +367,13 @@ fn fetch_makes_thin_packages_whole() {
     );
     let layer = Layer::new();
     let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let store = tempfile::tempdir().unwrap();
     // Fetched while the daemon serves the thin package: it goes on serving it.
     let m = mount(&layer, &f.keys, store.path());
     assert_eq!(read_at(&m.join("big"), 0, 10).unwrap(), f.big[..10]);
-    let out = pkgtool_out(&[
-        "fetch",
-        "--layer",
-        &layer.path().display().to_string(),
-        "--trusted-keys",
-        &f.keys.trusted().display().to_string(),
-        "--chunk-store",
-        &store.path().display().to_string(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = fetch(&layer.path().display().to_string(), &f.keys, store.path());
+    ok(&out);
     let p = layer.path().join("packages/app-1.0.0.hpkg");
     assert!(!is_thin(&p));
     assert_eq!(fs::read(&p).unwrap(), fs::read(&f.pkg).unwrap());
@@ -423,11 +416,7 @@ fn an_oci_registry_serves_publish_pull_and_lazy_reads() {
     );
     let layer = Layer::new();
     let out = pull(&[&url], layer.path(), &f.keys, "app");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(is_thin(&layer.path().join("packages/app-1.0.0.hpkg")));
     let store = tempfile::tempdir().unwrap();
     let m = mount(&layer, &f.keys, store.path());
@@ -481,11 +470,7 @@ fn a_recorded_prefetch_list_is_fetched_in_the_background_after_mount() {
     // A first start, recorded: hello and a region of big far from its start.
     let layer = Layer::new();
     let out = pull(&[&nginx.url("first")], layer.path(), &f.keys, "app");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let record = tempfile::tempdir().unwrap();
     let store = tempfile::tempdir().unwrap();
     let m = Mount::builder()
@@ -524,18 +509,10 @@ fn a_recorded_prefetch_list_is_fetched_in_the_background_after_mount() {
         .arg(record.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let layer = Layer::new();
     let out = pull(&[&nginx.url("second")], layer.path(), &f.keys, "app");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let store = tempfile::tempdir().unwrap();
     let m = mount(&layer, &f.keys, store.path());
     // Without a read, the listed chunks arrive.
@@ -609,11 +586,7 @@ fn a_slow_mirror_costs_bounded_time_then_eio_and_later_reads_do_not_wait() {
     let slow = format!("http://127.0.0.1:{}/main", drip_server());
     let layer = Layer::new();
     let out = pull(&[&nginx.url("main"), &slow], layer.path(), &f.keys, "app");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let store = tempfile::tempdir().unwrap();
     // fetch_timeout=1: each request at most 2 s in all, however the server drips.
     let m = Mount::builder()
@@ -674,11 +647,7 @@ fn pull_meets_requirements_from_the_repository_with_the_install_solver() {
     let layer = Layer::new();
     let out = pull(&[&nginx.url("main")], layer.path(), &keys, "app");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     // The newest libfoo that meets ^1.2, not the newest libfoo.
     assert!(stdout.contains("pulling libfoo-1.4.0"), "{stdout}");
     assert!(layer.path().join("packages/libfoo-1.4.0.hpkg").is_file());
@@ -786,9 +755,7 @@ fn app_1_1(f: &Fixture, dir: &Path) -> (PathBuf, Vec<u8>) {
 
 #[test]
 fn an_update_over_a_whole_version_moves_a_delta_and_installs_whole() {
-    let f = fixture();
-    let www = tempfile::tempdir().unwrap();
-    let nginx = Nginx::start(www.path());
+    let (f, www, nginx) = served();
     let repo = www.path().join("main").display().to_string();
     publish(&f.pkg, &repo, &f.keys);
     let (pkg2, big2) = app_1_1(&f, www.path());
@@ -801,11 +768,7 @@ fn an_update_over_a_whole_version_moves_a_delta_and_installs_whole() {
     let before = nginx.bytes_sent("/main/blobs/");
     let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(stdout.contains("by a delta"), "{stdout}");
     let installed = layer.path().join("packages/app-1.1.0.hpkg");
     assert!(!is_thin(&installed), "installed thin, not whole");
@@ -830,9 +793,7 @@ fn an_update_over_a_whole_version_moves_a_delta_and_installs_whole() {
 
 #[test]
 fn a_damaged_delta_is_not_used_and_the_update_comes_thin() {
-    let f = fixture();
-    let www = tempfile::tempdir().unwrap();
-    let nginx = Nginx::start(www.path());
+    let (f, www, nginx) = served();
     let repo = www.path().join("main");
     publish(&f.pkg, &repo.display().to_string(), &f.keys);
     let (pkg2, big2) = app_1_1(&f, www.path());
@@ -866,9 +827,7 @@ fn a_damaged_delta_is_not_used_and_the_update_comes_thin() {
 
 #[test]
 fn an_expired_index_is_refused_until_the_publisher_signs_it_again() {
-    let f = fixture();
-    let www = tempfile::tempdir().unwrap();
-    let nginx = Nginx::start(www.path());
+    let (f, www, nginx) = served();
     let repo = www.path().join("main").display().to_string();
     run_ok(
         Command::new(pkgtool())
@@ -897,21 +856,13 @@ fn an_expired_index_is_refused_until_the_publisher_signs_it_again() {
         &f.keys.secret().display().to_string(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(
         stdout.contains("index version 2, 1 packages, expires"),
         "{stdout}"
     );
     let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
 }
 
 /// A layer owned by nobody, in a directory others may enter, and the trusted keys beside it.
@@ -950,14 +901,26 @@ fn pull_as_nobody(url: &str, layer: &Path, keys: &Path, repositories: &Path) -> 
         .unwrap()
 }
 
+/// The root daemon serving layer `user` with the repository allow-list `list`.
+fn mount_user(user: &Path, keys: &Path, store: &Path, list: &Path) -> Mount {
+    Mount::builder()
+        .trusted_keys(keys)
+        .layer("user", user)
+        .arg("-o")
+        .arg(format!(
+            "chunk_store={},repositories={}",
+            store.display(),
+            list.display()
+        ))
+        .start()
+}
+
 /// A thin package makes the root daemon connect where its source says: in a layer not owned
 /// by root it may only name repositories the admin lists, or the user would get root to
 /// connect anywhere (loopback services, hosts only root's firewall rules reach).
 #[test]
 fn a_users_layer_may_only_name_the_repositories_the_admin_allows() {
-    let f = fixture();
-    let www = tempfile::tempdir().unwrap();
-    let nginx = Nginx::start(www.path());
+    let (f, _www, nginx) = served();
     let url = nginx.url("main");
     // With a prefetch list: a refused package must not fetch it in the background either.
     let info = run_ok(Command::new(pkgtool()).arg("info").arg(&f.pkg));
@@ -995,26 +958,13 @@ fn a_users_layer_may_only_name_the_repositories_the_admin_allows() {
         .next()
         .is_none());
     let out = pull_as_nobody(&url, &user, &keys, &allowed);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(is_thin(&user.join("packages/app-1.0.0.hpkg")));
 
     // The root daemon with an allow-list that does not name it: refused, nothing fetched.
     let store = tempfile::tempdir().unwrap();
     let before = nginx.bytes_sent("/main/blobs/");
-    let m = Mount::builder()
-        .trusted_keys(&keys)
-        .layer("user", &user)
-        .arg("-o")
-        .arg(format!(
-            "chunk_store={},repositories={}",
-            store.path().display(),
-            none.display()
-        ))
-        .start();
+    let m = mount_user(&user, &keys, store.path(), &none);
     assert!(!m.join("hello").exists(), "served:\n{}", m.log());
     assert!(
         wait_until(Duration::from_secs(5), || m.log().contains("does not list")),
@@ -1025,16 +975,7 @@ fn a_users_layer_may_only_name_the_repositories_the_admin_allows() {
     assert_eq!(nginx.bytes_sent("/main/blobs/"), before, "{}", m.log());
     drop(m);
     // Listed: served.
-    let m = Mount::builder()
-        .trusted_keys(&keys)
-        .layer("user", &user)
-        .arg("-o")
-        .arg(format!(
-            "chunk_store={},repositories={}",
-            store.path().display(),
-            allowed.display()
-        ))
-        .start();
+    let m = mount_user(&user, &keys, store.path(), &allowed);
     assert_eq!(
         fs::read_to_string(m.join("hello")).unwrap(),
         "hello from the repository\n",
@@ -1063,9 +1004,7 @@ fn a_users_layer_may_only_name_the_repositories_the_admin_allows() {
 /// boots once `pkgtool fetch` has made it whole.
 #[test]
 fn a_boot_passes_over_a_generation_with_a_thin_package_until_it_is_fetched() {
-    let f = fixture();
-    let www = tempfile::tempdir().unwrap();
-    let nginx = Nginx::start(www.path());
+    let (f, www, nginx) = served();
     let url = nginx.url("main");
     publish(&f.pkg, &url, &f.keys);
     let (pkg2, big2) = app_1_1(&f, www.path());
@@ -1117,11 +1056,7 @@ fn a_boot_passes_over_a_generation_with_a_thin_package_until_it_is_fetched() {
         "--chunk-store",
         &store.path().display().to_string(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let m = boot();
     assert_eq!(
         fs::read_to_string(m.join("hello")).unwrap(),
@@ -1136,9 +1071,7 @@ fn a_boot_passes_over_a_generation_with_a_thin_package_until_it_is_fetched() {
 /// from the chunk store, the others from its repository, each checked.
 #[test]
 fn cat_extract_and_verify_read_a_thin_package_through_its_repository() {
-    let f = fixture();
-    let www = tempfile::tempdir().unwrap();
-    let nginx = Nginx::start(www.path());
+    let (f, _www, nginx) = served();
     let url = nginx.url("main");
     publish(&f.pkg, &url, &f.keys);
     let layer = Layer::new();
@@ -1169,11 +1102,7 @@ fn cat_extract_and_verify_read_a_thin_package_through_its_repository() {
     let x = tempfile::tempdir().unwrap();
     let dest = x.path().join("out").display().to_string();
     let out = pkgtool_out(&["extract", &thin, &dest, "--chunk-store", &s]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert_eq!(fs::read(x.path().join("out/big")).unwrap(), f.big);
     let keys = f.keys.trusted().display().to_string();
     let out = pkgtool_out(&[
@@ -1193,11 +1122,7 @@ fn cat_extract_and_verify_read_a_thin_package_through_its_repository() {
     // Stored chunks read with the repository gone; others fail in one line naming it.
     drop(nginx);
     let out = pkgtool_out(&["cat", &thin, "big", "--chunk-store", &s]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let empty = tempfile::tempdir().unwrap();
     let e = empty.path().display().to_string();
     let out = pkgtool_out(&["cat", &thin, "big", "--chunk-store", &e]);
