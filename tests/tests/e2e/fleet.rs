@@ -1131,3 +1131,66 @@ fn cat_extract_and_verify_read_a_thin_package_through_its_repository() {
     assert!(err.contains(&url), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// A real update (two versions of Debian's libssl3 that bookworm, bookworm-updates and
+/// bookworm-security carry, grafted): published to nginx, the repository makes the delta,
+/// and a layer holding the old version pulls the new one as that delta.
+#[test]
+fn r16_a_real_debian_update_is_pulled_as_a_delta_through_nginx() {
+    let keys = Keys::new("fleet");
+    let v = e2e::debian::versions("libssl3");
+    assert!(
+        v.len() >= 2,
+        "apt offers fewer than two versions of libssl3: {v:?}"
+    );
+    let www = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(www.path());
+    let url = nginx.url("main");
+    let repo = www.path().join("main").display().to_string();
+    let mut pkgs = Vec::new();
+    for ver in [&v[1], &v[0]] {
+        let deb = e2e::debian::deb_version("libssl3", ver);
+        let dir = www.path().join(format!("g-{}", pkgs.len()));
+        fs::create_dir(&dir).unwrap();
+        run_ok(
+            Command::new(pkgtool())
+                .args(["graft", "deb"])
+                .arg(&deb)
+                .arg("-o")
+                .arg(&dir)
+                .arg("--key")
+                .arg(keys.secret())
+                .args(["--ignore-depends", "libc6", "--quiet"]),
+        );
+        let pkg = fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+        publish(&pkg, &repo, &keys);
+        pkgs.push(pkg);
+    }
+    let layer = Layer::new();
+    install_whole(&pkgs[0], layer.path(), &keys);
+    let before = nginx.bytes_sent("/main/");
+    let out = pull(&[&url], layer.path(), &keys, "libssl3");
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("by a delta"), "{stdout}");
+    let moved = nginx.bytes_sent("/main/") - before;
+    let new = fs::read(&pkgs[1]).unwrap();
+    let installed = fs::read_dir(layer.path().join("packages"))
+        .unwrap()
+        .flatten()
+        .map(|e| fs::read(e.path()).unwrap())
+        .find(|b| b.len() == new.len())
+        .expect("the new version installed whole");
+    assert!(installed == new, "not the published package");
+    eprintln!(
+        "libssl3 {} -> {}: pull moved {moved} bytes of a {}-byte package",
+        v[1],
+        v[0],
+        new.len()
+    );
+    assert!(
+        moved * 2 < new.len() as u64,
+        "moved {moved} of {}",
+        new.len()
+    );
+}
