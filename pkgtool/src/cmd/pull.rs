@@ -27,6 +27,13 @@ pub struct PullArgs {
     /// Never use a delta: install thin packages only.
     #[arg(long)]
     pub no_delta: bool,
+    /// Then make every pulled package whole, as `pkgtool fetch` does (for a layer that
+    /// boots: a boot uses whole packages only).
+    #[arg(long, conflicts_with = "json")]
+    pub fetch: bool,
+    /// With --fetch: the chunk store (shared with packagefs).
+    #[arg(long, value_name = "DIR", requires = "fetch")]
+    pub chunk_store: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub layer: LayerArgs,
     #[command(flatten)]
@@ -128,14 +135,51 @@ pub fn run(a: PullArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             )?;
         }
     }
-    crate::cmd::install::install(
+    let thin: Vec<String> = chosen
+        .iter()
+        .zip(&how)
+        .filter(|(_, via)| via.is_none())
+        .map(|(e, _)| e.name.clone())
+        .collect();
+    let top_spec = a.layer.layers[a.layer.layers.len() - 1].clone();
+    let trust = crate::cli::TrustArgs {
+        trusted_keys: a.layer.trust.trusted_keys.clone(),
+        policy: a.layer.trust.policy.clone(),
+        repositories: a.layer.trust.repositories.clone(),
+    };
+    let boots = pkgset::boot::boot_file(&top.paths).exists();
+    let code = crate::cmd::install::install(
         InstallArgs {
             packages: files,
             layer: a.layer,
             svc: a.svc,
         },
         out,
-    )
+    )?;
+    if code != ExitCode::SUCCESS || thin.is_empty() {
+        return Ok(code);
+    }
+    if a.fetch {
+        return crate::cmd::fetch::run(
+            crate::cmd::fetch::FetchArgs {
+                names: thin,
+                layer: top_spec,
+                trust,
+                chunk_store: a
+                    .chunk_store
+                    .unwrap_or_else(|| crate::cmd::fetch::DEFAULT_CHUNK_STORE.into()),
+                parallel: 4,
+            },
+            out,
+        );
+    }
+    if boots {
+        eprintln!(
+            "pkgtool: note: this layer boots (-o boot), and a boot uses whole packages only: \
+             `pkgtool fetch --layer {top_spec}` before the next boot, or pull with --fetch"
+        );
+    }
+    Ok(code)
 }
 
 /// The whole (not thin) packages of the layer being pulled into, as bases for deltas.

@@ -1194,3 +1194,25 @@ fn r16_a_real_debian_update_is_pulled_as_a_delta_through_nginx() {
         new.len()
     );
 }
+
+#[test]
+fn pull_with_fetch_installs_whole_packages() {
+    let (f, _www, nginx) = served();
+    let url = nginx.url("main");
+    publish(&f.pkg, &url, &f.keys);
+    let layer = Layer::new();
+    let store = tempfile::tempdir().unwrap();
+    let mut c = Command::new(pkgtool());
+    c.args(["pull", "app", "--fetch", "--repo", &url, "--no-restart"])
+        .arg("--chunk-store")
+        .arg(store.path())
+        .arg("--layer")
+        .arg(format!("system={}", layer.path().display()))
+        .arg("--trusted-keys")
+        .arg(f.keys.trusted());
+    let out = run_ok(&mut c);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("app-1.0.0: whole"), "{stdout}");
+    let installed = layer.path().join("packages/app-1.0.0.hpkg");
+    assert_eq!(fs::read(installed).unwrap(), fs::read(&f.pkg).unwrap());
+}
