@@ -522,14 +522,42 @@ impl Live {
             self.opener.prune();
             self.pruned = std::time::Instant::now();
         }
+        let whole = self.adopt_whole_copies();
         let after: Vec<HashSet<PackageId>> = self.sets.iter().map(|s| ids(s)).collect();
-        if before == after {
+        if before == after && !whole {
             return Ok(None);
         }
         debug!("changes applied in {:?}", t0.elapsed());
         let v = self.build_view();
         debug!("view built in {:?}", t0.elapsed());
         Ok(Some(v))
+    }
+
+    /// Serves a thin active package from its whole copy once `pkgtool fetch` has put one
+    /// in its place (same id, a new file): its reads then need no repository. The view
+    /// keeps the package's slot, so inode numbers and the kernel's caches stay valid.
+    /// True if any was adopted.
+    fn adopt_whole_copies(&mut self) -> bool {
+        let mut any = false;
+        for l in 0..self.sets.len() {
+            if !self.sets[l].iter().any(|c| c.archive.is_thin()) {
+                continue;
+            }
+            let spec = self.stack.layers[l].clone();
+            let _as = AsOwner::enter(&spec.paths);
+            for c in self.sets[l].iter_mut().filter(|c| c.archive.is_thin()) {
+                match self.opener.open(&c.path) {
+                    Ok(a) if !a.is_thin() && a.id() == c.id() => {
+                        info!(layer = %spec.name, package = %c.label(), "now whole on disk: served from {}, no repository needed", c.path.display());
+                        c.archive = a;
+                        self.packages.remove(&(l, c.id()));
+                        any = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        any
     }
 
     /// Reconciles every layer, lowest first, until nothing more moves (a change in one

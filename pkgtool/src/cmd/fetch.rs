@@ -47,7 +47,9 @@ pub fn run(a: FetchArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     let _lock = crate::cmd::lock_layer(&layer.paths)?;
     let mut made = 0;
     let mut failed = Vec::new();
-    for dir in [layer.paths.packages(), layer.paths.pool()] {
+    // The pool first: a daemon serves the pool's copy, and looks again when packages/
+    // changes, so by then the copy it would adopt is whole.
+    for dir in [layer.paths.pool(), layer.paths.packages()] {
         let Ok(rd) = std::fs::read_dir(&dir) else {
             continue;
         };

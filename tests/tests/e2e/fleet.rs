@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -369,11 +370,26 @@ fn fetch_makes_thin_packages_whole() {
     let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
     ok(&out);
     let store = tempfile::tempdir().unwrap();
-    // Fetched while the daemon serves the thin package: it goes on serving it.
+    // Fetched while the daemon serves the thin package (into a store of its own, so the
+    // daemon's holds only what it read): the daemon goes on serving it, from the whole
+    // file once it is there.
     let m = mount(&layer, &f.keys, store.path());
     assert_eq!(read_at(&m.join("big"), 0, 10).unwrap(), f.big[..10]);
-    let out = fetch(&layer.path().display().to_string(), &f.keys, store.path());
+    let ino = fs::metadata(m.join("big")).unwrap().ino();
+    let fetch_store = tempfile::tempdir().unwrap();
+    let out = fetch(
+        &layer.path().display().to_string(),
+        &f.keys,
+        fetch_store.path(),
+    );
     ok(&out);
+    assert!(
+        wait_until(Duration::from_secs(10), || m
+            .log()
+            .contains("now whole on disk")),
+        "{}",
+        m.log()
+    );
     let p = layer.path().join("packages/app-1.0.0.hpkg");
     assert!(!is_thin(&p));
     assert_eq!(fs::read(&p).unwrap(), fs::read(&f.pkg).unwrap());
@@ -381,10 +397,15 @@ fn fetch_makes_thin_packages_whole() {
     for p in pool.flatten() {
         assert!(!is_thin(&p.path()), "{} is thin", p.path().display());
     }
-    // The server down: the running daemon (its chunks stored) and a new one with an empty
-    // store (the whole file now) read everything.
+    // The server down: the running daemon (the whole file now, though its store has only
+    // what it read) and a new one with an empty store read everything.
     drop(nginx);
     assert_eq!(fs::read(m.join("big")).unwrap(), f.big, "{}", m.log());
+    assert_eq!(
+        fs::metadata(m.join("big")).unwrap().ino(),
+        ino,
+        "the inode changed"
+    );
     drop(m);
     let empty = tempfile::tempdir().unwrap();
     let m = mount(&layer, &f.keys, empty.path());
