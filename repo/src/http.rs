@@ -1,8 +1,12 @@
 //! A small HTTP/1.1 client over `std::net::TcpStream`, made for untrusted servers: every
 //! request has a connect timeout, a read/write timeout and an overall deadline (a server
 //! that drips one byte a second is cut off), headers are bounded, and a body is read only
-//! up to the length the caller allows. One connection per request (`Connection: close`):
-//! requests are few and large (coalesced chunk ranges), so keep-alive buys little.
+//! up to the length the caller allows. GET and HEAD reuse idle connections (keep-alive,
+//! a few per server, for a few seconds): a lazy start is a chain of small requests, each
+//! waiting for the one before (a page fault at a time), so over a link with latency a new
+//! connection per request costs a round trip each. A reused connection the server has
+//! closed meanwhile is noticed before any byte of an answer and the request is sent again
+//! on a new one (GET and HEAD are idempotent). Other methods use a connection of their own.
 //! No TLS: repositories are plain HTTP, because every byte that matters is pinned by a
 //! signature or a hash before it is used (FORMAT.md §12, §13).
 
@@ -129,6 +133,63 @@ pub enum Body<'a> {
     File(&'a std::fs::File, u64),
 }
 
+/// Idle connections kept per server.
+const IDLE_PER_SERVER: usize = 4;
+/// How long a connection may stay idle before it is not reused (servers close idle
+/// connections after a while: nginx after 75 s by default).
+const IDLE_FOR: Duration = Duration::from_secs(15);
+
+/// Idle connections, by server.
+static IDLE: std::sync::Mutex<Vec<(String, u16, TcpStream, Instant)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn idle() -> std::sync::MutexGuard<'static, Vec<(String, u16, TcpStream, Instant)>> {
+    IDLE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn take_idle(url: &Url) -> Option<TcpStream> {
+    let mut pool = idle();
+    pool.retain(|c| c.3.elapsed() < IDLE_FOR);
+    let i = pool
+        .iter()
+        .rposition(|c| c.0 == url.host && c.1 == url.port)?;
+    Some(pool.swap_remove(i).2)
+}
+
+fn put_idle(url: &Url, s: TcpStream) {
+    let mut pool = idle();
+    pool.retain(|c| c.3.elapsed() < IDLE_FOR);
+    if pool
+        .iter()
+        .filter(|c| c.0 == url.host && c.1 == url.port)
+        .count()
+        < IDLE_PER_SERVER
+    {
+        pool.push((url.host.clone(), url.port, s, Instant::now()));
+    }
+}
+
+/// Connections opened so far by this process (for tests and benchmarks).
+pub fn connections_opened() -> u64 {
+    OPENED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How an exchange failed.
+enum Fail {
+    /// On a reused connection, before any byte of an answer: the server had closed it.
+    Stale(io::Error),
+    /// Anything else.
+    Other(io::Error),
+}
+
+impl From<io::Error> for Fail {
+    fn from(e: io::Error) -> Fail {
+        Fail::Other(e)
+    }
+}
+
 /// Sends one request and reads the response, whose body may be at most `max_body` bytes
 /// (a longer one is an error, never a larger allocation).
 pub fn request(
@@ -140,37 +201,100 @@ pub fn request(
     t: Timeouts,
 ) -> io::Result<Response> {
     let start = Instant::now();
-    let left = |what: &str| -> io::Result<Duration> {
-        t.total
-            .checked_sub(start.elapsed())
-            .filter(|d| !d.is_zero())
-            .map(|d| d.min(t.io))
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{what}: no answer within {:?}", t.total),
-                )
-            })
-    };
+    let keep = matches!(body, Body::Empty) && (method == "GET" || method == "HEAD");
+    if keep {
+        while let Some(s) = take_idle(url) {
+            match exchange(
+                &s,
+                method,
+                url,
+                headers,
+                Body::Empty,
+                max_body,
+                t,
+                start,
+                true,
+                true,
+            ) {
+                Ok((r, reuse)) => {
+                    if reuse {
+                        put_idle(url, s);
+                    }
+                    return Ok(r);
+                }
+                Err(Fail::Stale(_)) => continue,
+                Err(Fail::Other(e)) => return Err(e),
+            }
+        }
+    }
+    let s = connect(url, t, start)?;
+    match exchange(
+        &s, method, url, headers, body, max_body, t, start, keep, false,
+    ) {
+        Ok((r, reuse)) => {
+            if reuse {
+                put_idle(url, s);
+            }
+            Ok(r)
+        }
+        Err(Fail::Stale(e) | Fail::Other(e)) => Err(e),
+    }
+}
+
+/// The time left of the request, at most one read's or write's worth.
+fn left(start: Instant, t: Timeouts, what: &str) -> io::Result<Duration> {
+    t.total
+        .checked_sub(start.elapsed())
+        .filter(|d| !d.is_zero())
+        .map(|d| d.min(t.io))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{what}: no answer within {:?}", t.total),
+            )
+        })
+}
+
+fn connect(url: &Url, t: Timeouts, start: Instant) -> io::Result<TcpStream> {
     let addrs: Vec<_> = (url.host.trim_matches(|c| c == '[' || c == ']'), url.port)
         .to_socket_addrs()?
         .collect();
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    let mut stream = None;
     for a in addrs {
-        match TcpStream::connect_timeout(&a, t.connect.min(left("connect")?)) {
+        match TcpStream::connect_timeout(&a, t.connect.min(left(start, t, "connect")?)) {
             Ok(s) => {
-                stream = Some(s);
-                break;
+                OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                s.set_nodelay(true)?;
+                return Ok(s);
             }
             Err(e) => last = e,
         }
     }
-    let stream = stream.ok_or(last)?;
-    stream.set_nodelay(true)?;
+    Err(last)
+}
+
+/// One request and its response on `stream`; true with the response if the connection
+/// may carry another request (`keep` asked for it, the server agreed, the body was
+/// delimited and nothing follows it).
+#[allow(clippy::too_many_arguments)]
+fn exchange(
+    stream: &TcpStream,
+    method: &str,
+    url: &Url,
+    headers: &[(&str, &str)],
+    body: Body<'_>,
+    max_body: u64,
+    t: Timeouts,
+    start: Instant,
+    keep: bool,
+    reused: bool,
+) -> Result<(Response, bool), Fail> {
     let mut head = format!(
-        "{method} {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: packagefs\r\nConnection: close\r\n",
-        url.path, url.host, url.port
+        "{method} {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: packagefs\r\nConnection: {}\r\n",
+        url.path,
+        url.host,
+        url.port,
+        if keep { "keep-alive" } else { "close" }
     );
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));
@@ -182,14 +306,20 @@ pub fn request(
         Body::File(_, n) => head.push_str(&format!("Content-Length: {n}\r\n")),
     }
     head.push_str("\r\n");
-    let mut w = &stream;
-    stream.set_write_timeout(Some(left("send")?))?;
-    w.write_all(head.as_bytes())?;
+    let mut w = stream;
+    stream.set_write_timeout(Some(left(start, t, "send")?))?;
+    if let Err(e) = w.write_all(head.as_bytes()) {
+        return Err(if reused {
+            Fail::Stale(e)
+        } else {
+            Fail::Other(e)
+        });
+    }
     match body {
         Body::Empty => {}
         Body::Bytes(b) => {
             for piece in b.chunks(1 << 16) {
-                stream.set_write_timeout(Some(left("send")?))?;
+                stream.set_write_timeout(Some(left(start, t, "send")?))?;
                 w.write_all(piece)?;
             }
         }
@@ -201,13 +331,13 @@ pub fn request(
                 if k == 0 {
                     break;
                 }
-                stream.set_write_timeout(Some(left("send")?))?;
+                stream.set_write_timeout(Some(left(start, t, "send")?))?;
                 w.write_all(&buf[..k])?;
             }
         }
     }
     let mut r = BufReader::new(Timed {
-        s: &stream,
+        s: stream,
         start,
         t,
     });
@@ -237,13 +367,28 @@ pub fn request(
         Ok(())
     };
     let mut used = 0;
-    read_line(&mut r, &mut line, &mut used)?;
+    if let Err(e) = read_line(&mut r, &mut line, &mut used) {
+        // Nothing of an answer on a reused connection: the server closed it while idle.
+        let closed = matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+        );
+        return Err(if reused && closed && used == 0 {
+            Fail::Stale(e)
+        } else {
+            Fail::Other(e)
+        });
+    }
     let status_line = String::from_utf8_lossy(&line).into_owned();
     let status = status_line
         .strip_prefix("HTTP/1.")
         .and_then(|s| s.get(2..5))
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| bad(format!("not an HTTP response: {status_line:?}")))?;
+    let http11 = status_line.starts_with("HTTP/1.1 ");
     let mut headers = Vec::new();
     loop {
         read_line(&mut r, &mut line, &mut used)?;
@@ -260,8 +405,13 @@ pub fn request(
         headers,
         body: Vec::new(),
     };
+    let agreed = keep
+        && http11
+        && !resp
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
     if method == "HEAD" || status == 204 || status == 304 {
-        return Ok(resp);
+        return Ok((resp, agreed && r.buffer().is_empty()));
     }
     let chunked = resp
         .header("transfer-encoding")
@@ -285,7 +435,7 @@ pub fn request(
         }
         Ok(())
     };
-    if chunked {
+    let delimited = if chunked {
         let mut body = Vec::new();
         loop {
             let mut used = 0;
@@ -295,12 +445,20 @@ pub fn request(
             let n = u64::from_str_radix(size, 16)
                 .map_err(|_| bad(format!("bad chunk size {size:?}")))?;
             if n == 0 {
+                // Trailers, up to the empty line.
+                loop {
+                    read_line(&mut r, &mut line, &mut used)?;
+                    if line.is_empty() {
+                        break;
+                    }
+                }
                 break;
             }
             read_exact(&mut r, &mut body, n)?;
             read_line(&mut r, &mut line, &mut used)?;
         }
         resp.body = body;
+        true
     } else if let Some(len) = resp.header("content-length") {
         let n: u64 = len
             .parse()
@@ -308,6 +466,7 @@ pub fn request(
         let mut body = Vec::new();
         read_exact(&mut r, &mut body, n)?;
         resp.body = body;
+        true
     } else {
         // Until the connection closes, bounded.
         let mut body = Vec::new();
@@ -318,13 +477,14 @@ pub fn request(
                 break;
             }
             if body.len() as u64 + k as u64 > max_body {
-                return Err(bad(format!("response body larger than {max_body} bytes")));
+                return Err(bad(format!("response body larger than {max_body} bytes")).into());
             }
             body.extend_from_slice(&buf[..k]);
         }
         resp.body = body;
-    }
-    Ok(resp)
+        false
+    };
+    Ok((resp, agreed && delimited && r.buffer().is_empty()))
 }
 
 /// The connection, read under the request's deadline: every read first checks the time
@@ -459,5 +619,91 @@ mod tests {
         // Not HTTP at all.
         let p = serve(b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(), false);
         assert!(get(p, 1000).is_err());
+    }
+
+    /// A server answering every request on a connection with `reply`, closing each
+    /// connection after `per_conn` answers; counts the connections it accepted.
+    fn keep_alive_server(
+        reply: &'static [u8],
+        per_conn: usize,
+    ) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = n.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    for _ in 0..per_conn {
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        if s.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, n)
+    }
+
+    #[test]
+    fn gets_reuse_an_idle_connection() {
+        let (p, accepted) =
+            keep_alive_server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 100);
+        for _ in 0..5 {
+            let r = get(p, 10).unwrap();
+            assert_eq!(r.body, b"ok");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Chunked bodies are delimited too.
+        let (p, accepted) = keep_alive_server(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            100,
+        );
+        for _ in 0..3 {
+            assert_eq!(get(p, 10).unwrap().body, b"ok");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_connection_the_server_closed_is_replaced_and_the_request_sent_again() {
+        // One answer per connection, then the server closes it.
+        let (p, accepted) = keep_alive_server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1);
+        for _ in 0..3 {
+            assert_eq!(get(p, 10).unwrap().body, b"ok");
+            // Let the close arrive.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn connection_close_or_an_undelimited_body_is_not_reused() {
+        let (p, accepted) = keep_alive_server(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            100,
+        );
+        assert_eq!(get(p, 10).unwrap().body, b"ok");
+        assert_eq!(get(p, 10).unwrap().body, b"ok");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // HTTP/1.0: no keep-alive unless asked the 1.0 way.
+        let (p, accepted) =
+            keep_alive_server(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", 100);
+        assert_eq!(get(p, 10).unwrap().body, b"ok");
+        assert_eq!(get(p, 10).unwrap().body, b"ok");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }
