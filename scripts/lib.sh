@@ -25,13 +25,15 @@ PACKAGEFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 #   dpkg-dev        dpkg-shlibdeps, which computes the .deb's Depends (scripts/package)
 #   man-db          man -l, which renders the packaged man pages (tests/tests/e2e/package.rs)
 #   lintian         checks the .deb that scripts/package builds (its errors are fatal)
+#   strace, zstd    scripts/bench-fleet: strace holds cc1 at its exit to read what it mapped,
+#                   zstd compresses the chunks it touched as the package does
 # The graft tests and the demo also fetch .deb files with `apt-get download` (apt and
 # dpkg-deb come with every Debian system; nothing to install).
 # shellcheck disable=SC2034 # used by the scripts that source this file
 PACKAGEFS_APT_DEPS=(
 	fuse3 squashfs-tools squashfuse erofs-utils fuse-overlayfs attr hyperfine python3
 	build-essential ca-certificates systemd libcap2-bin dpkg-dev man-db lintian
-	nginx-light docker-registry
+	nginx-light docker-registry strace zstd
 )
 
 if [[ -t 1 && -z "${NO_COLOR:-}" && "${TERM:-dumb}" != dumb ]]; then
