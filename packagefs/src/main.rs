@@ -305,9 +305,10 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
         warn!(dir = %s.trusted_keys.display(), "no trusted keys: every package will be refused");
     }
     let exec_cache = match &s.exec_cache {
-        Some(dir) => Some(std::sync::Arc::new(ExecCache::open(
+        Some(dir) => Some(std::sync::Arc::new(ExecCache::open_with(
             dir,
             s.exec_cache_size,
+            s.exec_cache_verify,
         )?)),
         None => None,
     };

@@ -7,8 +7,9 @@
 //!   again and again: a compiler's headers are small and stay in the page cache anyway).
 //! - **Not cached yet**: the open is answered as without the cache (reads go through the
 //!   daemon) and the file is queued for the fill thread; it is never waited for.
-//! - **Cached**: the object is opened (and, at its first use in this daemon's life, hashed
-//!   whole; see `exec_cache`), registered with the kernel (`FUSE_DEV_IOC_BACKING_OPEN`) and
+//! - **Cached**: the object is opened (and hashed whole unless its identity is one its bytes
+//!   were hashed under, by this daemon or, as the cache's record says, an earlier one; see
+//!   `exec_cache`), registered with the kernel (`FUSE_DEV_IOC_BACKING_OPEN`) and
 //!   the open is answered with `FOPEN_PASSTHROUGH`: reads and page faults of that open go
 //!   from the kernel to the object and never reach the daemon.
 //! - **The kernel's rule**: an inode is open either through the daemon (cached I/O) or by
@@ -126,6 +127,14 @@ struct Fill {
     size: u64,
 }
 
+/// Work for the fill thread.
+enum Job {
+    /// Fill a file into the cache.
+    Fill(Fill),
+    /// Write the cache's record if it is behind (an object was hashed at an open).
+    Save,
+}
+
 /// Counters, logged at unmount.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -137,8 +146,11 @@ pub struct Counters {
     pub reads: AtomicU64,
     /// Files filled into the cache.
     pub filled: AtomicU64,
-    /// Objects hashed at their first use.
+    /// Objects hashed at an open (their identity was not one known to be right).
     pub hashed: AtomicU64,
+    /// Objects served at their first open by this daemon without a hash, on the strength
+    /// of the record of an earlier one (`-o exec_cache_verify=stat`).
+    pub recorded: AtomicU64,
     /// The kernel took passthrough at INIT.
     pub active: AtomicBool,
 }
@@ -152,11 +164,18 @@ pub struct Report {
 }
 
 impl Report {
-    /// Logs the counters in one line, if the mount used the exec cache.
+    /// Writes the cache's record (the order of use changed with every first use) and logs
+    /// the counters in one line, if the mount used the exec cache.
     pub fn log(&self) {
         let c = &self.counters;
         if !c.active.load(Ordering::Relaxed) {
             return;
+        }
+        if let Err(e) = self.cache.save_record(true) {
+            warn!(
+                "exec cache: cannot write its record: {}",
+                crate::layers::one_line(&e)
+            );
         }
         let s = self.cache.stats();
         info!(
@@ -165,6 +184,7 @@ impl Report {
             daemon_reads = c.reads.load(Ordering::Relaxed),
             filled = c.filled.load(Ordering::Relaxed),
             hashed = c.hashed.load(Ordering::Relaxed),
+            recorded = c.recorded.load(Ordering::Relaxed),
             objects = s.objects,
             bytes = s.bytes,
             "exec cache {}",
@@ -178,7 +198,7 @@ pub struct Passthrough {
     cache: Arc<ExecCache>,
     inodes: Mutex<HashMap<u64, Arc<Mutex<InodeOpens<Backing>>>>>,
     seen: Mutex<LruCache<([u8; 32], EntryId), Seen>>,
-    fills: SyncSender<Fill>,
+    fills: SyncSender<Job>,
     pending: Arc<Mutex<HashSet<Key>>>,
     /// The kernel refused a backing file (no CAP_SYS_ADMIN, a cache on a stacked file
     /// system): every open goes through the daemon from then on.
@@ -190,7 +210,7 @@ pub struct Passthrough {
 impl Passthrough {
     /// Serves opens from `cache`, with a fill thread of its own.
     pub fn new(cache: Arc<ExecCache>) -> Passthrough {
-        let (tx, rx) = sync_channel::<Fill>(1024);
+        let (tx, rx) = sync_channel::<Job>(1024);
         let pending: Arc<Mutex<HashSet<Key>>> = Arc::default();
         let counters: Arc<Counters> = Arc::default();
         {
@@ -202,7 +222,7 @@ impl Passthrough {
                     // SAFETY: setpriority on this thread (a tid is a PRIO_PROCESS id on Linux).
                     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
                     let mut failed = HashSet::new();
-                    while let Ok(f) = rx.recv() {
+                    let fill = |f: Fill, failed: &mut HashSet<Key>| {
                         if !failed.contains(&f.key) && !cache.has(&f.key, f.size) {
                             let t = std::time::Instant::now();
                             match cache.fill(&f.key, &f.pkg.archive, f.entry, f.size) {
@@ -234,6 +254,28 @@ impl Passthrough {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .remove(&f.key);
+                    };
+                    let mut record_failed = false;
+                    while let Ok(job) = rx.recv() {
+                        // What is queued now is done before the record is written once.
+                        let mut next = Some(job);
+                        while let Some(job) = next.take().or_else(|| rx.try_recv().ok()) {
+                            if let Job::Fill(f) = job {
+                                fill(f, &mut failed);
+                            }
+                        }
+                        match cache.save_record(false) {
+                            Ok(()) => record_failed = false,
+                            Err(e) if !record_failed => {
+                                record_failed = true;
+                                warn!(
+                                    "exec cache: cannot write its record: {}; the next daemon \
+                                     hashes what it cannot find in it",
+                                    crate::layers::one_line(&e)
+                                );
+                            }
+                            Err(_) => {}
+                        }
                     }
                 })
                 .expect("spawn the exec cache fill thread");
@@ -320,6 +362,11 @@ impl Passthrough {
             Ok(id) => {
                 if object.hashed {
                     self.counters.hashed.fetch_add(1, Ordering::Relaxed);
+                    // The record is written by the fill thread, not on the open's path.
+                    let _ = self.fills.try_send(Job::Save);
+                }
+                if object.recorded {
+                    self.counters.recorded.fetch_add(1, Ordering::Relaxed);
                 }
                 debug!(
                     ino,
@@ -430,12 +477,12 @@ impl Passthrough {
         {
             return;
         }
-        let job = Fill {
+        let job = Job::Fill(Fill {
             key,
             pkg: pkg.clone(),
             entry,
             size,
-        };
+        });
         // A full queue: the file is queued again at a later open.
         if self.fills.try_send(job).is_err() {
             self.pending

@@ -131,13 +131,15 @@ fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_c
     assert!(c["passthrough_opens"] >= 1, "the second run: {c:?}");
     drop(m);
 
-    // 2. A remount (as after a reboot): hashed once, then every open is passthrough and no
-    // read reaches the daemon (whose page cache is new with the mount).
+    // 2. A remount (as after a reboot): not hashed (the record of the daemon before says
+    // the file is as it hashed it), every open is passthrough and no read reaches the
+    // daemon (whose page cache is new with the mount).
     let mut m = s.builder().arg("-o").arg(&opt).env("RUST_LOG", LOG).start();
     run_cat(&m, &input, want);
     run_cat(&m, &input, want);
     let c = counters(&mut m);
-    assert_eq!(c["hashed"], 1, "{c:?}");
+    assert_eq!(c["hashed"], 0, "{c:?}");
+    assert_eq!(c["recorded"], 1, "{c:?}");
     assert_eq!(c["filled"], 0, "{c:?}");
     assert_eq!(c["daemon_opens"], 0, "{c:?}");
     assert_eq!(c["daemon_reads"], 0, "reads went through the daemon: {c:?}");
@@ -174,6 +176,100 @@ fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_c
         1,
         "one line"
     );
+}
+
+/// Puts `bytes` at `obj` by a rename over it (another inode), with the mode and mtime the
+/// cache file had: what a copy over it (`cp` to a temp name, `touch -r`, `mv`) leaves.
+fn replace_by_rename(obj: &Path, bytes: &[u8]) {
+    let st = std::fs::metadata(obj).unwrap();
+    let tmp = obj.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(&tmp).unwrap();
+    f.set_modified(st.modified().unwrap()).unwrap();
+    drop(f);
+    std::fs::set_permissions(&tmp, st.permissions()).unwrap();
+    std::fs::rename(&tmp, obj).unwrap();
+}
+
+#[test]
+fn r15_a_kept_cache_file_is_served_unhashed_after_a_remount_unless_it_changed_since_it_was_recorded(
+) {
+    let s = cat_stack();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("exec");
+    let input = dir.path().join("input");
+    let want = b"kept\n";
+    std::fs::write(&input, want).unwrap();
+    let cat = std::fs::read("/bin/cat").unwrap();
+    let obj = object(&cache, &cat);
+    let opt = format!("exec_cache={}", cache.display());
+    let mount = |extra: &str| {
+        s.builder()
+            .arg("-o")
+            .arg(format!("{opt}{extra}"))
+            .env("RUST_LOG", LOG)
+            .start()
+    };
+    let filled = format!("exec cache: filled {}", blake3::hash(&cat).to_hex());
+
+    // Filled by a first daemon, which records it.
+    let mut m = mount("");
+    run_cat(&m, &input, want);
+    wait_for_log(&m, &filled);
+    counters(&mut m);
+    drop(m);
+    assert!(cache.join("verified").is_file(), "the record");
+
+    // Untouched: the next daemon serves it at once, by passthrough, without hashing it.
+    let mut m = mount("");
+    assert!(
+        m.log()
+            .contains("1 objects, 1 of them hashed by an earlier daemon and unchanged since"),
+        "{}",
+        m.log()
+    );
+    run_cat(&m, &input, want);
+    let c = counters(&mut m);
+    assert_eq!((c["hashed"], c["recorded"]), (0, 1), "{c:?}");
+    assert_eq!(c["daemon_reads"], 0, "{c:?}");
+    assert!(c["passthrough_opens"] >= 1, "{c:?}");
+    drop(m);
+
+    // Replaced by a rename of other bytes of the same size over it, its mode and mtime
+    // kept: another inode than recorded, so hashed, not served, removed and refilled.
+    let mut bad = cat.clone();
+    let mid = bad.len() / 3;
+    bad[mid] ^= 0x20;
+    replace_by_rename(&obj, &bad);
+    let mut m = mount("");
+    run_cat(&m, &input, want);
+    assert!(
+        m.log()
+            .contains("does not match its hash: removed, not served"),
+        "{}",
+        m.log()
+    );
+    wait_for_log(&m, &filled);
+    let c = counters(&mut m);
+    assert_eq!((c["hashed"], c["recorded"]), (0, 0), "{c:?}");
+    assert!(c["daemon_reads"] >= 1, "served through the daemon: {c:?}");
+    drop(m);
+    assert_eq!(std::fs::read(&obj).unwrap(), cat, "refilled");
+
+    // The refill was recorded: served unhashed again.
+    let mut m = mount("");
+    run_cat(&m, &input, want);
+    let c = counters(&mut m);
+    assert_eq!((c["hashed"], c["recorded"]), (0, 1), "{c:?}");
+    drop(m);
+
+    // `exec_cache_verify=full`: hashed at its first use whatever the record says.
+    let mut m = mount(",exec_cache_verify=full");
+    run_cat(&m, &input, want);
+    run_cat(&m, &input, want);
+    let c = counters(&mut m);
+    assert_eq!((c["hashed"], c["recorded"]), (1, 0), "{c:?}");
+    assert_eq!(c["daemon_reads"], 0, "{c:?}");
 }
 
 /// `n` bytes that look like an ELF shared object and do not compress.
