@@ -244,6 +244,10 @@ struct Object {
     verified: Option<Ident>,
     /// `verified` comes from the record and this daemon has not used the object yet.
     recorded: bool,
+    /// What the record said at start, believed or not (with `full` it is not, but it is
+    /// written back for an object this daemon did not hash: it is still what an earlier
+    /// daemon hashed).
+    prior: Option<Ident>,
 }
 
 #[derive(Default)]
@@ -278,6 +282,7 @@ impl State {
                     open: 0,
                     verified: None,
                     recorded: false,
+                    prior: None,
                 })
             }
         }
@@ -577,6 +582,7 @@ impl ExecCache {
                     open: 0,
                     verified,
                     recorded: verified.is_some(),
+                    prior: ident,
                 },
             );
         }
@@ -667,7 +673,7 @@ impl ExecCache {
             s.dirty = false;
             s.objects
                 .iter()
-                .map(|(d, o)| (o.used, *d, o.verified))
+                .map(|(d, o)| (o.used, *d, o.verified.or(o.prior)))
                 .collect::<Vec<_>>()
         };
         lines.sort_by_key(|l| l.0);
@@ -1196,6 +1202,14 @@ mod tests {
         assert!(o.hashed && !o.recorded);
         drop(o);
         assert!(!c.find(&key, size).unwrap().hashed, "once per life");
+        // A `full` daemon that did not use an object writes back what the record said of
+        // it: the next `stat` daemon still serves it unhashed.
+        drop(c);
+        let c = Arc::new(ExecCache::open_with(&dir, 64 << 20, Verify::Full).unwrap());
+        c.save_record(true).unwrap();
+        drop(c);
+        let c = Arc::new(ExecCache::open(&dir, 64 << 20).unwrap());
+        assert_eq!(c.stats().recorded, 1, "{}", record_of(&dir));
         // Another package with the same bytes, stored differently (lz4, 64 KiB chunks, at
         // another offset), shares the object.
         let other = other_package(pk.path(), &want);
