@@ -68,8 +68,9 @@ returns other bytes, or an edit of the raw device; see docs/exec-cache.md);
 io_uring=auto|on|off: the kernel's FUSE io_uring transport (Linux 6.14+, as root), one
 queue per CPU, a request served on the CPU that made it: auto (default) uses it when the
 kernel offers it (the fuse module's enable_uring, which the daemon never changes), else
-/dev/fuse; on fails with one line if it is not offered; off always uses /dev/fuse; not
-with exec_cache, whose passthrough opens go over /dev/fuse. See README.md)."
+/dev/fuse; on fails with one line if it is not offered; off always uses /dev/fuse; with
+exec_cache too (backing files are registered on the /dev/fuse descriptor, the OPEN replies
+that name them travel over the ring). See README.md)."
 )]
 pub struct Args {
     /// Layer NAME=DIR, lowest first (repeatable).

@@ -23,12 +23,13 @@
 //!   count that open and go through the daemon: conservative, never a mixed open.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use format::archive::EntryId;
-use fuser::{BackingId, FileHandle, FopenFlags, ReplyOpen};
+use fuser::FopenFlags;
 use lru::LruCache;
 use tracing::{debug, info, warn};
 
@@ -58,10 +59,64 @@ struct Seen {
     key: Option<Key>,
 }
 
-/// A backing file registered with the kernel, and the object it is.
+/// The answer to an OPEN, for whichever transport carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenReply {
+    /// The handle.
+    pub fh: u64,
+    /// `FOPEN_*` flags; `FOPEN_PASSTHROUGH` with a backing id.
+    pub flags: u32,
+    /// The backing file's id (`FUSE_DEV_IOC_BACKING_OPEN`; ids start at 1), or 0.
+    pub backing_id: u32,
+}
+
+/// `struct fuse_backing_map` of `<linux/fuse.h>`.
+#[repr(C)]
+struct BackingMap {
+    fd: i32,
+    flags: u32,
+    padding: u64,
+}
+
+/// `_IOW(229, 1, struct fuse_backing_map)` and `_IOW(229, 2, uint32_t)`.
+const FUSE_DEV_IOC_BACKING_OPEN: libc::c_ulong = 0x4010_e501;
+const FUSE_DEV_IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+
+/// A backing file registered with the kernel on the connection's `/dev/fuse` descriptor
+/// (the id is the connection's, whichever transport then carries the OPEN reply that
+/// names it), and the object it is. Unregistered when dropped.
 struct Backing {
-    id: BackingId,
+    id: u32,
+    dev: Arc<OwnedFd>,
     _object: Opened,
+}
+
+impl Backing {
+    fn register(dev: &Arc<OwnedFd>, object: Opened) -> std::io::Result<Backing> {
+        let map = BackingMap {
+            fd: object.file.as_fd().as_raw_fd(),
+            flags: 0,
+            padding: 0,
+        };
+        // SAFETY: the ioctl reads a fuse_backing_map that lives across the call.
+        let id = unsafe { libc::ioctl(dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_OPEN, &map) };
+        if id < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Backing {
+            id: id as u32,
+            dev: dev.clone(),
+            _object: object,
+        })
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        // SAFETY: the ioctl reads a u32 that lives across the call. It fails harmlessly
+        // once the connection is gone (its backing files went with it).
+        unsafe { libc::ioctl(self.dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_CLOSE, &self.id) };
+    }
 }
 
 /// The opens of one inode the kernel holds, by kind: never both kinds at once (the
@@ -201,8 +256,12 @@ pub struct Passthrough {
     fills: SyncSender<Job>,
     pending: Arc<Mutex<HashSet<Key>>>,
     /// The kernel refused a backing file (no CAP_SYS_ADMIN, a cache on a stacked file
-    /// system): every open goes through the daemon from then on.
+    /// system), or there is no `/dev/fuse` descriptor to register one on: every open goes
+    /// through the daemon from then on.
     off: AtomicBool,
+    /// The connection's `/dev/fuse` descriptor (a duplicate of the session's), on which
+    /// backing files are registered.
+    dev: OnceLock<Arc<OwnedFd>>,
     /// Counters.
     pub counters: Arc<Counters>,
 }
@@ -289,7 +348,21 @@ impl Passthrough {
             fills: tx,
             pending,
             off: AtomicBool::new(false),
+            dev: OnceLock::new(),
             counters,
+        }
+    }
+
+    /// The connection's `/dev/fuse` descriptor, on which backing files are registered
+    /// (a duplicate is kept). Without one (a daemon that does not mount as root: fuser
+    /// mounts through fusermount3 and keeps the descriptor), every open goes through the
+    /// daemon.
+    pub fn set_fuse_dev(&self, fd: &OwnedFd) {
+        match fd.try_clone() {
+            Ok(d) => {
+                let _ = self.dev.set(Arc::new(d));
+            }
+            Err(e) => warn!("exec cache: cannot keep the /dev/fuse descriptor: {e}"),
         }
     }
 
@@ -316,25 +389,31 @@ impl Passthrough {
         entry: EntryId,
         size: u64,
         head: impl FnOnce() -> Option<[u8; 18]>,
-        reply: ReplyOpen,
-    ) {
+    ) -> OpenReply {
         let slot = self.inode(ino);
         let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *guard;
         if st.gone {
             // Released and removed from the table between the two locks: take it again.
             drop(guard);
-            return self.open(ino, pkg, entry, size, head, reply);
+            return self.open(ino, pkg, entry, size, head);
         }
-        let backing = st.open(|| self.backing(ino, pkg, entry, size, head, &reply));
-        match backing {
+        match st.open(|| self.backing(ino, pkg, entry, size, head)) {
             Some(b) => {
                 self.counters.passthrough.fetch_add(1, Ordering::Relaxed);
-                reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), PASSTHROUGH_FLAGS, &b.id)
+                OpenReply {
+                    fh: FH_PASSTHROUGH,
+                    flags: (PASSTHROUGH_FLAGS | FopenFlags::FOPEN_PASSTHROUGH).bits(),
+                    backing_id: b.id,
+                }
             }
             None => {
                 self.counters.daemon.fetch_add(1, Ordering::Relaxed);
-                reply.opened(FileHandle(FH_DAEMON), FopenFlags::FOPEN_KEEP_CACHE)
+                OpenReply {
+                    fh: FH_DAEMON,
+                    flags: FopenFlags::FOPEN_KEEP_CACHE.bits(),
+                    backing_id: 0,
+                }
             }
         }
     }
@@ -348,37 +427,45 @@ impl Passthrough {
         entry: EntryId,
         size: u64,
         head: impl FnOnce() -> Option<[u8; 18]>,
-        reply: &ReplyOpen,
     ) -> Option<Backing> {
         if self.off.load(Ordering::Relaxed) {
             return None;
         }
+        let Some(dev) = self.dev.get() else {
+            if !self.off.swap(true, Ordering::Relaxed) {
+                warn!(
+                    "exec cache {}: no /dev/fuse descriptor to register backing files on (the \
+                     daemon mounts itself only as root); files are served through the daemon",
+                    self.cache.path().display()
+                );
+            }
+            return None;
+        };
         let key = self.qualifies(pkg, entry, size, head)?;
         let Some(object) = self.cache.find(&key, size) else {
             self.queue(key, pkg, entry, size);
             return None;
         };
-        match reply.open_backing(&object.file) {
-            Ok(id) => {
-                if object.hashed {
+        let (hashed, recorded, digest) = (object.hashed, object.recorded, object.digest);
+        match Backing::register(dev, object) {
+            Ok(b) => {
+                if hashed {
                     self.counters.hashed.fetch_add(1, Ordering::Relaxed);
                     // The record is written by the fill thread, not on the open's path.
                     let _ = self.fills.try_send(Job::Save);
                 }
-                if object.recorded {
+                if recorded {
                     self.counters.recorded.fetch_add(1, Ordering::Relaxed);
                 }
                 debug!(
                     ino,
                     package = %pkg.label(),
                     entry,
+                    backing_id = b.id,
                     "exec cache: passthrough to {}",
-                    crate::exec_cache::hex(&object.digest)
+                    crate::exec_cache::hex(&digest)
                 );
-                Some(Backing {
-                    id,
-                    _object: object,
-                })
+                Some(b)
             }
             Err(e) => {
                 if !self.off.swap(true, Ordering::Relaxed) {

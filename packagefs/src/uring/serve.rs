@@ -210,11 +210,11 @@ pub fn serve(fs: &PackageFs, h: &abi::InHeader, op: Op, out: &mut Out) -> Done {
             })
         }),
         Op::Readlink => fs.do_readlink(ino).and_then(|t| out.extend(&t)),
-        Op::Open { flags } => fs.do_open(flags).and_then(|(fh, f)| {
+        Op::Open { flags } => fs.do_open_file(ino, flags).and_then(|o| {
             out.push(&abi::OpenOut {
-                fh,
-                open_flags: f,
-                backing_id: 0,
+                fh: o.fh,
+                open_flags: o.flags,
+                backing_id: o.backing_id as i32,
             })
         }),
         Op::Opendir => fs.do_opendir().and_then(|(fh, f)| {

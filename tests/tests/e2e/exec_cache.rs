@@ -5,7 +5,10 @@
 //! not the daemon's alone is refused.
 //!
 //! Whether reads reached the daemon is read from the counters it logs at unmount
-//! (`passthrough_opens=`, `daemon_opens=`, `daemon_reads=`, `filled=`, `hashed=`).
+//! (`passthrough_opens=`, `daemon_opens=`, `daemon_reads=`, `filled=`, `hashed=`,
+//! `recorded=`). The passthrough tests run over both transports (`/dev/fuse` and the ring,
+//! where the kernel has it): the backing files are registered on the connection's
+//! `/dev/fuse` descriptor either way.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use std::io::Read;
 
+use e2e::uring::Transport;
 use e2e::{run_ok, run_packagefs, Mount, Pkg, Stack, TestTree};
 
 /// The counters of the daemon's `exec cache` line at unmount.
@@ -103,6 +107,10 @@ fn run_cat(m: &Mount, input: &Path, want: &[u8]) {
 #[test]
 fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_changed_cache_file_is_refilled(
 ) {
+    e2e::uring::each(programs_are_served_by_passthrough);
+}
+
+fn programs_are_served_by_passthrough(t: Transport) {
     let s = cat_stack();
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("var/cache/exec");
@@ -115,7 +123,13 @@ fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_c
 
     // 1. First run: through the daemon, and queued; the cache file appears, named by the
     // program's content hash; the second run is served by passthrough.
-    let mut m = s.builder().arg("-o").arg(&opt).env("RUST_LOG", LOG).start();
+    let mut m = s
+        .builder()
+        .transport(t)
+        .arg("-o")
+        .arg(&opt)
+        .env("RUST_LOG", LOG)
+        .start();
     run_cat(&m, &input, want);
     wait_for_object(&obj, &cat);
     wait_for_log(
@@ -125,6 +139,7 @@ fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_c
     let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o700, "a root-only directory");
     until_passthrough(&m, &cat, || run_cat(&m, &input, want));
+    assert!(m.log().contains(t.log_line()), "{}", m.log());
     let c = counters(&mut m);
     assert_eq!(c["filled"], 1, "{c:?}");
     assert!(c["daemon_opens"] >= 1 && c["daemon_reads"] >= 1, "{c:?}");
@@ -134,7 +149,13 @@ fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_c
     // 2. A remount (as after a reboot): not hashed (the record of the daemon before says
     // the file is as it hashed it), every open is passthrough and no read reaches the
     // daemon (whose page cache is new with the mount).
-    let mut m = s.builder().arg("-o").arg(&opt).env("RUST_LOG", LOG).start();
+    let mut m = s
+        .builder()
+        .transport(t)
+        .arg("-o")
+        .arg(&opt)
+        .env("RUST_LOG", LOG)
+        .start();
     run_cat(&m, &input, want);
     run_cat(&m, &input, want);
     let c = counters(&mut m);
@@ -153,7 +174,13 @@ fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_c
     bad[mid] ^= 0x55;
     std::fs::set_permissions(&obj, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&obj, &bad).unwrap();
-    let mut m = s.builder().arg("-o").arg(&opt).env("RUST_LOG", LOG).start();
+    let mut m = s
+        .builder()
+        .transport(t)
+        .arg("-o")
+        .arg(&opt)
+        .env("RUST_LOG", LOG)
+        .start();
     run_cat(&m, &input, want);
     assert!(
         m.log()
@@ -194,6 +221,10 @@ fn replace_by_rename(obj: &Path, bytes: &[u8]) {
 #[test]
 fn r15_a_kept_cache_file_is_served_unhashed_after_a_remount_unless_it_changed_since_it_was_recorded(
 ) {
+    e2e::uring::each(kept_cache_file);
+}
+
+fn kept_cache_file(t: Transport) {
     let s = cat_stack();
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("exec");
@@ -205,6 +236,7 @@ fn r15_a_kept_cache_file_is_served_unhashed_after_a_remount_unless_it_changed_si
     let opt = format!("exec_cache={}", cache.display());
     let mount = |extra: &str| {
         s.builder()
+            .transport(t)
             .arg("-o")
             .arg(format!("{opt}{extra}"))
             .env("RUST_LOG", LOG)
@@ -402,6 +434,10 @@ fn r15_a_cache_directory_that_is_a_symlink_or_open_to_others_is_refused_in_one_l
 
 #[test]
 fn r15_a_file_open_by_passthrough_keeps_its_bytes_across_a_generation_switch() {
+    e2e::uring::each(keeps_its_bytes_across_a_switch);
+}
+
+fn keeps_its_bytes_across_a_switch(t: Transport) {
     let old = fake_library(3 << 20, 7);
     let new = fake_library(3 << 20, 8);
     let s = Stack::new(&["system"]);
@@ -412,6 +448,7 @@ fn r15_a_file_open_by_passthrough_keeps_its_bytes_across_a_generation_switch() {
     let cache = dir.path().join("exec");
     let mut m = s
         .builder()
+        .transport(t)
         .arg("-o")
         .arg(format!("exec_cache={}", cache.display()))
         .env("RUST_LOG", LOG)
