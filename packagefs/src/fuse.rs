@@ -514,6 +514,28 @@ impl PackageFs {
         }
     }
 
+    /// A READ of `size` bytes at `offset` of `ino` by process `pid`, handed to `sink` span by
+    /// span (see `Reader::read_spans`): for the ring, which writes the reply into its own
+    /// payload buffer.
+    pub(crate) fn do_read_spans(
+        &self,
+        pid: u32,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        sink: impl FnMut(&[u8]),
+    ) -> Result<(), Errno> {
+        if let Some(pt) = &self.passthrough {
+            pt.counters
+                .reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let f = self.file_ref(ino)?;
+        self.reader
+            .read_spans((ino, pid), &f, offset, size, sink)
+            .map_err(Errno::from)
+    }
+
     /// A READ of `size` bytes at `offset` of `ino` by process `pid`: `answer` gets the bytes.
     pub(crate) fn do_read(
         &self,

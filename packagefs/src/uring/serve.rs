@@ -224,12 +224,15 @@ pub fn serve(fs: &PackageFs, h: &abi::InHeader, op: Op, out: &mut Out) -> Done {
                 backing_id: 0,
             })
         }),
+        // Each chunk's span goes straight into the reply buffer (no gathering copy).
         Op::Read { offset, size } => {
             let mut r = Ok(());
-            fs.do_read(h.pid, ino, offset, size, |d| {
-                r = d.and_then(|d| out.extend(&d[..d.len().min(size as usize)]))
-            });
-            r
+            fs.do_read_spans(h.pid, ino, offset, size, |d| {
+                if r.is_ok() {
+                    r = out.extend(d);
+                }
+            })
+            .and(r)
         }
         Op::Release { fh } => {
             fs.do_release(ino, fh);
