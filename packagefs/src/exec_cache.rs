@@ -842,8 +842,8 @@ impl ExecCache {
                 });
             }
         }
-        // Never hashed as it is now: hash it; any change after the fstat below shows in
-        // mtime or ctime.
+        // Never hashed as it is now: hash it; a change made while it is hashed shows in
+        // the fstat after the hash (mtime or ctime), and the file is not believed.
         let before = st;
         let mut file = File::from(fd);
         let t = std::time::Instant::now();
