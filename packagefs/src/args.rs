@@ -56,9 +56,10 @@ exec_cache=DIR[,exec_cache_size=SIZE]: ELF executables and libraries, and files 
 more opened 4 times, are decompressed once (in the background, each chunk checked) into DIR
 (created 0700; refused if a symlink, another user's, or open to others), named by the
 BLAKE3 of their bytes, kept across remounts and reboots within SIZE (default 1G, least
-recently used files that are not open go first), checked at each open, and then opened by FUSE passthrough: reads and page faults go from the kernel to
-the cache file, not through the daemon (Linux 6.9+, as root). Every file is then opened by
-the daemon (an OPEN round trip, which mounts without the cache do not pay);
+recently used files that are not open go first), checked at each open, and then opened
+by FUSE passthrough: reads and page faults go from the kernel to the cache file, not
+through the daemon (Linux 6.9+, as root). Every file is then opened by the daemon (an
+OPEN round trip, which mounts without the cache do not pay);
 exec_cache_verify=stat|full: how a cache file kept by an earlier daemon is checked before
 its first use: stat (default) serves it at once if its device, inode, size, mtime and ctime
 are those recorded in DIR/verified when its bytes were last hashed (any change through the
