@@ -170,12 +170,39 @@ ensure_rust() {
 	done
 }
 
+# Where cargo puts what it builds (CARGO_TARGET_DIR if set).
+PACKAGEFS_TARGET="${CARGO_TARGET_DIR:-$PACKAGEFS_ROOT/target}"
+
 # build_release: build every binary of the workspace in release mode and put
-# target/release first on PATH.
+# $PACKAGEFS_TARGET/release first on PATH.
 build_release() {
 	run cargo build --release --workspace --bins
-	PATH="$PACKAGEFS_ROOT/target/release:$PATH"
+	PATH="$PACKAGEFS_TARGET/release:$PATH"
 	export PATH
+}
+
+# FUSE over io_uring: the kernel offers it only while the fuse module's enable_uring
+# parameter is on. A benchmark that measures the ring turns it on for its run with
+# uring_on and puts it back with uring_restore (from its EXIT trap); the daemon never
+# changes it.
+ENABLE_URING=/sys/module/fuse/parameters/enable_uring
+URING_BEFORE='' # its value before uring_on (put back by uring_restore)
+
+# uring_on: turns enable_uring on (remembering what was there); status 1, changing
+# nothing, where the kernel has no such switch (Linux before 6.14, or not root).
+uring_on() {
+	[[ -w $ENABLE_URING ]] || return 1
+	[[ -n $URING_BEFORE ]] || URING_BEFORE="$(<"$ENABLE_URING")"
+	echo Y >"$ENABLE_URING"
+}
+
+# uring_restore: puts enable_uring back as uring_on found it (nothing if it was not
+# turned on).
+uring_restore() {
+	[[ -n $URING_BEFORE ]] || return 0
+	printf '%s\n' "$URING_BEFORE" >"$ENABLE_URING" 2>/dev/null ||
+		warn "could not put back $ENABLE_URING=$URING_BEFORE"
+	URING_BEFORE=''
 }
 
 # now: seconds since the epoch, with microseconds.

@@ -59,15 +59,22 @@ exec_cache=DIR[,exec_cache_size=SIZE]: ELF executables and libraries, and files 
 more opened 4 times, are decompressed once (in the background, each chunk checked) into DIR
 (created 0700; refused if a symlink, another user's, or open to others), named by the
 BLAKE3 of their bytes, kept across remounts and reboots within SIZE (default 1G, least
-recently used files that are not open go first), hashed whole at their first use by a
-daemon and then opened by FUSE passthrough: reads and page faults go from the kernel to
-the cache file, not through the daemon (Linux 6.9+, as root). Every file is then opened by
-the daemon (an OPEN round trip, which mounts without the cache do not pay);
+recently used files that are not open go first), checked at each open, and then opened
+by FUSE passthrough: reads and page faults go from the kernel to the cache file, not
+through the daemon (Linux 6.9+, as root). Every file is then opened by the daemon (an
+OPEN round trip, which mounts without the cache do not pay);
+exec_cache_verify=stat|full: how a cache file kept by an earlier daemon is checked before
+its first use: stat (default) serves it at once if its device, inode, size, mtime and ctime
+are those recorded in DIR/verified when its bytes were last hashed (any change through the
+file system changes them), and hashes it whole otherwise; full hashes every cache file
+whole at its first use by each daemon, whatever the record says (also catches a disk that
+returns other bytes, or an edit of the raw device; see docs/exec-cache.md);
 io_uring=auto|on|off: the kernel's FUSE io_uring transport (Linux 6.14+, as root), one
 queue per CPU, a request served on the CPU that made it: auto (default) uses it when the
 kernel offers it (the fuse module's enable_uring, which the daemon never changes), else
-/dev/fuse; on fails with one line if it is not offered; off always uses /dev/fuse; not
-with exec_cache, whose passthrough opens go over /dev/fuse. See README.md)."
+/dev/fuse; on fails with one line if it is not offered; off always uses /dev/fuse; with
+exec_cache too (backing files are registered on the /dev/fuse descriptor, the OPEN replies
+that name them travel over the ring). See README.md)."
 )]
 pub struct Args {
     /// Layer NAME=DIR, lowest first (repeatable).
@@ -138,6 +145,8 @@ pub struct Settings {
     pub exec_cache: Option<PathBuf>,
     /// `-o exec_cache_size=SIZE`: its size limit in bytes.
     pub exec_cache_size: u64,
+    /// `-o exec_cache_verify=stat|full`: how kept cache files are checked.
+    pub exec_cache_verify: packagefs::exec_cache::Verify,
     /// `-o io_uring=auto|on|off`: the kernel's FUSE io_uring transport.
     pub io_uring: packagefs::uring::Mode,
     /// `-o chunk_store=DIR`: where chunks of thin packages are kept (docs/fleet.md).
@@ -175,6 +184,9 @@ pub enum Usage {
     /// `exec_cache_size` without `exec_cache`.
     #[error("exec_cache_size without exec_cache=DIR")]
     ExecCacheSizeAlone,
+    /// `exec_cache_verify` without `exec_cache`.
+    #[error("exec_cache_verify without exec_cache=DIR")]
+    ExecCacheVerifyAlone,
     /// No layer given.
     #[error("no layers: give at least one --layer NAME=DIR")]
     NoLayers,
@@ -233,6 +245,7 @@ impl Args {
         let mut boot_cmdline = PathBuf::from("/proc/cmdline");
         let mut exec_cache = None;
         let mut exec_cache_size = None;
+        let mut exec_cache_verify = None;
         let mut io_uring = packagefs::uring::Mode::Auto;
         let mut chunk_store = PathBuf::from("/var/cache/packagefs/chunks");
         let mut chunk_store_size: u64 = 4 << 30;
@@ -270,6 +283,13 @@ impl Args {
                 ("boot_cmdline", Some(v)) => boot_cmdline = PathBuf::from(v),
                 ("exec_cache", Some(v)) if !v.is_empty() => exec_cache = Some(PathBuf::from(v)),
                 ("exec_cache_size", Some(v)) => exec_cache_size = Some(parse_size(v)? as u64),
+                ("exec_cache_verify", Some(v)) => {
+                    exec_cache_verify = Some(v.parse().map_err(|()| Usage::Value {
+                        option: "exec_cache_verify",
+                        value: v.to_owned(),
+                        wants: "expected stat or full",
+                    })?)
+                }
                 ("io_uring", Some(v)) => {
                     io_uring = v.parse().map_err(|_| Usage::Value {
                         option: "io_uring",
@@ -326,6 +346,9 @@ impl Args {
         if exec_cache_size.is_some() && exec_cache.is_none() {
             return Err(Usage::ExecCacheSizeAlone);
         }
+        if exec_cache_verify.is_some() && exec_cache.is_none() {
+            return Err(Usage::ExecCacheVerifyAlone);
+        }
         if layer_specs.is_empty() {
             return Err(Usage::NoLayers);
         }
@@ -370,6 +393,7 @@ impl Args {
             boot_cmdline,
             exec_cache,
             exec_cache_size: exec_cache_size.unwrap_or(DEFAULT_EXEC_CACHE_SIZE),
+            exec_cache_verify: exec_cache_verify.unwrap_or_default(),
             io_uring,
             chunk_store,
             chunk_store_size,
@@ -414,6 +438,7 @@ mod tests {
     }
 
     use super::*;
+    use packagefs::exec_cache::Verify;
 
     fn settings(args: &[&str]) -> Result<Settings, Usage> {
         Args::try_parse_from(["packagefs"].iter().chain(args))
@@ -444,6 +469,39 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.exec_cache_size, 2 << 30);
+        assert_eq!(s.exec_cache_verify, Verify::Stat, "the default");
+        let s = settings(&[
+            "--layer",
+            "system=/l",
+            "-o",
+            "exec_cache=/c,exec_cache_verify=full",
+            "/mnt",
+        ])
+        .unwrap();
+        assert_eq!(s.exec_cache_verify, Verify::Full);
+        let bad = settings(&[
+            "--layer",
+            "system=/l",
+            "-o",
+            "exec_cache=/c,exec_cache_verify=maybe",
+            "/mnt",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            "exec_cache_verify=maybe: expected stat or full"
+        );
+        assert_eq!(
+            settings(&[
+                "--layer",
+                "system=/l",
+                "-o",
+                "exec_cache_verify=stat",
+                "/mnt"
+            ])
+            .unwrap_err(),
+            Usage::ExecCacheVerifyAlone
+        );
         // No unknown option reaches the kernel.
         assert!(!s
             .mount_options

@@ -18,17 +18,24 @@
 //!   A crash leaves at most a temp file (never used, swept) or an object without a key
 //!   (found by nobody, evicted in its turn).
 //! - **Use** ([`ExecCache::find`]): the object is opened `O_NOFOLLOW`, must be a regular file
-//!   of this user with one link and the expected size, and is hashed whole (BLAKE3) before
-//!   its first use in this daemon's life; what was checked is remembered by (dev, inode,
-//!   size, mtime, ctime), and every later open compares those with an `fstat` of its own.
-//!   A file whose bytes do not match its name is removed (one log line) and filled again.
-//!   Without fs-verity, this is what "never served once changed" costs: one full hash per
-//!   object per mount (measured in docs/benchmarks.md) and one `fstat` per open. A change
-//!   made while a file is open through passthrough is not seen until its next open.
+//!   of this user with one link and the expected size, and its identity (dev, inode, size,
+//!   mtime, ctime: a write, a truncation, a replacement or a rename over it changes one of
+//!   these, and ctime cannot be set from user space) must be one its bytes were hashed
+//!   under: as written by a fill, as hashed at an earlier use, or as recorded in
+//!   `DIR/verified` by an earlier daemon (see [`Verify`]). Otherwise it is hashed whole
+//!   (BLAKE3) before it is used, and a file whose bytes do not match its name is removed
+//!   (one log line) and filled again. Cost: one `fstat` per open, and a hash only for an
+//!   object whose identity changed (or, with [`Verify::Full`], once per object per daemon
+//!   life). A change made while a file is open through passthrough is not seen until its
+//!   next open.
+//! - **The record** (`DIR/verified`): what was hashed, as (digest, identity), in order of
+//!   use (least recent first); written whole to a temp file, fsynced and renamed over the
+//!   old one (then the directory is fsynced), after fills and hashes and at unmount. A
+//!   record that is not whole (no `end` line with its count) is not believed at all.
 //! - **Size**: before each fill (to make room) and after it, the least recently used objects
 //!   that are not open are removed until the total is within the limit. Recency is kept in
-//!   memory and, across restarts, as each object's atime (set at its first use in a
-//!   daemon's life).
+//!   memory and, across restarts, as the order of the record (objects not in it, by
+//!   atime, count as older).
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -40,7 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use format::archive::{Archive, EntryId};
-use rustix::fs::{AtFlags, Mode, OFlags, Stat, Timespec, Timestamps};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 use tracing::{debug, info, warn};
 
 /// BLAKE3 of a file's bytes: the name of its object.
@@ -49,6 +56,37 @@ pub type Digest = [u8; 32];
 pub type Key = [u8; 32];
 
 const KEY_CONTEXT: &str = "packagefs exec cache key v1";
+
+/// The record of what was hashed (in the cache directory) and its first line.
+const RECORD: &str = "verified";
+const RECORD_HEADER: &str = "packagefs exec cache verified v1";
+/// A record larger than this is not read (a few thousand objects take a few hundred KiB).
+const RECORD_MAX: u64 = 64 << 20;
+
+/// How an object kept by an earlier daemon is checked at its first use
+/// (`-o exec_cache_verify=stat|full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verify {
+    /// Served at once if its identity (dev, inode, size, mtime, ctime) is the one the
+    /// record says its bytes were hashed under; hashed whole otherwise.
+    #[default]
+    Stat,
+    /// Hashed whole at its first use by each daemon, whatever the record says (catches
+    /// what the file system cannot see: a disk that returns other bytes, an edit of the
+    /// raw device).
+    Full,
+}
+
+impl std::str::FromStr for Verify {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Verify, ()> {
+        match s {
+            "stat" => Ok(Verify::Stat),
+            "full" => Ok(Verify::Full),
+            _ => Err(()),
+        }
+    }
+}
 
 /// An exec cache error: one line.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +179,58 @@ impl Ident {
             ctime: (st.st_ctime, st.st_ctime_nsec),
         }
     }
+
+    /// The fields of a record line after the digest.
+    fn to_record(self) -> String {
+        format!(
+            "{} {} {} {} {} {} {}",
+            self.dev, self.ino, self.size, self.mtime.0, self.mtime.1, self.ctime.0, self.ctime.1
+        )
+    }
+
+    fn from_record<'a>(mut f: impl Iterator<Item = &'a str>) -> Option<Ident> {
+        let mut n = || f.next()?.parse::<u64>().ok();
+        let (dev, ino, size) = (n()?, n()?, n()?);
+        let mtime = (i64::try_from(n()?).ok()?, n()?);
+        let ctime = (i64::try_from(n()?).ok()?, n()?);
+        (mtime.1 < 1_000_000_000 && ctime.1 < 1_000_000_000).then_some(Ident {
+            dev,
+            ino,
+            size,
+            mtime,
+            ctime,
+        })
+    }
+}
+
+/// A record read back: per object, its place in the order of use and what it was hashed as.
+type Record = HashMap<Digest, (usize, Option<Ident>)>;
+
+/// Parses a record (see the module doc); `None` if it is not whole.
+fn parse_record(text: &[u8]) -> Option<Record> {
+    let text = std::str::from_utf8(text).ok()?;
+    let (body, last) = text.strip_suffix('\n')?.rsplit_once('\n')?;
+    let count: usize = last.strip_prefix("end ")?.parse().ok()?;
+    let mut lines = body.split('\n');
+    if lines.next()? != RECORD_HEADER {
+        return None;
+    }
+    let mut out = Record::new();
+    for (i, line) in lines.enumerate() {
+        let mut f = line.split(' ');
+        let d = unhex(f.next()?.as_bytes())?;
+        let ident = match f.clone().next()? {
+            "-" => {
+                f.next();
+                None
+            }
+            _ => Some(Ident::from_record(&mut f)?),
+        };
+        if f.next().is_some() || out.insert(d, (i, ident)).is_some() {
+            return None;
+        }
+    }
+    (out.len() == count).then_some(out)
 }
 
 struct Object {
@@ -149,8 +239,15 @@ struct Object {
     used: u64,
     /// Opens handed out and not yet dropped.
     open: u32,
-    /// What was hashed and found right, in this daemon's life.
+    /// What its bytes were hashed and found right as (by this daemon, or by an earlier one
+    /// as its record says).
     verified: Option<Ident>,
+    /// `verified` comes from the record and this daemon has not used the object yet.
+    recorded: bool,
+    /// What the record said at start, believed or not (with `full` it is not, but it is
+    /// written back for an object this daemon did not hash: it is still what an earlier
+    /// daemon hashed).
+    prior: Option<Ident>,
 }
 
 #[derive(Default)]
@@ -159,6 +256,10 @@ struct State {
     total: u64,
     tick: u64,
     keys: HashMap<Key, (Digest, u64)>,
+    /// The record is behind what is known.
+    dirty: bool,
+    /// Objects whose check was taken from the record at start.
+    recorded: usize,
 }
 
 impl State {
@@ -180,6 +281,8 @@ impl State {
                     used: tick,
                     open: 0,
                     verified: None,
+                    recorded: false,
+                    prior: None,
                 })
             }
         }
@@ -195,6 +298,8 @@ pub struct Stats {
     pub bytes: u64,
     /// Objects open now.
     pub open: usize,
+    /// Objects found at start whose check was taken from the record.
+    pub recorded: usize,
 }
 
 /// The exec cache of one daemon.
@@ -207,6 +312,10 @@ pub struct ExecCache {
     uid: u32,
     state: Mutex<State>,
     seq: AtomicU64,
+    dir: OwnedFd,
+    verify: Verify,
+    /// Held while the record is written (one writer at a time, newest snapshot last).
+    saving: Mutex<()>,
 }
 
 impl std::fmt::Debug for ExecCache {
@@ -224,8 +333,11 @@ pub struct Opened {
     pub file: File,
     /// Its name.
     pub digest: Digest,
-    /// True if it was hashed by this open (its first use in this daemon's life).
+    /// True if it was hashed by this open (its identity was not one known to be right).
     pub hashed: bool,
+    /// True if this open is the object's first use by this daemon and was served on the
+    /// strength of the record (not hashed).
+    pub recorded: bool,
     cache: Arc<ExecCache>,
 }
 
@@ -256,11 +368,17 @@ fn dir_flags() -> OFlags {
 }
 
 impl ExecCache {
-    /// Opens (creating it if missing, mode 0700) the cache directory `path`, holding at most
-    /// `max_bytes` of files. Refuses a directory that is a symlink, is owned by another user
-    /// or lets anyone else in; sweeps temp files left by writers that are gone; evicts down
-    /// to `max_bytes`.
+    /// [`ExecCache::open_with`] with the default check, [`Verify::Stat`].
     pub fn open(path: &Path, max_bytes: u64) -> Result<ExecCache, Error> {
+        ExecCache::open_with(path, max_bytes, Verify::default())
+    }
+
+    /// Opens (creating it if missing, mode 0700) the cache directory `path`, holding at most
+    /// `max_bytes` of files, whose kept objects are checked as `verify` says. Refuses a
+    /// directory that is a symlink, is owned by another user or lets anyone else in; sweeps
+    /// temp files left by writers that are gone; reads the record; evicts down to
+    /// `max_bytes`.
+    pub fn open_with(path: &Path, max_bytes: u64, verify: Verify) -> Result<ExecCache, Error> {
         let refused = |reason: String| Error::Refused {
             path: path.to_owned(),
             reason,
@@ -335,15 +453,19 @@ impl ExecCache {
             }
             Ok(fd)
         };
+        let (data, keys, tmp) = (sub("data")?, sub("keys")?, sub("tmp")?);
         let cache = ExecCache {
-            data: sub("data")?,
-            keys: sub("keys")?,
-            tmp: sub("tmp")?,
+            data,
+            keys,
+            tmp,
             path: path.to_owned(),
             max_bytes,
             uid,
             state: Mutex::new(State::default()),
             seq: AtomicU64::new(0),
+            dir,
+            verify,
+            saving: Mutex::new(()),
         };
         cache.sweep_temps();
         cache.scan();
@@ -377,6 +499,7 @@ impl ExecCache {
             objects: s.objects.len(),
             bytes: s.total,
             open: s.objects.values().filter(|o| o.open > 0).count(),
+            recorded: s.recorded,
         }
     }
 
@@ -389,7 +512,7 @@ impl ExecCache {
             let owner = name
                 .to_str()
                 .ok()
-                .and_then(|n| n.trim_start_matches("k").split('-').next())
+                .and_then(|n| n.trim_start_matches(['k', 'v']).split('-').next())
                 .and_then(|p| p.parse::<i32>().ok());
             let alive = match owner {
                 Some(pid) if pid as u32 != me && pid > 0 => rustix::process::Pid::from_raw(pid)
@@ -414,8 +537,10 @@ impl ExecCache {
         }
     }
 
-    /// Reads what `data/` and `keys/` hold; objects are ordered by atime (their last first use).
+    /// Reads what `data/` and `keys/` hold, and the record: objects are ordered by their
+    /// place in the record, those not in it (by atime) before them.
     fn scan(&self) {
+        let record = self.read_record();
         let mut found = Vec::new();
         for name in list(&self.data) {
             let st = rustix::fs::statat(&self.data, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW);
@@ -424,7 +549,11 @@ impl ExecCache {
             });
             match (unhex(name.to_bytes()), st) {
                 (Some(d), Ok(st)) if ok => {
-                    found.push((st.st_atime, st.st_atime_nsec, d, st.st_size as u64))
+                    let (place, ident) = match record.as_ref().and_then(|r| r.get(&d)) {
+                        Some(&(i, ident)) => ((1, i as i64, 0), ident),
+                        None => ((0, st.st_atime, st.st_atime_nsec), None),
+                    };
+                    found.push((place, d, st.st_size as u64, ident))
                 }
                 (_, Ok(st))
                     if rustix::fs::FileType::from_raw_mode(st.st_mode)
@@ -436,19 +565,24 @@ impl ExecCache {
                 _ => {}
             }
         }
-        found.sort();
+        found.sort_by_key(|f| (f.0, f.1));
         let mut s = self.lock();
-        for (_, _, d, size) in found {
+        for (_, d, size, ident) in found {
             s.tick += 1;
             let used = s.tick;
             s.total += size;
+            // With `full`, what the record says is not believed (its order is).
+            let verified = ident.filter(|_| self.verify == Verify::Stat);
+            s.recorded += verified.is_some() as usize;
             s.objects.insert(
                 d,
                 Object {
                     size,
                     used,
                     open: 0,
-                    verified: None,
+                    verified,
+                    recorded: verified.is_some(),
+                    prior: ident,
                 },
             );
         }
@@ -459,12 +593,149 @@ impl ExecCache {
                 let _ = rustix::fs::unlinkat(&self.keys, name.as_c_str(), AtFlags::empty());
             }
         }
-        debug!(
+        info!(
             objects = s.objects.len(),
             bytes = s.total,
-            "exec cache {} opened",
-            self.path.display()
+            recorded = s.recorded,
+            verify = ?self.verify,
+            "exec cache {}: {} objects, {} of them hashed by an earlier daemon and unchanged since",
+            self.path.display(),
+            s.objects.len(),
+            s.recorded
         );
+    }
+
+    /// The record, if there is a whole one (see the module doc).
+    fn read_record(&self) -> Option<Record> {
+        let fd = match rustix::fs::openat(
+            &self.dir,
+            RECORD,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return None,
+            Err(e) => {
+                warn!(
+                    "exec cache {}: {e}; every kept object is hashed at its first use",
+                    self.path.join(RECORD).display()
+                );
+                return None;
+            }
+        };
+        let st = rustix::fs::fstat(&fd).ok()?;
+        let problem = if rustix::fs::FileType::from_raw_mode(st.st_mode)
+            != rustix::fs::FileType::RegularFile
+        {
+            Some("is not a regular file".to_string())
+        } else if st.st_uid != self.uid {
+            Some(format!("is owned by uid {}", st.st_uid))
+        } else if st.st_nlink != 1 {
+            Some(format!("has {} links", st.st_nlink))
+        } else if st.st_size as u64 > RECORD_MAX {
+            Some(format!("has {} bytes", st.st_size))
+        } else {
+            None
+        };
+        let mut text = Vec::new();
+        let parsed = match problem {
+            Some(p) => Err(p),
+            None => File::from(fd)
+                .take(RECORD_MAX)
+                .read_to_end(&mut text)
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    parse_record(&text).ok_or_else(|| "is not a whole record".to_string())
+                }),
+        };
+        parsed
+            .inspect_err(|why| {
+                warn!(
+                    "exec cache {} {why}: not believed; every kept object is hashed at its \
+                     first use",
+                    self.path.join(RECORD).display()
+                )
+            })
+            .ok()
+    }
+
+    /// Writes the record if it is behind (or, with `always`, in any case: the order of use
+    /// changes with every first use): to a temp file, fsynced, renamed over the old one,
+    /// then the directory fsynced. A crash leaves the old record or the new one, and at most
+    /// a temp file, swept at the next start.
+    pub fn save_record(&self, always: bool) -> Result<(), Error> {
+        let _one = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lines = {
+            let mut s = self.lock();
+            if !s.dirty && !always {
+                return Ok(());
+            }
+            s.dirty = false;
+            s.objects
+                .iter()
+                .map(|(d, o)| (o.used, *d, o.verified.or(o.prior)))
+                .collect::<Vec<_>>()
+        };
+        lines.sort_by_key(|l| l.0);
+        let mut text = String::with_capacity(64 + lines.len() * 140);
+        text.push_str(RECORD_HEADER);
+        text.push('\n');
+        for (_, d, ident) in &lines {
+            text.push_str(&hex(d));
+            text.push(' ');
+            match ident {
+                Some(i) => text.push_str(&i.to_record()),
+                None => text.push('-'),
+            }
+            text.push('\n');
+        }
+        text.push_str(&format!("end {}\n", lines.len()));
+        let r = self.write_beside(&self.dir, RECORD, text.as_bytes(), 'v');
+        if r.is_err() {
+            self.lock().dirty = true;
+        }
+        r
+    }
+
+    /// Writes `bytes` to `dir/name` crash-safely: a temp file `tmp/<prefix><pid>-<n>`
+    /// (mode 0400), fsync, rename over `name`, fsync of `dir`.
+    fn write_beside(
+        &self,
+        dir: &OwnedFd,
+        name: &str,
+        bytes: &[u8],
+        prefix: char,
+    ) -> Result<(), Error> {
+        let tmp_name = format!(
+            "{prefix}{}-{}",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let tmp_path = self.path.join("tmp").join(&tmp_name);
+        let fd = rustix::fs::openat(
+            &self.tmp,
+            tmp_name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o400),
+        )
+        .map_err(io_err(tmp_path.clone()))?;
+        let mut f = File::from(fd);
+        let r = f
+            .write_all(bytes)
+            .map_err(|source| Error::Io {
+                path: tmp_path.clone(),
+                source,
+            })
+            .and_then(|()| rustix::fs::fsync(&f).map_err(io_err(tmp_path.clone())))
+            .and_then(|()| {
+                rustix::fs::renameat(&self.tmp, tmp_name.as_str(), dir, name)
+                    .map_err(io_err(tmp_path.clone()))
+            });
+        if r.is_err() {
+            let _ = rustix::fs::unlinkat(&self.tmp, tmp_name.as_str(), AtFlags::empty());
+        }
+        r?;
+        rustix::fs::fsync(dir).map_err(io_err(self.path.clone()))
     }
 
     fn read_key_file(&self, name: &CStr) -> Option<(Digest, u64)> {
@@ -552,7 +823,8 @@ impl ExecCache {
             self.discard(&digest, &st, &p);
             return None;
         }
-        // Checked already in this daemon's life, and unchanged since: one fstat.
+        // Hashed already (by this daemon, or by an earlier one as the record says), and
+        // unchanged since: one fstat.
         {
             let mut s = self.lock();
             let tick = s.next_tick();
@@ -560,32 +832,19 @@ impl ExecCache {
             if o.verified == Some(Ident::of(&st)) {
                 o.open += 1;
                 o.used = tick;
+                let recorded = std::mem::take(&mut o.recorded);
                 return Some(Opened {
                     file: File::from(fd),
                     digest,
                     hashed: false,
+                    recorded,
                     cache: self.clone(),
                 });
             }
         }
-        // First use: record the use (atime: the order of eviction after a restart), then
-        // hash; any change after the fstat below shows in mtime or ctime.
-        let now = Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_NOW,
-        };
-        let omit = Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        };
-        let _ = rustix::fs::futimens(
-            &fd,
-            &Timestamps {
-                last_access: now,
-                last_modification: omit,
-            },
-        );
-        let before = rustix::fs::fstat(&fd).ok()?;
+        // Never hashed as it is now: hash it; a change made while it is hashed shows in
+        // the fstat after the hash (mtime or ctime), and the file is not believed.
+        let before = st;
         let mut file = File::from(fd);
         let t = std::time::Instant::now();
         let got = match hash_file(&mut file) {
@@ -609,14 +868,17 @@ impl ExecCache {
         }
         let mut s = self.lock();
         let tick = s.next_tick();
+        s.dirty = true;
         let o = s.object(digest, size, tick);
         o.verified = Some(Ident::of(&after));
+        o.recorded = false;
         o.open += 1;
         o.used = tick;
         Some(Opened {
             file,
             digest,
             hashed: true,
+            recorded: false,
             cache: self.clone(),
         })
     }
@@ -746,10 +1008,12 @@ impl ExecCache {
             let mut s = self.lock();
             let tick = s.next_tick();
             s.keys.insert(*key, (digest, size));
+            s.dirty = true;
             let o = s.object(digest, size, tick);
             o.used = tick;
             if verified.is_some() {
                 o.verified = verified;
+                o.recorded = false;
             }
         }
         self.evict();
@@ -757,36 +1021,8 @@ impl ExecCache {
     }
 
     fn write_key(&self, key: &Key, d: &Digest, size: u64) -> Result<(), Error> {
-        let tmp_name = format!(
-            "k{}-{}",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        );
-        let tmp_path = self.path.join("tmp").join(&tmp_name);
-        let fd = rustix::fs::openat(
-            &self.tmp,
-            tmp_name.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o400),
-        )
-        .map_err(io_err(tmp_path.clone()))?;
-        let mut f = File::from(fd);
-        let r = f
-            .write_all(format!("{} {size}\n", hex(d)).as_bytes())
-            .map_err(|source| Error::Io {
-                path: tmp_path.clone(),
-                source,
-            })
-            .and_then(|()| rustix::fs::fsync(&f).map_err(io_err(tmp_path.clone())))
-            .and_then(|()| {
-                rustix::fs::renameat(&self.tmp, tmp_name.as_str(), &self.keys, hex(key).as_str())
-                    .map_err(io_err(self.path.join("keys").join(hex(key))))
-            });
-        if r.is_err() {
-            let _ = rustix::fs::unlinkat(&self.tmp, tmp_name.as_str(), AtFlags::empty());
-        }
-        r?;
-        rustix::fs::fsync(&self.keys).map_err(io_err(self.path.join("keys")))
+        let line = format!("{} {size}\n", hex(d));
+        self.write_beside(&self.keys, &hex(key), line.as_bytes(), 'k')
     }
 
     /// Removes least recently used objects that are not open until the total is within
@@ -939,17 +1175,41 @@ mod tests {
         assert_eq!(c.stats().open, 1);
         drop(o);
         assert_eq!(c.stats().open, 0);
-        // A new life (a remount, a reboot) finds it and hashes it once.
+        // A new life (a remount, a reboot) finds it, and serves it without a hash: the
+        // record says these bytes were hashed as the file is now.
+        c.save_record(false).unwrap();
         drop(c);
         let c = Arc::new(ExecCache::open(&dir, 64 << 20).unwrap());
         assert_eq!(c.stats().objects, 1);
+        assert_eq!(c.stats().recorded, 1);
         let o = c.find(&key, size).expect("survives a restart");
-        assert!(o.hashed);
+        assert!(
+            !o.hashed && o.recorded,
+            "served on the strength of the record"
+        );
         let mut got = Vec::new();
         (&o.file).read_to_end(&mut got).unwrap();
         assert_eq!(got, want);
         drop(o);
+        let o = c.find(&key, size).unwrap();
+        assert!(!o.hashed && !o.recorded, "a later open: one fstat");
+        drop(o);
+        // With `full`, the record is not believed: hashed once per life.
+        drop(c);
+        let c = Arc::new(ExecCache::open_with(&dir, 64 << 20, Verify::Full).unwrap());
+        assert_eq!(c.stats().recorded, 0);
+        let o = c.find(&key, size).unwrap();
+        assert!(o.hashed && !o.recorded);
+        drop(o);
         assert!(!c.find(&key, size).unwrap().hashed, "once per life");
+        // A `full` daemon that did not use an object writes back what the record said of
+        // it: the next `stat` daemon still serves it unhashed.
+        drop(c);
+        let c = Arc::new(ExecCache::open_with(&dir, 64 << 20, Verify::Full).unwrap());
+        c.save_record(true).unwrap();
+        drop(c);
+        let c = Arc::new(ExecCache::open(&dir, 64 << 20).unwrap());
+        assert_eq!(c.stats().recorded, 1, "{}", record_of(&dir));
         // Another package with the same bytes, stored differently (lz4, 64 KiB chunks, at
         // another offset), shares the object.
         let other = other_package(pk.path(), &want);
@@ -1212,5 +1472,191 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
         assert_eq!(std::fs::read_dir(dir.join("data")).unwrap().count(), 0);
         assert!(c.find(&key, size).is_none());
+    }
+
+    /// A cache with `bin/a` of a package filled and the record written; the daemon gone.
+    fn filled(dir: &Path, pk: &Path) -> (Key, u64, PathBuf, Vec<u8>) {
+        let p = package(pk, 200_000, 5);
+        let (e, size) = entry(&p, "bin/a");
+        let key = key_of(&p.archive, e, size).unwrap();
+        let c = Arc::new(ExecCache::open(dir, 64 << 20).unwrap());
+        let d = c.fill(&key, &p.archive, e, size).unwrap();
+        c.save_record(false).unwrap();
+        (key, size, c.object_path(&d), bytes_of(&p, "bin/a"))
+    }
+
+    fn record_of(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join(RECORD)).unwrap()
+    }
+
+    #[test]
+    fn a_file_changed_after_it_was_recorded_is_hashed_and_not_served() {
+        let pk = tempfile::tempdir().unwrap();
+        // Written in place between two lives, same size, its mtime put back: the ctime
+        // (which cannot be set from user space) tells.
+        let (_t, dir) = cache_dir();
+        let (key, size, path, want) = filled(&dir, pk.path());
+        let st = std::fs::metadata(&path).unwrap();
+        let mut bad = want.clone();
+        bad[1234] ^= 1;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, &bad).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(st.modified().unwrap())
+            .unwrap();
+        let c = Arc::new(ExecCache::open(&dir, 64 << 20).unwrap());
+        assert_eq!(c.stats().recorded, 1, "recorded, but no longer as it is");
+        assert!(c.find(&key, size).is_none(), "changed in place: not served");
+        assert!(!path.exists(), "removed");
+        drop(c);
+
+        // Replaced by a rename of another file over it (same bytes even: another inode).
+        let (_t, dir) = cache_dir();
+        let (key, size, path, want) = filled(&dir, pk.path());
+        let other = dir.join("tmp").join("other");
+        std::fs::write(&other, &bad).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let c = Arc::new(ExecCache::open(&dir, 64 << 20).unwrap());
+        assert!(c.find(&key, size).is_none(), "replaced: not served");
+        assert!(!path.exists());
+        // The same bytes under a new inode are hashed, found right and served.
+        let good = dir.join("tmp").join("good");
+        std::fs::write(&good, &want).unwrap();
+        std::fs::rename(&good, &path).unwrap();
+        drop(c);
+        let c = Arc::new(ExecCache::open(&dir, 64 << 20).unwrap());
+        let o = c.find(&key, size).expect("right bytes");
+        assert!(o.hashed, "another inode than recorded: hashed");
+        drop(o);
+        // ... and the record written after the hash believes it in the next life.
+        c.save_record(false).unwrap();
+        drop(c);
+        let c = Arc::new(ExecCache::open(&dir, 64 << 20).unwrap());
+        assert!(c.find(&key, size).unwrap().recorded);
+        drop(c);
+
+        // Truncated and grown back to its size between two lives.
+        let (_t, dir) = cache_dir();
+        let (key, size, path, _) = filled(&dir, pk.path());
+        let f = File::options().write(true).open(&path).unwrap();
+        f.set_len(10).unwrap();
+        f.set_len(size).unwrap();
+        drop(f);
+        let c = Arc::new(ExecCache::open(&dir, 64 << 20).unwrap());
+        assert!(c.find(&key, size).is_none(), "truncated: not served");
+    }
+
+    #[test]
+    fn a_record_that_is_not_whole_or_not_ours_is_not_believed() {
+        let pk = tempfile::tempdir().unwrap();
+        let (_t, dir) = cache_dir();
+        let (key, size, _, _) = filled(&dir, pk.path());
+        let whole = record_of(&dir);
+        assert!(
+            whole.starts_with(RECORD_HEADER) && whole.ends_with("end 1\n"),
+            "{whole}"
+        );
+        let believed = |dir: &Path| {
+            let c = Arc::new(ExecCache::open(dir, 64 << 20).unwrap());
+            let r = c.stats().recorded;
+            let o = c.find(&key, size).expect("right bytes are served");
+            assert_eq!(o.hashed, r == 0);
+            r == 1
+        };
+        assert!(believed(&dir));
+        // A crash while writing the record: its temp file is never read, and swept; the
+        // record in place is the last whole one.
+        std::fs::write(dir.join("tmp").join("v999999999-3"), &whole[..20]).unwrap();
+        assert!(believed(&dir));
+        assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        // A record cut short (as a file system without ordered data could leave it), or
+        // with its count wrong: not believed at all, every object is hashed.
+        let cut = &whole[..whole.len() - 8];
+        for bad in [cut.to_string(), whole.replace("end 1", "end 2")] {
+            std::fs::remove_file(dir.join(RECORD)).unwrap();
+            std::fs::write(dir.join(RECORD), bad).unwrap();
+            assert!(!believed(&dir));
+        }
+        // Rewritten whole at the end of that life (by the hash of the open above).
+        let c = Arc::new(ExecCache::open(&dir, 64 << 20).unwrap());
+        drop(c.find(&key, size));
+        c.save_record(false).unwrap();
+        drop(c);
+        assert!(believed(&dir));
+        // A record that is a symlink, or has two links: not read.
+        let elsewhere = dir.parent().unwrap().join("elsewhere");
+        std::fs::write(&elsewhere, record_of(&dir)).unwrap();
+        std::fs::remove_file(dir.join(RECORD)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join(RECORD)).unwrap();
+        assert!(!believed(&dir));
+        std::fs::remove_file(dir.join(RECORD)).unwrap();
+        std::fs::hard_link(&elsewhere, dir.join(RECORD)).unwrap();
+        assert!(!believed(&dir));
+    }
+
+    #[test]
+    fn the_record_keeps_the_order_of_use_across_lives() {
+        let (_t, dir) = cache_dir();
+        let pk = tempfile::tempdir().unwrap();
+        // Three files of 1.5 MiB in a cache of 4 MiB.
+        let ps: Vec<_> = (0..3)
+            .map(|i| package(pk.path(), 3 << 19, 40 + i))
+            .collect();
+        let keyed: Vec<_> = ps
+            .iter()
+            .map(|p| {
+                let (e, size) = entry(p, "bin/a");
+                (key_of(&p.archive, e, size).unwrap(), e, size)
+            })
+            .collect();
+        let c = Arc::new(ExecCache::open(&dir, 4 << 20).unwrap());
+        for i in [0, 1] {
+            let (k, e, s) = keyed[i];
+            c.fill(&k, &ps[i].archive, e, s).unwrap();
+        }
+        // 0 is used after 1: 1 is the least recently used.
+        drop(c.find(&keyed[0].0, keyed[0].2).unwrap());
+        c.save_record(true).unwrap();
+        drop(c);
+        let c = Arc::new(ExecCache::open(&dir, 4 << 20).unwrap());
+        let (k, e, s) = keyed[2];
+        c.fill(&k, &ps[2].archive, e, s).unwrap();
+        assert!(c.find(&keyed[1].0, keyed[1].2).is_none(), "1 evicted");
+        assert!(c.find(&keyed[0].0, keyed[0].2).is_some(), "0 kept");
+    }
+
+    #[test]
+    fn a_record_parses_only_whole_and_well_formed() {
+        let d = hex(&[7; 32]);
+        let e = hex(&[8; 32]);
+        let ok = format!("{RECORD_HEADER}\n{d} 1 2 3 4 5 6 7\n{e} -\nend 2\n");
+        let r = parse_record(ok.as_bytes()).unwrap();
+        assert_eq!(r[&[8; 32]], (1, None));
+        let i = r[&[7; 32]].1.unwrap();
+        assert_eq!(
+            (i.dev, i.ino, i.size, i.mtime, i.ctime),
+            (1, 2, 3, (4, 5), (6, 7))
+        );
+        assert!(parse_record(format!("{RECORD_HEADER}\nend 0\n").as_bytes()).is_some());
+        // Every prefix of a whole record (a write cut short) is refused, and so is junk.
+        for n in 0..ok.len() {
+            assert!(parse_record(&ok.as_bytes()[..n]).is_none(), "{n}");
+        }
+        for bad in [
+            ok.replace("end 2", "end 3"),
+            ok.replace(" 7\n", " 7 8\n"),
+            ok.replace(" 5 ", " 1000000000 "),
+            ok.replace(" 2 3 ", " -2 3 "),
+            ok.replace(&e, &d),
+            ok.replace("v1", "v2"),
+            ok.replace("end 2\n", "end 2\nmore\n"),
+            "\u{0}\u{ff}".into(),
+        ] {
+            assert!(parse_record(bad.as_bytes()).is_none(), "{bad}");
+        }
     }
 }

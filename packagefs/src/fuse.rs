@@ -21,16 +21,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use format::archive::{EntryId, Kind};
 use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{debug, info, warn};
 
 use crate::cache::ChunkCache;
 use crate::exec_cache::ExecCache;
 use crate::lookups::Lookups;
-use crate::passthrough::Passthrough;
+use crate::passthrough::{OpenReply, Passthrough};
 use crate::read::{OpenFile, Reader};
 use crate::view::{self, Node, NodeAttr, Package, View, ViewSlot};
 
@@ -470,6 +470,33 @@ impl PackageFs {
         }
     }
 
+    /// An OPEN of file `ino` with `flags`: through the daemon or, with an exec cache that
+    /// has the file, by passthrough to a backing file (see `passthrough.rs`).
+    pub(crate) fn do_open_file(&self, ino: u64, flags: i32) -> Result<OpenReply, Errno> {
+        let Some(pt) = &self.passthrough else {
+            return self.do_open(flags).map(|(fh, flags)| OpenReply {
+                fh,
+                flags,
+                backing_id: 0,
+            });
+        };
+        // (Never sent for writing: the mount is read-only.)
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(Errno::EROFS);
+        }
+        let f = self.file_ref(ino)?;
+        let head = || self.reader.head::<18>(&f);
+        Ok(pt.open(ino, &f.pkg, f.entry, f.extent.size(), head))
+    }
+
+    /// Keeps (a duplicate of) the connection's `/dev/fuse` descriptor, on which the exec
+    /// cache registers its backing files whichever transport serves the mount.
+    pub fn set_fuse_dev(&self, fd: &std::os::fd::OwnedFd) {
+        if let Some(pt) = &self.passthrough {
+            pt.set_fuse_dev(fd);
+        }
+    }
+
     /// An OPENDIR (see `opendir`): (fh, open flags).
     pub(crate) fn do_opendir(&self) -> Result<(u64, u32), Errno> {
         if self.no_opendir {
@@ -485,6 +512,28 @@ impl PackageFs {
         if let Some(pt) = &self.passthrough {
             pt.release(ino, fh);
         }
+    }
+
+    /// A READ of `size` bytes at `offset` of `ino` by process `pid`, handed to `sink` span by
+    /// span (see `Reader::read_spans`): for the ring, which writes the reply into its own
+    /// payload buffer.
+    pub(crate) fn do_read_spans(
+        &self,
+        pid: u32,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        sink: impl FnMut(&[u8]),
+    ) -> Result<(), Errno> {
+        if let Some(pt) = &self.passthrough {
+            pt.counters
+                .reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let f = self.file_ref(ino)?;
+        self.reader
+            .read_spans((ino, pid), &f, offset, size, sink)
+            .map_err(Errno::from)
     }
 
     /// A READ of `size` bytes at `offset` of `ino` by process `pid`: `answer` gets the bytes.
@@ -671,20 +720,17 @@ impl Filesystem for PackageFs {
     ///
     /// With an exec cache, the daemon opens files (see `passthrough.rs`).
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        // (Never sent for writing: the mount is read-only; kept for the first open.)
-        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            return reply.error(Errno::EROFS);
-        }
-        if let Some(pt) = &self.passthrough {
-            let f = match self.file_ref(ino.0) {
-                Ok(f) => f,
-                Err(e) => return reply.error(e),
-            };
-            let head = || self.reader.head::<18>(&f);
-            return pt.open(ino.0, &f.pkg, f.entry, f.extent.size(), head, reply);
-        }
-        match self.do_open(flags.0) {
-            Ok((fh, f)) => reply.opened(FileHandle(fh), FopenFlags::from_bits_retain(f)),
+        match self.do_open_file(ino.0, flags.0) {
+            Ok(o) if o.backing_id != 0 => {
+                // SAFETY: the id was registered on this connection's /dev/fuse and stays
+                // registered while the open lives (passthrough.rs holds it until the
+                // inode's last passthrough RELEASE); `into_raw` keeps fuser from closing it.
+                let id = unsafe { reply.wrap_backing(o.backing_id) };
+                let flags = FopenFlags::from_bits_retain(o.flags) - FopenFlags::FOPEN_PASSTHROUGH;
+                reply.opened_passthrough(FileHandle(o.fh), flags, &id);
+                let _ = id.into_raw();
+            }
+            Ok(o) => reply.opened(FileHandle(o.fh), FopenFlags::from_bits_retain(o.flags)),
             Err(e) => reply.error(e),
         }
     }

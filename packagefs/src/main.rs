@@ -235,18 +235,11 @@ impl Notify {
 /// (`-o io_uring`): logs the choice when it is `/dev/fuse` through fuser, and fails for
 /// `-o io_uring=on` where the kernel cannot offer the ring. The kernel's switch is read,
 /// never written.
-fn want_ring(s: &args::Settings, passthrough: bool) -> anyhow::Result<bool> {
+fn want_ring(s: &args::Settings) -> anyhow::Result<bool> {
     use uring::Mode;
     match s.io_uring {
         Mode::Off => {
             info!("FUSE transport: /dev/fuse (-o io_uring=off)");
-            Ok(false)
-        }
-        Mode::On if passthrough => anyhow::bail!(
-            "-o io_uring=on: not with -o exec_cache (passthrough opens are served over /dev/fuse)"
-        ),
-        Mode::Auto if passthrough => {
-            info!("FUSE transport: /dev/fuse (-o exec_cache serves opens by passthrough over /dev/fuse)");
             Ok(false)
         }
         Mode::On if uring::kernel_enabled() != Some(true) => Err(uring::Error::NotOffered.into()),
@@ -305,9 +298,10 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
         warn!(dir = %s.trusted_keys.display(), "no trusted keys: every package will be refused");
     }
     let exec_cache = match &s.exec_cache {
-        Some(dir) => Some(std::sync::Arc::new(ExecCache::open(
+        Some(dir) => Some(std::sync::Arc::new(ExecCache::open_with(
             dir,
             s.exec_cache_size,
+            s.exec_cache_verify,
         )?)),
         None => None,
     };
@@ -411,37 +405,42 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     let cannot =
         |e: std::io::Error| anyhow::anyhow!("cannot mount on {}: {e}", s.mountpoint.display());
     mounting.store(true, std::sync::atomic::Ordering::SeqCst);
-    let ring = want_ring(&s, fs.uses_passthrough())?;
-    let (mut session, own_mount) =
-        match mount::mount(&s.mountpoint, &s.mount_options, s.acl).map_err(cannot)? {
-            // Our own session: INIT chooses the ring if the kernel offers it.
-            Some(fd) if ring => match uring::Session::init(fs, fd, s.io_uring, s.acl, s.threads) {
-                Ok(session) => (Serving::Own(session), true),
+    let ring = want_ring(&s)?;
+    let mounted = mount::mount(&s.mountpoint, &s.mount_options, s.acl).map_err(cannot)?;
+    if let Some(fd) = &mounted {
+        // Passthrough's backing files are registered on the connection's /dev/fuse
+        // descriptor, whichever transport then carries the OPEN replies.
+        fs.set_fuse_dev(fd);
+    }
+    let (mut session, own_mount) = match mounted {
+        // Our own session: INIT chooses the ring if the kernel offers it.
+        Some(fd) if ring => match uring::Session::init(fs, fd, s.io_uring, s.acl, s.threads) {
+            Ok(session) => (Serving::Own(session), true),
+            Err(e) => {
+                lazy_unmount(&s.mountpoint);
+                return Err(e.into());
+            }
+        },
+        Some(fd) => {
+            // Mounted as fuse.packagefs; if the handshake fails, take the mount away.
+            match fuser::Session::from_fd(fs, fd, s.acl, s.config()) {
+                Ok(session) => (Serving::Fuser(Box::new(session)), true),
                 Err(e) => {
                     lazy_unmount(&s.mountpoint);
-                    return Err(e.into());
-                }
-            },
-            Some(fd) => {
-                // Mounted as fuse.packagefs; if the handshake fails, take the mount away.
-                match fuser::Session::from_fd(fs, fd, s.acl, s.config()) {
-                    Ok(session) => (Serving::Fuser(Box::new(session)), true),
-                    Err(e) => {
-                        lazy_unmount(&s.mountpoint);
-                        return Err(cannot(e));
-                    }
+                    return Err(cannot(e));
                 }
             }
-            None if s.io_uring == uring::Mode::On => {
-                anyhow::bail!("-o io_uring=on needs the daemon to mount as root")
-            }
-            None => (
-                Serving::Fuser(Box::new(
-                    fuser::Session::new(fs, &s.mountpoint, &s.config()).map_err(cannot)?,
-                )),
-                false,
-            ),
-        };
+        }
+        None if s.io_uring == uring::Mode::On => {
+            anyhow::bail!("-o io_uring=on needs the daemon to mount as root")
+        }
+        None => (
+            Serving::Fuser(Box::new(
+                fuser::Session::new(fs, &s.mountpoint, &s.config()).map_err(cannot)?,
+            )),
+            false,
+        ),
+    };
     // The watcher holds the read end of a pipe whose write end lives as long as this
     // process: however the daemon ends, the watcher wakes.
     let _auto_unmount = if s.auto_unmount {

@@ -7,8 +7,9 @@
 //!   again and again: a compiler's headers are small and stay in the page cache anyway).
 //! - **Not cached yet**: the open is answered as without the cache (reads go through the
 //!   daemon) and the file is queued for the fill thread; it is never waited for.
-//! - **Cached**: the object is opened (and, at its first use in this daemon's life, hashed
-//!   whole; see `exec_cache`), registered with the kernel (`FUSE_DEV_IOC_BACKING_OPEN`) and
+//! - **Cached**: the object is opened (and hashed whole unless its identity is one its bytes
+//!   were hashed under, by this daemon or, as the cache's record says, an earlier one; see
+//!   `exec_cache`), registered with the kernel (`FUSE_DEV_IOC_BACKING_OPEN`) and
 //!   the open is answered with `FOPEN_PASSTHROUGH`: reads and page faults of that open go
 //!   from the kernel to the object and never reach the daemon.
 //! - **The kernel's rule**: an inode is open either through the daemon (cached I/O) or by
@@ -22,12 +23,13 @@
 //!   count that open and go through the daemon: conservative, never a mixed open.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use format::archive::EntryId;
-use fuser::{BackingId, FileHandle, FopenFlags, ReplyOpen};
+use fuser::FopenFlags;
 use lru::LruCache;
 use tracing::{debug, info, warn};
 
@@ -57,10 +59,64 @@ struct Seen {
     key: Option<Key>,
 }
 
-/// A backing file registered with the kernel, and the object it is.
+/// The answer to an OPEN, for whichever transport carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenReply {
+    /// The handle.
+    pub fh: u64,
+    /// `FOPEN_*` flags; `FOPEN_PASSTHROUGH` with a backing id.
+    pub flags: u32,
+    /// The backing file's id (`FUSE_DEV_IOC_BACKING_OPEN`; ids start at 1), or 0.
+    pub backing_id: u32,
+}
+
+/// `struct fuse_backing_map` of `<linux/fuse.h>`.
+#[repr(C)]
+struct BackingMap {
+    fd: i32,
+    flags: u32,
+    padding: u64,
+}
+
+/// `_IOW(229, 1, struct fuse_backing_map)` and `_IOW(229, 2, uint32_t)`.
+const FUSE_DEV_IOC_BACKING_OPEN: libc::c_ulong = 0x4010_e501;
+const FUSE_DEV_IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+
+/// A backing file registered with the kernel on the connection's `/dev/fuse` descriptor
+/// (the id is the connection's, whichever transport then carries the OPEN reply that
+/// names it), and the object it is. Unregistered when dropped.
 struct Backing {
-    id: BackingId,
+    id: u32,
+    dev: Arc<OwnedFd>,
     _object: Opened,
+}
+
+impl Backing {
+    fn register(dev: &Arc<OwnedFd>, object: Opened) -> std::io::Result<Backing> {
+        let map = BackingMap {
+            fd: object.file.as_fd().as_raw_fd(),
+            flags: 0,
+            padding: 0,
+        };
+        // SAFETY: the ioctl reads a fuse_backing_map that lives across the call.
+        let id = unsafe { libc::ioctl(dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_OPEN, &map) };
+        if id < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Backing {
+            id: id as u32,
+            dev: dev.clone(),
+            _object: object,
+        })
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        // SAFETY: the ioctl reads a u32 that lives across the call. It fails harmlessly
+        // once the connection is gone (its backing files went with it).
+        unsafe { libc::ioctl(self.dev.as_raw_fd(), FUSE_DEV_IOC_BACKING_CLOSE, &self.id) };
+    }
 }
 
 /// The opens of one inode the kernel holds, by kind: never both kinds at once (the
@@ -126,6 +182,14 @@ struct Fill {
     size: u64,
 }
 
+/// Work for the fill thread.
+enum Job {
+    /// Fill a file into the cache.
+    Fill(Fill),
+    /// Write the cache's record if it is behind (an object was hashed at an open).
+    Save,
+}
+
 /// Counters, logged at unmount.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -137,8 +201,11 @@ pub struct Counters {
     pub reads: AtomicU64,
     /// Files filled into the cache.
     pub filled: AtomicU64,
-    /// Objects hashed at their first use.
+    /// Objects hashed at an open (their identity was not one known to be right).
     pub hashed: AtomicU64,
+    /// Objects served at their first open by this daemon without a hash, on the strength
+    /// of the record of an earlier one (`-o exec_cache_verify=stat`).
+    pub recorded: AtomicU64,
     /// The kernel took passthrough at INIT.
     pub active: AtomicBool,
 }
@@ -152,11 +219,18 @@ pub struct Report {
 }
 
 impl Report {
-    /// Logs the counters in one line, if the mount used the exec cache.
+    /// Writes the cache's record (the order of use changed with every first use) and logs
+    /// the counters in one line, if the mount used the exec cache.
     pub fn log(&self) {
         let c = &self.counters;
         if !c.active.load(Ordering::Relaxed) {
             return;
+        }
+        if let Err(e) = self.cache.save_record(true) {
+            warn!(
+                "exec cache: cannot write its record: {}",
+                crate::layers::one_line(&e)
+            );
         }
         let s = self.cache.stats();
         info!(
@@ -165,6 +239,7 @@ impl Report {
             daemon_reads = c.reads.load(Ordering::Relaxed),
             filled = c.filled.load(Ordering::Relaxed),
             hashed = c.hashed.load(Ordering::Relaxed),
+            recorded = c.recorded.load(Ordering::Relaxed),
             objects = s.objects,
             bytes = s.bytes,
             "exec cache {}",
@@ -178,11 +253,15 @@ pub struct Passthrough {
     cache: Arc<ExecCache>,
     inodes: Mutex<HashMap<u64, Arc<Mutex<InodeOpens<Backing>>>>>,
     seen: Mutex<LruCache<([u8; 32], EntryId), Seen>>,
-    fills: SyncSender<Fill>,
+    fills: SyncSender<Job>,
     pending: Arc<Mutex<HashSet<Key>>>,
     /// The kernel refused a backing file (no CAP_SYS_ADMIN, a cache on a stacked file
-    /// system): every open goes through the daemon from then on.
+    /// system), or there is no `/dev/fuse` descriptor to register one on: every open goes
+    /// through the daemon from then on.
     off: AtomicBool,
+    /// The connection's `/dev/fuse` descriptor (a duplicate of the session's), on which
+    /// backing files are registered.
+    dev: OnceLock<Arc<OwnedFd>>,
     /// Counters.
     pub counters: Arc<Counters>,
 }
@@ -190,7 +269,7 @@ pub struct Passthrough {
 impl Passthrough {
     /// Serves opens from `cache`, with a fill thread of its own.
     pub fn new(cache: Arc<ExecCache>) -> Passthrough {
-        let (tx, rx) = sync_channel::<Fill>(1024);
+        let (tx, rx) = sync_channel::<Job>(1024);
         let pending: Arc<Mutex<HashSet<Key>>> = Arc::default();
         let counters: Arc<Counters> = Arc::default();
         {
@@ -202,7 +281,7 @@ impl Passthrough {
                     // SAFETY: setpriority on this thread (a tid is a PRIO_PROCESS id on Linux).
                     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
                     let mut failed = HashSet::new();
-                    while let Ok(f) = rx.recv() {
+                    let fill = |f: Fill, failed: &mut HashSet<Key>| {
                         if !failed.contains(&f.key) && !cache.has(&f.key, f.size) {
                             let t = std::time::Instant::now();
                             match cache.fill(&f.key, &f.pkg.archive, f.entry, f.size) {
@@ -234,6 +313,28 @@ impl Passthrough {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .remove(&f.key);
+                    };
+                    let mut record_failed = false;
+                    while let Ok(job) = rx.recv() {
+                        // What is queued now is done before the record is written once.
+                        let mut next = Some(job);
+                        while let Some(job) = next.take().or_else(|| rx.try_recv().ok()) {
+                            if let Job::Fill(f) = job {
+                                fill(f, &mut failed);
+                            }
+                        }
+                        match cache.save_record(false) {
+                            Ok(()) => record_failed = false,
+                            Err(e) if !record_failed => {
+                                record_failed = true;
+                                warn!(
+                                    "exec cache: cannot write its record: {}; the next daemon \
+                                     hashes what it cannot find in it",
+                                    crate::layers::one_line(&e)
+                                );
+                            }
+                            Err(_) => {}
+                        }
                     }
                 })
                 .expect("spawn the exec cache fill thread");
@@ -247,7 +348,21 @@ impl Passthrough {
             fills: tx,
             pending,
             off: AtomicBool::new(false),
+            dev: OnceLock::new(),
             counters,
+        }
+    }
+
+    /// The connection's `/dev/fuse` descriptor, on which backing files are registered
+    /// (a duplicate is kept). Without one (a daemon that does not mount as root: fuser
+    /// mounts through fusermount3 and keeps the descriptor), every open goes through the
+    /// daemon.
+    pub fn set_fuse_dev(&self, fd: &OwnedFd) {
+        match fd.try_clone() {
+            Ok(d) => {
+                let _ = self.dev.set(Arc::new(d));
+            }
+            Err(e) => warn!("exec cache: cannot keep the /dev/fuse descriptor: {e}"),
         }
     }
 
@@ -274,25 +389,31 @@ impl Passthrough {
         entry: EntryId,
         size: u64,
         head: impl FnOnce() -> Option<[u8; 18]>,
-        reply: ReplyOpen,
-    ) {
+    ) -> OpenReply {
         let slot = self.inode(ino);
         let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *guard;
         if st.gone {
             // Released and removed from the table between the two locks: take it again.
             drop(guard);
-            return self.open(ino, pkg, entry, size, head, reply);
+            return self.open(ino, pkg, entry, size, head);
         }
-        let backing = st.open(|| self.backing(ino, pkg, entry, size, head, &reply));
-        match backing {
+        match st.open(|| self.backing(ino, pkg, entry, size, head)) {
             Some(b) => {
                 self.counters.passthrough.fetch_add(1, Ordering::Relaxed);
-                reply.opened_passthrough(FileHandle(FH_PASSTHROUGH), PASSTHROUGH_FLAGS, &b.id)
+                OpenReply {
+                    fh: FH_PASSTHROUGH,
+                    flags: (PASSTHROUGH_FLAGS | FopenFlags::FOPEN_PASSTHROUGH).bits(),
+                    backing_id: b.id,
+                }
             }
             None => {
                 self.counters.daemon.fetch_add(1, Ordering::Relaxed);
-                reply.opened(FileHandle(FH_DAEMON), FopenFlags::FOPEN_KEEP_CACHE)
+                OpenReply {
+                    fh: FH_DAEMON,
+                    flags: FopenFlags::FOPEN_KEEP_CACHE.bits(),
+                    backing_id: 0,
+                }
             }
         }
     }
@@ -306,32 +427,45 @@ impl Passthrough {
         entry: EntryId,
         size: u64,
         head: impl FnOnce() -> Option<[u8; 18]>,
-        reply: &ReplyOpen,
     ) -> Option<Backing> {
         if self.off.load(Ordering::Relaxed) {
             return None;
         }
+        let Some(dev) = self.dev.get() else {
+            if !self.off.swap(true, Ordering::Relaxed) {
+                warn!(
+                    "exec cache {}: no /dev/fuse descriptor to register backing files on (the \
+                     daemon mounts itself only as root); files are served through the daemon",
+                    self.cache.path().display()
+                );
+            }
+            return None;
+        };
         let key = self.qualifies(pkg, entry, size, head)?;
         let Some(object) = self.cache.find(&key, size) else {
             self.queue(key, pkg, entry, size);
             return None;
         };
-        match reply.open_backing(&object.file) {
-            Ok(id) => {
-                if object.hashed {
+        let (hashed, recorded, digest) = (object.hashed, object.recorded, object.digest);
+        match Backing::register(dev, object) {
+            Ok(b) => {
+                if hashed {
                     self.counters.hashed.fetch_add(1, Ordering::Relaxed);
+                    // The record is written by the fill thread, not on the open's path.
+                    let _ = self.fills.try_send(Job::Save);
+                }
+                if recorded {
+                    self.counters.recorded.fetch_add(1, Ordering::Relaxed);
                 }
                 debug!(
                     ino,
                     package = %pkg.label(),
                     entry,
+                    backing_id = b.id,
                     "exec cache: passthrough to {}",
-                    crate::exec_cache::hex(&object.digest)
+                    crate::exec_cache::hex(&digest)
                 );
-                Some(Backing {
-                    id,
-                    _object: object,
-                })
+                Some(b)
             }
             Err(e) => {
                 if !self.off.swap(true, Ordering::Relaxed) {
@@ -430,12 +564,12 @@ impl Passthrough {
         {
             return;
         }
-        let job = Fill {
+        let job = Job::Fill(Fill {
             key,
             pkg: pkg.clone(),
             entry,
             size,
-        };
+        });
         // A full queue: the file is queued again at a later open.
         if self.fills.try_send(job).is_err() {
             self.pending

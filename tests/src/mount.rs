@@ -117,16 +117,10 @@ impl MountBuilder {
             cmd.arg("-o")
                 .arg(format!("exec_cache={}", dir.path().join("exec").display()));
         }
-        // E2E_IO_URING=on: every mount over the ring (not with E2E_EXEC_CACHE, whose
-        // passthrough opens go over /dev/fuse).
-        let exec_cache = std::env::var_os("E2E_EXEC_CACHE").is_some()
-            || self
-                .args
-                .iter()
-                .any(|a| a.as_bytes().windows(11).any(|w| w == b"exec_cache="));
+        // E2E_IO_URING=on: every mount over the ring.
         let transport = self.transport.or_else(|| {
             let env = std::env::var_os("E2E_IO_URING")?;
-            (env == "on" && !exec_cache).then_some(Transport::Ring)
+            (env == "on").then_some(Transport::Ring)
         });
         let ring = match transport {
             Some(t) => {

@@ -235,6 +235,9 @@ impl Session {
             time_gran: 1,
             max_pages,
             flags2: (granted >> 32) as u32,
+            // Backing files of passthrough opens on a file system that is not itself
+            // stacked (as fuse.rs asks fuser for); this mount may be a layer of an overlay.
+            max_stack_depth: u32::from(granted & InitFlags::FUSE_PASSTHROUGH.bits() != 0),
             ..Default::default()
         };
         reply(raw, h.unique, Ok(abi::bytes(&out))).map_err(Error::Init)?;

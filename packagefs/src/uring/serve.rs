@@ -210,11 +210,11 @@ pub fn serve(fs: &PackageFs, h: &abi::InHeader, op: Op, out: &mut Out) -> Done {
             })
         }),
         Op::Readlink => fs.do_readlink(ino).and_then(|t| out.extend(&t)),
-        Op::Open { flags } => fs.do_open(flags).and_then(|(fh, f)| {
+        Op::Open { flags } => fs.do_open_file(ino, flags).and_then(|o| {
             out.push(&abi::OpenOut {
-                fh,
-                open_flags: f,
-                backing_id: 0,
+                fh: o.fh,
+                open_flags: o.flags,
+                backing_id: o.backing_id as i32,
             })
         }),
         Op::Opendir => fs.do_opendir().and_then(|(fh, f)| {
@@ -224,12 +224,15 @@ pub fn serve(fs: &PackageFs, h: &abi::InHeader, op: Op, out: &mut Out) -> Done {
                 backing_id: 0,
             })
         }),
+        // Each chunk's span goes straight into the reply buffer (no gathering copy).
         Op::Read { offset, size } => {
             let mut r = Ok(());
-            fs.do_read(h.pid, ino, offset, size, |d| {
-                r = d.and_then(|d| out.extend(&d[..d.len().min(size as usize)]))
-            });
-            r
+            fs.do_read_spans(h.pid, ino, offset, size, |d| {
+                if r.is_ok() {
+                    r = out.extend(d);
+                }
+            })
+            .and(r)
         }
         Op::Release { fh } => {
             fs.do_release(ino, fh);

@@ -5,7 +5,10 @@
 //! not the daemon's alone is refused.
 //!
 //! Whether reads reached the daemon is read from the counters it logs at unmount
-//! (`passthrough_opens=`, `daemon_opens=`, `daemon_reads=`, `filled=`, `hashed=`).
+//! (`passthrough_opens=`, `daemon_opens=`, `daemon_reads=`, `filled=`, `hashed=`,
+//! `recorded=`). The passthrough tests run over both transports (`/dev/fuse` and the ring,
+//! where the kernel has it): the backing files are registered on the connection's
+//! `/dev/fuse` descriptor either way.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use std::io::Read;
 
+use e2e::uring::Transport;
 use e2e::{run_ok, run_packagefs, Mount, Pkg, Stack, TestTree};
 
 /// The counters of the daemon's `exec cache` line at unmount.
@@ -103,6 +107,10 @@ fn run_cat(m: &Mount, input: &Path, want: &[u8]) {
 #[test]
 fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_changed_cache_file_is_refilled(
 ) {
+    e2e::uring::each(programs_are_served_by_passthrough);
+}
+
+fn programs_are_served_by_passthrough(t: Transport) {
     let s = cat_stack();
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("var/cache/exec");
@@ -115,7 +123,13 @@ fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_c
 
     // 1. First run: through the daemon, and queued; the cache file appears, named by the
     // program's content hash; the second run is served by passthrough.
-    let mut m = s.builder().arg("-o").arg(&opt).env("RUST_LOG", LOG).start();
+    let mut m = s
+        .builder()
+        .transport(t)
+        .arg("-o")
+        .arg(&opt)
+        .env("RUST_LOG", LOG)
+        .start();
     run_cat(&m, &input, want);
     wait_for_object(&obj, &cat);
     wait_for_log(
@@ -125,19 +139,28 @@ fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_c
     let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o700, "a root-only directory");
     until_passthrough(&m, &cat, || run_cat(&m, &input, want));
+    assert!(m.log().contains(t.log_line()), "{}", m.log());
     let c = counters(&mut m);
     assert_eq!(c["filled"], 1, "{c:?}");
     assert!(c["daemon_opens"] >= 1 && c["daemon_reads"] >= 1, "{c:?}");
     assert!(c["passthrough_opens"] >= 1, "the second run: {c:?}");
     drop(m);
 
-    // 2. A remount (as after a reboot): hashed once, then every open is passthrough and no
-    // read reaches the daemon (whose page cache is new with the mount).
-    let mut m = s.builder().arg("-o").arg(&opt).env("RUST_LOG", LOG).start();
+    // 2. A remount (as after a reboot): not hashed (the record of the daemon before says
+    // the file is as it hashed it), every open is passthrough and no read reaches the
+    // daemon (whose page cache is new with the mount).
+    let mut m = s
+        .builder()
+        .transport(t)
+        .arg("-o")
+        .arg(&opt)
+        .env("RUST_LOG", LOG)
+        .start();
     run_cat(&m, &input, want);
     run_cat(&m, &input, want);
     let c = counters(&mut m);
-    assert_eq!(c["hashed"], 1, "{c:?}");
+    assert_eq!(c["hashed"], 0, "{c:?}");
+    assert_eq!(c["recorded"], 1, "{c:?}");
     assert_eq!(c["filled"], 0, "{c:?}");
     assert_eq!(c["daemon_opens"], 0, "{c:?}");
     assert_eq!(c["daemon_reads"], 0, "reads went through the daemon: {c:?}");
@@ -151,7 +174,13 @@ fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_c
     bad[mid] ^= 0x55;
     std::fs::set_permissions(&obj, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&obj, &bad).unwrap();
-    let mut m = s.builder().arg("-o").arg(&opt).env("RUST_LOG", LOG).start();
+    let mut m = s
+        .builder()
+        .transport(t)
+        .arg("-o")
+        .arg(&opt)
+        .env("RUST_LOG", LOG)
+        .start();
     run_cat(&m, &input, want);
     assert!(
         m.log()
@@ -174,6 +203,105 @@ fn r15_programs_are_served_by_passthrough_from_the_cache_across_remounts_and_a_c
         1,
         "one line"
     );
+}
+
+/// Puts `bytes` at `obj` by a rename over it (another inode), with the mode and mtime the
+/// cache file had: what a copy over it (`cp` to a temp name, `touch -r`, `mv`) leaves.
+fn replace_by_rename(obj: &Path, bytes: &[u8]) {
+    let st = std::fs::metadata(obj).unwrap();
+    let tmp = obj.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(&tmp).unwrap();
+    f.set_modified(st.modified().unwrap()).unwrap();
+    drop(f);
+    std::fs::set_permissions(&tmp, st.permissions()).unwrap();
+    std::fs::rename(&tmp, obj).unwrap();
+}
+
+#[test]
+fn r15_a_kept_cache_file_is_served_unhashed_after_a_remount_unless_it_changed_since_it_was_recorded(
+) {
+    e2e::uring::each(kept_cache_file);
+}
+
+fn kept_cache_file(t: Transport) {
+    let s = cat_stack();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("exec");
+    let input = dir.path().join("input");
+    let want = b"kept\n";
+    std::fs::write(&input, want).unwrap();
+    let cat = std::fs::read("/bin/cat").unwrap();
+    let obj = object(&cache, &cat);
+    let opt = format!("exec_cache={}", cache.display());
+    let mount = |extra: &str| {
+        s.builder()
+            .transport(t)
+            .arg("-o")
+            .arg(format!("{opt}{extra}"))
+            .env("RUST_LOG", LOG)
+            .start()
+    };
+    let filled = format!("exec cache: filled {}", blake3::hash(&cat).to_hex());
+
+    // Filled by a first daemon, which records it.
+    let mut m = mount("");
+    run_cat(&m, &input, want);
+    wait_for_log(&m, &filled);
+    counters(&mut m);
+    drop(m);
+    assert!(cache.join("verified").is_file(), "the record");
+
+    // Untouched: the next daemon serves it at once, by passthrough, without hashing it.
+    let mut m = mount("");
+    assert!(
+        m.log()
+            .contains("1 objects, 1 of them hashed by an earlier daemon and unchanged since"),
+        "{}",
+        m.log()
+    );
+    run_cat(&m, &input, want);
+    let c = counters(&mut m);
+    assert_eq!((c["hashed"], c["recorded"]), (0, 1), "{c:?}");
+    assert_eq!(c["daemon_reads"], 0, "{c:?}");
+    assert!(c["passthrough_opens"] >= 1, "{c:?}");
+    drop(m);
+
+    // Replaced by a rename of other bytes of the same size over it, its mode and mtime
+    // kept: another inode than recorded, so hashed, not served, removed and refilled.
+    let mut bad = cat.clone();
+    let mid = bad.len() / 3;
+    bad[mid] ^= 0x20;
+    replace_by_rename(&obj, &bad);
+    let mut m = mount("");
+    run_cat(&m, &input, want);
+    assert!(
+        m.log()
+            .contains("does not match its hash: removed, not served"),
+        "{}",
+        m.log()
+    );
+    wait_for_log(&m, &filled);
+    let c = counters(&mut m);
+    assert_eq!((c["hashed"], c["recorded"]), (0, 0), "{c:?}");
+    assert!(c["daemon_reads"] >= 1, "served through the daemon: {c:?}");
+    drop(m);
+    assert_eq!(std::fs::read(&obj).unwrap(), cat, "refilled");
+
+    // The refill was recorded: served unhashed again.
+    let mut m = mount("");
+    run_cat(&m, &input, want);
+    let c = counters(&mut m);
+    assert_eq!((c["hashed"], c["recorded"]), (0, 1), "{c:?}");
+    drop(m);
+
+    // `exec_cache_verify=full`: hashed at its first use whatever the record says.
+    let mut m = mount(",exec_cache_verify=full");
+    run_cat(&m, &input, want);
+    run_cat(&m, &input, want);
+    let c = counters(&mut m);
+    assert_eq!((c["hashed"], c["recorded"]), (1, 0), "{c:?}");
+    assert_eq!(c["daemon_reads"], 0, "{c:?}");
 }
 
 /// `n` bytes that look like an ELF shared object and do not compress.
@@ -306,6 +434,10 @@ fn r15_a_cache_directory_that_is_a_symlink_or_open_to_others_is_refused_in_one_l
 
 #[test]
 fn r15_a_file_open_by_passthrough_keeps_its_bytes_across_a_generation_switch() {
+    e2e::uring::each(keeps_its_bytes_across_a_switch);
+}
+
+fn keeps_its_bytes_across_a_switch(t: Transport) {
     let old = fake_library(3 << 20, 7);
     let new = fake_library(3 << 20, 8);
     let s = Stack::new(&["system"]);
@@ -316,6 +448,7 @@ fn r15_a_file_open_by_passthrough_keeps_its_bytes_across_a_generation_switch() {
     let cache = dir.path().join("exec");
     let mut m = s
         .builder()
+        .transport(t)
         .arg("-o")
         .arg(format!("exec_cache={}", cache.display()))
         .env("RUST_LOG", LOG)
