@@ -60,6 +60,10 @@ pub struct RepoHeaps {
     at: Option<(std::path::PathBuf, u64)>,
     policy: Policy,
     mirrors: Mutex<HashMap<String, Arc<Mirror>>>,
+    /// The heap of each package open now, by id: every file of one package (its copy in
+    /// `packages/` and the pool's) shares one heap, so one fetch of a chunk serves all
+    /// readers and one prefetch runs per package.
+    open: Mutex<HashMap<format::archive::PackageId, std::sync::Weak<LazyHeap>>>,
 }
 
 impl RepoHeaps {
@@ -71,6 +75,7 @@ impl RepoHeaps {
             at: None,
             policy,
             mirrors: Mutex::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
         }
     }
 
@@ -83,6 +88,7 @@ impl RepoHeaps {
             at: Some((dir.to_owned(), cap)),
             policy,
             mirrors: Mutex::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
         }
     }
 
@@ -161,7 +167,16 @@ impl RepoHeaps {
 
 impl Heaps for RepoHeaps {
     fn open(&self, pkg: &ThinPackage) -> Result<Arc<dyn RemoteHeap>, String> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, h| h.strong_count() > 0);
+        if let Some(h) = open.get(&pkg.id).and_then(|h| h.upgrade()) {
+            // The same package through another file: its chunk index is the same (the id
+            // pins the metadata), and so are its heap, its fetches and its prefetch.
+            return Ok(h);
+        }
         let heap = Arc::new(self.heap(pkg)?);
+        open.insert(pkg.id, Arc::downgrade(&heap));
+        drop(open);
         if !pkg.source.prefetch.is_empty() {
             // In the background, one request at a time: reads come first.
             let h = heap.clone();
