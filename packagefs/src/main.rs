@@ -483,7 +483,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
             })
         })?;
 
-    raise_readahead(&s.mountpoint);
+    raise_readahead(&s.mountpoint, s.read_ahead_kb);
     info!(
         mountpoint = %s.mountpoint.display(),
         packages = npkg,
@@ -851,8 +851,8 @@ fn canonical_mountpoint(mp: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// FUSE read-ahead is capped by the mount's backing device (bdi) setting, 128 KiB by
-/// default; raise it so sequential readers get big requests.
-fn raise_readahead(mp: &Path) {
+/// default; raise it so sequential readers get big requests (`-o read_ahead_kb`).
+fn raise_readahead(mp: &Path, kb: u32) {
     let Ok(canon) = std::fs::canonicalize(mp) else {
         return;
     };
@@ -860,8 +860,8 @@ fn raise_readahead(mp: &Path) {
         return;
     };
     let path = format!("/sys/class/bdi/{}/read_ahead_kb", m.dev);
-    match std::fs::write(&path, b"1024") {
-        Ok(()) => info!("read-ahead raised to 1024 KiB ({path})"),
+    match std::fs::write(&path, kb.to_string()) {
+        Ok(()) => info!("read-ahead set to {kb} KiB ({path})"),
         Err(e) => warn!("cannot raise read-ahead via {path}: {e}"),
     }
 }
