@@ -1147,6 +1147,25 @@ mod tests {
         buf
     }
 
+    /// `n` packages of one 1.5 MiB file `bin/a` each (seeds `seed..`), and each file's key,
+    /// entry and size.
+    #[allow(clippy::type_complexity)]
+    fn keyed_packages(
+        dir: &Path,
+        n: u8,
+        seed: u8,
+    ) -> (Vec<Arc<crate::view::Package>>, Vec<(Key, EntryId, u64)>) {
+        let ps: Vec<_> = (0..n).map(|i| package(dir, 3 << 19, seed + i)).collect();
+        let keyed = ps
+            .iter()
+            .map(|p| {
+                let (e, size) = entry(p, "bin/a");
+                (key_of(&p.archive, e, size).unwrap(), e, size)
+            })
+            .collect();
+        (ps, keyed)
+    }
+
     fn cache_dir() -> (tempfile::TempDir, PathBuf) {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("exec");
@@ -1311,16 +1330,7 @@ mod tests {
         let (_t, dir) = cache_dir();
         let pk = tempfile::tempdir().unwrap();
         // Four files of 1.5 MiB in a cache of 4 MiB: two fit.
-        let ps: Vec<_> = (0..4)
-            .map(|i| package(pk.path(), 3 << 19, 10 + i))
-            .collect();
-        let keyed: Vec<_> = ps
-            .iter()
-            .map(|p| {
-                let (e, size) = entry(p, "bin/a");
-                (key_of(&p.archive, e, size).unwrap(), e, size)
-            })
-            .collect();
+        let (ps, keyed) = keyed_packages(pk.path(), 4, 10);
         let c = Arc::new(ExecCache::open(&dir, 4 << 20).unwrap());
         let fill = |i: usize| {
             let (k, e, s) = keyed[i];
@@ -1365,16 +1375,7 @@ mod tests {
     fn files_filled_by_another_daemon_count_toward_the_size_once_found() {
         let (_t, dir) = cache_dir();
         let pk = tempfile::tempdir().unwrap();
-        let ps: Vec<_> = (0..3)
-            .map(|i| package(pk.path(), 3 << 19, 30 + i))
-            .collect();
-        let keyed: Vec<_> = ps
-            .iter()
-            .map(|p| {
-                let (e, size) = entry(p, "bin/a");
-                (key_of(&p.archive, e, size).unwrap(), e, size)
-            })
-            .collect();
+        let (ps, keyed) = keyed_packages(pk.path(), 3, 30);
         let mine = Arc::new(ExecCache::open(&dir, 4 << 20).unwrap());
         let other = Arc::new(ExecCache::open(&dir, 4 << 20).unwrap());
         for i in 0..2 {
@@ -1603,16 +1604,7 @@ mod tests {
         let (_t, dir) = cache_dir();
         let pk = tempfile::tempdir().unwrap();
         // Three files of 1.5 MiB in a cache of 4 MiB.
-        let ps: Vec<_> = (0..3)
-            .map(|i| package(pk.path(), 3 << 19, 40 + i))
-            .collect();
-        let keyed: Vec<_> = ps
-            .iter()
-            .map(|p| {
-                let (e, size) = entry(p, "bin/a");
-                (key_of(&p.archive, e, size).unwrap(), e, size)
-            })
-            .collect();
+        let (ps, keyed) = keyed_packages(pk.path(), 3, 40);
         let c = Arc::new(ExecCache::open(&dir, 4 << 20).unwrap());
         for i in [0, 1] {
             let (k, e, s) = keyed[i];
