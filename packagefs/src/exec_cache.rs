@@ -624,14 +624,8 @@ impl ExecCache {
             }
         };
         let st = rustix::fs::fstat(&fd).ok()?;
-        let problem = if rustix::fs::FileType::from_raw_mode(st.st_mode)
-            != rustix::fs::FileType::RegularFile
-        {
-            Some("is not a regular file".to_string())
-        } else if st.st_uid != self.uid {
-            Some(format!("is owned by uid {}", st.st_uid))
-        } else if st.st_nlink != 1 {
-            Some(format!("has {} links", st.st_nlink))
+        let problem = if let Some(p) = self.not_ours(&st) {
+            Some(p)
         } else if st.st_size as u64 > RECORD_MAX {
             Some(format!("has {} bytes", st.st_size))
         } else {
@@ -690,11 +684,44 @@ impl ExecCache {
             text.push('\n');
         }
         text.push_str(&format!("end {}\n", lines.len()));
-        let r = self.write_beside(&self.dir, RECORD, text.as_bytes(), 'v');
+        let r = self.write_beside(&self.dir, RECORD, text.as_bytes(), "v");
         if r.is_err() {
             self.lock().dirty = true;
         }
         r
+    }
+
+    /// Why a file of the cache is not one the daemon wrote: not a regular file, another
+    /// user's, or with another link (None: it may be).
+    fn not_ours(&self, st: &Stat) -> Option<String> {
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            Some("is not a regular file".to_string())
+        } else if st.st_uid != self.uid {
+            Some(format!("is owned by uid {}", st.st_uid))
+        } else if st.st_nlink != 1 {
+            Some(format!("has {} links", st.st_nlink))
+        } else {
+            None
+        }
+    }
+
+    /// Creates `tmp/<prefix><pid>-<n>` (mode 0400, never an existing file or a link):
+    /// its name, its path for messages, and the file.
+    fn create_temp(&self, prefix: &str) -> Result<(String, PathBuf, File), Error> {
+        let name = format!(
+            "{prefix}{}-{}",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = self.path.join("tmp").join(&name);
+        let fd = rustix::fs::openat(
+            &self.tmp,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o400),
+        )
+        .map_err(io_err(path.clone()))?;
+        Ok((name, path, File::from(fd)))
     }
 
     /// Writes `bytes` to `dir/name` crash-safely: a temp file `tmp/<prefix><pid>-<n>`
@@ -704,22 +731,9 @@ impl ExecCache {
         dir: &OwnedFd,
         name: &str,
         bytes: &[u8],
-        prefix: char,
+        prefix: &str,
     ) -> Result<(), Error> {
-        let tmp_name = format!(
-            "{prefix}{}-{}",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        );
-        let tmp_path = self.path.join("tmp").join(&tmp_name);
-        let fd = rustix::fs::openat(
-            &self.tmp,
-            tmp_name.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o400),
-        )
-        .map_err(io_err(tmp_path.clone()))?;
-        let mut f = File::from(fd);
+        let (tmp_name, tmp_path, mut f) = self.create_temp(prefix)?;
         let r = f
             .write_all(bytes)
             .map_err(|source| Error::Io {
@@ -806,14 +820,8 @@ impl ExecCache {
             }
         };
         let st = rustix::fs::fstat(&fd).ok()?;
-        let problem = if rustix::fs::FileType::from_raw_mode(st.st_mode)
-            != rustix::fs::FileType::RegularFile
-        {
-            Some("is not a regular file".to_string())
-        } else if st.st_uid != self.uid {
-            Some(format!("is owned by uid {}", st.st_uid))
-        } else if st.st_nlink != 1 {
-            Some(format!("has {} links", st.st_nlink))
+        let problem = if let Some(p) = self.not_ours(&st) {
+            Some(p)
         } else if st.st_size as u64 != size {
             Some(format!("has {} bytes, not {size}", st.st_size))
         } else {
@@ -927,20 +935,7 @@ impl ExecCache {
         // Room first: the data files stay within the size even while this one is written
         // (if what is open allows).
         self.evict_to(self.max_bytes - size);
-        let tmp_name = format!(
-            "{}-{}",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        );
-        let tmp_path = self.path.join("tmp").join(&tmp_name);
-        let fd = rustix::fs::openat(
-            &self.tmp,
-            tmp_name.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o400),
-        )
-        .map_err(io_err(tmp_path.clone()))?;
-        let mut file = File::from(fd);
+        let (tmp_name, tmp_path, mut file) = self.create_temp("")?;
         let written = (|| -> Result<Digest, Error> {
             let mut hasher = blake3::Hasher::new();
             let mut buf = Vec::new();
@@ -1022,7 +1017,7 @@ impl ExecCache {
 
     fn write_key(&self, key: &Key, d: &Digest, size: u64) -> Result<(), Error> {
         let line = format!("{} {size}\n", hex(d));
-        self.write_beside(&self.keys, &hex(key), line.as_bytes(), 'k')
+        self.write_beside(&self.keys, &hex(key), line.as_bytes(), "k")
     }
 
     /// Removes least recently used objects that are not open until the total is within

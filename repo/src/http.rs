@@ -169,13 +169,6 @@ fn put_idle(url: &Url, s: TcpStream) {
     }
 }
 
-/// Connections opened so far by this process (for tests and benchmarks).
-pub fn connections_opened() -> u64 {
-    OPENED.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// How an exchange failed.
 enum Fail {
     /// On a reused connection, before any byte of an answer: the server had closed it.
@@ -263,7 +256,6 @@ fn connect(url: &Url, t: Timeouts, start: Instant) -> io::Result<TcpStream> {
     for a in addrs {
         match TcpStream::connect_timeout(&a, t.connect.min(left(start, t, "connect")?)) {
             Ok(s) => {
-                OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 s.set_nodelay(true)?;
                 return Ok(s);
             }

@@ -91,10 +91,17 @@ pub fn run(a: PullArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
         .prefix("pkgtool-pull-")
         .tempdir()
         .context("cannot create a temporary directory")?;
+    // The layer as it is, read once: the bases for deltas, and what the pulled packages
+    // are planned against (install reads it again, under the layer's lock).
+    let mut op = crate::cmd::set::opener(&a.layer.trust)?;
+    let here = {
+        let _as = AsOwner::enter(&top.paths);
+        Here::read(&stack, &mut op)
+    };
     let bases = if a.no_delta {
         Vec::new()
     } else {
-        whole_packages(&a.layer)
+        here.whole_packages()
     };
     let mut files = Vec::new();
     let mut how = Vec::new();
@@ -116,7 +123,7 @@ pub fn run(a: PullArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
             how.push(via);
         }
         done = chosen.len();
-        let more = unmet_from_repo(&a.layer, &files, &v.index, &chosen);
+        let more = here.unmet_from_repo(&stack, &mut op, &files, &v.index, &chosen);
         if more.is_empty() {
             break;
         }
@@ -182,26 +189,102 @@ pub fn run(a: PullArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-/// The whole (not thin) packages of the layer being pulled into, as bases for deltas.
-fn whole_packages(layer: &LayerArgs) -> Vec<std::sync::Arc<format::archive::Archive>> {
-    let Ok(stack) = stack_of(&layer.layers) else {
-        return Vec::new();
-    };
-    let top = stack.layers.len() - 1;
-    let Ok(mut op) = crate::cmd::set::opener(&layer.trust) else {
-        return Vec::new();
-    };
-    let _as = AsOwner::enter(&stack.layers[top].paths);
-    let Ok(loaded) = stack.load_all(top, &mut op) else {
-        return Vec::new();
-    };
-    loaded.sets[top]
-        .iter()
-        .filter(|c| !c.archive.is_thin())
-        .map(|c| c.archive.clone())
-        .collect()
+/// The layer being pulled into and those below, read once (None where they cannot be:
+/// then `install` says why).
+struct Here {
+    top: usize,
+    loaded: Option<pkgset::stack::Loaded>,
+    available: Vec<pkgset::Candidate>,
 }
 
+impl Here {
+    fn read(stack: &pkgset::Stack, op: &mut pkgset::Opener) -> Here {
+        let top = stack.layers.len() - 1;
+        Here {
+            top,
+            loaded: stack.load_all(top, op).ok(),
+            available: stack.scan(top, op).map(|(a, _)| a).unwrap_or_default(),
+        }
+    }
+
+    /// The whole (not thin) packages of the layer being pulled into, as bases for deltas.
+    fn whole_packages(&self) -> Vec<std::sync::Arc<format::archive::Archive>> {
+        self.loaded.as_ref().map_or_else(Vec::new, |l| {
+            l.sets[self.top]
+                .iter()
+                .filter(|c| !c.archive.is_thin())
+                .map(|c| c.archive.clone())
+                .collect()
+        })
+    }
+
+    /// The index entries that would meet requirements the plan of installing `files` leaves
+    /// unmet (the same plan `install` makes; nothing is written). Empty when the plan passes,
+    /// or fails for other reasons (then `install` explains).
+    fn unmet_from_repo(
+        &self,
+        stack: &pkgset::Stack,
+        op: &mut pkgset::Opener,
+        files: &[std::path::PathBuf],
+        index: &repo::Index,
+        chosen: &[repo::IndexEntry],
+    ) -> Vec<repo::IndexEntry> {
+        let top = self.top;
+        let Some(loaded) = &self.loaded else {
+            return Vec::new();
+        };
+        let mut new = Vec::new();
+        for p in files {
+            match op.open_given(p) {
+                Ok(archive) => new.push(pkgset::Candidate {
+                    layer: top,
+                    path: p.clone(),
+                    archive,
+                }),
+                Err(_) => return Vec::new(),
+            }
+        }
+        let refused = match pkgset::plan(
+            &stack.names(),
+            &loaded.sets,
+            top,
+            &self.available,
+            pkgset::Change::Install {
+                packages: new,
+                only_newer: false,
+            },
+        ) {
+            Ok(_) => return Vec::new(),
+            Err(r) => r,
+        };
+        let mut more: Vec<repo::IndexEntry> = Vec::new();
+        for p in &refused.problems {
+            let pkgset::Problem::MissingRequirement { requirement, .. } = p else {
+                continue;
+            };
+            let Some((api, range)) = requirement.split_once(' ') else {
+                continue;
+            };
+            let Ok(range) = semver::VersionReq::parse(range) else {
+                continue;
+            };
+            let best = index
+                .packages
+                .iter()
+                .filter(|e| e.meets(api, &range))
+                .filter(|e| !chosen.iter().chain(&more).any(|c| c.name == e.name))
+                .max_by(|x, y| {
+                    semver::Version::parse(&x.version)
+                        .ok()
+                        .cmp(&semver::Version::parse(&y.version).ok())
+                });
+            if let Some(b) = best {
+                more.push(b.clone());
+            }
+        }
+        more
+    }
+}
 /// The whole package of `e`, made by applying a delta the repository serves to a package
 /// of `bases` (None: no delta fits). Checked as `apply` checks (every chunk, the id, a
 /// trusted signature), then as a pulled package is.
@@ -280,78 +363,4 @@ fn check_pulled(
         );
     }
     Ok(())
-}
-
-/// The index entries that would meet requirements the plan of installing `files` leaves
-/// unmet (the same plan `install` makes; nothing is written). Empty when the plan passes,
-/// or fails for other reasons (then `install` explains).
-fn unmet_from_repo(
-    layer: &LayerArgs,
-    files: &[std::path::PathBuf],
-    index: &repo::Index,
-    chosen: &[repo::IndexEntry],
-) -> Vec<repo::IndexEntry> {
-    let Ok(stack) = stack_of(&layer.layers) else {
-        return Vec::new();
-    };
-    let top = stack.layers.len() - 1;
-    let Ok(mut op) = crate::cmd::set::opener(&layer.trust) else {
-        return Vec::new();
-    };
-    let mut new = Vec::new();
-    for p in files {
-        match op.open_given(p) {
-            Ok(archive) => new.push(pkgset::Candidate {
-                layer: top,
-                path: p.clone(),
-                archive,
-            }),
-            Err(_) => return Vec::new(),
-        }
-    }
-    let Ok(loaded) = stack.load_all(top, &mut op) else {
-        return Vec::new();
-    };
-    let Ok((available, _)) = stack.scan(top, &mut op) else {
-        return Vec::new();
-    };
-    let refused = match pkgset::plan(
-        &stack.names(),
-        &loaded.sets,
-        top,
-        &available,
-        pkgset::Change::Install {
-            packages: new,
-            only_newer: false,
-        },
-    ) {
-        Ok(_) => return Vec::new(),
-        Err(r) => r,
-    };
-    let mut more: Vec<repo::IndexEntry> = Vec::new();
-    for p in &refused.problems {
-        let pkgset::Problem::MissingRequirement { requirement, .. } = p else {
-            continue;
-        };
-        let Some((api, range)) = requirement.split_once(' ') else {
-            continue;
-        };
-        let Ok(range) = semver::VersionReq::parse(range) else {
-            continue;
-        };
-        let best = index
-            .packages
-            .iter()
-            .filter(|e| e.meets(api, &range))
-            .filter(|e| !chosen.iter().chain(&more).any(|c| c.name == e.name))
-            .max_by(|x, y| {
-                semver::Version::parse(&x.version)
-                    .ok()
-                    .cmp(&semver::Version::parse(&y.version).ok())
-            });
-        if let Some(b) = best {
-            more.push(b.clone());
-        }
-    }
-    more
 }

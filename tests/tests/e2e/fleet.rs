@@ -61,6 +61,20 @@ fn served() -> (Fixture, tempfile::TempDir, Nginx) {
     (fixture(), www, nginx)
 }
 
+/// Repository `name` in the directory nginx serves, as `publish` takes it.
+fn repo_dir(www: &tempfile::TempDir, name: &str) -> String {
+    www.path().join(name).display().to_string()
+}
+
+/// The fixture's package published into repository `name` and pulled into a new layer.
+fn published_and_pulled(f: &Fixture, www: &tempfile::TempDir, nginx: &Nginx, name: &str) -> Layer {
+    publish(&f.pkg, &repo_dir(www, name), &f.keys);
+    let layer = Layer::new();
+    let out = pull(&[&nginx.url(name)], layer.path(), &f.keys, "app");
+    ok(&out);
+    layer
+}
+
 /// Asserts the command succeeded, showing its stderr if not.
 fn ok(out: &Output) {
     assert!(
@@ -188,18 +202,9 @@ fn a_pulled_package_is_thin_and_reads_lazily_through_the_mount() {
 
 #[test]
 fn a_server_that_goes_down_costs_eio_for_missing_chunks_only_and_reads_resume() {
-    let f = fixture();
-    let www = tempfile::tempdir().unwrap();
-    let mut nginx = Nginx::start(www.path());
+    let (f, www, mut nginx) = served();
     // Published into a directory nginx serves.
-    publish(
-        &f.pkg,
-        &www.path().join("main").display().to_string(),
-        &f.keys,
-    );
-    let layer = Layer::new();
-    let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
-    ok(&out);
+    let layer = published_and_pulled(&f, &www, &nginx, "main");
     let store = tempfile::tempdir().unwrap();
     let m = mount(&layer, &f.keys, store.path());
     // Chunk 0 of big: its window brings chunks 1.. too.
@@ -361,14 +366,7 @@ fn stale_unsigned_and_untrusted_indexes_are_refused() {
 #[test]
 fn fetch_makes_thin_packages_whole() {
     let (f, www, nginx) = served();
-    publish(
-        &f.pkg,
-        &www.path().join("main").display().to_string(),
-        &f.keys,
-    );
-    let layer = Layer::new();
-    let out = pull(&[&nginx.url("main")], layer.path(), &f.keys, "app");
-    ok(&out);
+    let layer = published_and_pulled(&f, &www, &nginx, "main");
     let store = tempfile::tempdir().unwrap();
     // Fetched while the daemon serves the thin package (into a store of its own, so the
     // daemon's holds only what it read): the daemon goes on serving it, from the whole
@@ -480,18 +478,9 @@ fn an_oci_registry_serves_publish_pull_and_lazy_reads() {
 
 #[test]
 fn a_recorded_prefetch_list_is_fetched_in_the_background_after_mount() {
-    let f = fixture();
-    let www = tempfile::tempdir().unwrap();
-    let mut nginx = Nginx::start(www.path());
-    publish(
-        &f.pkg,
-        &www.path().join("first").display().to_string(),
-        &f.keys,
-    );
+    let (f, www, mut nginx) = served();
     // A first start, recorded: hello and a region of big far from its start.
-    let layer = Layer::new();
-    let out = pull(&[&nginx.url("first")], layer.path(), &f.keys, "app");
-    ok(&out);
+    let layer = published_and_pulled(&f, &www, &nginx, "first");
     let record = tempfile::tempdir().unwrap();
     let store = tempfile::tempdir().unwrap();
     let m = Mount::builder()
@@ -520,11 +509,7 @@ fn a_recorded_prefetch_list_is_fetched_in_the_background_after_mount() {
     let out = Command::new(pkgtool())
         .arg("publish")
         .arg(&f.pkg)
-        .args([
-            "--repo",
-            &www.path().join("second").display().to_string(),
-            "--key",
-        ])
+        .args(["--repo", &repo_dir(&www, "second"), "--key"])
         .arg(f.keys.secret())
         .arg("--prefetch")
         .arg(record.path())
@@ -619,14 +604,8 @@ fn drip_server() -> u16 {
 
 #[test]
 fn a_slow_mirror_costs_bounded_time_then_eio_and_later_reads_do_not_wait() {
-    let f = fixture();
-    let www = tempfile::tempdir().unwrap();
-    let mut nginx = Nginx::start(www.path());
-    publish(
-        &f.pkg,
-        &www.path().join("main").display().to_string(),
-        &f.keys,
-    );
+    let (f, www, mut nginx) = served();
+    publish(&f.pkg, &repo_dir(&www, "main"), &f.keys);
     let slow = format!("http://127.0.0.1:{}/main", drip_server());
     let layer = Layer::new();
     let out = pull(&[&nginx.url("main"), &slow], layer.path(), &f.keys, "app");
@@ -669,7 +648,7 @@ fn pull_meets_requirements_from_the_repository_with_the_install_solver() {
     let keys = Keys::new("fleet");
     let www = tempfile::tempdir().unwrap();
     let nginx = Nginx::start(www.path());
-    let repo = www.path().join("main").display().to_string();
+    let repo = repo_dir(&www, "main");
     let lib = TestTree::new();
     lib.file("lib/libfoo.so", "foo 1\n");
     let app = TestTree::new();
@@ -723,7 +702,7 @@ fn pull_meets_requirements_from_the_repository_with_the_install_solver() {
 fn publish_refuses_another_key_and_a_version_published_with_another_id() {
     let f = fixture();
     let www = tempfile::tempdir().unwrap();
-    let repo = www.path().join("main").display().to_string();
+    let repo = repo_dir(&www, "main");
     publish(&f.pkg, &repo, &f.keys);
     let index = fs::read(www.path().join("main/index")).unwrap();
     // Another key may not take the repository over.
@@ -800,7 +779,7 @@ fn app_1_1(f: &Fixture, dir: &Path) -> (PathBuf, Vec<u8>) {
 #[test]
 fn an_update_over_a_whole_version_moves_a_delta_and_installs_whole() {
     let (f, www, nginx) = served();
-    let repo = www.path().join("main").display().to_string();
+    let repo = repo_dir(&www, "main");
     publish(&f.pkg, &repo, &f.keys);
     let (pkg2, big2) = app_1_1(&f, www.path());
     publish(&pkg2, &repo, &f.keys);
@@ -872,7 +851,7 @@ fn a_damaged_delta_is_not_used_and_the_update_comes_thin() {
 #[test]
 fn an_expired_index_is_refused_until_the_publisher_signs_it_again() {
     let (f, www, nginx) = served();
-    let repo = www.path().join("main").display().to_string();
+    let repo = repo_dir(&www, "main");
     run_ok(
         Command::new(pkgtool())
             .arg("publish")
@@ -1190,7 +1169,7 @@ fn r16_a_real_debian_update_is_pulled_as_a_delta_through_nginx() {
     let www = tempfile::tempdir().unwrap();
     let nginx = Nginx::start(www.path());
     let url = nginx.url("main");
-    let repo = www.path().join("main").display().to_string();
+    let repo = repo_dir(&www, "main");
     let mut pkgs = Vec::new();
     for ver in [&v[1], &v[0]] {
         let deb = e2e::debian::deb_version("libssl3", ver);
