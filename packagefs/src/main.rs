@@ -397,6 +397,7 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     };
     let fs = PackageFs::new(view, s.cache_size, opts);
     let exec_report = fs.exec_report();
+    let chunk_cache = fs.cache().clone();
     let xattrs = fs.xattrs();
     if !xattrs {
         info!("no active package has extended attributes: they are not served (-o xattrs serves them)");
@@ -527,6 +528,14 @@ fn run(s: args::Settings, sigset: libc::sigset_t) -> anyhow::Result<()> {
     if let Some(r) = &exec_report {
         r.log();
     }
+    let st = chunk_cache.stats();
+    info!(
+        hits = st.hits,
+        misses = st.misses,
+        loads = st.loads,
+        evictions = st.evictions,
+        "chunk cache"
+    );
     result
 }
 

@@ -57,6 +57,8 @@ pub type Stream = (u64, u32);
 struct Readahead {
     /// Where the next sequential read would start.
     next: u64,
+    /// How many reads in a row continued the one before.
+    run: u32,
     /// One past the highest chunk already handed to the prefetcher.
     prefetched: ChunkId,
 }
@@ -143,20 +145,25 @@ impl Reader {
         // Read-ahead first, so that the prefetch threads decompress the next chunks while
         // this thread decompresses its own.
         let total = spans.clone().map(|s| s.len as u64).sum();
-        self.prefetch_after(stream, f, offset, total, last.chunk);
+        let cache_whole = self.prefetch_after(stream, f, offset, total, last.chunk);
         if spans.len() == 1 {
-            return match self.span(f, &first) {
-                Ok((data, r)) => answer(Ok(&data[r])),
-                Err(e) => answer(Err(e)),
-            };
+            let mut answer = Some(answer);
+            let r = self.with_span(f, &first, cache_whole, |b| {
+                if let Some(a) = answer.take() {
+                    a(Ok(b))
+                }
+            });
+            if let (Err(e), Some(a)) = (r, answer.take()) {
+                a(Err(e));
+            }
+            return;
         }
         OUT.with(|cell| {
             let mut out = cell.borrow_mut();
             out.clear();
             for s in spans {
-                match self.span(f, &s) {
-                    Ok((data, r)) => out.extend_from_slice(&data[r]),
-                    Err(e) => return answer(Err(e)),
+                if let Err(e) = self.with_span(f, &s, cache_whole, |b| out.extend_from_slice(b)) {
+                    return answer(Err(e));
                 }
             }
             answer(Ok(&out));
@@ -185,10 +192,9 @@ impl Reader {
             return Ok(());
         };
         let total = spans.clone().map(|s| s.len as u64).sum();
-        self.prefetch_after(stream, f, offset, total, last.chunk);
+        let cache_whole = self.prefetch_after(stream, f, offset, total, last.chunk);
         for s in spans {
-            let (data, r) = self.span(f, &s)?;
-            sink(&data[r]);
+            self.with_span(f, &s, cache_whole, &mut sink)?;
         }
         Ok(())
     }
@@ -203,6 +209,49 @@ impl Reader {
             n += s.len as usize;
         }
         (n == N).then_some(h)
+    }
+
+    /// Calls `use_bytes` with the bytes of span `s` of `f`.
+    ///
+    /// A span that covers its whole chunk is read into a buffer kept per thread and not
+    /// cached, unless the chunk is cached or being loaded already, or `cache_whole` (the
+    /// stream is read ahead: the prefetch threads put its next chunks in the cache, and a
+    /// read that decompressed one on its own beside them would do it twice). The kernel
+    /// keeps what it asked for in its page cache, and does not ask for a chunk read whole
+    /// again while it does. The cache keeps the chunks read in part, which are what the
+    /// next reads want: the rest of a window around a page fault, the next small file in
+    /// the same chunk. A cold start of a big program, which reads most of it in windows
+    /// around page faults, thus decompresses most of its chunks into memory that is
+    /// already mapped, rather than faulting in a fresh cache buffer per chunk, and the
+    /// daemon keeps no second copy of what the kernel holds.
+    fn with_span<R>(
+        &self,
+        f: &OpenFile,
+        s: &ChunkSpan,
+        cache_whole: bool,
+        use_bytes: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, Error> {
+        thread_local! {
+            static WHOLE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        let pkg = &f.pkg;
+        let info = pkg
+            .archive
+            .chunk_info(s.chunk)
+            .map_err(|e| bad_chunk(&self.logged, pkg, s.chunk, &e.to_string()))?;
+        if cache_whole || s.start != 0 || s.len != info.raw_len || self.cache.contains(&info.hash) {
+            let (data, r) = self.span(f, s)?;
+            return Ok(use_bytes(&data[r]));
+        }
+        WHOLE.with(|cell| {
+            // (Never re-entered on a thread; if it were, a buffer of its own would do.)
+            let (mut guard, mut own) = (cell.try_borrow_mut().ok(), Vec::new());
+            let buf = guard.as_deref_mut().unwrap_or(&mut own);
+            pkg.archive
+                .read_chunk_of(s.chunk, &info, buf)
+                .map_err(|e| chunk_error(&e, &self.logged, pkg, s.chunk))?;
+            Ok(use_bytes(&buf[..]))
+        })
     }
 
     /// The chunk holding span `s` of `f`, and the span's byte range in it.
@@ -221,10 +270,27 @@ impl Reader {
     }
 
     /// Read-ahead for a sequential reader: if this read (of `len` bytes at `offset`,
-    /// ending in chunk `last`) continues the previous read of the stream, hands the chunks
-    /// after it (up to `ahead` bytes) to the prefetch threads, each chunk once.
-    fn prefetch_after(&self, stream: Stream, f: &OpenFile, offset: u64, len: u64, last: ChunkId) {
-        let Some(tx) = &self.prefetch else { return };
+    /// ending in chunk `last`) and the one before it each continued the stream's previous
+    /// read (a stream's first read counts as continuing if it starts at offset 0), hands
+    /// the chunks after it (up to `ahead` bytes) to the prefetch threads, each chunk once.
+    /// Returns whether the stream is being read ahead, which is whether its whole chunks
+    /// go through the cache (see [`Reader::with_span`]).
+    ///
+    /// One read continuing another is not enough: a program's page faults fill the holes
+    /// between the windows read around earlier faults, and two such fills often meet end
+    /// to end by chance (a hole of 8 KiB, then the 216 KiB after it). Decompressing eight
+    /// chunks ahead of each took the CPUs from the reads the program was waiting for.
+    fn prefetch_after(
+        &self,
+        stream: Stream,
+        f: &OpenFile,
+        offset: u64,
+        len: u64,
+        last: ChunkId,
+    ) -> bool {
+        let Some(tx) = &self.prefetch else {
+            return false;
+        };
         let range = f.extent.chunks();
         let cs = f.pkg.archive.header().chunk_size as u64;
         let ahead = self.ahead.div_ceil(cs).max(1) as u32;
@@ -234,15 +300,20 @@ impl Reader {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let st = ra.get_or_insert_mut(stream, Readahead::default);
-            let sequential = st.next == offset;
+            // (A new stream's `next` is 0: a first read from the start counts.)
+            st.run = if st.next == offset {
+                st.run.saturating_add(1)
+            } else {
+                0
+            };
             st.next = offset + len;
-            if !sequential {
-                return;
+            if st.run < 2 {
+                return false;
             }
             let from = (last + 1).max(st.prefetched);
             let to = (last + 1 + ahead).min(range.end);
             if from >= to {
-                return;
+                return true;
             }
             st.prefetched = to;
             (from, to)
@@ -259,6 +330,7 @@ impl Reader {
                 let _ = load_chunk(&cache, &pkg, c, &logged);
             }));
         }
+        true
     }
 }
 
@@ -277,15 +349,25 @@ fn load_chunk(
         .get(&info.hash, |out| {
             pkg.archive.read_chunk_of(chunk, &info, out)
         })
-        .map_err(|e| match *e {
-            // A thin package's chunk that cannot be fetched now: the repository client
-            // logs the outage once (not one line per chunk), and a later read tries again.
-            format::Error::Fetch { .. } | format::Error::NotLocal { .. } => {
-                tracing::debug!(package = %pkg.label(), chunk, "{e}");
-                Error::BadChunk { chunk }
-            }
-            _ => bad_chunk(logged, pkg, chunk, &e.to_string()),
-        })
+        .map_err(|e| chunk_error(&e, logged, pkg, chunk))
+}
+
+/// The error of a READ whose chunk `chunk` of `pkg` failed to load with `e`.
+fn chunk_error(
+    e: &format::Error,
+    logged: &Mutex<HashSet<(u32, u32)>>,
+    pkg: &Package,
+    chunk: ChunkId,
+) -> Error {
+    match e {
+        // A thin package's chunk that cannot be fetched now: the repository client logs
+        // the outage once (not one line per chunk), and a later read tries again.
+        format::Error::Fetch { .. } | format::Error::NotLocal { .. } => {
+            tracing::debug!(package = %pkg.label(), chunk, "{e}");
+            Error::BadChunk { chunk }
+        }
+        _ => bad_chunk(logged, pkg, chunk, &e.to_string()),
+    }
 }
 
 /// The error of a chunk that cannot be read, logged once per chunk (with the files that
@@ -365,8 +447,19 @@ mod tests {
     }
 
     fn read_all(r: &Reader, f: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>, Error> {
+        read_in((1, 1), r, f, offset, size)
+    }
+
+    /// A read by `stream`.
+    fn read_in(
+        stream: Stream,
+        r: &Reader,
+        f: &OpenFile,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, Error> {
         let mut got = None;
-        r.read((1, 1), f, offset, size, |a| {
+        r.read(stream, f, offset, size, |a| {
             got = Some(a.map(<[u8]>::to_vec))
         });
         got.expect("answered")
@@ -444,5 +537,94 @@ mod tests {
             Err(Error::BadChunk { chunk }) if chunk == last
         ));
         assert_eq!(read_all(&r, &fa, 0, 80_000).unwrap(), a);
+    }
+
+    /// Whether chunk `c` of `f`'s package is in `r`'s cache (or being loaded into it).
+    fn cached(r: &Reader, f: &OpenFile, c: ChunkId) -> bool {
+        r.cache.contains(&f.pkg.archive.chunk_info(c).unwrap().hash)
+    }
+
+    #[test]
+    fn whole_chunks_read_at_random_are_not_cached_and_parts_are() {
+        const K: usize = 64 << 10;
+        let data: Vec<u8> = (0..16 * K as u32).map(|i| (i * 31 % 253) as u8).collect();
+        let (_d, v) = view_of(&[("big", data.clone())], K as u32);
+        let f = v.file(v.lookup_path(b"big").unwrap()).unwrap();
+        let c0 = f.extent.chunks().start;
+        let r = Reader::new(16 << 20, 4 * K as u64, 1 << 20, 1);
+        // A window of two whole chunks and half of a third, as a page fault's read-around
+        // asks: the whole ones are decompressed for this read only (the kernel keeps
+        // them), the part is kept for the read that wants the rest.
+        let at = 5 * K as u64;
+        assert_eq!(
+            read_all(&r, &f, at, 2 * K as u32 + K as u32 / 2).unwrap(),
+            &data[5 * K..7 * K + K / 2]
+        );
+        assert!(!cached(&r, &f, c0 + 5) && !cached(&r, &f, c0 + 6));
+        assert!(cached(&r, &f, c0 + 7));
+        assert_eq!(r.cache.stats().loads, 1);
+        // One whole chunk alone, elsewhere: not cached either; the same bytes.
+        assert_eq!(
+            read_all(&r, &f, 12 * K as u64, K as u32).unwrap(),
+            &data[12 * K..13 * K]
+        );
+        assert!(!cached(&r, &f, c0 + 12));
+        // The rest of the third chunk comes from the cache.
+        assert_eq!(
+            read_all(&r, &f, 7 * K as u64 + K as u64 / 2, K as u32 / 2).unwrap(),
+            &data[7 * K + K / 2..8 * K]
+        );
+        assert_eq!(r.cache.stats().loads, 1);
+        // Span by span (the ring's way), the same.
+        let mut got = Vec::new();
+        r.read_spans((3, 3), &f, 2 * K as u64, 2 * K as u32, |p| {
+            got.extend_from_slice(p)
+        })
+        .unwrap();
+        assert_eq!(got, &data[2 * K..4 * K]);
+        assert!(!cached(&r, &f, c0 + 2));
+    }
+
+    #[test]
+    fn two_reads_that_meet_by_chance_start_no_read_ahead_and_a_sequential_reader_does() {
+        const K: usize = 64 << 10;
+        let data: Vec<u8> = (0..32 * K as u32).map(|i| (i * 7 % 241) as u8).collect();
+        let (_d, v) = view_of(&[("big", data.clone())], K as u32);
+        let f = v.file(v.lookup_path(b"big").unwrap()).unwrap();
+        let c0 = f.extent.chunks().start;
+        let r = Reader::new(16 << 20, 4 * K as u64, 1 << 20, 2);
+        // Page faults filling holes: 8 KiB, then the 24 KiB right after it (in the middle
+        // of the file, not from its start).
+        read_all(&r, &f, 10 * K as u64, 8 << 10).unwrap();
+        read_all(&r, &f, 10 * K as u64 + (8 << 10), 24 << 10).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            (11..16).all(|c| !cached(&r, &f, c0 + c)),
+            "nothing read ahead of two reads that merely meet"
+        );
+        // Another process reading from the start: its second read in a row starts the
+        // read-ahead, and the chunks after it come into the cache on the prefetch threads.
+        let seq = (1, 2);
+        read_in(seq, &r, &f, 0, 16 << 10).unwrap();
+        read_in(seq, &r, &f, 16 << 10, (128 << 10) - (16 << 10)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !(2..6).all(|c| cached(&r, &f, c0 + c)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            (2..6).all(|c| cached(&r, &f, c0 + c)),
+            "read ahead: 4 chunks"
+        );
+        // Its next reads, whole chunks, come from the cache: nothing is decompressed twice.
+        let loads = r.cache.stats().loads;
+        assert_eq!(
+            read_in(seq, &r, &f, 128 << 10, 4 * K as u32).unwrap(),
+            &data[2 * K..6 * K]
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !(6..10).all(|c| cached(&r, &f, c0 + c)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(r.cache.stats().loads, loads + 4, "only the next 4, ahead");
     }
 }

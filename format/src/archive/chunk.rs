@@ -374,13 +374,20 @@ pub(crate) fn decompress_toc(method: Method, body: &[u8], raw_len: usize) -> Res
     Ok(out)
 }
 
+/// Decompresses `stored` into `out`, which ends up holding exactly the chunk's bytes:
+/// whatever `out` held is overwritten, and its allocation is reused (a recycled buffer
+/// that already holds `raw_len` bytes is written in place, not cleared first).
 fn decompress(chunk: ChunkId, info: &ChunkInfo, stored: &[u8], out: &mut Vec<u8>) -> Result<()> {
-    out.clear();
     let raw_len = info.raw_len as usize;
     let fail = |reason: String| Error::Decompress { chunk, reason };
     match info.method {
-        Method::None => out.extend_from_slice(stored),
+        Method::None => {
+            out.clear();
+            out.extend_from_slice(stored)
+        }
         Method::Zstd => {
+            // Written from the start of the allocation, whatever `out` held.
+            out.clear();
             out.reserve_exact(raw_len);
             ZSTD_D.with(|cell| -> Result<()> {
                 let mut slot = cell.borrow_mut();
@@ -394,6 +401,7 @@ fn decompress(chunk: ChunkId, info: &ChunkInfo, stored: &[u8], out: &mut Vec<u8>
             })?;
         }
         Method::Zlib => {
+            out.clear();
             out.reserve_exact(raw_len);
             let mut d = flate2::Decompress::new(true);
             // Decompress into at most raw_len + 1 bytes so a stream that is too long is caught
@@ -411,6 +419,9 @@ fn decompress(chunk: ChunkId, info: &ChunkInfo, stored: &[u8], out: &mut Vec<u8>
             // The block carries no length: it is decoded into exactly raw_len bytes, and a
             // block that would write more fails (safe decoder: never a write or read out of
             // bounds); one that writes less is caught below.
+            // A recycled buffer is written over as it is: zeroing it first would be a
+            // pass over the whole chunk for nothing.
+            out.truncate(raw_len);
             out.resize(raw_len, 0);
             let n = lz4_flex::block::decompress_into(stored, out)
                 .map_err(|e| fail(format!("lz4: {e}")))?;
@@ -475,6 +486,13 @@ mod tests {
             let mut out = Vec::new();
             verify_and_decompress(0, &info, &stored, &mut out).unwrap();
             assert_eq!(out, raw);
+            // Into a used buffer (as the daemon recycles them): longer, shorter, the
+            // same length with other bytes. Exactly the chunk, nothing of the old bytes.
+            for used in [vec![0xaa; 150_000], vec![0xbb; 1_000], vec![0xcc; 100_000]] {
+                let mut out = used;
+                verify_and_decompress(0, &info, &stored, &mut out).unwrap();
+                assert!(out == raw, "{c:?} into a used buffer");
+            }
             let mut bad = stored.clone();
             bad[stored.len() / 2] ^= 1;
             assert!(matches!(
