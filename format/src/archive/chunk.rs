@@ -374,6 +374,29 @@ pub(crate) fn decompress_toc(method: Method, body: &[u8], raw_len: usize) -> Res
     Ok(out)
 }
 
+/// Decodes the lz4 block `stored` into `out` (of the chunk's raw length) with the reference
+/// library's `LZ4_decompress_safe`, which never reads past `stored` nor writes past `out`
+/// whatever the block holds. Returns how many bytes it wrote.
+fn lz4_decode(stored: &[u8], out: &mut [u8]) -> std::result::Result<usize, String> {
+    // Both lengths fit: a chunk is at most 1 MiB (checked when its index entry is parsed).
+    let (Ok(src_len), Ok(dst_len)) = (i32::try_from(stored.len()), i32::try_from(out.len())) else {
+        return Err("lz4: block larger than 2 GiB".into());
+    };
+    // SAFETY: the pointers and lengths are those of two live, non-overlapping slices,
+    // `out` writable; LZ4_decompress_safe reads at most `src_len` bytes of the one and
+    // writes at most `dst_len` bytes of the other, and returns a negative number for a
+    // malformed block (lz4.h: "protected against malicious data packets").
+    let n = unsafe {
+        lz4_sys::LZ4_decompress_safe(
+            stored.as_ptr().cast(),
+            out.as_mut_ptr().cast(),
+            src_len,
+            dst_len,
+        )
+    };
+    usize::try_from(n).map_err(|_| "lz4: malformed block".to_string())
+}
+
 /// Decompresses `stored` into `out`, which ends up holding exactly the chunk's bytes:
 /// whatever `out` held is overwritten, and its allocation is reused (a recycled buffer
 /// that already holds `raw_len` bytes is written in place, not cleared first).
@@ -417,14 +440,13 @@ fn decompress(chunk: ChunkId, info: &ChunkInfo, stored: &[u8], out: &mut Vec<u8>
         }
         Method::Lz4 => {
             // The block carries no length: it is decoded into exactly raw_len bytes, and a
-            // block that would write more fails (safe decoder: never a write or read out of
-            // bounds); one that writes less is caught below.
+            // block that would write more fails (never a write or read out of bounds); one
+            // that writes less is caught below.
             // A recycled buffer is written over as it is: zeroing it first would be a
             // pass over the whole chunk for nothing.
             out.truncate(raw_len);
             out.resize(raw_len, 0);
-            let n = lz4_flex::block::decompress_into(stored, out)
-                .map_err(|e| fail(format!("lz4: {e}")))?;
+            let n = lz4_decode(stored, out).map_err(fail)?;
             out.truncate(n);
         }
     }
@@ -532,6 +554,47 @@ mod tests {
             method: Method::Lz4,
             hash: *blake3::hash(stored).as_bytes(),
         }
+    }
+
+    #[test]
+    fn lz4_garbage_and_damaged_blocks_never_write_outside_the_chunk() {
+        let raw: Vec<u8> = (0..65_536u32).map(|i| ((i / 7) % 251) as u8).collect();
+        let good = lz4_flex::block::compress(&raw);
+        // A small xorshift: the same cases on every run.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..3000 {
+            let block: Vec<u8> = if case % 2 == 0 {
+                (0..(next() % 600) as usize).map(|_| next() as u8).collect()
+            } else {
+                let mut b = good.clone();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() as usize) % b.len();
+                    b[at] = next() as u8;
+                }
+                b.truncate(b.len() - (next() as usize % 8));
+                b
+            };
+            // The chunk between two guard areas that must stay as they are.
+            let mut mem = vec![0x5au8; 4096 + raw.len() + 4096];
+            let (lo, rest) = mem.split_at_mut(4096);
+            let (out, hi) = rest.split_at_mut(raw.len());
+            if let Ok(n) = lz4_decode(&block, out) {
+                assert!(n <= raw.len());
+            }
+            assert!(
+                lo.iter().chain(hi.iter()).all(|&b| b == 0x5a),
+                "case {case}"
+            );
+        }
+        let mut out = vec![0u8; raw.len()];
+        assert_eq!(lz4_decode(&good, &mut out), Ok(raw.len()));
+        assert_eq!(out, raw);
     }
 
     #[test]
