@@ -5,6 +5,10 @@
 //!   DYN; what `execve` and the dynamic loader map), and any file of at least
 //!   [`REREAD_MIN`] bytes opened [`REREAD_OPENS`] times in this daemon's life (data read
 //!   again and again: a compiler's headers are small and stay in the page cache anyway).
+//!   Whether a file is an ELF program is read from its first bytes once per daemon life;
+//!   a file of [`FIND_FIRST`] bytes or more is first looked up in the cache, which holds
+//!   only files that qualified when they were filled, so that a kept cache serves a
+//!   program and its libraries without reading a chunk of any of them.
 //! - **Not cached yet**: the open is answered as without the cache (reads go through the
 //!   daemon) and the file is queued for the fill thread; it is never waited for.
 //! - **Cached**: the object is opened (and hashed whole unless its identity is one its bytes
@@ -40,6 +44,9 @@ use crate::view::Package;
 pub const REREAD_MIN: u64 = 1 << 20;
 /// ... opened this many times are cached, ELF or not.
 pub const REREAD_OPENS: u32 = 4;
+/// Files of at least this size are looked up in the cache before their head is read
+/// (smaller ones are mostly data packed with others into a chunk their read loads anyway).
+pub const FIND_FIRST: u64 = 16 << 10;
 
 /// The handle of an open served by passthrough.
 pub const FH_PASSTHROUGH: u64 = 1;
@@ -50,6 +57,9 @@ pub const FH_DAEMON: u64 = 2;
 /// PARALLEL_DIRECT_WRITES and NOFLUSH beside PASSTHROUGH (`FOPEN_PASSTHROUGH_MASK`); the page
 /// cache is the backing file's anyway.
 const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
+/// A file of a package: the package's id and the file's entry.
+type FileId = ([u8; 32], EntryId);
 
 /// What is known of a package file.
 #[derive(Default)]
@@ -252,7 +262,7 @@ impl Report {
 pub struct Passthrough {
     cache: Arc<ExecCache>,
     inodes: Mutex<HashMap<u64, Arc<Mutex<InodeOpens<Backing>>>>>,
-    seen: Mutex<LruCache<([u8; 32], EntryId), Seen>>,
+    seen: Mutex<LruCache<FileId, Seen>>,
     fills: SyncSender<Job>,
     pending: Arc<Mutex<HashSet<Key>>>,
     /// The kernel refused a backing file (no CAP_SYS_ADMIN, a cache on a stacked file
@@ -441,9 +451,29 @@ impl Passthrough {
             }
             return None;
         };
-        let key = self.qualifies(pkg, entry, size, head)?;
+        if size == 0 || size > self.cache.max_bytes() {
+            return None;
+        }
+        let id = (pkg.archive.id().0, entry);
+        let elf = self.count_open(id);
+        // A file of FIND_FIRST bytes or more whose kind this daemon does not know yet is
+        // looked up in the cache before its first bytes are read to tell: the cache holds
+        // only files that qualified when they were filled (their bytes are what the key
+        // names, the same wherever they are), and reading the head costs a chunk's read,
+        // hash and decompression on the open's path, for every library of a program a
+        // new daemon starts. A miss costs a failed `openat` in the cache's `keys/`.
+        let mut head = Some(head);
+        // (Asked at most once below.)
+        let mut qualifies = || head.take().is_some_and(|h| self.qualifies(id, size, h));
+        let find_first = elf.is_none() && size >= FIND_FIRST;
+        if !find_first && !qualifies() {
+            return None;
+        }
+        let key = self.key(id, pkg, entry, size)?;
         let Some(object) = self.cache.find(&key, size) else {
-            self.queue(key, pkg, entry, size);
+            if !find_first || qualifies() {
+                self.queue(key, pkg, entry, size);
+            }
             return None;
         };
         let (hashed, recorded, digest) = (object.hashed, object.recorded, object.digest);
@@ -504,23 +534,22 @@ impl Passthrough {
         }
     }
 
-    /// The key of the file if it qualifies (see the module doc).
-    fn qualifies(
-        &self,
-        pkg: &Arc<Package>,
-        entry: EntryId,
-        size: u64,
-        head: impl FnOnce() -> Option<[u8; 18]>,
-    ) -> Option<Key> {
-        if size == 0 || size > self.cache.max_bytes() {
-            return None;
-        }
-        let id = (pkg.archive.id().0, entry);
-        let (elf, opens, key) = {
+    /// Counts an open of file `id` (package, entry); returns whether it is known to be
+    /// an ELF program (`None`: not looked at yet in this daemon's life).
+    fn count_open(&self, id: FileId) -> Option<bool> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let s = seen.get_or_insert_mut(id, Seen::default);
+        s.opens = s.opens.saturating_add(1);
+        s.elf
+    }
+
+    /// Whether file `id` qualifies (see the module doc): an ELF program by its first bytes
+    /// (`head`, read once per daemon life), or a big file opened again and again.
+    fn qualifies(&self, id: FileId, size: u64, head: impl FnOnce() -> Option<[u8; 18]>) -> bool {
+        let (elf, opens) = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             let s = seen.get_or_insert_mut(id, Seen::default);
-            s.opens = s.opens.saturating_add(1);
-            (s.elf, s.opens, s.key)
+            (s.elf, s.opens)
         };
         let elf = match elf {
             Some(e) => e,
@@ -537,10 +566,18 @@ impl Passthrough {
                 e
             }
         };
-        if !elf && (opens < REREAD_OPENS || size < REREAD_MIN) {
-            return None;
-        }
-        if let Some(k) = key {
+        elf || (opens >= REREAD_OPENS && size >= REREAD_MIN)
+    }
+
+    /// The cache's key of file `id`, computed once per daemon life.
+    fn key(&self, id: FileId, pkg: &Package, entry: EntryId, size: u64) -> Option<Key> {
+        if let Some(k) = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .and_then(|s| s.key)
+        {
             return Some(k);
         }
         let k = key_of(&pkg.archive, entry, size).ok()?;

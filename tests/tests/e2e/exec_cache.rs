@@ -21,21 +21,29 @@ use std::io::Read;
 use e2e::uring::Transport;
 use e2e::{run_ok, run_packagefs, Mount, Pkg, Stack, TestTree};
 
-/// The counters of the daemon's `exec cache` line at unmount.
+/// The counters of the daemon's `exec cache` line at unmount, and of its `chunk cache`
+/// line (prefixed `chunk_`: `chunk_loads=` is how many chunks it read and decompressed).
 fn counters(m: &mut Mount) -> HashMap<String, u64> {
     let status = m.terminate();
     assert!(status.success(), "packagefs exited with {status}");
     let log = m.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("passthrough_opens="))
-        .unwrap_or_else(|| panic!("no exec cache counters in the log:\n{log}"));
-    line.split_whitespace()
-        .filter_map(|w| {
-            let (k, v) = w.split_once('=')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
+    let line = |what: &str| {
+        log.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what} in the log:\n{log}"))
+            .to_owned()
+    };
+    let pairs = |l: String, prefix: &str| -> Vec<(String, u64)> {
+        l.split_whitespace()
+            .filter_map(|w| {
+                let (k, v) = w.split_once('=')?;
+                Some((format!("{prefix}{k}"), v.parse().ok()?))
+            })
+            .collect()
+    };
+    let mut c: HashMap<String, u64> = pairs(line("passthrough_opens="), "").into_iter().collect();
+    c.extend(pairs(line("chunk cache"), "chunk_"));
+    c
 }
 
 fn object(cache: &Path, bytes: &[u8]) -> PathBuf {
@@ -265,6 +273,8 @@ fn kept_cache_file(t: Transport) {
     assert_eq!((c["hashed"], c["recorded"]), (0, 1), "{c:?}");
     assert_eq!(c["daemon_reads"], 0, "{c:?}");
     assert!(c["passthrough_opens"] >= 1, "{c:?}");
+    // Nor is any of its chunks read to tell whether it is a program: the cache has it.
+    assert_eq!(c["chunk_loads"], 0, "{c:?}");
     drop(m);
 
     // Replaced by a rename of other bytes of the same size over it, its mode and mtime
