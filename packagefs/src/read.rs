@@ -544,13 +544,23 @@ mod tests {
         r.cache.contains(&f.pkg.archive.chunk_info(c).unwrap().hash)
     }
 
-    #[test]
-    fn whole_chunks_read_at_random_are_not_cached_and_parts_are() {
-        const K: usize = 64 << 10;
-        let data: Vec<u8> = (0..16 * K as u32).map(|i| (i * 31 % 253) as u8).collect();
-        let (_d, v) = view_of(&[("big", data.clone())], K as u32);
+    const K: usize = 64 << 10;
+
+    /// One file `big` of `chunks` chunks of 64 KiB: its view (and directory), the file,
+    /// its bytes and its first chunk.
+    fn big_file(chunks: usize) -> (tempfile::TempDir, View, OpenFile, Vec<u8>, ChunkId) {
+        let data: Vec<u8> = (0..(chunks * K) as u32)
+            .map(|i| (i * 31 % 253) as u8)
+            .collect();
+        let (d, v) = view_of(&[("big", data.clone())], K as u32);
         let f = v.file(v.lookup_path(b"big").unwrap()).unwrap();
         let c0 = f.extent.chunks().start;
+        (d, v, f, data, c0)
+    }
+
+    #[test]
+    fn whole_chunks_read_at_random_are_not_cached_and_parts_are() {
+        let (_d, _v, f, data, c0) = big_file(16);
         let r = Reader::new(16 << 20, 4 * K as u64, 1 << 20, 1);
         // A window of two whole chunks and half of a third, as a page fault's read-around
         // asks: the whole ones are decompressed for this read only (the kernel keeps
@@ -587,11 +597,7 @@ mod tests {
 
     #[test]
     fn two_reads_that_meet_by_chance_start_no_read_ahead_and_a_sequential_reader_does() {
-        const K: usize = 64 << 10;
-        let data: Vec<u8> = (0..32 * K as u32).map(|i| (i * 7 % 241) as u8).collect();
-        let (_d, v) = view_of(&[("big", data.clone())], K as u32);
-        let f = v.file(v.lookup_path(b"big").unwrap()).unwrap();
-        let c0 = f.extent.chunks().start;
+        let (_d, _v, f, data, c0) = big_file(32);
         let r = Reader::new(16 << 20, 4 * K as u64, 1 << 20, 2);
         // Page faults filling holes: 8 KiB, then the 24 KiB right after it (in the middle
         // of the file, not from its start).
