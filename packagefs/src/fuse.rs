@@ -394,11 +394,6 @@ impl PackageFs {
         self.opts.max_read
     }
 
-    /// Whether opens are answered with passthrough (an exec cache the kernel can serve).
-    pub fn uses_passthrough(&self) -> bool {
-        self.passthrough.is_some()
-    }
-
     /// The entry `name` in directory `parent`: its attributes, or `None` for an absent
     /// name, answered with a negative entry (node id 0): the kernel remembers that the
     /// name is absent for as long as it keeps a positive one, so the misses of library and
