@@ -309,26 +309,10 @@ impl Args {
                     prefetch_record = Some(PathBuf::from(v))
                 }
                 ("fetch_timeout", Some(v)) => {
-                    fetch_timeout = v
-                        .parse()
-                        .ok()
-                        .filter(|s| (1..=300).contains(s))
-                        .ok_or_else(|| Usage::Value {
-                            option: "fetch_timeout",
-                            value: v.to_owned(),
-                            wants: "seconds from 1 to 300",
-                        })?
+                    fetch_timeout = number_in("fetch_timeout", v, 1..=300, "seconds from 1 to 300")?
                 }
                 ("read_ahead_kb", Some(v)) => {
-                    read_ahead_kb = v
-                        .parse()
-                        .ok()
-                        .filter(|k| (4..=16384).contains(k))
-                        .ok_or_else(|| Usage::Value {
-                            option: "read_ahead_kb",
-                            value: v.to_owned(),
-                            wants: "KiB from 4 to 16384",
-                        })?
+                    read_ahead_kb = number_in("read_ahead_kb", v, 4..=16384, "KiB from 4 to 16384")?
                 }
                 ("nosuid", None) => nosuid = true,
                 ("suid", None) => nosuid = false,
@@ -431,6 +415,24 @@ impl Settings {
         c.clone_fd = true;
         c
     }
+}
+
+/// The number `v` of option `option` if it is in `range`, else the error that says what
+/// the option `wants`.
+fn number_in<T: std::str::FromStr + PartialOrd>(
+    option: &'static str,
+    v: &str,
+    range: std::ops::RangeInclusive<T>,
+    wants: &'static str,
+) -> Result<T, Usage> {
+    v.parse()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| Usage::Value {
+            option,
+            value: v.to_owned(),
+            wants,
+        })
 }
 
 /// A cache size: `64M`, `512K`, `1G`, `1048576` ([`format::text::parse_size`]), at least 4M.

@@ -19,7 +19,7 @@ use std::ops::Range;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 
-use format::archive::{ChunkId, ChunkSpan, EntryId, FileExtent};
+use format::archive::{ChunkId, ChunkInfo, ChunkSpan, EntryId, FileExtent};
 use lru::LruCache;
 use tracing::error;
 
@@ -235,12 +235,9 @@ impl Reader {
             static WHOLE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
         let pkg = &f.pkg;
-        let info = pkg
-            .archive
-            .chunk_info(s.chunk)
-            .map_err(|e| bad_chunk(&self.logged, pkg, s.chunk, &e.to_string()))?;
+        let info = chunk_info(&self.logged, pkg, s.chunk)?;
         if cache_whole || s.start != 0 || s.len != info.raw_len || self.cache.contains(&info.hash) {
-            let (data, r) = self.span(f, s)?;
+            let (data, r) = self.span_of(f, s, &info)?;
             return Ok(use_bytes(&data[r]));
         }
         WHOLE.with(|cell| {
@@ -256,7 +253,18 @@ impl Reader {
 
     /// The chunk holding span `s` of `f`, and the span's byte range in it.
     fn span(&self, f: &OpenFile, s: &ChunkSpan) -> Result<(Chunk, Range<usize>), Error> {
-        let data = load_chunk(&self.cache, &f.pkg, s.chunk, &self.logged)?;
+        let info = chunk_info(&self.logged, &f.pkg, s.chunk)?;
+        self.span_of(f, s, &info)
+    }
+
+    /// [`Reader::span`] for a caller that has the chunk's index entry already.
+    fn span_of(
+        &self,
+        f: &OpenFile,
+        s: &ChunkSpan,
+        info: &ChunkInfo,
+    ) -> Result<(Chunk, Range<usize>), Error> {
+        let data = load_chunk_of(&self.cache, &f.pkg, s.chunk, info, &self.logged)?;
         let r = s.start as usize..s.start as usize + s.len as usize;
         if r.end > data.len() {
             return Err(bad_chunk(
@@ -341,13 +349,32 @@ fn load_chunk(
     chunk: ChunkId,
     logged: &Mutex<HashSet<(u32, u32)>>,
 ) -> Result<Chunk, Error> {
-    let info = pkg
-        .archive
+    let info = chunk_info(logged, pkg, chunk)?;
+    load_chunk_of(cache, pkg, chunk, &info, logged)
+}
+
+/// Chunk `chunk`'s index entry, or the error of a READ that needs it.
+fn chunk_info(
+    logged: &Mutex<HashSet<(u32, u32)>>,
+    pkg: &Package,
+    chunk: ChunkId,
+) -> Result<ChunkInfo, Error> {
+    pkg.archive
         .chunk_info(chunk)
-        .map_err(|e| bad_chunk(logged, pkg, chunk, &e.to_string()))?;
+        .map_err(|e| bad_chunk(logged, pkg, chunk, &e.to_string()))
+}
+
+/// [`load_chunk`] with the chunk's index entry decoded already.
+fn load_chunk_of(
+    cache: &ChunkCache,
+    pkg: &Arc<Package>,
+    chunk: ChunkId,
+    info: &ChunkInfo,
+    logged: &Mutex<HashSet<(u32, u32)>>,
+) -> Result<Chunk, Error> {
     cache
         .get(&info.hash, |out| {
-            pkg.archive.read_chunk_of(chunk, &info, out)
+            pkg.archive.read_chunk_of(chunk, info, out)
         })
         .map_err(|e| chunk_error(&e, logged, pkg, chunk))
 }
